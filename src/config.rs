@@ -1,0 +1,441 @@
+//! Configuration: TOML with `deny_unknown_fields`, parsed and validated by a pure
+//! [`parse`] so that `ferry check-config`, start-up and tests share one path.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Why a configuration was rejected. The text always names the offending key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: Listen,
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    #[serde(default)]
+    pub auth: Auth,
+    pub backends: Backends,
+    #[serde(default)]
+    pub namespace: Namespace,
+    #[serde(default)]
+    pub migration: Migration,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Implicit TLS (RFC 8314), usually port 993.
+    pub imaps: Option<SocketAddr>,
+    /// Plaintext with STARTTLS, usually port 143.
+    pub imap: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Allow LOGIN/AUTHENTICATE before TLS. Off by default: passwords must not cross
+    /// the network in clear text.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backends {
+    pub old: Backend,
+    pub new: Backend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendTls {
+    Implicit,
+    Starttls,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// `host:port`.
+    pub address: String,
+    pub tls: BackendTls,
+    /// PEM CA bundle to verify the backend with; default: the Mozilla roots.
+    pub ca: Option<PathBuf>,
+    /// Name used for SNI and certificate verification; default: the host of `address`.
+    pub server_name: Option<String>,
+}
+
+impl Backend {
+    /// The host part of `address` (brackets of an IPv6 literal removed).
+    pub fn host(&self) -> &str {
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Namespace {
+    /// Where OLD's folders appear, in UTF-8; ends with `delimiter`.
+    #[serde(default = "default_prefix")]
+    pub old_prefix: String,
+    /// The hierarchy delimiter clients see.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+}
+
+fn default_prefix() -> String {
+    "Old/".into()
+}
+fn default_delimiter() -> char {
+    '/'
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self {
+            old_prefix: default_prefix(),
+            delimiter: default_delimiter(),
+        }
+    }
+}
+
+/// A user's migration phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The OLD store exactly as it is.
+    Old,
+    /// NEW as it is, OLD read-only under the prefix.
+    Merged,
+    /// The NEW store only.
+    New,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Old => "old",
+            Phase::Merged => "merged",
+            Phase::New => "new",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Migration {
+    #[serde(default = "default_phase")]
+    pub default_phase: Phase,
+    /// Per-domain overrides (`"example.edu" = "new"`), matched on the part after `@`.
+    #[serde(default)]
+    pub domains: HashMap<String, Phase>,
+    /// Per-user overrides; they win over domains.
+    #[serde(default)]
+    pub users: HashMap<String, Phase>,
+}
+
+fn default_phase() -> Phase {
+    Phase::Merged
+}
+
+impl Default for Migration {
+    fn default() -> Self {
+        Self {
+            default_phase: default_phase(),
+            domains: HashMap::new(),
+            users: HashMap::new(),
+        }
+    }
+}
+
+impl Migration {
+    /// The phase of `user`: per-user override, then domain, then the default.
+    /// User names compare case-insensitively, like most IMAP servers' logins.
+    pub fn phase_for(&self, user: &str) -> Phase {
+        let lower = user.to_lowercase();
+        if let Some(p) = self.users.get(user).or_else(|| self.users.get(&lower)) {
+            return *p;
+        }
+        if let Some((_, domain)) = lower.rsplit_once('@')
+            && let Some(p) = self.domains.get(domain)
+        {
+            return *p;
+        }
+        self.default_phase
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Longest command or response line. 64 KiB is what Dovecot accepts.
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: usize,
+    /// Largest literal Ferry holds in memory (mailbox names, passwords, search
+    /// strings). APPEND literals are streamed and not bound by this.
+    #[serde(default = "default_max_inline_literal")]
+    pub max_inline_literal_bytes: usize,
+    /// Largest APPEND message accepted; larger ones are refused before `+`.
+    #[serde(default = "default_max_append")]
+    pub max_append_bytes: u64,
+    /// Seconds a client may take to log in.
+    #[serde(default = "default_preauth_timeout")]
+    pub preauth_timeout_secs: u64,
+    /// Seconds an authenticated client may stay silent (RFC 9051: at least 30 min).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Seconds to connect (and log in) to a backend.
+    #[serde(default = "default_connect_timeout")]
+    pub backend_connect_timeout_secs: u64,
+}
+
+fn default_max_line() -> usize {
+    64 * 1024
+}
+fn default_max_inline_literal() -> usize {
+    64 * 1024
+}
+fn default_max_append() -> u64 {
+    // Typical provider message size caps are 25–50 MB; leave room for base64 overhead.
+    100 * 1024 * 1024
+}
+fn default_preauth_timeout() -> u64 {
+    60
+}
+fn default_idle_timeout() -> u64 {
+    31 * 60
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: default_max_line(),
+            max_inline_literal_bytes: default_max_inline_literal(),
+            max_append_bytes: default_max_append(),
+            preauth_timeout_secs: default_preauth_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            backend_connect_timeout_secs: default_connect_timeout(),
+        }
+    }
+}
+
+/// Parses and validates a configuration. Relative paths stay relative; [`load`]
+/// anchors them at the file's directory.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut config = parse(&text)?;
+    if let Some(dir) = path.parent() {
+        config.anchor_paths(dir);
+    }
+    Ok(config)
+}
+
+impl Config {
+    fn anchor_paths(&mut self, dir: &Path) {
+        let anchor = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        if let Some(tls) = &mut self.tls {
+            anchor(&mut tls.cert);
+            anchor(&mut tls.key);
+        }
+        for b in [&mut self.backends.old, &mut self.backends.new] {
+            if let Some(ca) = &mut b.ca {
+                anchor(ca);
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.imaps.is_none() && self.listen.imap.is_none() {
+            return Err(invalid("listen", "set at least one of imaps, imap"));
+        }
+        if self.listen.imaps.is_some() && self.tls.is_none() {
+            return Err(invalid("tls", "listen.imaps needs [tls] cert and key"));
+        }
+        if self.listen.imap.is_some() && self.tls.is_none() && !self.auth.allow_plaintext {
+            return Err(invalid(
+                "tls",
+                "listen.imap without [tls] offers no STARTTLS; add [tls] or set auth.allow_plaintext = true",
+            ));
+        }
+        let d = self.namespace.delimiter;
+        if !d.is_ascii_graphic() || matches!(d, '%' | '*' | '"' | '\\' | '&' | '(' | ')' | '{')
+        {
+            return Err(invalid(
+                "namespace.delimiter",
+                format!("{d:?} cannot be an IMAP hierarchy delimiter"),
+            ));
+        }
+        let p = &self.namespace.old_prefix;
+        if p.len() < 2 || !p.ends_with(d) {
+            return Err(invalid(
+                "namespace.old_prefix",
+                format!("must be a name followed by the delimiter {d:?}, e.g. \"Old{d}\""),
+            ));
+        }
+        if p.starts_with(d) || p.contains(&format!("{d}{d}")) {
+            return Err(invalid(
+                "namespace.old_prefix",
+                "must not start with the delimiter or contain an empty level",
+            ));
+        }
+        if p.chars().any(|c| matches!(c, '%' | '*') || c.is_control()) {
+            return Err(invalid(
+                "namespace.old_prefix",
+                "must not contain wildcards or control characters",
+            ));
+        }
+        if p.trim_end_matches(d).eq_ignore_ascii_case("inbox") {
+            return Err(invalid("namespace.old_prefix", "must not be INBOX"));
+        }
+        for (key, b) in [
+            ("backends.old.address", &self.backends.old),
+            ("backends.new.address", &self.backends.new),
+        ] {
+            match b.address.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => return Err(invalid(key, format!("{:?} is not host:port", b.address))),
+            }
+        }
+        let l = &self.limits;
+        if l.max_line_bytes < 1024 {
+            return Err(invalid("limits.max_line_bytes", "must be at least 1024"));
+        }
+        if l.idle_timeout_secs < 30 * 60 {
+            return Err(invalid(
+                "limits.idle_timeout_secs",
+                "must be at least 1800 (RFC 9051 §5.4: 30 minutes)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[listen]
+imaps = "0.0.0.0:993"
+imap  = "0.0.0.0:143"
+[tls]
+cert = "/etc/ferry/cert.pem"
+key  = "/etc/ferry/key.pem"
+[auth]
+allow_plaintext = false
+[backends.old]
+address = "old-mail.example.edu:993"
+tls = "implicit"
+ca = "/etc/ferry/old-ca.pem"
+[backends.new]
+address = "imap.example.edu:993"
+tls = "implicit"
+[namespace]
+old_prefix = "Old/"
+delimiter  = "/"
+[migration]
+default_phase = "merged"
+[migration.users]
+"carol" = "new"
+[migration.domains]
+"legacy.example.edu" = "old"
+"#;
+
+    #[test]
+    fn sample_from_the_issue_parses() {
+        let c = parse(SAMPLE).unwrap();
+        assert_eq!(c.backends.old.tls, BackendTls::Implicit);
+        assert_eq!(c.backends.old.host(), "old-mail.example.edu");
+        assert_eq!(c.migration.phase_for("carol"), Phase::New);
+        assert_eq!(c.migration.phase_for("Carol"), Phase::New);
+        assert_eq!(c.migration.phase_for("dave@legacy.example.edu"), Phase::Old);
+        assert_eq!(c.migration.phase_for("alice"), Phase::Merged);
+        assert_eq!(c.limits.max_line_bytes, 65536);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let bad = SAMPLE.replace("allow_plaintext", "allow_plain");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("allow_plain"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (from, to, key) in [
+            ("old_prefix = \"Old/\"", "old_prefix = \"Old\"", "namespace.old_prefix"),
+            ("delimiter  = \"/\"", "delimiter  = \"*\"", "namespace.delimiter"),
+            ("\"old-mail.example.edu:993\"", "\"nohost\"", "backends.old.address"),
+            ("tls = \"implicit\"\nca", "tls = \"sometimes\"\nca", "tls"),
+            ("default_phase = \"merged\"", "default_phase = \"later\"", "default_phase"),
+        ] {
+            let e = parse(&SAMPLE.replace(from, to)).unwrap_err().to_string();
+            assert!(e.contains(key), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for text in ["", "[[", "listen = 5", "\u{0}", "[listen]\nimaps = \"x\""] {
+            assert!(parse(text).is_err());
+        }
+    }
+}
