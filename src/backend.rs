@@ -1,1 +1,369 @@
-//! TODO
+//! Connecting and logging in to a store: TCP, TLS (implicit or STARTTLS),
+//! greeting, CAPABILITY, LOGIN, and the store's namespace layout. After this the
+//! connection belongs to the session driver.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use imap_codec::{
+    CommandCodec, ResponseCodec,
+    decode::Decoder,
+    encode::{Encoder, Fragment},
+    imap_types::{
+        IntoStatic,
+        command::{Command, CommandBody},
+        core::{AString, LiteralMode, Tag},
+        mailbox::Mailbox,
+        response::{Capability, Code, Data, Response, Status, StatusKind},
+        secret::Secret,
+    },
+};
+use rustls_pki_types::ServerName;
+use thiserror::Error;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_rustls::{TlsConnector, rustls::ClientConfig};
+
+use crate::{
+    config::{Backend, BackendTls},
+    frame::{Frame, Framer, Peer},
+    namespace::Layout,
+    session::{BackendInfo, Credentials, LoginFailure},
+    tls::MaybeTls,
+};
+
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+    #[error("login rejected")]
+    Rejected,
+}
+
+impl BackendError {
+    pub fn failure(&self) -> LoginFailure {
+        match self {
+            BackendError::Rejected => LoginFailure::Rejected,
+            _ => LoginFailure::Unavailable,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Connect(_) => "connect",
+            BackendError::Tls(_) => "tls",
+            BackendError::Io(_) => "io",
+            BackendError::Timeout => "timeout",
+            BackendError::Protocol(_) => "protocol",
+            BackendError::Rejected => "rejected",
+        }
+    }
+}
+
+/// A store's address and how to reach it.
+#[derive(Clone)]
+pub struct Target {
+    pub backend: Backend,
+    pub tls: Option<Arc<ClientConfig>>,
+}
+
+/// A store connection, logged in.
+pub struct Connected {
+    pub stream: MaybeTls,
+    pub info: BackendInfo,
+    /// Bytes read past the login exchange; they belong to the session.
+    pub rest: Bytes,
+}
+
+/// Responses of a store before the session takes over, message by message.
+struct Client {
+    stream: MaybeTls,
+    framer: Framer,
+    next: u32,
+}
+
+/// 64 KiB, the line length Dovecot accepts, bounds store lines during login too.
+const MAX_LINE: usize = 64 * 1024;
+
+impl Client {
+    async fn message(&mut self) -> Result<Bytes, BackendError> {
+        let mut msg = BytesMut::new();
+        loop {
+            match self.framer.next() {
+                Ok(Some(Frame::Line { bytes, literal, .. })) => {
+                    msg.extend_from_slice(&bytes);
+                    if literal.is_none() {
+                        return Ok(msg.freeze());
+                    }
+                }
+                Ok(Some(Frame::LiteralData { bytes, .. })) => {
+                    if msg.len() + bytes.len() > MAX_LINE {
+                        return Err(BackendError::Protocol("oversized response during login"));
+                    }
+                    msg.extend_from_slice(&bytes);
+                }
+                Ok(None) => {
+                    let mut buf = [0u8; 8192];
+                    let n = self.stream.read(&mut buf).await?;
+                    if n == 0 {
+                        return Err(BackendError::Protocol("connection closed"));
+                    }
+                    self.framer.push(&buf[..n]);
+                }
+                Err(_) => return Err(BackendError::Protocol("over-long line")),
+            }
+        }
+    }
+
+    fn tag(&mut self) -> Tag<'static> {
+        self.next += 1;
+        // Invariant: "ferry.login.N" is a valid tag.
+        Tag::try_from(format!("ferry.login.{}", self.next)).expect("valid tag")
+    }
+
+    /// Sends `body`, waiting for `+` before synchronizing literals, and returns
+    /// the untagged responses and the tagged status.
+    async fn run(
+        &mut self,
+        body: CommandBody<'_>,
+    ) -> Result<(Vec<Bytes>, Status<'static>), BackendError> {
+        let tag = self.tag();
+        let cmd = Command {
+            tag: tag.clone(),
+            body,
+        };
+        let mut untagged = vec![];
+        for fragment in CommandCodec::new().encode(&cmd) {
+            match fragment {
+                Fragment::Line { data } => self.stream.write_all(&data).await?,
+                Fragment::Literal { data, mode } => {
+                    if mode == LiteralMode::Sync {
+                        loop {
+                            let m = self.message().await?;
+                            if m.starts_with(b"+") {
+                                break;
+                            }
+                            if !m.starts_with(b"*") {
+                                // Tagged answer instead of `+`: the command is over.
+                                return Ok((untagged, parse_status(&m)?));
+                            }
+                            untagged.push(m);
+                        }
+                    }
+                    self.stream.write_all(&data).await?;
+                }
+            }
+        }
+        self.stream.flush().await?;
+        loop {
+            let m = self.message().await?;
+            if m.starts_with(tag.inner().as_bytes()) && m.get(tag.inner().len()) == Some(&b' ') {
+                return Ok((untagged, parse_status(&m)?));
+            }
+            untagged.push(m);
+        }
+    }
+}
+
+fn parse_status(m: &[u8]) -> Result<Status<'static>, BackendError> {
+    match ResponseCodec::new().decode(m) {
+        Ok((_, Response::Status(s))) => Ok(s.into_static()),
+        _ => Err(BackendError::Protocol("unparseable status response")),
+    }
+}
+
+fn capabilities(untagged: &[Bytes], status: &Status<'_>) -> Option<Vec<Capability<'static>>> {
+    if let Status::Tagged(t) = status
+        && let Some(Code::Capability(caps)) = &t.body.code
+    {
+        return Some(
+            caps.as_ref()
+                .iter()
+                .cloned()
+                .map(IntoStatic::into_static)
+                .collect(),
+        );
+    }
+    untagged
+        .iter()
+        .find_map(|m| match ResponseCodec::new().decode(m) {
+            Ok((_, Response::Data(Data::Capability(caps)))) => Some(
+                caps.as_ref()
+                    .iter()
+                    .cloned()
+                    .map(IntoStatic::into_static)
+                    .collect(),
+            ),
+            _ => None,
+        })
+}
+
+fn ok(status: &Status<'_>) -> bool {
+    matches!(status, Status::Tagged(t) if t.body.kind == StatusKind::Ok)
+}
+
+fn has(caps: &[Capability<'_>], name: &str) -> bool {
+    caps.iter()
+        .any(|c| c.to_string().eq_ignore_ascii_case(name))
+}
+
+async fn tls(target: &Target, tcp: TcpStream) -> Result<MaybeTls, BackendError> {
+    let config = target
+        .tls
+        .clone()
+        .ok_or(BackendError::Protocol("no TLS configuration"))?;
+    let name = target
+        .backend
+        .server_name
+        .clone()
+        .unwrap_or_else(|| target.backend.host().to_string());
+    let name =
+        ServerName::try_from(name).map_err(|_| BackendError::Protocol("invalid server name"))?;
+    let tls = TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(BackendError::Tls)?;
+    Ok(MaybeTls::Tls(Box::new(tls.into())))
+}
+
+/// Connects to a store and logs in with the user's credentials, byte for byte.
+pub async fn connect(
+    target: &Target,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<Connected, BackendError> {
+    tokio::time::timeout(timeout, connect_inner(target, credentials))
+        .await
+        .map_err(|_| BackendError::Timeout)?
+}
+
+async fn connect_inner(
+    target: &Target,
+    credentials: &Credentials,
+) -> Result<Connected, BackendError> {
+    let tcp = TcpStream::connect(&target.backend.address)
+        .await
+        .map_err(BackendError::Connect)?;
+    tcp.set_nodelay(true)?;
+    let stream = match target.backend.tls {
+        BackendTls::Implicit => tls(target, tcp).await?,
+        BackendTls::Starttls | BackendTls::None => MaybeTls::Plain(tcp),
+    };
+    let mut c = Client {
+        stream,
+        framer: Framer::new(Peer::Server, MAX_LINE),
+        next: 0,
+    };
+    let greeting = c.message().await?;
+    if !greeting.starts_with(b"* OK") {
+        return Err(BackendError::Protocol("store did not greet with OK"));
+    }
+    if target.backend.tls == BackendTls::Starttls {
+        let (_, status) = c.run(CommandBody::StartTLS).await?;
+        if !ok(&status) {
+            return Err(BackendError::Protocol("STARTTLS refused"));
+        }
+        if c.framer.buffered() > 0 {
+            // Anything sent before the handshake could be an injected response.
+            return Err(BackendError::Protocol("data after STARTTLS response"));
+        }
+        let MaybeTls::Plain(tcp) = c.stream else {
+            return Err(BackendError::Protocol("STARTTLS on a TLS connection"));
+        };
+        c.stream = tls(target, tcp).await?;
+        c.framer = Framer::new(Peer::Server, MAX_LINE);
+    }
+    let (untagged, status) = c.run(CommandBody::Capability).await?;
+    let caps = capabilities(&untagged, &status).unwrap_or_default();
+    if has(&caps, "LOGINDISABLED") {
+        return Err(BackendError::Protocol(
+            "store disables LOGIN on this connection",
+        ));
+    }
+    let login = CommandBody::Login {
+        username: astring(&credentials.user),
+        password: Secret::new(astring(&credentials.password)),
+    };
+    let (untagged, status) = c.run(login).await?;
+    match &status {
+        Status::Tagged(t) if t.body.kind == StatusKind::Ok => {}
+        Status::Tagged(t) if t.body.kind == StatusKind::No => return Err(BackendError::Rejected),
+        _ => return Err(BackendError::Protocol("LOGIN failed")),
+    }
+    let capabilities = match capabilities(&untagged, &status) {
+        Some(caps) => caps,
+        None => {
+            let (untagged, status) = c.run(CommandBody::Capability).await?;
+            capabilities(&untagged, &status).unwrap_or_default()
+        }
+    };
+    let layout = layout(&mut c, &capabilities).await?;
+    let rest = c.framer.take_rest();
+    Ok(Connected {
+        stream: c.stream,
+        info: BackendInfo {
+            capabilities,
+            layout,
+        },
+        rest,
+    })
+}
+
+/// User names and passwords as astrings: atoms, quoted strings or (for 8-bit
+/// and CR/LF) literals, so every byte reaches the store unchanged.
+fn astring(bytes: &[u8]) -> AString<'static> {
+    match AString::try_from(bytes.to_vec()) {
+        Ok(a) => a,
+        // Only NUL cannot be represented in IMAP4rev1 at all; send it as a literal
+        // and let the store refuse it.
+        Err(_) => AString::from(imap_codec::imap_types::core::Literal::unvalidated(
+            bytes.to_vec(),
+        )),
+    }
+}
+
+/// The personal namespace: NAMESPACE when offered, else the delimiter of `LIST "" ""`.
+async fn layout(c: &mut Client, caps: &[Capability<'_>]) -> Result<Layout, BackendError> {
+    if has(caps, "NAMESPACE") {
+        let (untagged, _) = c.run(CommandBody::Namespace).await?;
+        for m in &untagged {
+            if let Ok((_, Response::Data(Data::Namespace { personal, .. }))) =
+                ResponseCodec::new().decode(m)
+                && let Some(ns) = personal.first()
+            {
+                return Ok(Layout {
+                    prefix: ns.prefix.as_ref().to_vec(),
+                    delimiter: ns.delimiter.map(|d| d.inner() as u8),
+                });
+            }
+        }
+    }
+    let list = CommandBody::List {
+        reference: Mailbox::try_from("").map_err(|_| BackendError::Protocol("reference"))?,
+        mailbox_wildcard: ""
+            .try_into()
+            .map_err(|_| BackendError::Protocol("pattern"))?,
+    };
+    let (untagged, _) = c.run(list).await?;
+    for m in &untagged {
+        if let Ok((_, Response::Data(Data::List { delimiter, .. }))) =
+            ResponseCodec::new().decode(m)
+        {
+            return Ok(Layout {
+                prefix: Vec::new(),
+                delimiter: delimiter.map(|d| d.inner() as u8),
+            });
+        }
+    }
+    Ok(Layout::flat())
+}

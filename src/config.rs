@@ -316,8 +316,7 @@ impl Config {
             ));
         }
         let d = self.namespace.delimiter;
-        if !d.is_ascii_graphic() || matches!(d, '%' | '*' | '"' | '\\' | '&' | '(' | ')' | '{')
-        {
+        if !d.is_ascii_graphic() || matches!(d, '%' | '*' | '"' | '\\' | '&' | '(' | ')' | '{') {
             return Err(invalid(
                 "namespace.delimiter",
                 format!("{d:?} cannot be an IMAP hierarchy delimiter"),
@@ -421,11 +420,27 @@ default_phase = "merged"
     #[test]
     fn bad_values_name_their_key() {
         for (from, to, key) in [
-            ("old_prefix = \"Old/\"", "old_prefix = \"Old\"", "namespace.old_prefix"),
-            ("delimiter  = \"/\"", "delimiter  = \"*\"", "namespace.delimiter"),
-            ("\"old-mail.example.edu:993\"", "\"nohost\"", "backends.old.address"),
+            (
+                "old_prefix = \"Old/\"",
+                "old_prefix = \"Old\"",
+                "namespace.old_prefix",
+            ),
+            (
+                "delimiter  = \"/\"",
+                "delimiter  = \"*\"",
+                "namespace.delimiter",
+            ),
+            (
+                "\"old-mail.example.edu:993\"",
+                "\"nohost\"",
+                "backends.old.address",
+            ),
             ("tls = \"implicit\"\nca", "tls = \"sometimes\"\nca", "tls"),
-            ("default_phase = \"merged\"", "default_phase = \"later\"", "default_phase"),
+            (
+                "default_phase = \"merged\"",
+                "default_phase = \"later\"",
+                "default_phase",
+            ),
         ] {
             let e = parse(&SAMPLE.replace(from, to)).unwrap_err().to_string();
             assert!(e.contains(key), "{to}: {e}");

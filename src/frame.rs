@@ -1,1 +1,425 @@
-//! TODO
+//! Line and literal framing for both directions, streamed.
+//!
+//! imap-codec's `Fragmentizer` buffers whole messages (a 50 MB FETCH would sit in
+//! memory), so Ferry frames itself: lines are split off zero-copy, literal bytes
+//! leave as soon as they arrive. Only lines Ferry must understand are decoded later.
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+
+/// Which peer produced the bytes; it decides where literals may appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Client commands: any line may end in a literal announcement.
+    Client,
+    /// Server responses: status responses and continuation requests carry free
+    /// text, never literals, so a `{5}` at their end is text (a server echoing a
+    /// mailbox name must not desynchronise the stream).
+    Server,
+}
+
+/// A literal announcement at the end of a line: `{len}` or `{len+}` (also `~{len}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announcement {
+    pub len: u64,
+    /// `{len}`: the sender waits for a continuation request before sending the data.
+    pub sync: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A whole line, line ending included.
+    Line {
+        bytes: Bytes,
+        /// The line starts a new message (it does not follow a literal).
+        start: bool,
+        literal: Option<Announcement>,
+    },
+    /// Bytes of the literal announced by the previous line.
+    LiteralData { bytes: Bytes, last: bool },
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("line longer than {0} bytes")]
+    LineTooLong(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Line {
+        start: bool,
+    },
+    Literal {
+        remaining: u64,
+    },
+    /// Dropping a literal the session refused (a non-synchronizing one was sent anyway).
+    Discard {
+        remaining: u64,
+    },
+    /// Dropping the rest of an over-long line.
+    DiscardLine,
+}
+
+/// Incremental framer over a byte stream.
+#[derive(Debug)]
+pub struct Framer {
+    peer: Peer,
+    buf: BytesMut,
+    state: State,
+    max_line: usize,
+    /// Bytes of `buf` already searched for a line end.
+    scanned: usize,
+}
+
+impl Framer {
+    pub fn new(peer: Peer, max_line: usize) -> Self {
+        Self {
+            peer,
+            buf: BytesMut::new(),
+            state: State::Line { start: true },
+            max_line,
+            scanned: 0,
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True between messages (no partial line, no literal pending).
+    pub fn at_message_start(&self) -> bool {
+        self.state == State::Line { start: true } && self.buf.is_empty()
+    }
+
+    /// Hands over the unframed bytes (the framer is empty afterwards).
+    pub fn take_rest(&mut self) -> Bytes {
+        self.scanned = 0;
+        self.buf.split().freeze()
+    }
+
+    /// Releases buffer memory while the peer is quiet.
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 4096 {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// The announced literal will not come (a synchronizing literal the session
+    /// refused by not sending `+`) or must be dropped (a non-synchronizing one).
+    pub fn refuse_literal(&mut self, announcement: Announcement) {
+        if let State::Literal { remaining } = self.state {
+            self.state = if announcement.sync {
+                State::Line { start: true }
+            } else {
+                State::Discard { remaining }
+            };
+        }
+    }
+
+    /// Returns the next frame, `Ok(None)` when more input is needed.
+    pub fn next(&mut self) -> Result<Option<Frame>, FrameError> {
+        loop {
+            match self.state {
+                State::Literal { remaining } | State::Discard { remaining } => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = remaining.min(self.buf.len() as u64) as usize;
+                    let bytes = self.buf.split_to(n).freeze();
+                    let left = remaining - n as u64;
+                    let last = left == 0;
+                    let discarding = matches!(self.state, State::Discard { .. });
+                    self.state = match (last, discarding) {
+                        (true, _) => State::Line { start: false },
+                        (false, true) => State::Discard { remaining: left },
+                        (false, false) => State::Literal { remaining: left },
+                    };
+                    if !discarding {
+                        return Ok(Some(Frame::LiteralData { bytes, last }));
+                    }
+                }
+                State::DiscardLine => match self.find_newline() {
+                    Some(end) => {
+                        let _ = self.buf.split_to(end + 1);
+                        self.state = State::Line { start: true };
+                    }
+                    None => {
+                        self.buf.clear();
+                        self.scanned = 0;
+                        return Ok(None);
+                    }
+                },
+                State::Line { start } => {
+                    let Some(end) = self.find_newline() else {
+                        if self.buf.len() > self.max_line {
+                            self.state = State::DiscardLine;
+                            return Err(FrameError::LineTooLong(self.max_line));
+                        }
+                        return Ok(None);
+                    };
+                    if end + 1 > self.max_line {
+                        let _ = self.buf.split_to(end + 1);
+                        self.state = State::Line { start: true };
+                        return Err(FrameError::LineTooLong(self.max_line));
+                    }
+                    let bytes = self.buf.split_to(end + 1).freeze();
+                    let literal = if self.peer == Peer::Server && start && is_text_response(&bytes)
+                    {
+                        None
+                    } else {
+                        announcement(&bytes)
+                    };
+                    self.state = match literal {
+                        Some(a) if a.len > 0 => State::Literal { remaining: a.len },
+                        Some(_) => State::Line { start: false },
+                        None => State::Line { start: true },
+                    };
+                    return Ok(Some(Frame::Line {
+                        bytes,
+                        start,
+                        literal,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn find_newline(&mut self) -> Option<usize> {
+        match self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                let end = self.scanned + i;
+                self.scanned = 0;
+                Some(end)
+            }
+            None => {
+                self.scanned = self.buf.len();
+                None
+            }
+        }
+    }
+}
+
+/// Parses a literal announcement at the end of `line` (`... {123}\r\n`, `{123+}`).
+pub fn announcement(line: &[u8]) -> Option<Announcement> {
+    let line = line.strip_suffix(b"\n")?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let inner = line.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|b| *b == b'{')?;
+    let mut digits = &inner[open + 1..];
+    let sync = match digits
+        .strip_suffix(b"+")
+        .or_else(|| digits.strip_suffix(b"-"))
+    {
+        Some(d) => {
+            digits = d;
+            false
+        }
+        None => true,
+    };
+    // RFC 9051 number64; more than 19 digits cannot be a real size.
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let len = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(Announcement { len, sync })
+}
+
+/// A server line whose remainder is free text: `+ …`, `* OK|NO|BAD|BYE|PREAUTH …`,
+/// `tag OK|NO|BAD …`.
+pub fn is_text_response(line: &[u8]) -> bool {
+    if line.starts_with(b"+") {
+        return true;
+    }
+    let mut words = line.splitn(3, |b| *b == b' ');
+    let (Some(tag), Some(word)) = (words.next(), words.next()) else {
+        return false;
+    };
+    let word = word.strip_suffix(b"\r\n").unwrap_or(word);
+    let statuses: &[&str] = if tag == b"*" {
+        &["OK", "NO", "BAD", "BYE", "PREAUTH"]
+    } else {
+        &["OK", "NO", "BAD"]
+    };
+    statuses
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(peer: Peer, chunks: &[&[u8]]) -> Vec<Frame> {
+        let mut f = Framer::new(peer, 1024);
+        let mut out = vec![];
+        for c in chunks {
+            f.push(c);
+            while let Some(fr) = f.next().unwrap() {
+                out.push(fr);
+            }
+        }
+        out
+    }
+
+    fn line(s: &[u8], start: bool, literal: Option<(u64, bool)>) -> Frame {
+        Frame::Line {
+            bytes: Bytes::copy_from_slice(s),
+            start,
+            literal: literal.map(|(len, sync)| Announcement { len, sync }),
+        }
+    }
+
+    #[test]
+    fn lines_and_literals_in_any_chunking() {
+        let input = b"a1 LOGIN {5}\r\nalice {3+}\r\npw!\r\na2 NOOP\r\n";
+        let whole = frames(Peer::Client, &[input]);
+        for split in 1..input.len() {
+            let (a, b) = input.split_at(split);
+            let got = frames(Peer::Client, &[a, b]);
+            let joined: Vec<u8> = got
+                .iter()
+                .flat_map(|f| match f {
+                    Frame::Line { bytes, .. } | Frame::LiteralData { bytes, .. } => bytes.to_vec(),
+                })
+                .collect();
+            assert_eq!(joined, input, "split at {split}");
+        }
+        assert_eq!(
+            whole,
+            vec![
+                line(b"a1 LOGIN {5}\r\n", true, Some((5, true))),
+                Frame::LiteralData {
+                    bytes: Bytes::from_static(b"alice"),
+                    last: true
+                },
+                line(b" {3+}\r\n", false, Some((3, false))),
+                Frame::LiteralData {
+                    bytes: Bytes::from_static(b"pw!"),
+                    last: true
+                },
+                line(b"\r\n", false, None),
+                line(b"a2 NOOP\r\n", true, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn literal_streams_in_chunks() {
+        let got = frames(
+            Peer::Server,
+            &[b"* 1 FETCH (BODY[] {10}\r\n01234", b"56789)\r\n"],
+        );
+        assert_eq!(got.len(), 4);
+        assert_eq!(
+            got[1],
+            Frame::LiteralData {
+                bytes: Bytes::from_static(b"01234"),
+                last: false
+            }
+        );
+        assert_eq!(got[3], line(b")\r\n", false, None));
+    }
+
+    #[test]
+    fn status_text_ending_in_braces_is_not_a_literal() {
+        let got = frames(
+            Peer::Server,
+            &[b"a2 NO Mailbox doesn't exist: nope{5}\r\n* OK [ALERT] see {3}\r\n+ go {2}\r\na3 OK done\r\n"],
+        );
+        assert_eq!(got.len(), 4);
+        assert!(got.iter().all(|f| matches!(
+            f,
+            Frame::Line {
+                literal: None,
+                start: true,
+                ..
+            }
+        )));
+        // The same text from a client is a literal announcement.
+        let got = frames(Peer::Client, &[b"a2 NO x{5}\r\n"]);
+        assert_eq!(got, vec![line(b"a2 NO x{5}\r\n", true, Some((5, true)))]);
+    }
+
+    #[test]
+    fn zero_length_literal_and_literal8() {
+        let got = frames(Peer::Server, &[b"* 1 FETCH (BINARY[] ~{0}\r\n)\r\n"]);
+        assert_eq!(
+            got[0],
+            line(b"* 1 FETCH (BINARY[] ~{0}\r\n", true, Some((0, true)))
+        );
+        assert_eq!(got[1], line(b")\r\n", false, None));
+    }
+
+    #[test]
+    fn over_long_line_is_an_error_then_recovers() {
+        let mut f = Framer::new(Peer::Client, 16);
+        f.push(b"a1 NOOP aaaaaaaaaaaaaaaaaaaaaaaaaa");
+        assert_eq!(f.next(), Err(FrameError::LineTooLong(16)));
+        f.push(b"aaaa\r\na2 NOOP\r\n");
+        assert_eq!(f.next().unwrap(), Some(line(b"a2 NOOP\r\n", true, None)));
+    }
+
+    #[test]
+    fn refused_literals() {
+        let mut f = Framer::new(Peer::Client, 1024);
+        f.push(b"a1 APPEND Old/x {3}\r\n");
+        let Some(Frame::Line {
+            literal: Some(a), ..
+        }) = f.next().unwrap()
+        else {
+            panic!()
+        };
+        f.refuse_literal(a);
+        f.push(b"a2 NOOP\r\n");
+        assert_eq!(f.next().unwrap(), Some(line(b"a2 NOOP\r\n", true, None)));
+
+        f.push(b"a3 APPEND Old/x {3+}\r\nabc\r\n");
+        let Some(Frame::Line {
+            literal: Some(a), ..
+        }) = f.next().unwrap()
+        else {
+            panic!()
+        };
+        f.refuse_literal(a);
+        assert_eq!(f.next().unwrap(), Some(line(b"\r\n", false, None)));
+    }
+
+    #[test]
+    fn announcements() {
+        assert_eq!(
+            announcement(b"x {12}\r\n"),
+            Some(Announcement {
+                len: 12,
+                sync: true
+            })
+        );
+        assert_eq!(
+            announcement(b"x {12+}\r\n"),
+            Some(Announcement {
+                len: 12,
+                sync: false
+            })
+        );
+        assert_eq!(
+            announcement(b"x {4294967295}\r\n"),
+            Some(Announcement {
+                len: 4294967295,
+                sync: true
+            })
+        );
+        for bad in [
+            &b"x {}\r\n"[..],
+            b"x {1a}\r\n",
+            b"x 12}\r\n",
+            b"x {99999999999999999999}\r\n",
+        ] {
+            assert_eq!(announcement(bad), None);
+        }
+    }
+}

@@ -1,1 +1,57 @@
-fn main() {}
+//! `ferry --config FILE` runs the proxy; `ferry check-config FILE` validates a
+//! configuration and names the bad key.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "IMAP proxy for mail-system migrations")]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate a configuration file and exit.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Cmd::CheckConfig { file }) = cli.command {
+        let config = ferry::config::load(&file).with_context(|| format!("{}", file.display()))?;
+        if let Some(tls) = &config.tls {
+            ferry::tls::load_certified_key(&tls.cert, &tls.key).context("tls")?;
+        }
+        println!("{}: OK", file.display());
+        return Ok(());
+    }
+    let path = cli
+        .config
+        .context("--config FILE is required (or: ferry check-config FILE)")?;
+    let config = ferry::config::load(&path).with_context(|| format!("{}", path.display()))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let ferry = ferry::Ferry::start(config).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        ferry.shutdown().await;
+        anyhow::Ok(())
+    })
+}

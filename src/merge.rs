@@ -1,1 +1,305 @@
-//! TODO
+//! Pure merging of what the two stores report: LIST/LSUB trees and capabilities.
+
+use std::collections::BTreeMap;
+
+use imap_codec::imap_types::{core::Atom, flag::FlagNameAttribute, response::Capability};
+
+use crate::namespace::{NameMap, matches};
+
+/// One LIST/LSUB entry as a store reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEntry {
+    pub attrs: Vec<FlagNameAttribute<'static>>,
+    pub name: Vec<u8>,
+}
+
+/// One entry of the merged view, named as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub attrs: Vec<FlagNameAttribute<'static>>,
+    pub name: Vec<u8>,
+}
+
+fn ext(name: &'static str) -> FlagNameAttribute<'static> {
+    // Invariant: the names passed here are valid atoms.
+    FlagNameAttribute::from(Atom::try_from(name).expect("static atom"))
+}
+
+fn ext_name(attr: &FlagNameAttribute<'_>) -> Option<String> {
+    match attr {
+        FlagNameAttribute::Extension(_) => Some(
+            attr.to_string()
+                .trim_start_matches('\\')
+                .to_ascii_lowercase(),
+        ),
+        _ => None,
+    }
+}
+
+/// RFC 6154 special-use attributes: an `Old/` folder must not be a second `\Sent`.
+const SPECIAL_USE: [&str; 8] = [
+    "all",
+    "archive",
+    "drafts",
+    "flagged",
+    "junk",
+    "sent",
+    "trash",
+    "important",
+];
+const CHILD_INFO: [&str; 2] = ["haschildren", "hasnochildren"];
+
+/// The merged LIST (or LSUB) answer for `pattern` (canonical: reference joined).
+///
+/// `new` holds NEW's answer to the same pattern; `old` OLD's full tree (`*`), or
+/// `None` when OLD was not asked (pattern cannot reach below the prefix) or is
+/// unavailable; `old_reachable` says whether OLD answered at all.
+pub fn list(
+    map: &NameMap,
+    pattern: &[u8],
+    lsub: bool,
+    new: &[RawEntry],
+    old: Option<&[RawEntry]>,
+    old_reachable: bool,
+) -> Vec<Entry> {
+    let delim = map.delimiter();
+    let mut out = Vec::new();
+    // Subscriptions to Old/ names live on NEW under the client's name.
+    let mut old_tree: BTreeMap<Vec<u8>, Vec<FlagNameAttribute<'static>>> = BTreeMap::new();
+    for e in new {
+        if let Some(name) = map.new_to_client(&e.name) {
+            if matches(pattern, &name, delim) {
+                out.push(Entry {
+                    attrs: e.attrs.clone(),
+                    name,
+                });
+            }
+        } else if lsub
+            && let Some(name) = map.new_subscription_to_client(&e.name)
+            && name != map.root()
+        {
+            old_tree.entry(name).or_default();
+        }
+    }
+    for e in old.unwrap_or_default() {
+        if let Some(name) = map.old_to_client(&e.name) {
+            let attrs = e
+                .attrs
+                .iter()
+                .filter(|a| {
+                    ext_name(a).is_none_or(|n| {
+                        !SPECIAL_USE.contains(&n.as_str()) && !CHILD_INFO.contains(&n.as_str())
+                    })
+                })
+                .cloned()
+                .collect();
+            old_tree.insert(name, attrs);
+        }
+    }
+    // Parents the tree implies but OLD does not list (including the root `Old`).
+    let mut ancestors: Vec<Vec<u8>> = Vec::new();
+    for name in old_tree.keys() {
+        let mut end = name.len();
+        while let Some(i) = name[..end].iter().rposition(|b| *b == delim) {
+            end = i;
+            ancestors.push(name[..end].to_vec());
+        }
+    }
+    for a in ancestors {
+        old_tree
+            .entry(a)
+            .or_insert_with(|| vec![FlagNameAttribute::Noselect]);
+    }
+    if !lsub && (old.is_none() || !old_reachable) {
+        // Not asked (or unreachable): the root still exists as a parent.
+        let has = if old_reachable {
+            "HasChildren"
+        } else {
+            "HasNoChildren"
+        };
+        old_tree
+            .entry(map.root().to_vec())
+            .or_insert_with(|| vec![FlagNameAttribute::Noselect, ext(has)]);
+    }
+    let names: Vec<Vec<u8>> = old_tree.keys().cloned().collect();
+    for (name, mut attrs) in old_tree {
+        if !matches(pattern, &name, delim) {
+            continue;
+        }
+        if !lsub
+            && !attrs
+                .iter()
+                .any(|a| ext_name(a).is_some_and(|n| CHILD_INFO.contains(&n.as_str())))
+        {
+            let mut child = name.clone();
+            child.push(delim);
+            let has = names.iter().any(|n| n.starts_with(&child));
+            attrs.push(ext(if has { "HasChildren" } else { "HasNoChildren" }));
+        }
+        out.push(Entry { attrs, name });
+    }
+    out
+}
+
+/// Extensions Ferry can carry in the merged view when NEW offers them. Anything
+/// else (ESEARCH, LIST-EXTENDED, CONDSTORE, MULTIAPPEND, COMPRESS …) either
+/// cannot be parsed by imap-codec or would need both stores to agree.
+const MERGED_ALLOWED: [&str; 8] = [
+    "LITERAL+",
+    "IDLE",
+    "UNSELECT",
+    "UIDPLUS",
+    "MOVE",
+    "SPECIAL-USE",
+    "SORT",
+    "I18NLEVEL=1",
+];
+
+fn cap_name(c: &Capability<'_>) -> String {
+    c.to_string().to_ascii_uppercase()
+}
+
+/// Post-login capabilities in the merged phase.
+pub fn merged_capabilities(new: &[Capability<'_>]) -> Vec<String> {
+    let mut out = vec![
+        "IMAP4rev1".to_string(),
+        "ID".into(),
+        "NAMESPACE".into(),
+        "CHILDREN".into(),
+    ];
+    for c in new {
+        let n = cap_name(c);
+        if MERGED_ALLOWED.contains(&n.as_str()) || n.starts_with("THREAD=") || n == "SORT=DISPLAY" {
+            out.push(c.to_string());
+        }
+    }
+    out
+}
+
+/// Post-login capabilities when one store is passed through: its own, minus what
+/// a proxy in the middle cannot carry (compression, TLS and login mechanisms).
+pub fn passthrough_capabilities(store: &[Capability<'_>]) -> Vec<String> {
+    store
+        .iter()
+        .filter(|c| {
+            let n = cap_name(c);
+            !(n.starts_with("AUTH=")
+                || n.starts_with("COMPRESS")
+                || ["STARTTLS", "LOGINDISABLED", "SASL-IR", "LOGIN-REFERRALS"]
+                    .contains(&n.as_str()))
+        })
+        .map(|c| c.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespace::Layout;
+
+    fn map() -> NameMap {
+        NameMap::new(
+            "Old/",
+            '/',
+            Layout {
+                prefix: b"INBOX.".to_vec(),
+                delimiter: Some(b'.'),
+            },
+            Layout {
+                prefix: vec![],
+                delimiter: Some(b'/'),
+            },
+        )
+    }
+
+    fn raw(name: &str, attrs: &[&'static str]) -> RawEntry {
+        RawEntry {
+            attrs: attrs
+                .iter()
+                .map(|a| match *a {
+                    "Noselect" => FlagNameAttribute::Noselect,
+                    a => ext(a),
+                })
+                .collect(),
+            name: name.as_bytes().to_vec(),
+        }
+    }
+
+    fn show(entries: &[Entry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| {
+                let attrs: Vec<String> = e.attrs.iter().map(|a| a.to_string()).collect();
+                format!("({}) {}", attrs.join(" "), String::from_utf8_lossy(&e.name))
+            })
+            .collect()
+    }
+
+    fn old_tree() -> Vec<RawEntry> {
+        vec![
+            raw("INBOX", &["HasChildren"]),
+            raw("INBOX.Sent", &["HasNoChildren", "Sent"]),
+            raw("INBOX.Archive.2019", &["HasNoChildren"]),
+            raw("INBOX.INBOX", &["HasNoChildren"]),
+            raw("INBOX.a/b", &["HasNoChildren"]),
+        ]
+    }
+
+    #[test]
+    fn full_tree() {
+        let new = [
+            raw("INBOX", &["HasNoChildren"]),
+            raw("Sent", &["HasNoChildren", "Sent"]),
+            raw("Old", &["HasNoChildren"]),
+        ];
+        let got = list(&map(), b"*", false, &new, Some(&old_tree()), true);
+        assert_eq!(
+            show(&got),
+            [
+                "(\\HasNoChildren) INBOX",
+                "(\\HasNoChildren \\Sent) Sent",
+                "(\\Noselect \\HasChildren) Old",
+                "(\\Noselect \\HasChildren) Old/Archive",
+                "(\\HasNoChildren) Old/Archive/2019",
+                "(\\HasNoChildren) Old/INBOX",
+                "(\\HasNoChildren) Old/Sent",
+            ]
+        );
+    }
+
+    #[test]
+    fn percent_patterns() {
+        let m = map();
+        let got = list(&m, b"%", false, &[raw("INBOX", &[])], None, true);
+        assert_eq!(show(&got), ["() INBOX", "(\\Noselect \\HasChildren) Old"]);
+        let got = list(&m, b"Old/%", false, &[], Some(&old_tree()), true);
+        assert_eq!(
+            show(&got),
+            [
+                "(\\Noselect \\HasChildren) Old/Archive",
+                "(\\HasNoChildren) Old/INBOX",
+                "(\\HasNoChildren) Old/Sent"
+            ]
+        );
+        let got = list(&m, b"%", false, &[], None, false);
+        assert_eq!(show(&got), ["(\\Noselect \\HasNoChildren) Old"]);
+    }
+
+    #[test]
+    fn lsub_merges_old_subscriptions_kept_on_new() {
+        let m = map();
+        let new = [raw("INBOX", &[]), raw("Old/Archive/2019", &[])];
+        let old = [raw("INBOX.Sent", &[])];
+        let got = list(&m, b"*", true, &new, Some(&old), true);
+        assert_eq!(
+            show(&got),
+            [
+                "() INBOX",
+                "(\\Noselect) Old",
+                "(\\Noselect) Old/Archive",
+                "() Old/Archive/2019",
+                "() Old/Sent"
+            ]
+        );
+    }
+}

@@ -1,1 +1,165 @@
-//! TODO
+//! The route table of the merged phase: one row per command, exhaustive, so adding
+//! a command is adding a row. The session turns a route into backend traffic.
+
+use imap_codec::imap_types::command::CommandBody;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Answered by Ferry alone.
+    Local(Local),
+    /// Goes to the store that holds the mailbox the command names.
+    ByName(NameOp),
+    /// Goes to the store holding the selected mailbox.
+    Selected(SelectedOp),
+    /// LIST or LSUB over both stores.
+    List { lsub: bool },
+    /// IDLE on the selected store (NEW when nothing is selected).
+    Idle,
+    /// NOOP: to the selected store, to NEW otherwise (keeps it alive).
+    Noop,
+    /// Refused with BAD: wrong state or an extension Ferry does not advertise.
+    Bad(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    Capability,
+    Id,
+    Namespace,
+    Logout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameOp {
+    Select,
+    Examine,
+    Create,
+    Delete,
+    Rename,
+    Subscribe,
+    Unsubscribe,
+    Status,
+    Append,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectedOp {
+    /// FETCH, SEARCH, SORT, THREAD, CHECK: read-only, forwarded as they are.
+    Read,
+    Store,
+    Expunge,
+    Close,
+    Unselect,
+    Copy,
+    Move,
+}
+
+/// Routes an authenticated command in the merged phase.
+pub fn route(body: &CommandBody<'_>) -> Route {
+    use CommandBody as C;
+    match body {
+        C::Capability => Route::Local(Local::Capability),
+        C::Id { .. } => Route::Local(Local::Id),
+        C::Namespace => Route::Local(Local::Namespace),
+        C::Logout => Route::Local(Local::Logout),
+        C::Noop => Route::Noop,
+        C::Idle => Route::Idle,
+        C::Select { .. } => Route::ByName(NameOp::Select),
+        C::Examine { .. } => Route::ByName(NameOp::Examine),
+        C::Create { .. } => Route::ByName(NameOp::Create),
+        C::Delete { .. } => Route::ByName(NameOp::Delete),
+        C::Rename { .. } => Route::ByName(NameOp::Rename),
+        C::Subscribe { .. } => Route::ByName(NameOp::Subscribe),
+        C::Unsubscribe { .. } => Route::ByName(NameOp::Unsubscribe),
+        C::Status { .. } => Route::ByName(NameOp::Status),
+        C::Append { .. } => Route::ByName(NameOp::Append),
+        C::List { .. } => Route::List { lsub: false },
+        C::Lsub { .. } => Route::List { lsub: true },
+        C::Fetch { .. } | C::Search { .. } | C::Sort { .. } | C::Thread { .. } | C::Check => {
+            Route::Selected(SelectedOp::Read)
+        }
+        C::Store { .. } => Route::Selected(SelectedOp::Store),
+        C::Expunge | C::ExpungeUid { .. } => Route::Selected(SelectedOp::Expunge),
+        C::Close => Route::Selected(SelectedOp::Close),
+        C::Unselect => Route::Selected(SelectedOp::Unselect),
+        C::Copy { .. } => Route::Selected(SelectedOp::Copy),
+        C::Move { .. } => Route::Selected(SelectedOp::Move),
+        C::Login { .. } | C::Authenticate { .. } => Route::Bad("Already authenticated"),
+        C::StartTLS => Route::Bad("STARTTLS is only valid before login"),
+        C::Enable { .. } => Route::Bad("ENABLE is not supported"),
+        C::Compress { .. } => Route::Bad("COMPRESS is not supported"),
+        C::GetQuota { .. } | C::GetQuotaRoot { .. } | C::SetQuota { .. } => {
+            Route::Bad("QUOTA is not supported")
+        }
+        #[allow(unreachable_patterns)]
+        _ => Route::Bad("Command not supported"),
+    }
+}
+
+/// Commands that may ever reach the OLD store in the merged phase, as the client
+/// sent them. Everything else Ferry sends to OLD it builds itself (EXAMINE,
+/// STATUS, LIST, FETCH FLAGS, UNSELECT/CLOSE of a read-only mailbox, LOGOUT).
+pub fn old_may_receive(body: &CommandBody<'_>) -> bool {
+    use CommandBody as C;
+    match body {
+        C::Fetch { .. } | C::Search { .. } | C::Sort { .. } | C::Thread { .. } => true,
+        C::Check | C::Noop | C::Idle => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use imap_codec::{CommandCodec, decode::Decoder};
+
+    use super::*;
+
+    fn route_of(line: &str) -> Route {
+        let (_, cmd) = CommandCodec::new().decode(line.as_bytes()).unwrap();
+        route(&cmd.body)
+    }
+
+    #[test]
+    fn table() {
+        assert_eq!(route_of("a LIST \"\" *\r\n"), Route::List { lsub: false });
+        assert_eq!(
+            route_of("a UID STORE 1 +FLAGS (\\Seen)\r\n"),
+            Route::Selected(SelectedOp::Store)
+        );
+        assert_eq!(
+            route_of("a UID EXPUNGE 1\r\n"),
+            Route::Selected(SelectedOp::Expunge)
+        );
+        assert_eq!(
+            route_of("a SELECT Old/INBOX\r\n"),
+            Route::ByName(NameOp::Select)
+        );
+        assert_eq!(
+            route_of("a ENABLE CONDSTORE\r\n"),
+            Route::Bad("ENABLE is not supported")
+        );
+        assert_eq!(route_of("a NAMESPACE\r\n"), Route::Local(Local::Namespace));
+    }
+
+    #[test]
+    fn old_never_receives_writes() {
+        let codec = CommandCodec::new();
+        for line in [
+            "a STORE 1 +FLAGS (\\Deleted)\r\n",
+            "a EXPUNGE\r\n",
+            "a UID EXPUNGE 1\r\n",
+            "a APPEND x {1+}\r\nx\r\n",
+            "a CREATE x\r\n",
+            "a DELETE x\r\n",
+            "a RENAME x y\r\n",
+            "a COPY 1 x\r\n",
+            "a MOVE 1 x\r\n",
+            "a SUBSCRIBE x\r\n",
+            "a CLOSE\r\n",
+            "a SELECT x\r\n",
+        ] {
+            let (_, cmd) = codec.decode(line.as_bytes()).unwrap();
+            assert!(!old_may_receive(&cmd.body), "{line}");
+        }
+    }
+}

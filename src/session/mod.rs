@@ -1,1 +1,626 @@
-//! TODO
+//! The sans-IO session: one client, up to two stores.
+//!
+//! The driver feeds bytes in ([`Session::client_input`], [`Session::backend_input`])
+//! and performs what [`Session::poll_action`] returns. No sockets, no clock.
+//!
+//! Client bytes are framed ([`crate::frame`]) and assembled into whole commands,
+//! except APPEND messages, which stream to the store. Commands are handled one at
+//! a time; later ones stay queued in the framer (so `DONE` pipelined with the next
+//! command works). Store bytes are framed too; responses Ferry must rewrite are
+//! assembled and decoded, everything else leaves as it came, literal by literal.
+
+mod merged;
+mod pipe;
+mod preauth;
+pub mod reply;
+
+use std::{collections::VecDeque, fmt, sync::Arc};
+
+use bytes::{Bytes, BytesMut};
+use imap_codec::{
+    CommandCodec,
+    decode::Decoder,
+    imap_types::{command::Command, response::Capability},
+};
+use tracing::debug;
+
+pub use crate::namespace::Store;
+use crate::{
+    config::{Config, Phase},
+    frame::{Announcement, Frame, Framer, Peer},
+    namespace::Layout,
+};
+
+/// What a user typed to log in; handed to the driver to log in to a store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: Vec<u8>,
+    pub password: Vec<u8>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &String::from_utf8_lossy(&self.user))
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What a store told Ferry at login.
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    pub capabilities: Vec<Capability<'static>>,
+    pub layout: Layout,
+}
+
+impl BackendInfo {
+    pub fn has(&self, name: &str) -> bool {
+        self.capabilities
+            .iter()
+            .any(|c| c.to_string().eq_ignore_ascii_case(name))
+    }
+}
+
+/// Why a store login did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// The store said NO: wrong user or password.
+    Rejected,
+    /// The store could not be reached or misbehaved.
+    Unavailable,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    ToClient(Bytes),
+    ToBackend(Store, Bytes),
+    /// Start the TLS handshake on the client connection (after the queued OK).
+    StartTls,
+    /// Connect and log in to a store; report with [`Session::login_done`].
+    Login {
+        store: Store,
+        credentials: Arc<Credentials>,
+    },
+    /// Close a store connection (after the queued bytes).
+    CloseBackend(Store),
+    /// Flush and close the client connection; the session is over.
+    Close,
+}
+
+/// What the client side is expected to send next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Input {
+    /// A new command (or the rest of one being assembled).
+    Command,
+    /// Nothing: a command is running; later input stays queued.
+    Waiting,
+    /// The base64 line of AUTHENTICATE PLAIN.
+    AuthData { tag: Bytes },
+    /// `DONE` ends an IDLE.
+    IdleDone,
+    /// Literal bytes and lines of an APPEND go straight to the store.
+    Stream(Store),
+    /// The rest of a refused command is dropped; then `reply` is sent.
+    Discard(Bytes),
+}
+
+enum Mode {
+    PreAuth,
+    LoggingIn {
+        tag: Bytes,
+        phase: Phase,
+        credentials: Arc<Credentials>,
+    },
+    Pipe(Store),
+    Merged(Box<merged::Merged>),
+    Closed,
+}
+
+struct StoreConn {
+    framer: Framer,
+    info: BackendInfo,
+    /// How the rest of the current response is handled.
+    disposition: Disposition,
+}
+
+#[derive(Debug)]
+enum Disposition {
+    Forward,
+    Drop,
+    Assemble(BytesMut),
+}
+
+/// Settings a session takes from the configuration at its start.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub config: Arc<Config>,
+    /// The client connection is already TLS (port 993).
+    pub tls: bool,
+    /// STARTTLS can be offered (plain port with a certificate configured).
+    pub starttls: bool,
+}
+
+pub struct Session {
+    cfg: SessionConfig,
+    client: Framer,
+    input: Input,
+    /// The command being assembled, literals normalised to `{n+}`.
+    command: BytesMut,
+    mode: Mode,
+    stores: [Option<StoreConn>; 2],
+    actions: VecDeque<Action>,
+    next_tag: u64,
+}
+
+fn idx(store: Store) -> usize {
+    match store {
+        Store::Old => 0,
+        Store::New => 1,
+    }
+}
+
+/// Pre-login literals are capped low: nobody has authenticated yet.
+const PREAUTH_MAX_LITERAL: usize = 8 * 1024;
+
+impl Session {
+    pub fn new(cfg: SessionConfig) -> Self {
+        let max_line = cfg.config.limits.max_line_bytes;
+        let mut s = Self {
+            cfg,
+            client: Framer::new(Peer::Client, max_line),
+            input: Input::Command,
+            command: BytesMut::new(),
+            mode: Mode::PreAuth,
+            stores: [None, None],
+            actions: VecDeque::new(),
+            next_tag: 0,
+        };
+        let greeting = format!(
+            "* OK [CAPABILITY {}] Ferry ready.\r\n",
+            s.preauth_capabilities().join(" ")
+        );
+        s.to_client(Bytes::from(greeting));
+        s
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// True when the driver should read from the client.
+    pub fn wants_client_input(&self) -> bool {
+        !matches!(self.mode, Mode::Closed)
+            && (matches!(self.mode, Mode::Pipe(_)) || self.input != Input::Waiting)
+    }
+
+    /// True while logged in (for the idle timeout vs the pre-auth one).
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self.mode, Mode::Pipe(_) | Mode::Merged(_))
+    }
+
+    /// True when no command is in progress: a safe point to end the session.
+    pub fn is_idle(&self) -> bool {
+        self.input == Input::Command && self.command.is_empty() && self.client.at_message_start()
+    }
+
+    pub fn client_input(&mut self, data: &[u8]) {
+        self.client.push(data);
+        self.pump_client();
+    }
+
+    pub fn client_closed(&mut self) {
+        self.logout_stores();
+        self.close();
+    }
+
+    /// The client connection is now TLS.
+    pub fn tls_established(&mut self) {
+        self.cfg.tls = true;
+        self.pump_client();
+    }
+
+    pub fn backend_input(&mut self, store: Store, data: &[u8]) {
+        let Some(conn) = self.stores[idx(store)].as_mut() else {
+            return;
+        };
+        conn.framer.push(data);
+        loop {
+            let Some(conn) = self.stores[idx(store)].as_mut() else {
+                return;
+            };
+            match conn.framer.next() {
+                Ok(Some(frame)) => self.backend_frame(store, frame),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(store = store.as_str(), error = %e, "store sent an over-long line");
+                    self.store_lost(store);
+                    return;
+                }
+            }
+        }
+        self.pump_client();
+    }
+
+    pub fn backend_closed(&mut self, store: Store) {
+        if self.stores[idx(store)].is_some() {
+            self.store_lost(store);
+        }
+        self.pump_client();
+    }
+
+    /// Result of an [`Action::Login`].
+    pub fn login_done(&mut self, store: Store, result: Result<BackendInfo, LoginFailure>) {
+        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        match (&mut mode, result) {
+            (Mode::LoggingIn { .. }, result) => self.primary_login_done(&mut mode, store, result),
+            (Mode::Merged(m), result) => self.old_login_done(m, result),
+            (_, Ok(_)) => self.actions.push_back(Action::CloseBackend(store)),
+            _ => {}
+        }
+        if matches!(self.mode, Mode::Closed) {
+            self.mode = mode;
+        }
+        self.pump_client();
+    }
+
+    /// Ends the session with `* BYE text` (shutdown, phase change) at a safe point.
+    pub fn end(&mut self, text: &str) {
+        self.to_client(reply::bye(text));
+        self.logout_stores();
+        self.close();
+    }
+
+    fn primary_login_done(
+        &mut self,
+        mode: &mut Mode,
+        store: Store,
+        result: Result<BackendInfo, LoginFailure>,
+    ) {
+        let Mode::LoggingIn {
+            tag,
+            phase,
+            credentials,
+        } = std::mem::replace(mode, Mode::PreAuth)
+        else {
+            return;
+        };
+        self.input = Input::Command;
+        let info = match result {
+            Ok(info) => info,
+            Err(failure) => {
+                crate::metrics::login(phase, failure_label(&failure));
+                let reply = match failure {
+                    LoginFailure::Rejected => reply::no(
+                        &tag,
+                        reply::Rfc5530::AuthenticationFailed,
+                        "Authentication failed.",
+                    ),
+                    LoginFailure::Unavailable => reply::no(
+                        &tag,
+                        reply::Rfc5530::Unavailable,
+                        "Mail store temporarily unavailable, try again later.",
+                    ),
+                };
+                self.to_client(reply);
+                return;
+            }
+        };
+        crate::metrics::login(phase, "ok");
+        tracing::info!(phase = phase.as_str(), "logged in");
+        let caps = match phase {
+            Phase::Merged => crate::merge::merged_capabilities(&info.capabilities),
+            Phase::Old | Phase::New => crate::merge::passthrough_capabilities(&info.capabilities),
+        };
+        self.attach_store(store, info.clone());
+        *mode = match phase {
+            Phase::Merged => Mode::Merged(Box::new(merged::Merged::new(
+                &self.cfg.config,
+                info.layout,
+                caps.clone(),
+                credentials,
+            ))),
+            Phase::Old | Phase::New => Mode::Pipe(store),
+        };
+        self.to_client(Bytes::from(format!(
+            "{} OK [CAPABILITY {}] Logged in\r\n",
+            String::from_utf8_lossy(&tag),
+            caps.join(" ")
+        )));
+    }
+
+    fn attach_store(&mut self, store: Store, info: BackendInfo) {
+        self.stores[idx(store)] = Some(StoreConn {
+            // Store responses are bounded like client lines; literals stream.
+            framer: Framer::new(Peer::Server, self.cfg.config.limits.max_line_bytes),
+            info,
+            disposition: Disposition::Forward,
+        });
+    }
+
+    fn store_info(&self, store: Store) -> Option<&BackendInfo> {
+        self.stores[idx(store)].as_ref().map(|c| &c.info)
+    }
+
+    fn store_lost(&mut self, store: Store) {
+        self.stores[idx(store)] = None;
+        self.actions.push_back(Action::CloseBackend(store));
+        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        match &mut mode {
+            Mode::Merged(m) if store == Store::Old => self.merged_old_lost(m),
+            Mode::Closed => {}
+            _ => {
+                tracing::warn!(store = store.as_str(), "store connection lost");
+                self.to_client(reply::bye(
+                    "Connection to the mail store was lost, please reconnect.",
+                ));
+                self.close();
+            }
+        }
+        if matches!(self.mode, Mode::Closed) {
+            self.mode = mode;
+        }
+    }
+
+    fn to_client(&mut self, bytes: Bytes) {
+        self.actions.push_back(Action::ToClient(bytes));
+    }
+
+    fn to_store(&mut self, store: Store, bytes: Bytes) {
+        self.actions.push_back(Action::ToBackend(store, bytes));
+    }
+
+    fn ferry_tag(&mut self) -> Bytes {
+        self.next_tag += 1;
+        // Ferry's own tag space; the session never has a client command in flight
+        // on a store at the same time as one of these, so they cannot collide.
+        Bytes::from(format!("ferry.{}", self.next_tag))
+    }
+
+    fn close(&mut self) {
+        self.mode = Mode::Closed;
+        self.input = Input::Waiting;
+        self.actions.push_back(Action::Close);
+    }
+
+    fn logout_stores(&mut self) {
+        for store in [Store::Old, Store::New] {
+            if self.stores[idx(store)].take().is_some() {
+                let tag = self.ferry_tag();
+                let mut line = BytesMut::from(&tag[..]);
+                line.extend_from_slice(b" LOGOUT\r\n");
+                self.to_store(store, line.freeze());
+                self.actions.push_back(Action::CloseBackend(store));
+            }
+        }
+    }
+
+    fn preauth_capabilities(&self) -> Vec<String> {
+        let mut caps = vec!["IMAP4rev1", "SASL-IR", "LITERAL+", "ID"];
+        if self.cfg.starttls && !self.cfg.tls {
+            caps.push("STARTTLS");
+        }
+        if self.cfg.tls || self.cfg.config.auth.allow_plaintext {
+            caps.push("AUTH=PLAIN");
+        } else {
+            caps.push("LOGINDISABLED");
+        }
+        caps.into_iter().map(String::from).collect()
+    }
+
+    // ---- client side -------------------------------------------------------
+
+    fn pump_client(&mut self) {
+        while self.wants_client_input() {
+            let frame = match self.client.next() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    self.client.shrink();
+                    return;
+                }
+                Err(e) => {
+                    self.command.clear();
+                    self.input = Input::Command;
+                    self.to_client(reply::bad(b"*", &format!("Command {e}")));
+                    continue;
+                }
+            };
+            if let Mode::Pipe(store) = self.mode {
+                self.pipe_client_frame(store, frame);
+                continue;
+            }
+            match self.input.clone() {
+                Input::Command => self.assemble(frame),
+                Input::AuthData { tag } => self.auth_data(tag, frame),
+                Input::IdleDone => self.idle_done(frame),
+                Input::Stream(store) => self.stream_frame(store, frame),
+                Input::Discard(reply) => self.discard_frame(reply, frame),
+                Input::Waiting => unreachable_waiting(),
+            }
+        }
+    }
+
+    fn assemble(&mut self, frame: Frame) {
+        match frame {
+            Frame::Line { bytes, literal, .. } => {
+                match literal {
+                    Some(a) if a.sync => {
+                        // `{n}` → `{n+}`: the assembled command is sent in one piece.
+                        self.command.extend_from_slice(&bytes[..bytes.len() - 3]);
+                        self.command.extend_from_slice(b"+}\r\n");
+                    }
+                    _ => self.command.extend_from_slice(&bytes),
+                }
+                match literal {
+                    None => {
+                        let command = std::mem::take(&mut self.command).freeze();
+                        self.command_complete(command);
+                    }
+                    Some(a) => self.literal_announced(a),
+                }
+            }
+            Frame::LiteralData { bytes, .. } => self.command.extend_from_slice(&bytes),
+        }
+    }
+
+    fn literal_announced(&mut self, a: Announcement) {
+        if let Mode::Merged(_) = self.mode
+            && let Some(append) = merged::append_probe(&self.command)
+        {
+            let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+            if let Mode::Merged(m) = &mut mode {
+                self.merged_append(m, append, a);
+            }
+            if matches!(self.mode, Mode::Closed) {
+                self.mode = mode;
+            }
+            return;
+        }
+        let limit = match self.mode {
+            Mode::PreAuth => PREAUTH_MAX_LITERAL,
+            _ => self.cfg.config.limits.max_inline_literal_bytes,
+        };
+        if a.len as usize > limit || self.command.len() + a.len as usize > 2 * limit {
+            let tag = reply::tag_of(&self.command).to_vec();
+            self.refuse_command(a, reply::bad(&tag, "Literal too large"));
+        } else if a.sync {
+            self.to_client(Bytes::from_static(b"+ Ready for literal data\r\n"));
+        }
+    }
+
+    /// Drops the command being assembled, whose literal `a` was just announced,
+    /// and answers `reply` once the client has stopped sending it.
+    fn refuse_command(&mut self, a: Announcement, reply: Bytes) {
+        self.command.clear();
+        self.client.refuse_literal(a);
+        if a.sync {
+            self.to_client(reply);
+            self.input = Input::Command;
+        } else {
+            self.input = Input::Discard(reply);
+        }
+    }
+
+    fn discard_frame(&mut self, reply: Bytes, frame: Frame) {
+        if let Frame::Line { literal, .. } = frame {
+            match literal {
+                None => {
+                    self.to_client(reply);
+                    self.input = Input::Command;
+                }
+                Some(a) => {
+                    self.client.refuse_literal(a);
+                    if a.sync {
+                        self.to_client(reply);
+                        self.input = Input::Command;
+                    }
+                }
+            }
+        }
+    }
+
+    fn stream_frame(&mut self, store: Store, frame: Frame) {
+        match frame {
+            Frame::LiteralData { bytes, .. } => self.to_store(store, bytes),
+            Frame::Line { bytes, literal, .. } => {
+                self.to_store(store, bytes);
+                match literal {
+                    None => self.input = Input::Waiting,
+                    Some(a) => self.merged_append_literal(a),
+                }
+            }
+        }
+    }
+
+    fn command_complete(&mut self, command: Bytes) {
+        let decoded = CommandCodec::new().decode(&command);
+        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        match (&mut mode, decoded) {
+            (Mode::PreAuth, Ok((_, cmd))) => self.preauth_command(&mut mode, cmd),
+            (Mode::Merged(m), Ok((_, cmd))) => self.merged_command(m, cmd, &command),
+            (Mode::Closed, _) => {}
+            (_, Ok(_)) | (_, Err(_)) => {
+                debug!("undecodable command");
+                let tag = reply::tag_of(&command).to_vec();
+                self.to_client(reply::bad(&tag, "Unknown command or invalid syntax"));
+            }
+        }
+        if matches!(self.mode, Mode::Closed) {
+            self.mode = mode;
+        }
+    }
+
+    // ---- store side --------------------------------------------------------
+
+    fn backend_frame(&mut self, store: Store, frame: Frame) {
+        let (bytes, start, more) = match frame {
+            Frame::Line {
+                bytes,
+                start,
+                literal,
+            } => (bytes, start, literal.is_some()),
+            Frame::LiteralData { bytes, .. } => (bytes, false, true),
+        };
+        if start {
+            let disposition = self.classify(store, &bytes);
+            if let Some(conn) = self.stores[idx(store)].as_mut() {
+                conn.disposition = disposition;
+            }
+        }
+        let Some(conn) = self.stores[idx(store)].as_mut() else {
+            return;
+        };
+        match &mut conn.disposition {
+            Disposition::Forward => self.actions.push_back(Action::ToClient(bytes)),
+            Disposition::Drop => {}
+            Disposition::Assemble(buf) => buf.extend_from_slice(&bytes),
+        }
+        if !more {
+            let done = std::mem::replace(&mut conn.disposition, Disposition::Forward);
+            if let Disposition::Assemble(buf) = done {
+                self.backend_message(store, buf.freeze());
+            }
+        }
+    }
+
+    fn classify(&mut self, store: Store, line: &[u8]) -> Disposition {
+        match &mut self.mode {
+            Mode::Pipe(_) => pipe::classify(line),
+            Mode::Merged(m) => m.classify(store, line),
+            _ => Disposition::Drop,
+        }
+    }
+
+    fn backend_message(&mut self, store: Store, message: Bytes) {
+        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        match &mut mode {
+            Mode::Pipe(_) => self.pipe_message(message),
+            Mode::Merged(m) => self.merged_message(m, store, message),
+            _ => {}
+        }
+        if matches!(self.mode, Mode::Closed) {
+            self.mode = mode;
+        }
+    }
+}
+
+fn failure_label(f: &LoginFailure) -> &'static str {
+    match f {
+        LoginFailure::Rejected => "rejected",
+        LoginFailure::Unavailable => "unavailable",
+    }
+}
+
+#[cold]
+fn unreachable_waiting() {
+    // Invariant: pump_client only pulls frames when input is not Waiting.
+    debug_assert!(false, "client frame while waiting");
+}
+
+/// Decodes a complete command (used by tests and fuzzing).
+pub fn decode_command(bytes: &[u8]) -> Option<Command<'_>> {
+    CommandCodec::new().decode(bytes).ok().map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests;

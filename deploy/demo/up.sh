@@ -1,0 +1,398 @@
+#!/usr/bin/env bash
+# Ferry demo on one machine (Debian 12): two throw-away Dovecot stores with sample
+# mail and Ferry in front of them.
+#
+#   OLD store  127.0.0.1:10143  legacy layout: prefix "INBOX.", delimiter "."
+#   NEW store  127.0.0.1:11143  Dovecot layout: prefix "", delimiter "/"
+#   Ferry      127.0.0.1:9993 (implicit TLS), 127.0.0.1:9143 (STARTTLS)
+#   users      alice / demo-password (phase merged), bob / demo-password (phase new)
+#
+# Everything it makes lives in deploy/demo/run/ (git-ignored), which is wiped and
+# recreated on every run; deploy/demo/down.sh stops it all. Safe to run again.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+RUN=$HERE/run
+
+OLD_PORT=10143
+NEW_PORT=11143
+IMAPS_PORT=9993
+IMAP_PORT=9143
+PASSWORD=demo-password
+USERS=(alice bob)
+# Where the stores go when root runs the demo from a directory the unprivileged
+# `dovecot` user cannot enter (a clone under /root, which is 0700 on Debian).
+ALT_STORES=/var/tmp/ferry-demo
+
+# /usr/sbin holds dovecot but is not on a normal user's PATH; rustup puts cargo in ~/.cargo/bin.
+export PATH="$PATH:/usr/sbin:/sbin:$HOME/.cargo/bin"
+
+say() { printf '\n==> %s\n' "$*"; }
+die() {
+    printf '\nup.sh: %s\n' "$*" >&2
+    exit 1
+}
+if [[ $(id -u) -eq 0 ]]; then IS_ROOT=1; else IS_ROOT=0; fi
+
+as_root() {
+    if [[ $IS_ROOT -eq 1 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run: $* (run up.sh as root, or install sudo)"
+    fi
+}
+
+# --- 1. packages ------------------------------------------------------------------
+install_packages() {
+    local missing=()
+    dpkg-query -W -f='${Status}' dovecot-imapd 2>/dev/null | grep -q 'install ok installed' ||
+        missing+=(dovecot-imapd)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    # The TLS library Ferry uses (aws-lc-rs) compiles C code.
+    command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    say "installing ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if [[ " ${missing[*]} " == *" dovecot-imapd "* ]]; then
+        # The package starts a system-wide Dovecot on 143/993; the demo runs its own.
+        as_root systemctl stop dovecot >/dev/null 2>&1 ||
+            as_root service dovecot stop >/dev/null 2>&1 || true
+        echo "(stopped the system dovecot service the package started; the demo does not use it)"
+    fi
+}
+
+# --- 2. build ---------------------------------------------------------------------
+build_ferry() {
+    command -v cargo >/dev/null 2>&1 ||
+        die "cargo not found. Install Rust with rustup (https://rustup.rs), e.g.
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
+then open a new shell (or: . \"\$HOME/.cargo/env\") and run $0 again.
+(Debian 12's own cargo is too old for this crate.)"
+    say "building Ferry (cargo build --release)"
+    (cd "$ROOT" && cargo build --release)
+    FERRY=$ROOT/target/release/ferry
+    [[ -x $FERRY ]] || die "cargo build did not produce $FERRY"
+}
+
+# --- 3. helpers -------------------------------------------------------------------
+# True when something on 127.0.0.1:$1 answers with an IMAP greeting ("* OK ...").
+greets() {
+    (
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        IFS= read -r -t 2 line <&3 || exit 1
+        [[ $line == "* OK"* ]]
+    ) 2>/dev/null
+}
+
+# True when 127.0.0.1:$1 accepts a TCP connection.
+accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
+
+# --- 4. Dovecot stores --------------------------------------------------------------
+# write_store NAME PORT: writes $RUN/NAME/{dovecot.conf,passwd} and the directories.
+write_store() {
+    local name=$1 port=$2 dir namespace mail_location userdb_ids privsep=""
+    mkdir -p "$RUN/$name"
+    dir=$(cd "$RUN/$name" && pwd -P) # Dovecot gets the real path, not a symlink
+    mkdir -p "$dir/base" "$dir/state" "$dir/mail"
+    : >"$dir/passwd"
+    for u in "${USERS[@]}"; do
+        printf '%s:{PLAIN}%s\n' "$u" "$PASSWORD" >>"$dir/passwd"
+    done
+
+    if [[ $name == old ]]; then
+        # Courier/Cyrus-style legacy layout: everything under "INBOX.", delimiter ".".
+        mail_location='maildir:~/Maildir'
+        namespace='namespace inbox {
+  inbox = yes
+  prefix = INBOX.
+  separator = .
+  mailbox Sent {
+    special_use = \Sent
+    auto = create
+  }
+}'
+    else
+        mail_location='maildir:~/Maildir:LAYOUT=fs'
+        namespace='namespace inbox {
+  inbox = yes
+  prefix =
+  separator = /
+  mailbox Sent {
+    special_use = \Sent
+    auto = subscribe
+  }
+  mailbox Drafts {
+    special_use = \Drafts
+    auto = subscribe
+  }
+  mailbox Trash {
+    special_use = \Trash
+    auto = subscribe
+  }
+  mailbox Junk {
+    special_use = \Junk
+    auto = subscribe
+  }
+}'
+    fi
+
+    if [[ $IS_ROOT -eq 1 ]]; then
+        # Dovecot refuses to access mail as uid 0: mail belongs to the packaged user.
+        userdb_ids='uid=dovecot gid=dovecot'
+        chown -R dovecot:dovecot "$dir/mail"
+        chgrp dovecot "$dir/passwd"
+        chmod 640 "$dir/passwd"
+        chmod 755 "$dir" "$dir/base" "$dir/state"
+    else
+        # No privilege separation without root: every Dovecot process runs as us.
+        local me
+        me=$(id -un)
+        userdb_ids="uid=$(id -u) gid=$(id -g)"
+        privsep="default_internal_user = $me
+default_login_user = $me
+default_internal_group = $(id -gn)"
+    fi
+
+    cat >"$dir/dovecot.conf" <<EOF
+# Ferry demo: the ${name^^} store. Generated by deploy/demo/up.sh; do not edit.
+protocols = imap
+listen = 127.0.0.1
+base_dir = $dir/base
+state_dir = $dir/state
+log_path = $dir/dovecot.log
+instance_name = ferry-demo-$name
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = $mail_location
+first_valid_uid = 1
+$privsep
+
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u $dir/passwd
+}
+userdb {
+  driver = static
+  args = $userdb_ids home=$dir/mail/%u
+}
+
+$namespace
+
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = $port
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+EOF
+}
+
+# start_store NAME PORT: starts Dovecot (it daemonizes) and waits for its greeting.
+start_store() {
+    local name=$1 port=$2 dir=$RUN/$1 pid="" out
+    if ! out=$(dovecot -c "$dir/dovecot.conf" 2>&1); then
+        printf '%s\n' "$out" >&2
+        [[ -f $dir/dovecot.log ]] && tail -n 20 "$dir/dovecot.log" >&2
+        die "Dovecot ($name store) did not start; config: $dir/dovecot.conf"
+    fi
+    for _ in $(seq 100); do # up to ~10 s
+        [[ -z $pid && -s $dir/base/master.pid ]] && pid=$(<"$dir/base/master.pid")
+        greets "$port" && {
+            echo "${name^^} store: Dovecot pid $pid on 127.0.0.1:$port"
+            return 0
+        }
+        [[ -n $pid ]] && ! alive "$pid" && break
+        sleep 0.1
+    done
+    tail -n 20 "$dir/dovecot.log" >&2 || true
+    die "Dovecot ($name store) does not answer on 127.0.0.1:$port; log: $dir/dovecot.log"
+}
+
+# --- 5. Ferry ---------------------------------------------------------------------
+write_ferry_config() {
+    cat >"$RUN/ferry.toml" <<EOF
+# Ferry demo configuration. Generated by deploy/demo/up.sh; see deploy/ferry.example.toml
+# for every key with its meaning.
+
+[listen]
+imaps = "127.0.0.1:$IMAPS_PORT"   # implicit TLS
+imap  = "127.0.0.1:$IMAP_PORT"    # STARTTLS
+
+[tls]
+cert = "$RUN/cert.pem"
+key  = "$RUN/key.pem"
+
+[auth]
+allow_plaintext = false
+
+[backends.old]
+address = "127.0.0.1:$OLD_PORT"
+tls = "none"
+
+[backends.new]
+address = "127.0.0.1:$NEW_PORT"
+tls = "none"
+
+[namespace]
+old_prefix = "Old/"
+delimiter  = "/"
+
+[migration]
+default_phase = "merged"
+
+[migration.users]
+"bob" = "new"
+EOF
+}
+
+start_ferry() {
+    local log=$RUN/ferry.log pid
+    say "checking the configuration (ferry check-config)"
+    if ! "$FERRY" check-config "$RUN/ferry.toml"; then
+        die "ferry check-config rejected $RUN/ferry.toml"
+    fi
+    say "starting Ferry"
+    RUST_LOG=${RUST_LOG:-info} nohup "$FERRY" --config "$RUN/ferry.toml" \
+        </dev/null >>"$log" 2>&1 &
+    pid=$!
+    echo "$pid" >"$RUN/ferry.pid"
+    for _ in $(seq 150); do # up to ~15 s
+        accepts "$IMAPS_PORT" && break
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if alive "$pid" && accepts "$IMAPS_PORT" && tls_greets; then
+        echo "Ferry: pid $pid on 127.0.0.1:$IMAPS_PORT (TLS) and 127.0.0.1:$IMAP_PORT (STARTTLS); log: $log"
+        return 0
+    fi
+    local why="did not accept connections on 127.0.0.1:$IMAPS_PORT within 15 s"
+    if ! alive "$pid"; then
+        local status=0
+        wait "$pid" 2>/dev/null || status=$?
+        why="exited (status $status) right after starting"
+    elif accepts "$IMAPS_PORT"; then
+        why="accepts on 127.0.0.1:$IMAPS_PORT but sends no TLS IMAP greeting"
+    fi
+    echo "---- last lines of $log ----" >&2
+    tail -n 30 "$log" >&2 || true
+    echo "----" >&2
+    "$HERE/down.sh" >/dev/null 2>&1 || true
+    die "Ferry $why. The stores were stopped; fix the problem and run $0 again."
+}
+
+# A TLS handshake against the demo certificate, then "* OK".
+tls_greets() {
+    python3 - "$IMAPS_PORT" "$RUN/cert.pem" <<'EOF' 2>/dev/null
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5) as raw:
+    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.settimeout(5)
+        sys.exit(0 if s.recv(4096).startswith(b"* OK") else 1)
+EOF
+}
+
+# Optional: a Prometheus scraping the demo, when both the binary and a demo scrape
+# config (deploy/demo/prometheus.yml) are present.
+maybe_prometheus() {
+    command -v prometheus >/dev/null 2>&1 || return 0
+    if [[ ! -f $HERE/prometheus.yml ]]; then
+        echo "Prometheus is installed; it is optional for this demo and not configured here, so it was not started."
+        return 0
+    fi
+    nohup prometheus --config.file="$HERE/prometheus.yml" \
+        --storage.tsdb.path="$RUN/prometheus" \
+        --web.listen-address=127.0.0.1:9090 \
+        </dev/null >>"$RUN/prometheus.log" 2>&1 &
+    echo $! >"$RUN/prometheus.pid"
+    echo "Prometheus: http://127.0.0.1:9090 (log: $RUN/prometheus.log)"
+}
+
+show() { printf '%s' "${1#"$PWD"/}"; }
+
+print_usage() {
+    local ca
+    ca=$(show "$RUN/cert.pem")
+    cat <<EOF
+
+Ferry demo is up. Users: alice / $PASSWORD (phase merged: NEW folders plus OLD ones
+read-only under Old/), bob / $PASSWORD (phase new: the NEW store only).
+
+Talk IMAP by hand (-crlf: IMAP lines end in CRLF):
+  openssl s_client -connect 127.0.0.1:$IMAPS_PORT -quiet -crlf -CAfile $ca
+  a LOGIN alice $PASSWORD
+  b LIST "" "*"
+  c SELECT Old/INBOX
+  d FETCH 1:* (FLAGS ENVELOPE)
+  e LOGOUT
+
+STARTTLS on 127.0.0.1:$IMAP_PORT:
+  openssl s_client -connect 127.0.0.1:$IMAP_PORT -starttls imap -quiet -crlf -CAfile $ca
+
+A mail client:
+  neomutt -e 'set ssl_ca_certificates_file=$ca' -f imaps://alice@127.0.0.1:$IMAPS_PORT/
+
+Python:
+  python3 -c 'import imaplib,ssl; m=imaplib.IMAP4_SSL("127.0.0.1",$IMAPS_PORT,ssl_context=ssl.create_default_context(cafile="$ca")); m.login("alice","$PASSWORD"); print(*m.list()[1],sep="\n"); m.logout()'
+
+The stores directly (no Ferry; plain IMAP): 127.0.0.1:$OLD_PORT (OLD), 127.0.0.1:$NEW_PORT (NEW).
+Logs: $(show "$RUN/ferry.log"), $(show "$RUN/old/dovecot.log"), $(show "$RUN/new/dovecot.log")
+Stop: $(show "$HERE/down.sh")
+EOF
+}
+
+# --- main -------------------------------------------------------------------------
+main() {
+    install_packages
+    build_ferry
+
+    say "resetting $RUN"
+    "$HERE/down.sh"
+    rm -rf "$RUN"
+    mkdir -p "$RUN"
+    for port in $OLD_PORT $NEW_PORT $IMAPS_PORT $IMAP_PORT; do
+        accepts "$port" && die "127.0.0.1:$port is already in use (see: ss -ltnp 'sport = :$port'); stop whatever listens there"
+    done
+
+    "$ROOT/certs/make-demo-cert.sh" "$RUN"
+
+    if [[ $IS_ROOT -eq 1 ]]; then
+        chmod 755 "$RUN"
+        if ! runuser -u dovecot -- test -x "$RUN"; then
+            echo "note: the dovecot user cannot enter $RUN (a parent directory is private);"
+            echo "      the stores live in $ALT_STORES, linked from $RUN/old and $RUN/new."
+            rm -rf "$ALT_STORES"
+            mkdir -p "$ALT_STORES/old" "$ALT_STORES/new"
+            chmod 755 "$ALT_STORES"
+            ln -s "$ALT_STORES/old" "$RUN/old"
+            ln -s "$ALT_STORES/new" "$RUN/new"
+        fi
+    fi
+
+    say "starting the OLD and NEW Dovecot stores"
+    write_store old "$OLD_PORT"
+    write_store new "$NEW_PORT"
+    start_store old "$OLD_PORT"
+    start_store new "$NEW_PORT"
+
+    say "seeding sample mail"
+    python3 "$HERE/seed.py" --old "127.0.0.1:$OLD_PORT" --new "127.0.0.1:$NEW_PORT" --password "$PASSWORD"
+
+    write_ferry_config
+    start_ferry
+    maybe_prometheus
+    print_usage
+}
+
+main "$@"

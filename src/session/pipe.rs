@@ -1,0 +1,88 @@
+//! Phases `old` and `new`: one store, passed through as it is.
+//!
+//! Bytes flow verbatim both ways. Ferry only looks at the first line of each
+//! client command, to keep out what would break a proxy in the middle (TLS,
+//! compression, a second login), and filters CAPABILITY answers the same way.
+
+use bytes::Bytes;
+use imap_codec::{
+    ResponseCodec,
+    decode::Decoder,
+    imap_types::response::{Data, Response},
+};
+
+use super::{Disposition, Session, reply};
+use crate::{frame::Frame, namespace::Store};
+
+/// Commands a pass-through session must not forward.
+const BLOCKED: [&str; 4] = ["STARTTLS", "COMPRESS", "LOGIN", "AUTHENTICATE"];
+
+/// The command name of a command's first line (`tag NAME …`), upper-cased.
+fn command_name(line: &[u8]) -> Option<String> {
+    let mut words = line.split(|b| matches!(b, b' ' | b'\r' | b'\n'));
+    let _tag = words.next()?;
+    let name = words.next()?;
+    Some(String::from_utf8_lossy(name).to_ascii_uppercase())
+}
+
+pub(super) fn classify(line: &[u8]) -> Disposition {
+    if line.len() > 13 && line[..13].eq_ignore_ascii_case(b"* CAPABILITY ") {
+        Disposition::Assemble(Default::default())
+    } else {
+        Disposition::Forward
+    }
+}
+
+impl Session {
+    pub(super) fn pipe_client_frame(&mut self, store: Store, frame: Frame) {
+        if let Frame::Line {
+            bytes,
+            start: true,
+            literal,
+        } = &frame
+            && command_name(bytes).is_some_and(|n| BLOCKED.contains(&n.as_str()))
+        {
+            let tag = reply::tag_of(bytes).to_vec();
+            let answer = reply::bad(&tag, "Command not available in this session");
+            match literal {
+                Some(a) => self.refuse_command(*a, answer),
+                None => self.to_client(answer),
+            }
+            return;
+        }
+        if let super::Input::Discard(answer) = self.input.clone() {
+            self.discard_frame(answer, frame);
+            return;
+        }
+        let bytes = match frame {
+            Frame::Line { bytes, .. } | Frame::LiteralData { bytes, .. } => bytes,
+        };
+        self.to_store(store, bytes);
+    }
+
+    /// A `* CAPABILITY` line from the store, filtered like the login answer.
+    pub(super) fn pipe_message(&mut self, message: Bytes) {
+        match ResponseCodec::new().decode(&message) {
+            Ok((_, Response::Data(Data::Capability(caps)))) => {
+                let caps = crate::merge::passthrough_capabilities(caps.as_ref());
+                self.to_client(reply::capability_line(&caps));
+            }
+            _ => self.to_client(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            command_name(b"a1 compress DEFLATE\r\n").as_deref(),
+            Some("COMPRESS")
+        );
+        assert_eq!(command_name(b"a1 NOOP\r\n").as_deref(), Some("NOOP"));
+        assert_eq!(command_name(b"DONE\r\n").as_deref(), Some(""));
+    }
+}

@@ -1,0 +1,1821 @@
+//! Integration-test harness: real Dovecot instances (no mocks), a raw literal-aware
+//! IMAP test client, the standard mail fixture, and a Ferry test environment.
+//!
+//! Included by each integration test file with `mod common;`. Not every test uses
+//! every item, hence the module-wide `dead_code` allowance.
+//!
+//! Dovecot quirks this harness relies on (found by experiment with 2.3.19):
+//! * `passwd-file` lines are `user:password` (further `:`-separated fields are
+//!   optional); with `scheme=PLAIN` any bytes but `:` and newline work, including
+//!   spaces, quotes, backslashes and UTF-8.
+//! * A failed login is delayed 2 s by default (`auth_failure_delay`), and anvil adds
+//!   a growing per-IP penalty (up to 15 s). Both are turned off here so that tests
+//!   of wrong passwords stay fast.
+//! * `mail_max_userip_connections` defaults to 10 per user and IP; every test
+//!   connection comes from 127.0.0.1, so it is raised.
+//! * On SIGTERM the master sleeps about 1 s waiting for its log process, so
+//!   `Drop` only sends SIGTERM and reaps in a background thread.
+//! * After the master is gone, each `imap` session process only says
+//!   `* BYE Server shutting down.` once it has been idle for 10 s; `stop()` and
+//!   `Drop` therefore SIGTERM the session processes too, which ends them at once.
+//! * Dovecot cannot bind port 0, and a port can be taken between our probe and
+//!   Dovecot's bind; start-up retries with fresh ports on "Address already in use".
+#![allow(dead_code)]
+
+use std::{
+    collections::HashSet,
+    fs,
+    io::Write as _,
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, Once},
+    time::Duration,
+};
+
+use ferry::config::BackendTls;
+use rustls_pki_types::{CertificateDer, ServerName};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, ToSocketAddrs},
+    time::Instant,
+};
+use tokio_rustls::{TlsConnector, client::TlsStream, rustls};
+
+// ───────────────────────────── users and passwords ─────────────────────────────
+
+/// The password of every test user except `dave`.
+pub const PASSWORD: &str = "secret";
+/// `dave`'s password: parens, star, percent, double quote, backslash, spaces, UTF-8.
+pub const WEIRD_PASSWORD: &str = "p(a)s*s%w\"o\\rd ü 日本";
+/// Every test user and password; identical on OLD and NEW.
+pub const USERS: &[(&str, &str)] = &[
+    ("alice", PASSWORD),
+    ("bob", PASSWORD),
+    ("carol", PASSWORD),
+    ("olga", PASSWORD),
+    ("nils", PASSWORD),
+    ("dave", WEIRD_PASSWORD),
+];
+
+/// The password of a test user (panics for unknown users).
+pub fn password_for(user: &str) -> &'static str {
+    USERS
+        .iter()
+        .find(|(u, _)| *u == user)
+        .map(|(_, p)| *p)
+        .unwrap_or_else(|| panic!("{user:?} is not a test user (see common::USERS)"))
+}
+
+// ───────────────────────────── fixture names ─────────────────────────────
+
+/// The two levels of the Japanese folder under OLD's INBOX.
+pub const JP_LEVELS: [&str; 2] = ["受信箱", "研究室"];
+/// OLD's wire name (modified UTF-7) of `INBOX.受信箱.研究室`.
+pub const OLD_JP_WIRE: &str = "INBOX.&U9dP4Xux-.&eBR6dluk-";
+/// OLD's wire name of the (non-existent, \Noselect) parent `INBOX.受信箱`.
+pub const OLD_JP_PARENT_WIRE: &str = "INBOX.&U9dP4Xux-";
+/// What a Ferry client is expected to see for the Japanese folder: `Old/受信箱/研究室`.
+pub const CLIENT_JP_WIRE: &str = "Old/&U9dP4Xux-/&eBR6dluk-";
+/// Subject (decoded) of the ISO-2022-JP message in the Japanese folder.
+pub const JP_SUBJECT: &str = "研究室からのお知らせ";
+
+/// Subjects seeded into alice's OLD INBOX, in order (\Seen, \Flagged, plain).
+pub const OLD_INBOX_SUBJECTS: [&str; 3] =
+    ["Old inbox seen", "Old inbox flagged", "Old inbox plain"];
+/// Subjects seeded into alice's OLD `INBOX.Sent`.
+pub const OLD_SENT_SUBJECTS: [&str; 2] = ["Old sent one", "Old sent two"];
+/// Subject seeded into alice's OLD `INBOX.Archive.2019`.
+pub const OLD_ARCHIVE_SUBJECT: &str = "Old archive 2019";
+/// Mailboxes alice is subscribed to on OLD (wire names).
+pub const OLD_SUBSCRIBED: [&str; 4] = ["INBOX", "INBOX.Sent", "INBOX.Archive.2019", OLD_JP_WIRE];
+/// Subjects seeded into alice's NEW INBOX, in order (\Seen, plain).
+pub const NEW_INBOX_SUBJECTS: [&str; 2] = ["New inbox one", "New inbox two"];
+/// Subject seeded into alice's NEW `Work`.
+pub const NEW_WORK_SUBJECT: &str = "New work item";
+
+// ───────────────────────────── process-wide set-up ─────────────────────────────
+
+/// Installs the rustls crypto provider and a test tracing subscriber (once).
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+fn dovecot_binary() -> PathBuf {
+    let packaged = Path::new("/usr/sbin/dovecot");
+    if packaged.is_file() {
+        return packaged.to_path_buf();
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("dovecot");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!("dovecot not installed: apt-get install -y dovecot-imapd");
+}
+
+/// A free 127.0.0.1 port, never handed out twice in this process.
+fn free_port() -> u16 {
+    static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a port");
+        let port = listener.local_addr().expect("local_addr").port();
+        drop(listener);
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1` (IP SAN): (cert PEM, key PEM, DER).
+pub fn self_signed_cert() -> (String, String, CertificateDer<'static>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("rcgen self-signed certificate");
+    (
+        ck.cert.pem(),
+        ck.signing_key.serialize_pem(),
+        ck.cert.der().clone(),
+    )
+}
+
+// ───────────────────────────── Dovecot ─────────────────────────────
+
+/// Which namespace layout a Dovecot instance has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Courier/Cyrus style: personal namespace `INBOX.`, delimiter `.`,
+    /// `INBOX.Sent` is `\Sent` (`auto = create`).
+    Old,
+    /// Dovecot style: empty prefix, delimiter `/`, Sent/Drafts/Trash/Junk with
+    /// special-use, auto-subscribed.
+    New,
+}
+
+impl Layout {
+    /// The hierarchy delimiter of this layout.
+    pub fn delimiter(self) -> char {
+        match self {
+            Layout::Old => '.',
+            Layout::New => '/',
+        }
+    }
+}
+
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+struct Running {
+    master: Child,
+    /// `sh` that SIGTERMs the master when our end of its stdin closes, i.e. when the
+    /// test process dies without running `Drop` (killed by a timeout, aborted).
+    watchdog: Option<Child>,
+}
+
+impl Running {
+    fn disarm_watchdog(&mut self) {
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+enum StartFailure {
+    AddrInUse,
+    Other(String),
+}
+
+/// One real Dovecot master process in its own temporary directory.
+pub struct Dovecot {
+    layout: Layout,
+    root: PathBuf,
+    dir: Option<TempDir>,
+    binary: PathBuf,
+    port: u16,
+    imaps_port: Option<u16>,
+    tls: Option<TlsFiles>,
+    running: Option<Running>,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(20);
+
+impl Dovecot {
+    /// Starts a fresh Dovecot (own temp dir, own free ports) and waits for its greeting.
+    /// With `tls`, a self-signed certificate is generated, STARTTLS is offered on the
+    /// plain port and an implicit-TLS port is opened too.
+    pub async fn start(layout: Layout, tls: bool) -> Dovecot {
+        init();
+        let binary = dovecot_binary();
+        // /tmp explicitly: unix socket paths under base_dir must stay under 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-dovecot-")
+            .tempdir_in("/tmp")
+            .expect("create Dovecot temp dir");
+        let root = dir.path().to_path_buf();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod 755 temp dir");
+        fs::create_dir(root.join("mail")).expect("create mail dir");
+        let mut passwd = String::new();
+        for (user, pass) in USERS {
+            assert!(
+                !pass.contains([':', '\n']),
+                "passwd-file cannot hold {pass:?}"
+            );
+            passwd.push_str(&format!("{user}:{pass}\n"));
+        }
+        fs::write(root.join("passwd"), passwd).expect("write passwd file");
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg("dovecot:dovecot")
+            .arg(root.join("mail"))
+            .status()
+            .expect("run chown");
+        assert!(
+            status.success(),
+            "chown -R dovecot:dovecot failed (is the dovecot user there? apt-get install -y dovecot-imapd)"
+        );
+        let tls = tls.then(|| {
+            let (cert_pem, key_pem, der) = self_signed_cert();
+            let cert = root.join("dovecot.crt");
+            let key = root.join("dovecot.key");
+            fs::write(&cert, cert_pem).expect("write cert");
+            fs::write(&key, key_pem).expect("write key");
+            TlsFiles { cert, key, der }
+        });
+        let mut d = Dovecot {
+            layout,
+            root,
+            dir: Some(dir),
+            binary,
+            port: 0,
+            imaps_port: None,
+            tls,
+            running: None,
+        };
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            d.port = free_port();
+            d.imaps_port = d.tls.is_some().then(free_port);
+            fs::write(d.root.join("dovecot.conf"), d.config_text()).expect("write dovecot.conf");
+            match d.spawn_and_wait().await {
+                Ok(()) => return d,
+                Err(StartFailure::AddrInUse) if attempt < ATTEMPTS => continue,
+                Err(StartFailure::AddrInUse) => d.start_panic("ports stayed in use"),
+                Err(StartFailure::Other(why)) => d.start_panic(&why),
+            }
+        }
+        unreachable!()
+    }
+
+    fn config_text(&self) -> String {
+        let root = self.root.display();
+        let mut c = format!(
+            "# Generated by tests/common/mod.rs\n\
+             base_dir = {root}/run\n\
+             state_dir = {root}/state\n\
+             log_path = {root}/dovecot.log\n\
+             protocols = imap\n\
+             listen = 127.0.0.1\n\
+             mail_location = maildir:{root}/mail/%u\n\
+             auth_mechanisms = plain login\n\
+             disable_plaintext_auth = no\n\
+             auth_verbose = yes\n\
+             auth_failure_delay = 0\n\
+             first_valid_uid = 1\n\
+             mail_max_userip_connections = 1000\n\
+             passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {root}/passwd\n}}\n\
+             userdb {{\n  driver = static\n  args = uid=dovecot gid=dovecot home={root}/mail/%u\n}}\n\
+             service anvil {{\n  unix_listener anvil-auth-penalty {{\n    mode = 0\n  }}\n}}\n"
+        );
+        match &self.tls {
+            Some(t) => c.push_str(&format!(
+                "ssl = yes\nssl_cert = <{}\nssl_key = <{}\n",
+                t.cert.display(),
+                t.key.display()
+            )),
+            None => c.push_str("ssl = no\n"),
+        }
+        match self.layout {
+            Layout::Old => c.push_str(
+                "namespace inbox {\n  inbox = yes\n  prefix = INBOX.\n  separator = .\n\
+                 \x20 mailbox Sent {\n    special_use = \\Sent\n    auto = create\n  }\n}\n",
+            ),
+            Layout::New => {
+                c.push_str("namespace inbox {\n  inbox = yes\n  prefix =\n  separator = /\n");
+                for name in ["Sent", "Drafts", "Trash", "Junk"] {
+                    c.push_str(&format!(
+                        "  mailbox {name} {{\n    special_use = \\{name}\n    auto = subscribe\n  }}\n"
+                    ));
+                }
+                c.push_str("}\n");
+            }
+        }
+        c.push_str(&format!(
+            "service imap-login {{\n  process_limit = 500\n  inet_listener imap {{\n    port = {}\n  }}\n  \
+             inet_listener imaps {{\n    port = {}\n    ssl = yes\n  }}\n}}\n\
+             service imap {{\n  process_limit = 500\n}}\n",
+            self.port,
+            self.imaps_port.unwrap_or(0)
+        ));
+        c
+    }
+
+    fn spawn(&mut self) {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("dovecot.stderr"))
+            .expect("open dovecot.stderr");
+        let err = out.try_clone().expect("dup dovecot.stderr");
+        let master = Command::new(&self.binary)
+            .arg("-F")
+            .arg("-c")
+            .arg(self.root.join("dovecot.conf"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", self.binary.display()));
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg("read line; kill -TERM \"$1\" 2>/dev/null")
+            .arg("ferry-dovecot-watchdog")
+            .arg(master.id().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        self.running = Some(Running { master, watchdog });
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), StartFailure> {
+        self.spawn();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let exited = self
+                .running
+                .as_mut()
+                .expect("running")
+                .master
+                .try_wait()
+                .expect("try_wait dovecot");
+            if let Some(status) = exited {
+                let mut r = self.running.take().expect("running");
+                r.disarm_watchdog();
+                let text = format!("{}{}", self.log(), self.stderr_text());
+                if text.contains("Address already in use") {
+                    return Err(StartFailure::AddrInUse);
+                }
+                return Err(StartFailure::Other(format!(
+                    "dovecot exited during start-up with {status} (is dovecot-imapd installed?)"
+                )));
+            }
+            if greeting_probe(self.port).await {
+                if let Some(p) = self.imaps_port {
+                    // Master binds every listener before it forks; a connect suffices.
+                    let ok = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        TcpStream::connect(("127.0.0.1", p)),
+                    )
+                    .await;
+                    if !matches!(ok, Ok(Ok(_))) {
+                        return Err(StartFailure::Other(format!(
+                            "imaps port {p} does not accept"
+                        )));
+                    }
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(StartFailure::Other(format!(
+                    "no `* OK` greeting on 127.0.0.1:{} within {START_TIMEOUT:?}",
+                    self.port
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn start_panic(&mut self, why: &str) -> ! {
+        if let Some(mut r) = self.running.take() {
+            let _ = r.master.kill();
+            let _ = r.master.wait();
+            r.disarm_watchdog();
+        }
+        panic!(
+            "Dovecot ({:?}) did not start: {why}\n--- {}/dovecot.log ---\n{}\n--- stderr ---\n{}\n--- dovecot.conf ---\n{}",
+            self.layout,
+            self.root.display(),
+            self.log(),
+            self.stderr_text(),
+            fs::read_to_string(self.root.join("dovecot.conf")).unwrap_or_default()
+        );
+    }
+
+    /// Ends every client session (SIGTERM to the master's `imap` and `imap-login`
+    /// children: each client gets `* BYE Server shutting down.` and EOF at once) while
+    /// Dovecot itself keeps running and accepting.
+    pub fn kill_sessions(&self) {
+        if let Some(r) = &self.running {
+            kill_session_processes(r.master.id());
+        }
+    }
+
+    /// Ends all sessions at once (see [`Dovecot::kill_sessions`]; a bare master
+    /// shutdown lets each session linger until it has been idle for 10 s), then
+    /// SIGTERMs the master and waits for it to exit (about 1 s: Dovecot waits for its
+    /// log process). Ports and mail stay reserved for [`Dovecot::restart`].
+    pub async fn stop(&mut self) {
+        let Some(mut r) = self.running.take() else {
+            return;
+        };
+        kill_session_processes(r.master.id());
+        sigterm(r.master.id());
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match r.master.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                _ => {
+                    let _ = r.master.kill();
+                    let _ = r.master.wait();
+                    break;
+                }
+            }
+        }
+        r.disarm_watchdog();
+    }
+
+    /// Stops (if running) and starts again on the same ports and directories, so
+    /// mail, UIDVALIDITY and subscriptions persist.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn_and_wait().await {
+                Ok(()) => return,
+                // Children of the previous master may still hold the listeners briefly.
+                Err(StartFailure::AddrInUse) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(StartFailure::AddrInUse) => self.start_panic("ports stayed in use on restart"),
+                Err(StartFailure::Other(why)) => self.start_panic(&why),
+            }
+        }
+    }
+
+    /// Whether the master process is (still) running.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.running {
+            Some(r) => matches!(r.master.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+    /// `127.0.0.1:PORT` of the plain (STARTTLS when `tls`) listener.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+    /// `127.0.0.1:PORT` of the implicit-TLS listener (only with `tls`).
+    pub fn imaps_addr(&self) -> Option<String> {
+        self.imaps_port.map(|p| format!("127.0.0.1:{p}"))
+    }
+    /// The self-signed certificate (its own CA) as a PEM file (only with `tls`).
+    pub fn ca_pem_path(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|t| t.cert.clone())
+    }
+    pub fn ca_der(&self) -> Option<CertificateDer<'static>> {
+        self.tls.as_ref().map(|t| t.der.clone())
+    }
+    /// Dovecot's log file so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(self.root.join("dovecot.log")).unwrap_or_default())
+            .into_owned()
+    }
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&fs::read(self.root.join("dovecot.stderr")).unwrap_or_default())
+            .into_owned()
+    }
+    /// The instance's temporary directory (config, log, `mail/<user>` maildirs).
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    // ── store helpers: talk to the store directly over the plain port ──
+
+    /// A plain-TCP client, greeting consumed, logged in as `user`.
+    pub async fn client(&self, user: &str) -> TestClient {
+        let mut c = TestClient::plain(self.addr()).await;
+        let g = c.greeting().await;
+        assert!(g.starts_with(b"* OK"), "Dovecot greeting: {}", lossy(&g));
+        let r = c.login(user, password_for(user)).await;
+        if !r.is_ok() {
+            panic!(
+                "direct login of {user} to Dovecot failed:\n{}\n--- log ---\n{}",
+                r.text(),
+                self.log()
+            );
+        }
+        c
+    }
+
+    /// CREATE `mailbox` (wire name) for `user`.
+    pub async fn create(&self, user: &str, mailbox: &str) {
+        let mut c = self.client(user).await;
+        c.cmd(&format!("CREATE {}", quoted(mailbox)))
+            .await
+            .assert_ok();
+        c.logout().await;
+    }
+
+    /// APPEND `message` to `mailbox` (wire name) with `flags` (`"(\\Seen)"` or `""`).
+    pub async fn append(&self, user: &str, mailbox: &str, flags: &str, message: &[u8]) {
+        let mut c = self.client(user).await;
+        c.append(mailbox, flags, message).await.assert_ok();
+        c.logout().await;
+    }
+
+    /// SUBSCRIBE `mailbox` (wire name).
+    pub async fn subscribe(&self, user: &str, mailbox: &str) {
+        let mut c = self.client(user).await;
+        c.cmd(&format!("SUBSCRIBE {}", quoted(mailbox)))
+            .await
+            .assert_ok();
+        c.logout().await;
+    }
+
+    /// STATUS counts of one mailbox: (MESSAGES, UIDNEXT, UIDVALIDITY).
+    pub async fn status(&self, user: &str, mailbox: &str) -> (u32, u32, u32) {
+        let mut c = self.client(user).await;
+        let r = c
+            .cmd(&format!(
+                "STATUS {} (MESSAGES UIDNEXT UIDVALIDITY)",
+                quoted(mailbox)
+            ))
+            .await;
+        r.assert_ok();
+        c.logout().await;
+        let text = r.lines().join(" ");
+        let num = |key: &str| -> u32 {
+            let at = text
+                .find(&format!("{key} "))
+                .unwrap_or_else(|| panic!("no {key} in {text}"));
+            text[at + key.len() + 1..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("bad {key} in {text}"))
+        };
+        (num("MESSAGES"), num("UIDNEXT"), num("UIDVALIDITY"))
+    }
+
+    /// A deterministic text of `user`'s whole store: LIST (sorted), per mailbox
+    /// STATUS + EXAMINE + `UID FETCH 1:* (FLAGS INTERNALDATE RFC822.SIZE)` (sorted),
+    /// then LSUB (sorted). Uses EXAMINE only, so taking it changes nothing
+    /// (not even \Recent). Compare before/after to prove a store was not modified.
+    pub async fn snapshot(&self, user: &str) -> String {
+        let mut c = self.client(user).await;
+        let mut out = String::new();
+        let list = c.cmd(r#"LIST "" "*""#).await;
+        list.assert_ok();
+        let mut entries: Vec<ListEntry> = list
+            .untagged
+            .iter()
+            .map(|l| parse_list(l).unwrap_or_else(|| panic!("unparsable LIST: {}", lossy(l))))
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        out.push_str("== LIST\n");
+        for line in sorted_lines(&list) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        for e in &entries {
+            out.push_str(&format!("== MAILBOX {}\n", e.name));
+            if !e.is_selectable() {
+                out.push_str("(not selectable)\n");
+                continue;
+            }
+            let name = quoted(&e.name);
+            let status = c
+                .cmd(&format!(
+                    "STATUS {name} (MESSAGES UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ)"
+                ))
+                .await;
+            status.assert_ok();
+            for line in sorted_lines(&status) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+            let examine = c.cmd(&format!("EXAMINE {name}")).await;
+            examine.assert_ok();
+            for line in sorted_lines(&examine) {
+                // `[CLOSED]` only says that the previous mailbox was deselected.
+                if !line.contains("[CLOSED]") {
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            }
+            let fetch = c
+                .cmd("UID FETCH 1:* (FLAGS INTERNALDATE RFC822.SIZE)")
+                .await;
+            fetch.assert_ok();
+            for line in sorted_lines(&fetch) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        let lsub = c.cmd(r#"LSUB "" "*""#).await;
+        lsub.assert_ok();
+        out.push_str("== LSUB\n");
+        for line in sorted_lines(&lsub) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        c.logout().await;
+        out
+    }
+}
+
+fn sorted_lines(r: &Reply) -> Vec<String> {
+    let mut v = r.lines();
+    v.sort();
+    v
+}
+
+/// Connects, reads one line, and says whether it is a `* OK` greeting.
+async fn greeting_probe(port: u16) -> bool {
+    let probe = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(2).any(|w| w == b"\r\n") {
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let _ = s.write_all(b"z LOGOUT\r\n").await;
+        Some(buf.starts_with(b"* OK"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), probe).await,
+        Ok(Some(true))
+    )
+}
+
+/// SIGTERM to the `imap` and `imap-login` children of our Dovecot master.
+fn kill_session_processes(master: u32) {
+    let children =
+        fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap_or_default();
+    for pid in children.split_whitespace() {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if matches!(comm.trim(), "imap" | "imap-login") {
+            if let Ok(pid) = pid.parse() {
+                sigterm(pid);
+            }
+        }
+    }
+}
+
+fn sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let running = self.running.take();
+        let dir = self.dir.take();
+        let Some(mut r) = running else {
+            return; // the TempDir is removed right here
+        };
+        kill_session_processes(r.master.id());
+        sigterm(r.master.id());
+        r.disarm_watchdog();
+        // The master takes ~1 s to exit; reap it (and then remove the directory) in
+        // the background so that test teardown does not wait.
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + START_TIMEOUT;
+            loop {
+                match r.master.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(POLL),
+                    _ => {
+                        let _ = r.master.kill();
+                        let _ = r.master.wait();
+                        break;
+                    }
+                }
+            }
+            drop(dir);
+        });
+    }
+}
+
+// ───────────────────────────── TestClient ─────────────────────────────
+
+/// How long `response()` waits before failing the test.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+}
+
+enum Fill {
+    Data,
+    Timeout,
+    Eof,
+    Error(std::io::Error),
+}
+
+/// A raw, literal-aware IMAP client used as the test driver.
+pub struct TestClient {
+    stream: Stream,
+    buf: Vec<u8>,
+    tag: u32,
+    peer: String,
+}
+
+/// A TLS connector trusting only `ca`, with session resumption disabled.
+pub fn tls_connector(ca: &CertificateDer<'static>) -> TlsConnector {
+    init();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca.clone())
+        .expect("add CA certificate to root store");
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_handshake(
+    tcp: TcpStream,
+    ca: &CertificateDer<'static>,
+    peer: &str,
+) -> TlsStream<TcpStream> {
+    let name = ServerName::try_from("localhost").expect("server name");
+    match tokio::time::timeout(RESPONSE_TIMEOUT, tls_connector(ca).connect(name, tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => panic!("TLS handshake with {peer} failed: {e}"),
+        Err(_) => panic!("TLS handshake with {peer} timed out after {RESPONSE_TIMEOUT:?}"),
+    }
+}
+
+async fn tcp_connect(addr: impl ToSocketAddrs) -> TcpStream {
+    match tokio::time::timeout(RESPONSE_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => panic!("TCP connect failed: {e}"),
+        Err(_) => panic!("TCP connect timed out after {RESPONSE_TIMEOUT:?}"),
+    }
+}
+
+impl TestClient {
+    /// Connects over plain TCP (the greeting is not read yet).
+    pub async fn plain(addr: impl ToSocketAddrs) -> Self {
+        init();
+        let tcp = tcp_connect(addr).await;
+        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        TestClient {
+            stream: Stream::Plain(tcp),
+            buf: Vec::new(),
+            tag: 0,
+            peer,
+        }
+    }
+
+    /// Connects with implicit TLS, trusting only `ca`, server name `localhost`
+    /// (the greeting is not read yet).
+    pub async fn tls(addr: impl ToSocketAddrs, ca: &CertificateDer<'static>) -> Self {
+        init();
+        let tcp = tcp_connect(addr).await;
+        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let tls = tls_handshake(tcp, ca, &peer).await;
+        TestClient {
+            stream: Stream::Tls(Box::new(tls)),
+            buf: Vec::new(),
+            tag: 0,
+            peer,
+        }
+    }
+
+    /// Upgrades to TLS after the caller got the tagged OK of STARTTLS. Panics if any
+    /// bytes are buffered (they would be a STARTTLS response injection).
+    pub async fn starttls(self, ca: &CertificateDer<'static>) -> Self {
+        assert!(
+            self.buf.is_empty(),
+            "bytes buffered before the TLS handshake with {}: {:?}",
+            self.peer,
+            lossy(&self.buf)
+        );
+        let Stream::Plain(tcp) = self.stream else {
+            panic!("starttls on a connection that is already TLS");
+        };
+        let tls = tls_handshake(tcp, ca, &self.peer).await;
+        TestClient {
+            stream: Stream::Tls(Box::new(tls)),
+            buf: Vec::new(),
+            tag: self.tag,
+            peer: self.peer,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// The greeting (one response).
+    pub async fn greeting(&mut self) -> Vec<u8> {
+        self.response().await
+    }
+
+    /// Raw write + flush; panics on error.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.try_send(bytes).await {
+            panic!("send to {} failed: {e}", self.peer);
+        }
+    }
+
+    /// Raw write + flush.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match tokio::time::timeout(RESPONSE_TIMEOUT, self.stream.write_all(bytes)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write timed out (peer not reading)",
+            )),
+        }
+    }
+
+    async fn fill(&mut self, deadline: Instant) -> Fill {
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+            Err(_) => Fill::Timeout,
+            Ok(Ok(0)) => Fill::Eof,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Fill::Data
+            }
+            Ok(Err(e)) => Fill::Error(e),
+        }
+    }
+
+    /// One full response, or why there is none before `deadline`.
+    async fn next_response(&mut self, deadline: Instant) -> Result<Vec<u8>, Fill> {
+        loop {
+            if let Some(n) = complete_response_len(&self.buf) {
+                return Ok(self.buf.drain(..n).collect());
+            }
+            match self.fill(deadline).await {
+                Fill::Data => {}
+                other => return Err(other),
+            }
+        }
+    }
+
+    /// One full response (line, plus literals and their continuation lines). Panics
+    /// on EOF, error, or after [`RESPONSE_TIMEOUT`].
+    pub async fn response(&mut self) -> Vec<u8> {
+        match self.next_response(Instant::now() + RESPONSE_TIMEOUT).await {
+            Ok(r) => r,
+            Err(Fill::Timeout) => panic!(
+                "no complete response from {} within {RESPONSE_TIMEOUT:?}; buffered: {:?}",
+                self.peer,
+                lossy(&self.buf)
+            ),
+            Err(Fill::Eof) => panic!(
+                "connection to {} closed while waiting for a response; buffered: {:?}",
+                self.peer,
+                lossy(&self.buf)
+            ),
+            Err(Fill::Error(e)) => panic!(
+                "read from {} failed while waiting for a response: {e}; buffered: {:?}",
+                self.peer,
+                lossy(&self.buf)
+            ),
+            Err(Fill::Data) => unreachable!(),
+        }
+    }
+
+    /// A response if one arrives within `d`, `None` if nothing (complete) does.
+    /// Panics if the connection closes.
+    pub async fn try_response_within(&mut self, d: Duration) -> Option<Vec<u8>> {
+        match self.next_response(Instant::now() + d).await {
+            Ok(r) => Some(r),
+            Err(Fill::Timeout) => None,
+            Err(Fill::Eof) => panic!(
+                "connection to {} closed (expected a response or silence); buffered: {:?}",
+                self.peer,
+                lossy(&self.buf)
+            ),
+            Err(Fill::Error(e)) => panic!("read from {} failed: {e}", self.peer),
+            Err(Fill::Data) => unreachable!(),
+        }
+    }
+
+    /// Whether the peer closes the connection within ~2 s (anything it sends before
+    /// closing, e.g. `* BYE`, is consumed). A reset counts as closed.
+    pub async fn is_closed(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.fill(deadline).await {
+                Fill::Data => continue,
+                Fill::Eof | Fill::Error(_) => return true,
+                Fill::Timeout => return false,
+            }
+        }
+    }
+
+    /// Bytes received but not yet returned as a response.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Collects responses until one starts with `tag ` (case-sensitive).
+    pub async fn read_until_tagged(&mut self, tag: &str) -> Reply {
+        let prefix = format!("{tag} ");
+        let mut untagged = Vec::new();
+        loop {
+            let r = self.response().await;
+            if r.starts_with(prefix.as_bytes()) {
+                return Reply {
+                    untagged,
+                    tagged: r,
+                };
+            }
+            untagged.push(r);
+        }
+    }
+
+    /// The next tag: `t1`, `t2`, …
+    pub fn next_tag(&mut self) -> String {
+        self.tag += 1;
+        format!("t{}", self.tag)
+    }
+
+    /// Sends `<tag> command\r\n` and reads up to the tagged response.
+    pub async fn cmd(&mut self, command: &str) -> Reply {
+        let tag = self.next_tag();
+        self.send(format!("{tag} {command}\r\n").as_bytes()).await;
+        self.read_until_tagged(&tag).await
+    }
+
+    /// Waits for a `+` continuation. `Err(reply)` if the command was completed
+    /// (refused) instead; untagged responses meanwhile are collected into `untagged`.
+    async fn wait_continuation(
+        &mut self,
+        tag: &str,
+        untagged: &mut Vec<Vec<u8>>,
+    ) -> Result<(), Reply> {
+        let prefix = format!("{tag} ");
+        loop {
+            let r = self.response().await;
+            if r.starts_with(b"+") {
+                return Ok(());
+            }
+            if r.starts_with(prefix.as_bytes()) {
+                return Err(Reply {
+                    untagged: std::mem::take(untagged),
+                    tagged: r,
+                });
+            }
+            untagged.push(r);
+        }
+    }
+
+    /// LOGIN with `user` as a quoted string and `pass` as a synchronizing literal.
+    pub async fn login(&mut self, user: &str, pass: impl AsRef<[u8]>) -> Reply {
+        let pass = pass.as_ref();
+        let tag = self.next_tag();
+        self.send(format!("{tag} LOGIN {} {{{}}}\r\n", quoted(user), pass.len()).as_bytes())
+            .await;
+        let mut untagged = Vec::new();
+        if let Err(reply) = self.wait_continuation(&tag, &mut untagged).await {
+            return reply;
+        }
+        let mut bytes = pass.to_vec();
+        bytes.extend_from_slice(b"\r\n");
+        self.send(&bytes).await;
+        let mut reply = self.read_until_tagged(&tag).await;
+        untagged.append(&mut reply.untagged);
+        reply.untagged = untagged;
+        reply
+    }
+
+    /// APPEND with a synchronizing literal. `flags` is e.g. `"(\\Seen)"` or `""`.
+    pub async fn append(&mut self, mailbox: &str, flags: &str, message: &[u8]) -> Reply {
+        let tag = self.next_tag();
+        let flags = if flags.is_empty() {
+            String::new()
+        } else {
+            format!(" {flags}")
+        };
+        self.send(
+            format!(
+                "{tag} APPEND {}{flags} {{{}}}\r\n",
+                quoted(mailbox),
+                message.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+        let mut untagged = Vec::new();
+        if let Err(reply) = self.wait_continuation(&tag, &mut untagged).await {
+            return reply;
+        }
+        let mut bytes = message.to_vec();
+        bytes.extend_from_slice(b"\r\n");
+        self.send(&bytes).await;
+        let mut reply = self.read_until_tagged(&tag).await;
+        untagged.append(&mut reply.untagged);
+        reply.untagged = untagged;
+        reply
+    }
+
+    /// LOGOUT and expect OK (the `* BYE` is among the untagged responses).
+    pub async fn logout(&mut self) -> Reply {
+        let r = self.cmd("LOGOUT").await;
+        r.assert_ok();
+        r
+    }
+}
+
+/// The length of the first complete response in `buf`, if it holds one.
+///
+/// A response is a CRLF-terminated line; if the line ends with `{N}`, `{N+}` (or
+/// `~{N}`), N literal bytes and the next line belong to it too, repeatedly. A status
+/// or continuation line (`tag OK|NO|BAD`, `* OK|NO|BAD|BYE|PREAUTH`, `+`) never
+/// carries literals, whatever its text ends with.
+pub fn complete_response_len(buf: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    let mut first = true;
+    loop {
+        let rel = buf[pos..].windows(2).position(|w| w == b"\r\n")?;
+        let line = &buf[pos..pos + rel];
+        let end = pos + rel + 2;
+        if first && is_status_line(line) {
+            return Some(end);
+        }
+        first = false;
+        match literal_len(line) {
+            Some(n) => {
+                pos = end.checked_add(n)?;
+                if pos > buf.len() {
+                    return None;
+                }
+            }
+            None => return Some(end),
+        }
+    }
+}
+
+fn is_status_line(line: &[u8]) -> bool {
+    let mut words = line.splitn(3, |&b| b == b' ');
+    let first = words.next().unwrap_or_default();
+    if first == b"+" {
+        return true;
+    }
+    let second = words.next().unwrap_or_default().to_ascii_uppercase();
+    let is = |w: &[u8]| second == w;
+    if first == b"*" {
+        is(b"OK") || is(b"NO") || is(b"BAD") || is(b"BYE") || is(b"PREAUTH")
+    } else {
+        !first.is_empty() && (is(b"OK") || is(b"NO") || is(b"BAD"))
+    }
+}
+
+/// `N` if `line` (without CRLF) ends with `{N}` or `{N+}`.
+fn literal_len(line: &[u8]) -> Option<usize> {
+    let inner = line.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|&b| b == b'{')?;
+    let digits = &inner[open + 1..];
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+// ───────────────────────────── Reply ─────────────────────────────
+
+/// The responses to one command: untagged (and continuation) responses, then the
+/// tagged completion, all raw bytes including CRLFs and literal payloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub untagged: Vec<Vec<u8>>,
+    pub tagged: Vec<u8>,
+}
+
+impl Reply {
+    /// The status word after the tag, upper-cased (`OK`, `NO`, `BAD`).
+    pub fn status(&self) -> String {
+        lossy(&self.tagged)
+            .trim_end()
+            .split(' ')
+            .nth(1)
+            .unwrap_or_default()
+            .to_ascii_uppercase()
+    }
+    pub fn is_ok(&self) -> bool {
+        self.status() == "OK"
+    }
+    pub fn is_no(&self) -> bool {
+        self.status() == "NO"
+    }
+    pub fn is_bad(&self) -> bool {
+        self.status() == "BAD"
+    }
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        if !self.is_ok() {
+            panic!("expected OK, got:\n{}", self.text());
+        }
+        self
+    }
+    #[track_caller]
+    pub fn assert_no(&self) -> &Self {
+        if !self.is_no() {
+            panic!("expected NO, got:\n{}", self.text());
+        }
+        self
+    }
+    #[track_caller]
+    pub fn assert_bad(&self) -> &Self {
+        if !self.is_bad() {
+            panic!("expected BAD, got:\n{}", self.text());
+        }
+        self
+    }
+    /// Everything, lossy UTF-8, for `contains` checks.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for u in &self.untagged {
+            s.push_str(&lossy(u));
+        }
+        s.push_str(&lossy(&self.tagged));
+        s
+    }
+    /// The untagged responses as lossy strings, trailing CRLF removed.
+    pub fn lines(&self) -> Vec<String> {
+        self.untagged
+            .iter()
+            .map(|u| lossy(u).trim_end_matches("\r\n").to_string())
+            .collect()
+    }
+    /// The tagged line as a lossy string without CRLF.
+    pub fn tagged_line(&self) -> String {
+        lossy(&self.tagged).trim_end_matches("\r\n").to_string()
+    }
+    /// The text inside `[...]` of the tagged line, e.g. `READ-ONLY`, `TRYCREATE`.
+    pub fn code(&self) -> Option<String> {
+        let line = self.tagged_line();
+        let rest = line.splitn(3, ' ').nth(2)?;
+        let rest = rest.strip_prefix('[')?;
+        let end = rest.find(']')?;
+        Some(rest[..end].to_string())
+    }
+    /// The LIST/LSUB entries among the untagged responses.
+    pub fn list_entries(&self) -> Vec<ListEntry> {
+        self.untagged.iter().filter_map(|u| parse_list(u)).collect()
+    }
+}
+
+pub fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `"s"` with `\` and `"` escaped.
+pub fn quoted(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
+}
+
+// ───────────────────────────── LIST parsing ─────────────────────────────
+
+/// One `* LIST` / `* LSUB` response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    /// Attributes as sent, e.g. `\HasNoChildren`, `\Sent`.
+    pub attrs: Vec<String>,
+    /// The hierarchy delimiter, `None` for NIL.
+    pub delimiter: Option<String>,
+    /// The mailbox name as on the wire (modified UTF-7), unquoted.
+    pub name: String,
+}
+
+impl ListEntry {
+    pub fn has_attr(&self, attr: &str) -> bool {
+        self.attrs.iter().any(|a| a.eq_ignore_ascii_case(attr))
+    }
+    pub fn is_selectable(&self) -> bool {
+        !self.has_attr("\\Noselect") && !self.has_attr("\\NonExistent")
+    }
+}
+
+/// Parses a `* LIST (attrs) "d" name` or `* LSUB ...` response (name quoted, atom
+/// or literal).
+pub fn parse_list(resp: &[u8]) -> Option<ListEntry> {
+    let upper = resp.get(..7)?.to_ascii_uppercase();
+    if upper != b"* LIST " && upper != b"* LSUB " {
+        return None;
+    }
+    let rest = resp[7..].strip_prefix(b"(")?;
+    let close = rest.iter().position(|&b| b == b')')?;
+    let attrs = lossy(&rest[..close])
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let rest = rest[close + 1..].strip_prefix(b" ")?;
+    let (delimiter, rest) = if rest.get(..3).map(|b| b.eq_ignore_ascii_case(b"NIL")) == Some(true) {
+        (None, &rest[3..])
+    } else {
+        let (d, r) = parse_quoted(rest)?;
+        (Some(lossy(&d)), r)
+    };
+    let rest = rest.strip_prefix(b" ")?;
+    let (name, _) = parse_astring(rest)?;
+    Some(ListEntry {
+        attrs,
+        delimiter,
+        name: lossy(&name),
+    })
+}
+
+fn parse_quoted(b: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+    let b = b.strip_prefix(b"\"")?;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => {
+                out.push(*b.get(i + 1)?);
+                i += 2;
+            }
+            b'"' => return Some((out, &b[i + 1..])),
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+fn parse_astring(b: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+    match b.first()? {
+        b'"' => parse_quoted(b),
+        b'{' => {
+            let close = b.iter().position(|&c| c == b'}')?;
+            let n = literal_len(&b[..=close])?;
+            let data = b.get(close + 1..)?.strip_prefix(b"\r\n")?;
+            Some((data.get(..n)?.to_vec(), &data[n..]))
+        }
+        _ => {
+            let end = b
+                .iter()
+                .position(|&c| c == b' ' || c == b'\r' || c == b'\n')
+                .unwrap_or(b.len());
+            Some((b[..end].to_vec(), &b[end..]))
+        }
+    }
+}
+
+// ───────────────────────────── modified UTF-7 ─────────────────────────────
+
+/// RFC 3501 §5.1.3 modified UTF-7 (independent of Ferry's implementation).
+pub fn mutf7_encode(s: &str) -> String {
+    fn flush(out: &mut String, pending: &mut Vec<u16>) {
+        if pending.is_empty() {
+            return;
+        }
+        let bytes: Vec<u8> = pending.iter().flat_map(|u| u.to_be_bytes()).collect();
+        out.push('&');
+        out.push_str(&b64_mutf7(&bytes));
+        out.push('-');
+        pending.clear();
+    }
+    let mut out = String::new();
+    let mut pending = Vec::new();
+    for c in s.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut out, &mut pending);
+            if c == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(c);
+            }
+        } else {
+            let mut units = [0u16; 2];
+            pending.extend_from_slice(c.encode_utf16(&mut units));
+        }
+    }
+    flush(&mut out, &mut pending);
+    out
+}
+
+fn b64_mutf7(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+// ───────────────────────────── messages ─────────────────────────────
+
+fn message_id(seed: &[u8]) -> String {
+    let digest = Sha256::digest(seed);
+    let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
+    format!("<{hex}@ferry.test>")
+}
+
+/// A small valid RFC 5322 message (CRLF line endings) with a Message-ID derived
+/// from subject and body; use distinct subjects for distinct messages.
+pub fn message(subject: &str, body: &str) -> Vec<u8> {
+    let mut seed = subject.as_bytes().to_vec();
+    seed.push(0);
+    seed.extend_from_slice(body.as_bytes());
+    let mut m = format!(
+        "From: Ferry Test <sender@ferry.test>\r\n\
+         To: Recipient <recipient@ferry.test>\r\n\
+         Subject: {subject}\r\n\
+         Date: Mon, 01 Jan 2024 12:00:00 +0000\r\n\
+         Message-ID: {}\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\
+         \r\n",
+        message_id(&seed)
+    );
+    for line in body.lines() {
+        m.push_str(line);
+        m.push_str("\r\n");
+    }
+    m.into_bytes()
+}
+
+/// A valid message of exactly `bytes` bytes: headers plus a body of base64-looking
+/// lines of at most 76 characters (CRLF). Deterministic.
+pub fn big_message(bytes: usize) -> Vec<u8> {
+    let header = |filler: &str| {
+        format!(
+            "From: Ferry Test <sender@ferry.test>\r\n\
+             To: Recipient <recipient@ferry.test>\r\n\
+             Subject: Big message of {bytes} bytes\r\n\
+             Date: Mon, 01 Jan 2024 12:00:00 +0000\r\n\
+             Message-ID: {}\r\n\
+             MIME-Version: 1.0\r\n\
+             Content-Type: text/plain; charset=us-ascii\r\n\
+             Content-Transfer-Encoding: 7bit\r\n\
+             X-Ferry-Filler: x{filler}\r\n\
+             \r\n",
+            message_id(format!("big-{bytes}").as_bytes())
+        )
+    };
+    let mut m = header("");
+    if bytes.checked_sub(m.len()) == Some(1) {
+        m = header("x"); // a body cannot be exactly one byte of whole CRLF lines
+    }
+    assert!(
+        bytes >= m.len(),
+        "big_message({bytes}) is smaller than its {}-byte header",
+        m.len()
+    );
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = m.into_bytes();
+    out.reserve(bytes - out.len());
+    let mut state: u32 = 0x2545_f491;
+    let mut remaining = bytes - out.len();
+    while remaining > 0 {
+        let mut n = remaining.saturating_sub(2).min(76);
+        if remaining - (n + 2) == 1 {
+            n -= 1; // never leave a single byte over
+        }
+        for _ in 0..n {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            out.push(B64[(state % 64) as usize]);
+        }
+        out.extend_from_slice(b"\r\n");
+        remaining -= n + 2;
+    }
+    debug_assert_eq!(out.len(), bytes);
+    out
+}
+
+/// The message in alice's Japanese folder: ISO-2022-JP body and encoded Subject.
+pub fn jp_message() -> Vec<u8> {
+    let mut m = format!(
+        "From: Lab <lab@ferry.test>\r\n\
+         To: Alice <alice@ferry.test>\r\n\
+         Subject: =?ISO-2022-JP?B?GyRCOCY1Zjw8JCskaSROJCpDTiRpJDsbKEI=?=\r\n\
+         Date: Tue, 02 Jan 2024 09:30:00 +0900\r\n\
+         Message-ID: {}\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=ISO-2022-JP\r\n\
+         Content-Transfer-Encoding: 7bit\r\n\
+         \r\n",
+        message_id(b"jp-lab-notice")
+    )
+    .into_bytes();
+    // "研究室のお知らせです。" / "来週のゼミは休講です。" in ISO-2022-JP.
+    m.extend_from_slice(b"\x1b$B8&5f<<$N$*CN$i$;$G$9!#\x1b(B\r\n");
+    m.extend_from_slice(b"\x1b$BMh=5$N%<%_$O5Y9V$G$9!#\x1b(B\r\n");
+    m
+}
+
+// ───────────────────────────── standard fixture ─────────────────────────────
+
+async fn append_ok(c: &mut TestClient, mailbox: &str, flags: &str, msg: &[u8]) {
+    let r = c.append(mailbox, flags, msg).await;
+    if !r.is_ok() {
+        panic!("seeding APPEND to {mailbox} failed:\n{}", r.text());
+    }
+}
+
+async fn seed_old_alice(old: &Dovecot) {
+    let mut c = old.client("alice").await;
+    let flags = ["(\\Seen)", "(\\Flagged)", ""];
+    for (subject, flags) in OLD_INBOX_SUBJECTS.iter().zip(flags) {
+        append_ok(
+            &mut c,
+            "INBOX",
+            flags,
+            &message(subject, &format!("Body of {subject}.")),
+        )
+        .await;
+    }
+    for subject in OLD_SENT_SUBJECTS {
+        append_ok(
+            &mut c,
+            "INBOX.Sent",
+            "(\\Seen)",
+            &message(subject, "Sent long ago."),
+        )
+        .await;
+    }
+    for mailbox in ["INBOX.Archive", "INBOX.Archive.2019", OLD_JP_WIRE] {
+        c.cmd(&format!("CREATE {}", quoted(mailbox)))
+            .await
+            .assert_ok();
+    }
+    append_ok(
+        &mut c,
+        "INBOX.Archive.2019",
+        "(\\Seen)",
+        &message(OLD_ARCHIVE_SUBJECT, "Archived."),
+    )
+    .await;
+    append_ok(&mut c, OLD_JP_WIRE, "", &jp_message()).await;
+    for mailbox in OLD_SUBSCRIBED {
+        c.cmd(&format!("SUBSCRIBE {}", quoted(mailbox)))
+            .await
+            .assert_ok();
+    }
+    c.logout().await;
+}
+
+async fn seed_new_alice(new: &Dovecot) {
+    let mut c = new.client("alice").await;
+    let flags = ["(\\Seen)", ""];
+    for (subject, flags) in NEW_INBOX_SUBJECTS.iter().zip(flags) {
+        append_ok(
+            &mut c,
+            "INBOX",
+            flags,
+            &message(subject, &format!("Body of {subject}.")),
+        )
+        .await;
+    }
+    c.cmd("CREATE Work").await.assert_ok();
+    c.cmd("SUBSCRIBE Work").await.assert_ok();
+    append_ok(
+        &mut c,
+        "Work",
+        "",
+        &message(NEW_WORK_SUBJECT, "Do the work."),
+    )
+    .await;
+    c.logout().await;
+}
+
+/// Users besides alice get one message in each INBOX: "Old hello <user>" on OLD,
+/// "New hello <user>" on NEW.
+pub const SMALL_FIXTURE_USERS: [&str; 3] = ["dave", "olga", "nils"];
+
+async fn seed_small(store: &Dovecot, user: &str, which: &str) {
+    let mut c = store.client(user).await;
+    let subject = format!("{which} hello {user}");
+    append_ok(&mut c, "INBOX", "", &message(&subject, "Hello.")).await;
+    c.logout().await;
+}
+
+/// The standard fixture. alice: OLD `INBOX` 3 (\Seen, \Flagged, plain), `INBOX.Sent`
+/// 2, `INBOX.Archive` 0, `INBOX.Archive.2019` 1, [`OLD_JP_WIRE`] 1 (ISO-2022-JP),
+/// subscriptions [`OLD_SUBSCRIBED`]; NEW `INBOX` 2 (\Seen, plain), `Work` 1 (subscribed)
+/// plus the auto Sent/Drafts/Trash/Junk. dave, olga, nils: one message in each INBOX.
+pub async fn seed_standard(old: &Dovecot, new: &Dovecot) {
+    assert_eq!(
+        old.layout(),
+        Layout::Old,
+        "seed_standard: first store must be OLD"
+    );
+    assert_eq!(
+        new.layout(),
+        Layout::New,
+        "seed_standard: second store must be NEW"
+    );
+    let small = async {
+        for user in SMALL_FIXTURE_USERS {
+            tokio::join!(seed_small(old, user, "Old"), seed_small(new, user, "New"));
+        }
+    };
+    tokio::join!(seed_old_alice(old), seed_new_alice(new), small);
+}
+
+// ───────────────────────────── Ferry test environment ─────────────────────────────
+
+/// OLD and NEW Dovecot plus a running Ferry in front of them.
+pub struct TestEnv {
+    pub old: Dovecot,
+    pub new: Dovecot,
+    pub ferry: ferry::Ferry,
+    /// Ferry's (self-signed) server certificate, to trust in clients.
+    pub ca: CertificateDer<'static>,
+    pub config_toml: String,
+    dir: TempDir,
+}
+
+/// Options for [`TestEnv`]; defaults: no plaintext auth, backends without TLS, seeded.
+pub struct TestEnvBuilder {
+    allow_plaintext: bool,
+    extra_toml: String,
+    old_tls: BackendTls,
+    new_tls: BackendTls,
+    seed: bool,
+}
+
+impl TestEnvBuilder {
+    pub fn allow_plaintext(mut self, yes: bool) -> Self {
+        self.allow_plaintext = yes;
+        self
+    }
+    /// Appended verbatim to the generated TOML (after `[migration.users]`).
+    pub fn extra_toml(mut self, toml: &str) -> Self {
+        self.extra_toml.push_str(toml);
+        self
+    }
+    pub fn old_tls(mut self, mode: BackendTls) -> Self {
+        self.old_tls = mode;
+        self
+    }
+    pub fn new_tls(mut self, mode: BackendTls) -> Self {
+        self.new_tls = mode;
+        self
+    }
+    pub fn seed(mut self, yes: bool) -> Self {
+        self.seed = yes;
+        self
+    }
+
+    pub async fn start(self) -> TestEnv {
+        init();
+        let (old, new) = tokio::join!(
+            Dovecot::start(Layout::Old, self.old_tls != BackendTls::None),
+            Dovecot::start(Layout::New, self.new_tls != BackendTls::None)
+        );
+        if self.seed {
+            seed_standard(&old, &new).await;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-env-")
+            .tempdir()
+            .expect("create Ferry temp dir");
+        let (cert_pem, key_pem, ca) = self_signed_cert();
+        let cert = dir.path().join("ferry.crt");
+        let key = dir.path().join("ferry.key");
+        fs::write(&cert, cert_pem).expect("write ferry.crt");
+        fs::write(&key, key_pem).expect("write ferry.key");
+        let mut toml = format!(
+            "[listen]\n\
+             imaps = \"127.0.0.1:0\"\n\
+             imap  = \"127.0.0.1:0\"\n\
+             [tls]\n\
+             cert = {}\n\
+             key  = {}\n\
+             [auth]\n\
+             allow_plaintext = {}\n",
+            toml_str(&cert.display().to_string()),
+            toml_str(&key.display().to_string()),
+            self.allow_plaintext
+        );
+        toml.push_str(&backend_toml("old", &old, self.old_tls));
+        toml.push_str(&backend_toml("new", &new, self.new_tls));
+        toml.push_str(
+            "[namespace]\n\
+             old_prefix = \"Old/\"\n\
+             delimiter = \"/\"\n\
+             [migration]\n\
+             default_phase = \"merged\"\n\
+             [migration.users]\n\
+             \"olga\" = \"old\"\n\
+             \"nils\" = \"new\"\n",
+        );
+        toml.push_str(&self.extra_toml);
+        if !toml.ends_with('\n') {
+            toml.push('\n');
+        }
+        let config = ferry::config::parse(&toml)
+            .unwrap_or_else(|e| panic!("test config rejected: {e}\n--- config ---\n{toml}"));
+        let ferry = ferry::Ferry::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("Ferry::start failed: {e}\n--- config ---\n{toml}"));
+        TestEnv {
+            old,
+            new,
+            ferry,
+            ca,
+            config_toml: toml,
+            dir,
+        }
+    }
+}
+
+fn backend_toml(name: &str, d: &Dovecot, mode: BackendTls) -> String {
+    let tls_lines = |addr: String, tls: &str| {
+        let ca = d.ca_pem_path().expect("TLS backend has a CA");
+        format!(
+            "[backends.{name}]\naddress = \"{addr}\"\ntls = \"{tls}\"\nca = {}\nserver_name = \"localhost\"\n",
+            toml_str(&ca.display().to_string())
+        )
+    };
+    match mode {
+        BackendTls::None => format!(
+            "[backends.{name}]\naddress = \"{}\"\ntls = \"none\"\n",
+            d.addr()
+        ),
+        BackendTls::Implicit => tls_lines(d.imaps_addr().expect("imaps port"), "implicit"),
+        BackendTls::Starttls => tls_lines(d.addr(), "starttls"),
+    }
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl TestEnv {
+    pub fn builder() -> TestEnvBuilder {
+        TestEnvBuilder {
+            allow_plaintext: false,
+            extra_toml: String::new(),
+            old_tls: BackendTls::None,
+            new_tls: BackendTls::None,
+            seed: true,
+        }
+    }
+
+    /// Defaults: seeded, no plaintext auth, backends without TLS.
+    pub async fn start() -> TestEnv {
+        Self::builder().start().await
+    }
+
+    /// Where Ferry's temporary files (cert, key) live.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A TLS client to Ferry's imaps listener, greeting consumed (asserted `* OK`).
+    pub async fn imaps_client(&self) -> TestClient {
+        let addr = self
+            .ferry
+            .imaps_addr()
+            .expect("Ferry has no imaps listener");
+        let mut c = TestClient::tls(addr, &self.ca).await;
+        let g = c.greeting().await;
+        assert!(
+            g.starts_with(b"* OK"),
+            "Ferry imaps greeting: {}",
+            lossy(&g)
+        );
+        c
+    }
+
+    /// A plain client to Ferry's imap listener, greeting consumed (asserted `* OK`).
+    pub async fn plain_client(&self) -> TestClient {
+        let addr = self.ferry.imap_addr().expect("Ferry has no imap listener");
+        let mut c = TestClient::plain(addr).await;
+        let g = c.greeting().await;
+        assert!(g.starts_with(b"* OK"), "Ferry imap greeting: {}", lossy(&g));
+        c
+    }
+
+    /// A TLS client logged in through Ferry as `user` (asserted OK).
+    pub async fn login(&self, user: &str) -> TestClient {
+        let mut c = self.imaps_client().await;
+        let r = c.login(user, password_for(user)).await;
+        if !r.is_ok() {
+            panic!(
+                "login of {user} through Ferry failed:\n{}\n--- OLD log ---\n{}\n--- NEW log ---\n{}",
+                r.text(),
+                self.old.log(),
+                self.new.log()
+            );
+        }
+        c
+    }
+
+    /// Shuts Ferry down; the Dovecots stop when dropped.
+    pub async fn shutdown(self) {
+        self.ferry.shutdown().await;
+    }
+}
+
+/// Writes `bytes` to a file in `dir` and returns its path (handy for configs).
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    let mut f = fs::File::create(&path).expect("create file");
+    f.write_all(bytes).expect("write file");
+    path
+}
