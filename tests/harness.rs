@@ -248,6 +248,14 @@ async fn snapshot_is_stable_and_sees_changes() {
     c.logout().await;
     assert_eq!(first, old.snapshot("alice").await);
 
+    // Dovecot answers STORE in an EXAMINEd mailbox with OK but changes nothing.
+    let mut c = old.client("alice").await;
+    c.cmd("EXAMINE INBOX").await.assert_ok();
+    let store = c.cmd("STORE 1:* +FLAGS (\\Deleted)").await;
+    assert!(!store.is_bad(), "{}", store.text());
+    c.logout().await;
+    assert_eq!(first, old.snapshot("alice").await);
+
     // A flag change that is reverted still shows (HIGHESTMODSEQ).
     let mut c = old.client("alice").await;
     c.cmd("SELECT INBOX.Sent").await.assert_ok();
@@ -465,4 +473,55 @@ async fn password_table_is_consistent() {
     assert_eq!(USERS.len(), 6);
     let r = std::panic::catch_unwind(|| password_for("mallory"));
     assert!(r.is_err());
+}
+
+#[tokio::test]
+async fn witness_script_runs_against_tls_dovecot() {
+    let (old, new) = tokio::join!(
+        Dovecot::start(Layout::Old, true),
+        Dovecot::start(Layout::New, false)
+    );
+    seed_standard(&old, &new).await;
+    let imaps = old.imaps_addr().unwrap();
+    let (host, port) = imaps.rsplit_once(':').unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/witness.py");
+    let ca = old.ca_pem_path().unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (host, port) = (host.to_string(), port.to_string());
+        move || {
+            std::process::Command::new("python3")
+                .arg(script)
+                .args([&host, &port])
+                .arg(&ca)
+                .args([
+                    "alice",
+                    PASSWORD,
+                    "--old-inbox",
+                    "INBOX",
+                    "--new-inbox",
+                    "INBOX.Sent",
+                ])
+                .output()
+                .expect("python3 must be installed to run tests/witness.py")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    for needle in [
+        r#""ok": true"#,
+        r#""INBOX": 3"#,
+        r#""INBOX.Sent": 2"#,
+        OLD_JP_WIRE,
+        r#""deleted_after": false"#,
+    ] {
+        assert!(last.contains(needle), "{needle} not in {last}");
+    }
 }

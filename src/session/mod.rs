@@ -261,6 +261,11 @@ impl Session {
         if matches!(self.mode, Mode::Closed) {
             self.mode = mode;
         }
+        if let Mode::Merged(m) = &mut self.mode
+            && let Some(parked) = m.parked.take()
+        {
+            self.command_complete(parked);
+        }
         self.pump_client();
     }
 

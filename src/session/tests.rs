@@ -1,1 +1,399 @@
+//! Transcript tests of the sans-IO session: `C:` client bytes in, `S:` to the
+//! client, `N:`/`O:` to the NEW/OLD store, no sockets.
 
+use std::sync::Arc;
+
+use imap_codec::{
+    ResponseCodec,
+    decode::Decoder,
+    imap_types::response::{Data, Response},
+};
+
+use super::*;
+use crate::config;
+
+const CONFIG: &str = r#"
+[listen]
+imap = "127.0.0.1:0"
+[auth]
+allow_plaintext = true
+[backends.old]
+address = "127.0.0.1:1"
+tls = "none"
+[backends.new]
+address = "127.0.0.1:2"
+tls = "none"
+[migration.users]
+"olga" = "old"
+"#;
+
+fn session(allow_plaintext: bool) -> Session {
+    let mut config = config::parse(CONFIG).unwrap();
+    config.auth.allow_plaintext = allow_plaintext;
+    let config = Arc::new(config);
+    Session::new(SessionConfig {
+        config,
+        tls: false,
+        starttls: true,
+    })
+}
+
+fn lossy(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    s.strip_suffix("\r\n").unwrap_or(&s).to_string()
+}
+
+/// Drains the actions as transcript lines.
+fn out(s: &mut Session) -> Vec<String> {
+    let mut v = vec![];
+    while let Some(a) = s.poll_action() {
+        v.push(match a {
+            Action::ToClient(b) => format!("S: {}", lossy(&b)),
+            Action::ToBackend(Store::New, b) => format!("N: {}", lossy(&b)),
+            Action::ToBackend(Store::Old, b) => format!("O: {}", lossy(&b)),
+            Action::StartTls => "STARTTLS".into(),
+            Action::Login { store, .. } => format!("LOGIN {}", store.as_str()),
+            Action::CloseBackend(store) => format!("CLOSE {}", store.as_str()),
+            Action::Close => "CLOSE".into(),
+        });
+    }
+    v
+}
+
+fn caps(line: &str) -> Vec<Capability<'static>> {
+    let Ok((_, Response::Data(Data::Capability(c)))) = ResponseCodec::new().decode(line.as_bytes())
+    else {
+        panic!("caps")
+    };
+    c.into_iter().map(|c| c.into_static()).collect()
+}
+
+use imap_codec::imap_types::IntoStatic;
+
+fn info(store: Store) -> BackendInfo {
+    BackendInfo {
+        capabilities: caps(
+            "* CAPABILITY IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MOVE SPECIAL-USE NAMESPACE ESEARCH COMPRESS=DEFLATE\r\n",
+        ),
+        layout: match store {
+            Store::New => Layout {
+                prefix: vec![],
+                delimiter: Some(b'/'),
+            },
+            Store::Old => Layout {
+                prefix: b"INBOX.".to_vec(),
+                delimiter: Some(b'.'),
+            },
+        },
+    }
+}
+
+/// A merged session, logged in as alice.
+fn merged() -> Session {
+    let mut s = session(true);
+    out(&mut s);
+    s.client_input(b"a1 LOGIN alice {6}\r\n");
+    assert_eq!(out(&mut s), ["S: + Ready for literal data"]);
+    s.client_input(b"p(w)*%\r\n");
+    assert_eq!(out(&mut s), ["LOGIN new"]);
+    s.login_done(Store::New, Ok(info(Store::New)));
+    let o = out(&mut s);
+    assert_eq!(o.len(), 1);
+    assert!(
+        o[0].starts_with("S: a1 OK [CAPABILITY IMAP4rev1 ID NAMESPACE CHILDREN LITERAL+ IDLE"),
+        "{o:?}"
+    );
+    assert!(
+        !o[0].contains("ESEARCH") && !o[0].contains("COMPRESS"),
+        "{o:?}"
+    );
+    s
+}
+
+/// Logs OLD in after the session asked for it.
+fn old_up(s: &mut Session) {
+    s.login_done(Store::Old, Ok(info(Store::Old)));
+}
+
+#[test]
+fn greeting_and_preauth() {
+    let mut s = session(false);
+    let o = out(&mut s);
+    assert_eq!(
+        o,
+        ["S: * OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID STARTTLS LOGINDISABLED] Ferry ready."]
+    );
+    s.client_input(b"a1 LOGIN alice secret\r\na2 AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==\r\na3 SELECT INBOX\r\na4 ID NIL\r\n");
+    let o = out(&mut s);
+    assert_eq!(
+        o[0],
+        "S: a1 NO [PRIVACYREQUIRED] Use STARTTLS or port 993 before logging in"
+    );
+    assert_eq!(
+        o[1],
+        "S: a2 NO [PRIVACYREQUIRED] Use STARTTLS or port 993 before logging in"
+    );
+    assert_eq!(o[2], "S: a3 BAD Log in first");
+    assert!(o[3].starts_with("S: * ID (\"name\" \"Ferry\""));
+}
+
+#[test]
+fn starttls_rejects_pipelined_plaintext() {
+    let mut s = session(false);
+    out(&mut s);
+    s.client_input(b"a STARTTLS\r\nb LOGIN evil injected\r\n");
+    assert_eq!(
+        out(&mut s),
+        [
+            "S: a BAD Nothing may follow STARTTLS before the handshake",
+            "S: * BYE Closing connection",
+            "CLOSE"
+        ]
+    );
+    let mut s = session(false);
+    out(&mut s);
+    s.client_input(b"a STARTTLS\r\n");
+    assert_eq!(
+        out(&mut s),
+        ["S: a OK Begin TLS negotiation now", "STARTTLS"]
+    );
+    assert!(!s.wants_client_input() || s.client.buffered() == 0);
+}
+
+#[test]
+fn authenticate_plain_with_and_without_ir() {
+    let mut s = session(true);
+    out(&mut s);
+    s.client_input(b"a AUTHENTICATE PLAIN\r\n");
+    assert_eq!(out(&mut s), ["S: + "]);
+    s.client_input(b"AGFsaWNlAHNlY3JldA==\r\n");
+    assert_eq!(out(&mut s), ["LOGIN new"]);
+    s.login_done(Store::New, Err(LoginFailure::Rejected));
+    assert_eq!(
+        out(&mut s),
+        ["S: a NO [AUTHENTICATIONFAILED] Authentication failed."]
+    );
+    s.client_input(b"b AUTHENTICATE PLAIN *\r\n");
+    let o = out(&mut s);
+    assert!(o[0].starts_with("S: b BAD"), "{o:?}");
+    s.client_input(b"c AUTHENTICATE PLAIN\r\n*\r\n");
+    assert_eq!(out(&mut s), ["S: + ", "S: c BAD AUTHENTICATE cancelled"]);
+}
+
+#[test]
+fn old_phase_is_a_pass_through() {
+    let mut s = session(true);
+    out(&mut s);
+    s.client_input(b"a LOGIN olga secret\r\n");
+    assert_eq!(out(&mut s), ["LOGIN old"]);
+    s.login_done(Store::Old, Ok(info(Store::Old)));
+    let o = out(&mut s);
+    assert!(
+        o[0].contains("ESEARCH") && !o[0].contains("COMPRESS"),
+        "{o:?}"
+    );
+    s.client_input(b"b SELECT INBOX.Sent\r\nc COMPRESS DEFLATE\r\nd X-ANYTHING\r\n");
+    assert_eq!(
+        out(&mut s),
+        [
+            "O: b SELECT INBOX.Sent",
+            "S: c BAD Command not available in this session",
+            "O: d X-ANYTHING"
+        ]
+    );
+    s.backend_input(
+        Store::Old,
+        b"* 2 EXISTS\r\nb OK done\r\n* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE\r\n",
+    );
+    assert_eq!(
+        out(&mut s),
+        [
+            "S: * 2 EXISTS",
+            "S: b OK done",
+            "S: * CAPABILITY IMAP4REV1 IDLE"
+        ]
+    );
+}
+
+#[test]
+fn merged_list_fans_out_and_logs_in_to_old_lazily() {
+    let mut s = merged();
+    s.client_input(b"b LIST \"\" \"%\"\r\n");
+    // `%` cannot reach below Old/: OLD is not needed.
+    assert_eq!(out(&mut s), ["N: ferry.1 LIST \"\" %"]);
+    s.backend_input(Store::New, b"* LIST (\\HasNoChildren) \"/\" INBOX\r\n* LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\n* LIST (\\HasChildren) \"/\" Old\r\nferry.1 OK done\r\n");
+    assert_eq!(
+        out(&mut s),
+        [
+            "S: * LIST (\\HasNoChildren) \"/\" INBOX",
+            "S: * LIST (\\HasNoChildren \\Sent) \"/\" Sent",
+            "S: * LIST (\\Noselect \\HasChildren) \"/\" Old",
+            "S: b OK LIST completed"
+        ]
+    );
+    s.client_input(b"c LIST \"\" \"Old/*\"\r\n");
+    assert_eq!(out(&mut s), ["LOGIN old"]);
+    old_up(&mut s);
+    assert_eq!(out(&mut s), ["O: ferry.2 LIST \"\" *"]);
+    s.backend_input(
+        Store::Old,
+        b"* LIST (\\HasChildren) \".\" INBOX\r\n* LIST (\\HasNoChildren \\Sent) \".\" INBOX.Sent\r\n* LIST (\\HasNoChildren) \".\" {27}\r\nINBOX.&U9dP4Xux-.&eBR6dluk-\r\nferry.2 OK done\r\n",
+    );
+    assert_eq!(
+        out(&mut s),
+        [
+            "S: * LIST (\\Noselect \\HasChildren) \"/\" Old/&U9dP4Xux-",
+            "S: * LIST (\\HasNoChildren) \"/\" Old/&U9dP4Xux-/&eBR6dluk-",
+            "S: * LIST (\\HasNoChildren) \"/\" Old/INBOX",
+            "S: * LIST (\\HasNoChildren) \"/\" Old/Sent",
+            "S: c OK LIST completed"
+        ]
+    );
+}
+
+fn select_old_inbox(s: &mut Session) {
+    s.client_input(b"d SELECT Old/INBOX\r\n");
+    assert_eq!(out(s), ["LOGIN old"]);
+    old_up(s);
+    assert_eq!(out(s), ["O: d EXAMINE INBOX"]);
+    s.backend_input(
+        Store::Old,
+        b"* 3 EXISTS\r\n* OK [PERMANENTFLAGS ()] x\r\nd OK [READ-ONLY] Examine completed\r\n",
+    );
+    assert_eq!(
+        out(s),
+        [
+            "S: * 3 EXISTS",
+            "S: * OK [PERMANENTFLAGS ()] x",
+            "S: d OK [READ-ONLY] Examine completed"
+        ]
+    );
+}
+
+#[test]
+fn old_folders_are_read_only() {
+    let mut s = merged();
+    select_old_inbox(&mut s);
+    s.client_input(b"e UID STORE 1:2 +FLAGS.SILENT (\\Deleted)\r\n");
+    assert_eq!(out(&mut s), ["O: ferry.1 UID FETCH 1:2 FLAGS"]);
+    s.backend_input(
+        Store::Old,
+        b"* 1 FETCH (UID 1 FLAGS (\\Seen))\r\nferry.1 OK Fetch completed\r\n",
+    );
+    assert_eq!(
+        out(&mut s),
+        [
+            "S: * 1 FETCH (UID 1 FLAGS (\\Seen))",
+            "S: e OK Flags unchanged: Old/ folders are read-only"
+        ]
+    );
+    s.client_input(b"f EXPUNGE\r\ng UID EXPUNGE 1\r\nh COPY 1 Old/Sent\r\ni MOVE 1 INBOX\r\nj COPY 1 INBOX\r\nk APPEND Old/Sent {3}\r\n");
+    assert_eq!(
+        out(&mut s),
+        [
+            "S: f OK Nothing expunged: Old/ folders are read-only",
+            "S: g OK Nothing expunged: Old/ folders are read-only",
+            "S: h NO [NOPERM] Old/ folders are read-only",
+            "S: i NO [READ-ONLY] Old/ folders are read-only: copy the messages instead",
+            "S: j NO [CANNOT] Copying from Old/ to other folders is not available yet",
+            "S: k NO [NOPERM] Old/ folders are read-only",
+        ]
+    );
+    s.client_input(b"l CREATE Old/x\r\nm DELETE Old/Sent\r\nn RENAME Work Old/Work\r\no SUBSCRIBE Old/Sent\r\n");
+    let o = out(&mut s);
+    assert_eq!(
+        o[..3],
+        [
+            "S: l NO [NOPERM] Old/ folders are read-only",
+            "S: m NO [NOPERM] Old/ folders are read-only",
+            "S: n NO [NOPERM] Old/ folders are read-only"
+        ]
+    );
+    assert_eq!(o[3], "N: o SUBSCRIBE Old/Sent");
+    s.backend_input(Store::New, b"o OK Subscribe completed.\r\n");
+    assert_eq!(out(&mut s), ["S: o OK Subscribe completed."]);
+}
+
+#[test]
+fn switching_stores_unselects_without_stray_responses() {
+    let mut s = merged();
+    select_old_inbox(&mut s);
+    s.client_input(b"e SELECT INBOX\r\n");
+    assert_eq!(out(&mut s), ["O: ferry.1 UNSELECT"]);
+    // OLD's news about the mailbox being left never reaches the client.
+    s.backend_input(
+        Store::Old,
+        b"* 4 EXISTS\r\nferry.1 OK Unselect completed\r\n",
+    );
+    assert_eq!(out(&mut s), ["N: e SELECT INBOX"]);
+    s.backend_input(
+        Store::New,
+        b"* 2 EXISTS\r\ne OK [READ-WRITE] Select completed\r\n",
+    );
+    assert_eq!(
+        out(&mut s),
+        ["S: * 2 EXISTS", "S: e OK [READ-WRITE] Select completed"]
+    );
+    s.backend_input(Store::Old, b"* 5 EXISTS\r\n");
+    assert_eq!(out(&mut s), Vec::<String>::new());
+    s.client_input(b"f UID FETCH 1:* (FLAGS)\r\n");
+    assert_eq!(out(&mut s), ["N: f UID FETCH 1:* (FLAGS)"]);
+}
+
+#[test]
+fn idle_waits_for_the_store_and_takes_pipelined_done() {
+    let mut s = merged();
+    s.client_input(b"b IDLE\r\n");
+    assert_eq!(out(&mut s), ["N: b IDLE"]);
+    assert!(!s.wants_client_input());
+    s.backend_input(Store::New, b"+ idling\r\n");
+    assert_eq!(out(&mut s), ["S: + idling"]);
+    s.client_input(b"DONE\r\nc NOOP\r\n");
+    assert_eq!(out(&mut s), ["N: DONE"]);
+    s.backend_input(Store::New, b"* 3 EXISTS\r\nb OK Idle completed\r\n");
+    assert_eq!(
+        out(&mut s),
+        ["S: * 3 EXISTS", "S: b OK Idle completed", "N: c NOOP"]
+    );
+}
+
+#[test]
+fn append_streams_its_literal() {
+    let mut s = merged();
+    s.client_input(b"b APPEND Work (\\Seen) {11}\r\n");
+    assert_eq!(out(&mut s), ["N: b APPEND Work (\\Seen) {11}"]);
+    s.backend_input(Store::New, b"+ OK\r\n");
+    assert_eq!(out(&mut s), ["S: + OK"]);
+    s.client_input(b"hello ");
+    assert_eq!(out(&mut s), ["N: hello "]);
+    s.client_input(b"world\r\n");
+    assert_eq!(out(&mut s), ["N: world", "N: "]);
+    s.backend_input(Store::New, b"b OK [APPENDUID 1 7] Append completed.\r\n");
+    assert_eq!(out(&mut s), ["S: b OK [APPENDUID 1 7] Append completed."]);
+    // LITERAL+: no continuation round trip.
+    s.client_input(b"c APPEND INBOX {2+}\r\nhi\r\n");
+    assert_eq!(out(&mut s), ["N: c APPEND INBOX {2+}", "N: hi", "N: "]);
+}
+
+#[test]
+fn unknown_and_unadvertised_commands_get_bad_and_never_reach_old() {
+    let mut s = merged();
+    select_old_inbox(&mut s);
+    s.client_input(b"x1 GETACL INBOX\r\nx2 UID SEARCH RETURN (ALL) ALL\r\nx3 ENABLE QRESYNC\r\nx4 XLIST \"\" *\r\n");
+    let o = out(&mut s);
+    assert_eq!(o.len(), 4, "{o:?}");
+    assert!(
+        o.iter()
+            .all(|l| l.starts_with("S: x") && l.contains(" BAD ")),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn credentials_never_print() {
+    let c = Credentials {
+        user: b"alice".to_vec(),
+        password: b"p(w)*%".to_vec(),
+    };
+    assert!(!format!("{c:?}").contains("p(w)"));
+}
