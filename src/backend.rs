@@ -99,7 +99,7 @@ impl Client {
     async fn message(&mut self) -> Result<Bytes, BackendError> {
         let mut msg = BytesMut::new();
         loop {
-            match self.framer.next() {
+            match self.framer.next_frame() {
                 Ok(Some(Frame::Line { bytes, literal, .. })) => {
                     msg.extend_from_slice(&bytes);
                     if literal.is_none() {

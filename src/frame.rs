@@ -123,7 +123,7 @@ impl Framer {
     }
 
     /// Returns the next frame, `Ok(None)` when more input is needed.
-    pub fn next(&mut self) -> Result<Option<Frame>, FrameError> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
             match self.state {
                 State::Literal { remaining } | State::Discard { remaining } => {
@@ -260,7 +260,7 @@ mod tests {
         let mut out = vec![];
         for c in chunks {
             f.push(c);
-            while let Some(fr) = f.next().unwrap() {
+            while let Some(fr) = f.next_frame().unwrap() {
                 out.push(fr);
             }
         }
@@ -360,9 +360,12 @@ mod tests {
     fn over_long_line_is_an_error_then_recovers() {
         let mut f = Framer::new(Peer::Client, 16);
         f.push(b"a1 NOOP aaaaaaaaaaaaaaaaaaaaaaaaaa");
-        assert_eq!(f.next(), Err(FrameError::LineTooLong(16)));
+        assert_eq!(f.next_frame(), Err(FrameError::LineTooLong(16)));
         f.push(b"aaaa\r\na2 NOOP\r\n");
-        assert_eq!(f.next().unwrap(), Some(line(b"a2 NOOP\r\n", true, None)));
+        assert_eq!(
+            f.next_frame().unwrap(),
+            Some(line(b"a2 NOOP\r\n", true, None))
+        );
     }
 
     #[test]
@@ -371,23 +374,26 @@ mod tests {
         f.push(b"a1 APPEND Old/x {3}\r\n");
         let Some(Frame::Line {
             literal: Some(a), ..
-        }) = f.next().unwrap()
+        }) = f.next_frame().unwrap()
         else {
             panic!()
         };
         f.refuse_literal(a);
         f.push(b"a2 NOOP\r\n");
-        assert_eq!(f.next().unwrap(), Some(line(b"a2 NOOP\r\n", true, None)));
+        assert_eq!(
+            f.next_frame().unwrap(),
+            Some(line(b"a2 NOOP\r\n", true, None))
+        );
 
         f.push(b"a3 APPEND Old/x {3+}\r\nabc\r\n");
         let Some(Frame::Line {
             literal: Some(a), ..
-        }) = f.next().unwrap()
+        }) = f.next_frame().unwrap()
         else {
             panic!()
         };
         f.refuse_literal(a);
-        assert_eq!(f.next().unwrap(), Some(line(b"\r\n", false, None)));
+        assert_eq!(f.next_frame().unwrap(), Some(line(b"\r\n", false, None)));
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl NameMap {
         }
     }
 
-    fn from_store(&self, layout: &Layout, name: &[u8]) -> Option<Vec<u8>> {
+    fn store_to_client(&self, layout: &Layout, name: &[u8]) -> Option<Vec<u8>> {
         match layout.delimiter {
             Some(d) if d != self.delim => translate(name, d, self.delim),
             _ if layout.delimiter.is_none() && name.contains(&self.delim) => None,
@@ -217,7 +217,7 @@ impl NameMap {
         if rest.is_empty() || is_inbox(first) {
             return None;
         }
-        let mapped = self.from_store(&self.old, rest)?;
+        let mapped = self.store_to_client(&self.old, rest)?;
         if mapped.split(|b| *b == self.delim).any(<[u8]>::is_empty) {
             return None;
         }
@@ -231,14 +231,14 @@ impl NameMap {
         if is_inbox(new) {
             return Some(b"INBOX".to_vec());
         }
-        let mapped = self.from_store(&self.new, new)?;
+        let mapped = self.store_to_client(&self.new, new)?;
         (!self.is_reserved(&mapped)).then_some(mapped)
     }
 
     /// A NEW name that stands for a subscription to an `Old/` folder (Ferry keeps
     /// those on NEW, under the client's name) → that client name.
     pub fn new_subscription_to_client(&self, new: &[u8]) -> Option<Vec<u8>> {
-        let mapped = self.from_store(&self.new, new)?;
+        let mapped = self.store_to_client(&self.new, new)?;
         self.is_reserved(&mapped).then_some(mapped)
     }
 

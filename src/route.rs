@@ -101,11 +101,16 @@ pub fn route(body: &CommandBody<'_>) -> Route {
 /// STATUS, LIST, FETCH FLAGS, UNSELECT/CLOSE of a read-only mailbox, LOGOUT).
 pub fn old_may_receive(body: &CommandBody<'_>) -> bool {
     use CommandBody as C;
-    match body {
-        C::Fetch { .. } | C::Search { .. } | C::Sort { .. } | C::Thread { .. } => true,
-        C::Check | C::Noop | C::Idle => true,
-        _ => false,
-    }
+    matches!(
+        body,
+        C::Fetch { .. }
+            | C::Search { .. }
+            | C::Sort { .. }
+            | C::Thread { .. }
+            | C::Check
+            | C::Noop
+            | C::Idle
+    )
 }
 
 #[cfg(test)]

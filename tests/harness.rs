@@ -525,3 +525,46 @@ async fn witness_script_runs_against_tls_dovecot() {
         assert!(last.contains(needle), "{needle} not in {last}");
     }
 }
+
+#[tokio::test]
+async fn ferry_config_parses_for_every_backend_tls_mode() {
+    use ferry::config::{BackendTls, Phase};
+    let (old, new) = tokio::join!(
+        Dovecot::start(Layout::Old, true),
+        Dovecot::start(Layout::New, true)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("ferry.crt"), dir.path().join("ferry.key"));
+    for (old_tls, new_tls) in [
+        (BackendTls::None, BackendTls::None),
+        (BackendTls::Implicit, BackendTls::Starttls),
+        (BackendTls::Starttls, BackendTls::Implicit),
+    ] {
+        let builder = TestEnv::builder()
+            .old_tls(old_tls)
+            .new_tls(new_tls)
+            .allow_plaintext(true)
+            .extra_toml("[limits]\nmax_line_bytes = 4096\n");
+        let toml = builder.toml(&old, &new, &cert, &key);
+        let config = ferry::config::parse(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        assert_eq!(config.backends.old.tls, old_tls);
+        assert_eq!(config.backends.new.tls, new_tls);
+        assert!(config.auth.allow_plaintext);
+        assert_eq!(config.limits.max_line_bytes, 4096);
+        assert_eq!(config.migration.phase_for("olga"), Phase::Old);
+        assert_eq!(config.migration.phase_for("nils"), Phase::New);
+        assert_eq!(config.migration.phase_for("alice"), Phase::Merged);
+        let expected_old = match old_tls {
+            BackendTls::Implicit => old.imaps_addr().unwrap(),
+            _ => old.addr(),
+        };
+        assert_eq!(config.backends.old.address, expected_old);
+        if old_tls != BackendTls::None {
+            assert_eq!(config.backends.old.ca, old.ca_pem_path());
+            assert_eq!(
+                config.backends.old.server_name.as_deref(),
+                Some("localhost")
+            );
+        }
+    }
+}

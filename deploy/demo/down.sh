@@ -8,14 +8,15 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RUN=$HERE/run
 
-# stop LABEL PIDFILE COMM: SIGTERM, wait up to 10 s, then SIGKILL. COMM (the process
-# name in /proc) guards against a stale pid file naming a process that is not ours.
+# stop LABEL PIDFILE NEEDLE: SIGTERM, wait up to 10 s, then SIGKILL. NEEDLE must occur
+# in the process's command line (the config file up.sh gave it), so a stale pid file
+# naming some other process is ignored.
 stop() {
-    local label=$1 pidfile=$2 comm=$3 pid
+    local label=$1 pidfile=$2 needle=$3 pid
     [[ -s $pidfile ]] || return 0
     pid=$(<"$pidfile")
     if [[ ! $pid =~ ^[0-9]+$ ]] || ! kill -0 "$pid" 2>/dev/null ||
-        [[ $(cat "/proc/$pid/comm" 2>/dev/null) != "$comm" ]]; then
+        [[ $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") != *"$needle"* ]]; then
         rm -f "$pidfile"
         return 0
     fi
@@ -32,8 +33,8 @@ stop() {
     echo "stopped $label (pid $pid)"
 }
 
-stop Ferry "$RUN/ferry.pid" ferry
-stop Prometheus "$RUN/prometheus.pid" prometheus
+stop Ferry "$RUN/ferry.pid" "$RUN/ferry.toml"
+stop Prometheus "$RUN/prometheus.pid" "$HERE/prometheus.yml"
 # The Dovecot master stops its own children on SIGTERM.
-stop "Dovecot OLD store" "$RUN/old/base/master.pid" dovecot
-stop "Dovecot NEW store" "$RUN/new/base/master.pid" dovecot
+stop "Dovecot OLD store" "$RUN/old/base/master.pid" /old/dovecot.conf
+stop "Dovecot NEW store" "$RUN/new/base/master.pid" /new/dovecot.conf

@@ -200,22 +200,25 @@ EOF
 
 # start_store NAME PORT: starts Dovecot (it daemonizes) and waits for its greeting.
 start_store() {
-    local name=$1 port=$2 dir=$RUN/$1 pid="" out
-    if ! out=$(dovecot -c "$dir/dovecot.conf" 2>&1); then
-        printf '%s\n' "$out" >&2
-        [[ -f $dir/dovecot.log ]] && tail -n 20 "$dir/dovecot.log" >&2
+    local name=$1 port=$2 dir=$RUN/$1 pid=""
+    # The daemonized master keeps its stderr open: a file, not a pipe we would wait on.
+    if ! dovecot -c "$dir/dovecot.conf" </dev/null >/dev/null 2>"$dir/dovecot.stderr"; then
+        cat "$dir/dovecot.stderr" >&2
+        tail -n 20 "$dir/dovecot.log" >&2 2>/dev/null || true
         die "Dovecot ($name store) did not start; config: $dir/dovecot.conf"
     fi
     for _ in $(seq 100); do # up to ~10 s
         [[ -z $pid && -s $dir/base/master.pid ]] && pid=$(<"$dir/base/master.pid")
         greets "$port" && {
+            pid=$(<"$dir/base/master.pid")
             echo "${name^^} store: Dovecot pid $pid on 127.0.0.1:$port"
             return 0
         }
         [[ -n $pid ]] && ! alive "$pid" && break
         sleep 0.1
     done
-    tail -n 20 "$dir/dovecot.log" >&2 || true
+    cat "$dir/dovecot.stderr" >&2
+    tail -n 20 "$dir/dovecot.log" >&2 2>/dev/null || true
     die "Dovecot ($name store) does not answer on 127.0.0.1:$port; log: $dir/dovecot.log"
 }
 

@@ -47,6 +47,9 @@ enum After {
     Nothing,
     Select(Store),
     Deselect,
+    /// A subscription to an `Old/` name kept on NEW: the client always gets OK
+    /// (OLD's own subscriptions show in LSUB whatever NEW answers).
+    OldSubscription,
 }
 
 #[derive(Debug)]
@@ -315,7 +318,7 @@ impl Session {
         tracing::warn!("OLD store connection lost");
         m.old = OldState::Unavailable;
         if m.selected == Some(Store::Old) {
-            self.to_client(reply::bye(
+            self.send_client(reply::bye(
                 "The Old/ folder store went away, please reconnect.",
             ));
             self.logout_stores();
@@ -333,7 +336,7 @@ impl Session {
                 tag,
                 ..
             }) => {
-                self.to_client(unavailable(&tag));
+                self.send_client(unavailable(&tag));
                 self.input = Input::Command;
             }
             other => m.job = other,
@@ -381,7 +384,7 @@ impl Session {
                 };
                 let mut line = BytesMut::from(&tag[..]);
                 line.extend_from_slice(cmd);
-                self.to_store(old_store, line.freeze());
+                self.send_store(old_store, line.freeze());
                 m.job = Some(Job::Leave {
                     store: old_store,
                     tag,
@@ -389,7 +392,7 @@ impl Session {
                 });
             }
             None => {
-                self.to_store(store, bytes);
+                self.send_store(store, bytes);
                 m.job = Some(job);
             }
         }
@@ -400,7 +403,7 @@ impl Session {
         let tag = Bytes::copy_from_slice(cmd.tag.inner().as_bytes());
         match route::route(&cmd.body) {
             Route::Local(local) => self.local(m, local, &tag),
-            Route::Bad(text) => self.to_client(reply::bad(&tag, text)),
+            Route::Bad(text) => self.send_client(reply::bad(&tag, text)),
             Route::Noop => {
                 let store = m.selected.unwrap_or(Store::New);
                 self.forward(m, store, tag, raw.clone(), After::Nothing);
@@ -418,23 +421,23 @@ impl Session {
     fn local(&mut self, m: &mut Merged, local: Local, tag: &[u8]) {
         match local {
             Local::Capability => {
-                self.to_client(reply::capability_line(&m.caps));
-                self.to_client(reply::ok(tag, "CAPABILITY completed"));
+                self.send_client(reply::capability_line(&m.caps));
+                self.send_client(reply::ok(tag, "CAPABILITY completed"));
             }
             Local::Id => {
-                self.to_client(super::preauth::id_response());
-                self.to_client(reply::ok(tag, "ID completed"));
+                self.send_client(super::preauth::id_response());
+                self.send_client(reply::ok(tag, "ID completed"));
             }
             Local::Namespace => {
                 let d = m.map.delimiter() as char;
-                self.to_client(Bytes::from(format!(
+                self.send_client(Bytes::from(format!(
                     "* NAMESPACE ((\"\" \"{d}\")) NIL NIL\r\n"
                 )));
-                self.to_client(reply::ok(tag, "NAMESPACE completed"));
+                self.send_client(reply::ok(tag, "NAMESPACE completed"));
             }
             Local::Logout => {
-                self.to_client(reply::bye("Logging out"));
-                self.to_client(reply::ok(tag, "LOGOUT completed"));
+                self.send_client(reply::bye("Logging out"));
+                self.send_client(reply::ok(tag, "LOGOUT completed"));
                 self.logout_stores();
                 self.close();
             }
@@ -499,9 +502,9 @@ impl Session {
                         );
                     }
                     (Err(MapError::BadEncoding), _) | (_, Err(MapError::BadEncoding)) => {
-                        self.to_client(bad_name(&tag))
+                        self.send_client(bad_name(&tag))
                     }
-                    _ => self.to_client(read_only()),
+                    _ => self.send_client(read_only()),
                 }
                 return;
             }
@@ -509,9 +512,9 @@ impl Session {
         };
         let target = match target {
             Ok(t) => t,
-            Err(MapError::BadEncoding) => return self.to_client(bad_name(&tag)),
+            Err(MapError::BadEncoding) => return self.send_client(bad_name(&tag)),
             Err(MapError::Unrepresentable) => {
-                return self.to_client(reply::no(&tag, Rfc5530::NonExistent, "No such mailbox"));
+                return self.send_client(reply::no(&tag, Rfc5530::NonExistent, "No such mailbox"));
             }
         };
         match (op, target) {
@@ -533,16 +536,16 @@ impl Session {
                             Store::New,
                             tag.clone(),
                             encode(&tag, body),
-                            After::Nothing,
+                            After::OldSubscription,
                         );
                     }
-                    Err(_) => self.to_client(bad_name(&tag)),
+                    Err(_) => self.send_client(bad_name(&tag)),
                 }
             }
             (_, Target::OldRoot)
                 if matches!(op, NameOp::Select | NameOp::Examine | NameOp::Status) =>
             {
-                self.to_client(reply::no(
+                self.send_client(reply::no(
                     &tag,
                     Rfc5530::NonExistent,
                     "Old is a folder of folders only",
@@ -551,8 +554,8 @@ impl Session {
             (
                 NameOp::Create | NameOp::Delete | NameOp::Append,
                 Target::Old(_) | Target::OldRoot,
-            ) => self.to_client(read_only()),
-            (_, Target::OldRoot) => self.to_client(read_only()),
+            ) => self.send_client(read_only()),
+            (_, Target::OldRoot) => self.send_client(read_only()),
             (op, Target::New(n)) => {
                 let unchanged = n == name;
                 let mut body = cmd.body;
@@ -568,7 +571,7 @@ impl Session {
                     return;
                 };
                 if !ready {
-                    return self.to_client(unavailable(&tag));
+                    return self.send_client(unavailable(&tag));
                 }
                 let body = match (op, cmd.body) {
                     // Old/ folders are always opened read-only.
@@ -579,7 +582,7 @@ impl Session {
                         mailbox: mailbox(n),
                         item_names,
                     },
-                    _ => return self.to_client(read_only()),
+                    _ => return self.send_client(read_only()),
                 };
                 let after = if op == NameOp::Status {
                     After::Nothing
@@ -604,7 +607,7 @@ impl Session {
     ) {
         match self.same_or(store, unchanged, raw, &tag, body) {
             Some(bytes) => self.forward(m, store, tag, bytes, after),
-            None => self.to_client(reply::no(
+            None => self.send_client(reply::no(
                 &tag,
                 Rfc5530::Cannot,
                 "Literals are not supported here",
@@ -621,13 +624,13 @@ impl Session {
         tag: Bytes,
     ) {
         let Some(store) = m.selected else {
-            return self.to_client(reply::bad(&tag, "No mailbox selected"));
+            return self.send_client(reply::bad(&tag, "No mailbox selected"));
         };
         let read_only = || reply::no(&tag, Rfc5530::NoPerm, "Old/ folders are read-only");
         match (op, store) {
             (SelectedOp::Read, _) => {
                 if store == Store::Old && !route::old_may_receive(&cmd.body) {
-                    return self.to_client(read_only());
+                    return self.send_client(read_only());
                 }
                 self.send_or_refuse(m, store, true, raw, tag, cmd.body, After::Nothing);
             }
@@ -657,7 +660,7 @@ impl Session {
                 let bytes = encode(&ferry_tag, body);
                 self.start(m, None, Store::Old, bytes, Job::FlagEcho { tag, ferry_tag });
             }
-            (SelectedOp::Expunge, Store::Old) => self.to_client(reply::ok(
+            (SelectedOp::Expunge, Store::Old) => self.send_client(reply::ok(
                 &tag,
                 "Nothing expunged: Old/ folders are read-only",
             )),
@@ -687,19 +690,19 @@ impl Session {
                 };
                 let name = mailbox_bytes(dest);
                 match (m.map.to_backend(&name), store) {
-                    (Ok(Target::Old(_) | Target::OldRoot), _) => self.to_client(read_only()),
-                    (Err(MapError::BadEncoding), _) => self.to_client(bad_name(&tag)),
+                    (Ok(Target::Old(_) | Target::OldRoot), _) => self.send_client(read_only()),
+                    (Err(MapError::BadEncoding), _) => self.send_client(bad_name(&tag)),
                     (Err(MapError::Unrepresentable), _) => {
-                        self.to_client(reply::no_code(&tag, Code::TryCreate, "No such mailbox"))
+                        self.send_client(reply::no_code(&tag, Code::TryCreate, "No such mailbox"))
                     }
                     (Ok(Target::New(_)), Store::Old) if op == SelectedOp::Move => {
-                        self.to_client(reply::no_code(
+                        self.send_client(reply::no_code(
                             &tag,
                             Code::ReadOnly,
                             "Old/ folders are read-only: copy the messages instead",
                         ))
                     }
-                    (Ok(Target::New(_)), Store::Old) => self.to_client(reply::no(
+                    (Ok(Target::New(_)), Store::Old) => self.send_client(reply::no(
                         &tag,
                         Rfc5530::Cannot,
                         "Copying from Old/ to other folders is not available yet",
@@ -734,11 +737,11 @@ impl Session {
         };
         if pattern_raw.is_empty() && !lsub {
             // RFC 3501: the hierarchy delimiter and root of the reference.
-            self.to_client(Bytes::from(format!(
+            self.send_client(Bytes::from(format!(
                 "* LIST (\\Noselect) \"{}\" \"\"\r\n",
                 delim as char
             )));
-            return self.to_client(reply::ok(&tag, "LIST completed"));
+            return self.send_client(reply::ok(&tag, "LIST completed"));
         }
         let pattern = join_reference(&mailbox_bytes(reference), pattern_raw, delim);
         let prefix = m.map.prefix().to_vec();
@@ -781,12 +784,12 @@ impl Session {
         };
         if ask_new && let Some(p) = new_pattern {
             let t = self.ferry_tag();
-            self.to_store(Store::New, list_command(&t, lsub, p));
+            self.send_store(Store::New, list_command(&t, lsub, p));
             job.wait_new = Some(t);
         }
         if ask_old {
             let t = self.ferry_tag();
-            self.to_store(Store::Old, list_command(&t, lsub, b"*".to_vec()));
+            self.send_store(Store::Old, list_command(&t, lsub, b"*".to_vec()));
             job.wait_old = Some(t);
         }
         self.input = Input::Waiting;
@@ -801,7 +804,7 @@ impl Session {
         }
         self.input = Input::Command;
         if let Some(failure) = job.new_failure {
-            return self.to_client(retag(&job.tag, &failure));
+            return self.send_client(retag(&job.tag, &failure));
         }
         let old = job.old_asked.then_some(job.old.as_slice());
         let entries = merge::list(&m.map, &job.pattern, job.lsub, &job.new, old, job.old_ok);
@@ -823,14 +826,14 @@ impl Session {
                     mailbox,
                 }
             };
-            self.to_client(reply::encode(&Response::Data(data)));
+            self.send_client(reply::encode(&Response::Data(data)));
         }
         let text = if job.lsub {
             "LSUB completed"
         } else {
             "LIST completed"
         };
-        self.to_client(reply::ok(&job.tag, text));
+        self.send_client(reply::ok(&job.tag, text));
     }
 
     pub(super) fn merged_append(&mut self, m: &mut Merged, probe: AppendProbe, a: Announcement) {
@@ -917,9 +920,9 @@ impl Session {
         };
         if imap_codec::IdleDoneCodec::new().decode(&bytes).is_ok() {
             self.input = Input::Waiting;
-            self.to_store(store, Bytes::from_static(b"DONE\r\n"));
+            self.send_store(store, Bytes::from_static(b"DONE\r\n"));
         } else {
-            self.to_client(reply::bad(b"*", "Expected DONE"));
+            self.send_client(reply::bad(b"*", "Expected DONE"));
         }
     }
 
@@ -953,24 +956,24 @@ impl Session {
             }
             Some(Job::Forward { rename: true, .. }) => {
                 if let Some(out) = rename_data(&m.map, store, &msg) {
-                    self.to_client(out);
+                    self.send_client(out);
                 }
             }
-            _ => self.to_client(msg),
+            _ => self.send_client(msg),
         }
     }
 
     fn continuation(&mut self, m: &mut Merged, store: Store, msg: Bytes) {
         match &mut m.job {
             Some(Job::Idle { store: s, .. }) if *s == store => {
-                self.to_client(msg);
+                self.send_client(msg);
                 self.input = Input::IdleDone;
             }
             Some(Job::Append {
                 store: s, pending, ..
             }) if *s == store && pending.is_some() => {
                 *pending = None;
-                self.to_client(msg);
+                self.send_client(msg);
                 self.input = Input::Stream(store);
             }
             // A `+` for a literal Ferry already sent in one piece (LITERAL+): nothing to do.
@@ -994,7 +997,12 @@ impl Session {
                     (After::Select(_), false) | (After::Deselect, true) => m.selected = None,
                     _ => {}
                 }
-                self.to_client(msg);
+                if after == After::OldSubscription && !is_ok(&msg) {
+                    tracing::debug!("NEW did not keep a subscription to an Old/ folder");
+                    self.send_client(reply::ok(&t, "Subscription noted"));
+                } else {
+                    self.send_client(msg);
+                }
                 self.input = Input::Command;
             }
             Job::Leave {
@@ -1003,7 +1011,7 @@ impl Session {
                 then,
             } if s == store && t == tag => {
                 let (next_store, bytes, job) = *then;
-                self.to_store(next_store, bytes);
+                self.send_store(next_store, bytes);
                 m.job = Some(job);
             }
             Job::List(mut l) => {
@@ -1019,7 +1027,7 @@ impl Session {
                 self.list_step(m, l);
             }
             Job::FlagEcho { tag: t, ferry_tag } if ferry_tag == tag && store == Store::Old => {
-                self.to_client(if is_ok(&msg) {
+                self.send_client(if is_ok(&msg) {
                     reply::ok(&t, "Flags unchanged: Old/ folders are read-only")
                 } else {
                     retag(&t, &msg)
@@ -1027,7 +1035,7 @@ impl Session {
                 self.input = Input::Command;
             }
             Job::Idle { store: s, tag: t } if s == store && t == tag => {
-                self.to_client(msg);
+                self.send_client(msg);
                 self.input = Input::Command;
             }
             Job::Append {
@@ -1039,7 +1047,7 @@ impl Session {
                     // The store refused before the literal: the client must not send it.
                     self.client.refuse_literal(a);
                 }
-                self.to_client(msg);
+                self.send_client(msg);
                 self.input = Input::Command;
             }
             other => m.job = Some(other),

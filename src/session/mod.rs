@@ -180,7 +180,7 @@ impl Session {
             "* OK [CAPABILITY {}] Ferry ready.\r\n",
             s.preauth_capabilities().join(" ")
         );
-        s.to_client(Bytes::from(greeting));
+        s.send_client(Bytes::from(greeting));
         s
     }
 
@@ -229,7 +229,7 @@ impl Session {
             let Some(conn) = self.stores[idx(store)].as_mut() else {
                 return;
             };
-            match conn.framer.next() {
+            match conn.framer.next_frame() {
                 Ok(Some(frame)) => self.backend_frame(store, frame),
                 Ok(None) => break,
                 Err(e) => {
@@ -271,7 +271,7 @@ impl Session {
 
     /// Ends the session with `* BYE text` (shutdown, phase change) at a safe point.
     pub fn end(&mut self, text: &str) {
-        self.to_client(reply::bye(text));
+        self.send_client(reply::bye(text));
         self.logout_stores();
         self.close();
     }
@@ -307,7 +307,7 @@ impl Session {
                         "Mail store temporarily unavailable, try again later.",
                     ),
                 };
-                self.to_client(reply);
+                self.send_client(reply);
                 return;
             }
         };
@@ -327,7 +327,7 @@ impl Session {
             ))),
             Phase::Old | Phase::New => Mode::Pipe(store),
         };
-        self.to_client(Bytes::from(format!(
+        self.send_client(Bytes::from(format!(
             "{} OK [CAPABILITY {}] Logged in\r\n",
             String::from_utf8_lossy(&tag),
             caps.join(" ")
@@ -356,7 +356,7 @@ impl Session {
             Mode::Closed => {}
             _ => {
                 tracing::warn!(store = store.as_str(), "store connection lost");
-                self.to_client(reply::bye(
+                self.send_client(reply::bye(
                     "Connection to the mail store was lost, please reconnect.",
                 ));
                 self.close();
@@ -367,11 +367,11 @@ impl Session {
         }
     }
 
-    fn to_client(&mut self, bytes: Bytes) {
+    fn send_client(&mut self, bytes: Bytes) {
         self.actions.push_back(Action::ToClient(bytes));
     }
 
-    fn to_store(&mut self, store: Store, bytes: Bytes) {
+    fn send_store(&mut self, store: Store, bytes: Bytes) {
         self.actions.push_back(Action::ToBackend(store, bytes));
     }
 
@@ -394,7 +394,7 @@ impl Session {
                 let tag = self.ferry_tag();
                 let mut line = BytesMut::from(&tag[..]);
                 line.extend_from_slice(b" LOGOUT\r\n");
-                self.to_store(store, line.freeze());
+                self.send_store(store, line.freeze());
                 self.actions.push_back(Action::CloseBackend(store));
             }
         }
@@ -417,7 +417,7 @@ impl Session {
 
     fn pump_client(&mut self) {
         while self.wants_client_input() {
-            let frame = match self.client.next() {
+            let frame = match self.client.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
                     self.client.shrink();
@@ -426,7 +426,7 @@ impl Session {
                 Err(e) => {
                     self.command.clear();
                     self.input = Input::Command;
-                    self.to_client(reply::bad(b"*", &format!("Command {e}")));
+                    self.send_client(reply::bad(b"*", &format!("Command {e}")));
                     continue;
                 }
             };
@@ -489,7 +489,7 @@ impl Session {
             let tag = reply::tag_of(&self.command).to_vec();
             self.refuse_command(a, reply::bad(&tag, "Literal too large"));
         } else if a.sync {
-            self.to_client(Bytes::from_static(b"+ Ready for literal data\r\n"));
+            self.send_client(Bytes::from_static(b"+ Ready for literal data\r\n"));
         }
     }
 
@@ -499,7 +499,7 @@ impl Session {
         self.command.clear();
         self.client.refuse_literal(a);
         if a.sync {
-            self.to_client(reply);
+            self.send_client(reply);
             self.input = Input::Command;
         } else {
             self.input = Input::Discard(reply);
@@ -510,13 +510,13 @@ impl Session {
         if let Frame::Line { literal, .. } = frame {
             match literal {
                 None => {
-                    self.to_client(reply);
+                    self.send_client(reply);
                     self.input = Input::Command;
                 }
                 Some(a) => {
                     self.client.refuse_literal(a);
                     if a.sync {
-                        self.to_client(reply);
+                        self.send_client(reply);
                         self.input = Input::Command;
                     }
                 }
@@ -526,9 +526,9 @@ impl Session {
 
     fn stream_frame(&mut self, store: Store, frame: Frame) {
         match frame {
-            Frame::LiteralData { bytes, .. } => self.to_store(store, bytes),
+            Frame::LiteralData { bytes, .. } => self.send_store(store, bytes),
             Frame::Line { bytes, literal, .. } => {
-                self.to_store(store, bytes);
+                self.send_store(store, bytes);
                 match literal {
                     None => self.input = Input::Waiting,
                     Some(a) => self.merged_append_literal(a),
@@ -547,7 +547,7 @@ impl Session {
             (_, Ok(_)) | (_, Err(_)) => {
                 debug!("undecodable command");
                 let tag = reply::tag_of(&command).to_vec();
-                self.to_client(reply::bad(&tag, "Unknown command or invalid syntax"));
+                self.send_client(reply::bad(&tag, "Unknown command or invalid syntax"));
             }
         }
         if matches!(self.mode, Mode::Closed) {

@@ -46,7 +46,7 @@ impl Session {
             let answer = reply::bad(&tag, "Command not available in this session");
             match literal {
                 Some(a) => self.refuse_command(*a, answer),
-                None => self.to_client(answer),
+                None => self.send_client(answer),
             }
             return;
         }
@@ -57,7 +57,7 @@ impl Session {
         let bytes = match frame {
             Frame::Line { bytes, .. } | Frame::LiteralData { bytes, .. } => bytes,
         };
-        self.to_store(store, bytes);
+        self.send_store(store, bytes);
     }
 
     /// A `* CAPABILITY` line from the store, filtered like the login answer.
@@ -65,9 +65,9 @@ impl Session {
         match ResponseCodec::new().decode(&message) {
             Ok((_, Response::Data(Data::Capability(caps)))) => {
                 let caps = crate::merge::passthrough_capabilities(caps.as_ref());
-                self.to_client(reply::capability_line(&caps));
+                self.send_client(reply::capability_line(&caps));
             }
-            _ => self.to_client(message),
+            _ => self.send_client(message),
         }
     }
 }

@@ -23,18 +23,18 @@ impl Session {
         match cmd.body {
             CommandBody::Capability => {
                 let caps = self.preauth_capabilities();
-                self.to_client(reply::capability_line(&caps));
-                self.to_client(reply::ok(&tag, "CAPABILITY completed"));
+                self.send_client(reply::capability_line(&caps));
+                self.send_client(reply::ok(&tag, "CAPABILITY completed"));
             }
-            CommandBody::Noop => self.to_client(reply::ok(&tag, "NOOP completed")),
+            CommandBody::Noop => self.send_client(reply::ok(&tag, "NOOP completed")),
             CommandBody::Logout => {
-                self.to_client(reply::bye("Logging out"));
-                self.to_client(reply::ok(&tag, "LOGOUT completed"));
+                self.send_client(reply::bye("Logging out"));
+                self.send_client(reply::ok(&tag, "LOGOUT completed"));
                 self.close();
             }
             CommandBody::Id { .. } => {
-                self.to_client(id_response());
-                self.to_client(reply::ok(&tag, "ID completed"));
+                self.send_client(id_response());
+                self.send_client(reply::ok(&tag, "ID completed"));
             }
             CommandBody::StartTLS => self.starttls(&tag),
             CommandBody::Login { username, password } => {
@@ -55,40 +55,40 @@ impl Session {
                     Some(ir) => self.sasl_plain(mode, tag, ir.declassify()),
                     None => {
                         // RFC 4959: an empty challenge.
-                        self.to_client(Bytes::from_static(b"+ \r\n"));
+                        self.send_client(Bytes::from_static(b"+ \r\n"));
                         self.input = Input::AuthData {
                             tag: Bytes::from(tag),
                         };
                     }
                 }
             }
-            CommandBody::Authenticate { .. } => self.to_client(reply::no(
+            CommandBody::Authenticate { .. } => self.send_client(reply::no(
                 &tag,
                 reply::Rfc5530::Cannot,
                 "Unsupported authentication mechanism",
             )),
-            _ => self.to_client(reply::bad(&tag, "Log in first")),
+            _ => self.send_client(reply::bad(&tag, "Log in first")),
         }
     }
 
     fn starttls(&mut self, tag: &[u8]) {
         if self.cfg.tls || !self.cfg.starttls {
-            self.to_client(reply::bad(tag, "TLS is already active or not available"));
+            self.send_client(reply::bad(tag, "TLS is already active or not available"));
             return;
         }
         if self.client.buffered() > 0 {
             // CVE-2011-0411: bytes sent after STARTTLS in plaintext must never be
             // read as if they had come over TLS.
             tracing::warn!("plaintext pipelined after STARTTLS; closing");
-            self.to_client(reply::bad(
+            self.send_client(reply::bad(
                 tag,
                 "Nothing may follow STARTTLS before the handshake",
             ));
-            self.to_client(reply::bye("Closing connection"));
+            self.send_client(reply::bye("Closing connection"));
             self.close();
             return;
         }
-        self.to_client(reply::ok(tag, "Begin TLS negotiation now"));
+        self.send_client(reply::ok(tag, "Begin TLS negotiation now"));
         self.actions.push_back(Action::StartTls);
     }
 
@@ -96,7 +96,7 @@ impl Session {
         if self.cfg.tls || self.cfg.config.auth.allow_plaintext {
             return true;
         }
-        self.to_client(reply::no(
+        self.send_client(reply::no(
             tag,
             reply::Rfc5530::PrivacyRequired,
             "Use STARTTLS or port 993 before logging in",
@@ -115,9 +115,9 @@ impl Session {
                 self.sasl_plain(&mut mode, tag.to_vec(), data.declassify())
             }
             Ok((_, AuthenticateData::Cancel)) => {
-                self.to_client(reply::bad(&tag, "AUTHENTICATE cancelled"))
+                self.send_client(reply::bad(&tag, "AUTHENTICATE cancelled"))
             }
-            Err(_) => self.to_client(reply::bad(&tag, "Invalid base64 in AUTHENTICATE")),
+            Err(_) => self.send_client(reply::bad(&tag, "Invalid base64 in AUTHENTICATE")),
         }
         if matches!(self.mode, Mode::Closed) {
             self.mode = mode;
@@ -126,11 +126,11 @@ impl Session {
 
     fn sasl_plain(&mut self, mode: &mut Mode, tag: Vec<u8>, data: &[u8]) {
         let Some(plain) = crate::sasl::parse_plain(data) else {
-            self.to_client(reply::bad(&tag, "Malformed SASL PLAIN message"));
+            self.send_client(reply::bad(&tag, "Malformed SASL PLAIN message"));
             return;
         };
         if plain.authzid.is_some_and(|z| z != plain.authcid) {
-            self.to_client(reply::no(
+            self.send_client(reply::no(
                 &tag,
                 reply::Rfc5530::AuthenticationFailed,
                 "Authorization identity not permitted",

@@ -110,7 +110,39 @@ pub fn init() {
             .with_env_filter(filter)
             .with_test_writer()
             .try_init();
+        sweep_stale_dovecot_dirs();
     });
+}
+
+/// Removes `/tmp/ferry-dovecot-*` directories left behind by earlier test processes
+/// (a process that exits while a dropped Dovecot is still shutting down cannot
+/// remove its directory): only those at least 10 minutes old whose master is gone.
+fn sweep_stale_dovecot_dirs() {
+    let Ok(entries) = fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("ferry-dovecot-")
+        {
+            continue;
+        }
+        let dir = entry.path();
+        let old_enough = fs::metadata(dir.join("dovecot.conf"))
+            .or_else(|_| fs::metadata(&dir))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(600));
+        let master_alive = fs::read_to_string(dir.join("run/master.pid"))
+            .ok()
+            .is_some_and(|pid| Path::new(&format!("/proc/{}", pid.trim())).exists());
+        if old_enough && !master_alive {
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 fn dovecot_binary() -> PathBuf {
@@ -755,10 +787,10 @@ enum Stream {
 }
 
 impl Stream {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    async fn read_buf(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
         match self {
-            Stream::Plain(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
+            Stream::Plain(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
         }
     }
     async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -902,15 +934,14 @@ impl TestClient {
         }
     }
 
+    /// Reads more into `buf` (directly into its spare capacity: a stack buffer here
+    /// would make every future built on top of it huge in debug builds).
     async fn fill(&mut self, deadline: Instant) -> Fill {
-        let mut chunk = [0u8; 16 * 1024];
-        match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+        self.buf.reserve(16 * 1024);
+        match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
             Err(_) => Fill::Timeout,
             Ok(Ok(0)) => Fill::Eof,
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Fill::Data
-            }
+            Ok(Ok(_)) => Fill::Data,
             Ok(Err(e)) => Fill::Error(e),
         }
     }
@@ -1649,6 +1680,41 @@ impl TestEnvBuilder {
         self
     }
 
+    /// The Ferry configuration [`TestEnvBuilder::start`] uses, for these stores and
+    /// server certificate/key files.
+    pub fn toml(&self, old: &Dovecot, new: &Dovecot, cert: &Path, key: &Path) -> String {
+        let mut toml = format!(
+            "[listen]\n\
+             imaps = \"127.0.0.1:0\"\n\
+             imap  = \"127.0.0.1:0\"\n\
+             [tls]\n\
+             cert = {}\n\
+             key  = {}\n\
+             [auth]\n\
+             allow_plaintext = {}\n",
+            toml_str(&cert.display().to_string()),
+            toml_str(&key.display().to_string()),
+            self.allow_plaintext
+        );
+        toml.push_str(&backend_toml("old", old, self.old_tls));
+        toml.push_str(&backend_toml("new", new, self.new_tls));
+        toml.push_str(
+            "[namespace]\n\
+             old_prefix = \"Old/\"\n\
+             delimiter = \"/\"\n\
+             [migration]\n\
+             default_phase = \"merged\"\n\
+             [migration.users]\n\
+             \"olga\" = \"old\"\n\
+             \"nils\" = \"new\"\n",
+        );
+        toml.push_str(&self.extra_toml);
+        if !toml.ends_with('\n') {
+            toml.push('\n');
+        }
+        toml
+    }
+
     pub async fn start(self) -> TestEnv {
         init();
         let (old, new) = tokio::join!(
@@ -1667,35 +1733,7 @@ impl TestEnvBuilder {
         let key = dir.path().join("ferry.key");
         fs::write(&cert, cert_pem).expect("write ferry.crt");
         fs::write(&key, key_pem).expect("write ferry.key");
-        let mut toml = format!(
-            "[listen]\n\
-             imaps = \"127.0.0.1:0\"\n\
-             imap  = \"127.0.0.1:0\"\n\
-             [tls]\n\
-             cert = {}\n\
-             key  = {}\n\
-             [auth]\n\
-             allow_plaintext = {}\n",
-            toml_str(&cert.display().to_string()),
-            toml_str(&key.display().to_string()),
-            self.allow_plaintext
-        );
-        toml.push_str(&backend_toml("old", &old, self.old_tls));
-        toml.push_str(&backend_toml("new", &new, self.new_tls));
-        toml.push_str(
-            "[namespace]\n\
-             old_prefix = \"Old/\"\n\
-             delimiter = \"/\"\n\
-             [migration]\n\
-             default_phase = \"merged\"\n\
-             [migration.users]\n\
-             \"olga\" = \"old\"\n\
-             \"nils\" = \"new\"\n",
-        );
-        toml.push_str(&self.extra_toml);
-        if !toml.ends_with('\n') {
-            toml.push('\n');
-        }
+        let toml = self.toml(&old, &new, &cert, &key);
         let config = ferry::config::parse(&toml)
             .unwrap_or_else(|e| panic!("test config rejected: {e}\n--- config ---\n{toml}"));
         let ferry = ferry::Ferry::start(config)
