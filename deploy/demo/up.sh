@@ -97,7 +97,7 @@ alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
 # --- 4. Dovecot stores --------------------------------------------------------------
 # write_store NAME PORT: writes $RUN/NAME/{dovecot.conf,passwd} and the directories.
 write_store() {
-    local name=$1 port=$2 dir namespace mail_location userdb_ids privsep=""
+    local name=$1 port=$2 dir namespace mail_location userdb_ids privsep="" login_chroot=""
     mkdir -p "$RUN/$name"
     dir=$(cd "$RUN/$name" && pwd -P) # Dovecot gets the real path, not a symlink
     mkdir -p "$dir/base" "$dir/state" "$dir/mail"
@@ -155,9 +155,14 @@ write_store() {
         local me
         me=$(id -un)
         userdb_ids="uid=$(id -u) gid=$(id -g)"
+        # and chroot needs root.
         privsep="default_internal_user = $me
 default_login_user = $me
-default_internal_group = $(id -gn)"
+default_internal_group = $(id -gn)
+service anvil {
+  chroot =
+}"
+        login_chroot="chroot ="
     fi
 
     cat >"$dir/dovecot.conf" <<EOF
@@ -187,6 +192,7 @@ userdb {
 $namespace
 
 service imap-login {
+  $login_chroot
   inet_listener imap {
     address = 127.0.0.1
     port = $port
@@ -266,7 +272,7 @@ start_ferry() {
         die "ferry check-config rejected $RUN/ferry.toml"
     fi
     say "starting Ferry"
-    RUST_LOG=${RUST_LOG:-info} nohup "$FERRY" --config "$RUN/ferry.toml" \
+    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} nohup "$FERRY" --config "$RUN/ferry.toml" \
         </dev/null >>"$log" 2>&1 &
     pid=$!
     echo "$pid" >"$RUN/ferry.pid"
@@ -290,8 +296,7 @@ start_ferry() {
     echo "---- last lines of $log ----" >&2
     tail -n 30 "$log" >&2 || true
     echo "----" >&2
-    "$HERE/down.sh" >/dev/null 2>&1 || true
-    die "Ferry $why. The stores were stopped; fix the problem and run $0 again."
+    die "Ferry $why."
 }
 
 # A TLS handshake against the demo certificate, then "* OK".
@@ -320,6 +325,15 @@ maybe_prometheus() {
         </dev/null >>"$RUN/prometheus.log" 2>&1 &
     echo $! >"$RUN/prometheus.pid"
     echo "Prometheus: http://127.0.0.1:9090 (log: $RUN/prometheus.log)"
+}
+
+# Leaves nothing running when a step fails; the files in run/ stay for a look.
+stop_on_failure() {
+    local status=$?
+    [[ $status -eq 0 ]] && return 0
+    "$HERE/down.sh" >/dev/null 2>&1 || true
+    echo "up.sh: stopped what this run had started; logs are in $RUN. Fix the problem and run $0 again." >&2
+    exit "$status"
 }
 
 show() { printf '%s' "${1#"$PWD"/}"; }
@@ -364,6 +378,7 @@ main() {
     "$HERE/down.sh"
     rm -rf "$RUN"
     mkdir -p "$RUN"
+    trap stop_on_failure EXIT
     for port in $OLD_PORT $NEW_PORT $IMAPS_PORT $IMAP_PORT; do
         accepts "$port" && die "127.0.0.1:$port is already in use (see: ss -ltnp 'sport = :$port'); stop whatever listens there"
     done
