@@ -68,18 +68,7 @@ fn names(c: &mut Criterion) {
             black_box(mutf7::encode(&s))
         })
     });
-    let map = NameMap::new(
-        "Old/",
-        '/',
-        Layout {
-            prefix: b"INBOX.".to_vec(),
-            delimiter: Some(b'.'),
-        },
-        Layout {
-            prefix: vec![],
-            delimiter: Some(b'/'),
-        },
-    );
+    let map = NameMap::new("Old/", '/', Layout::legacy(), Layout::slash());
     let old: Vec<RawEntry> = (0..200)
         .map(|i| RawEntry {
             attrs: vec![FlagNameAttribute::Noinferiors],

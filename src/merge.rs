@@ -198,18 +198,7 @@ mod tests {
     use crate::namespace::Layout;
 
     fn map() -> NameMap {
-        NameMap::new(
-            "Old/",
-            '/',
-            Layout {
-                prefix: b"INBOX.".to_vec(),
-                delimiter: Some(b'.'),
-            },
-            Layout {
-                prefix: vec![],
-                delimiter: Some(b'/'),
-            },
-        )
+        NameMap::new("Old/", '/', Layout::legacy(), Layout::slash())
     }
 
     fn raw(name: &str, attrs: &[&'static str]) -> RawEntry {

@@ -319,18 +319,7 @@ mod tests {
     use super::*;
 
     fn map() -> NameMap {
-        NameMap::new(
-            "Old/",
-            '/',
-            Layout {
-                prefix: b"INBOX.".to_vec(),
-                delimiter: Some(b'.'),
-            },
-            Layout {
-                prefix: vec![],
-                delimiter: Some(b'/'),
-            },
-        )
+        NameMap::new("Old/", '/', Layout::legacy(), Layout::slash())
     }
 
     #[test]

@@ -76,14 +76,8 @@ fn info(store: Store) -> BackendInfo {
             "* CAPABILITY IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MOVE SPECIAL-USE NAMESPACE ESEARCH COMPRESS=DEFLATE\r\n",
         ),
         layout: match store {
-            Store::New => Layout {
-                prefix: vec![],
-                delimiter: Some(b'/'),
-            },
-            Store::Old => Layout {
-                prefix: b"INBOX.".to_vec(),
-                delimiter: Some(b'.'),
-            },
+            Store::New => Layout::slash(),
+            Store::Old => Layout::legacy(),
         },
     }
 }
