@@ -45,6 +45,22 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Courier/Cyrus style: personal prefix `INBOX.`, delimiter `.`.
+    pub fn legacy() -> Self {
+        Self {
+            prefix: b"INBOX.".to_vec(),
+            delimiter: Some(b'.'),
+        }
+    }
+
+    /// Dovecot style: no prefix, delimiter `/`.
+    pub fn slash() -> Self {
+        Self {
+            prefix: Vec::new(),
+            delimiter: Some(b'/'),
+        }
+    }
+
     pub fn flat() -> Self {
         Self {
             prefix: Vec::new(),
