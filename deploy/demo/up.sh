@@ -21,9 +21,6 @@ IMAPS_PORT=9993
 IMAP_PORT=9143
 PASSWORD=demo-password
 USERS=(alice bob)
-# Where the stores go when root runs the demo from a directory the unprivileged
-# `dovecot` user cannot enter (a clone under /root, which is 0700 on Debian).
-ALT_STORES=/var/tmp/ferry-demo
 
 # /usr/sbin holds dovecot but is not on a normal user's PATH; rustup puts cargo in ~/.cargo/bin.
 export PATH="$PATH:/usr/sbin:/sbin:$HOME/.cargo/bin"
@@ -376,6 +373,9 @@ main() {
 
     say "resetting $RUN"
     "$HERE/down.sh"
+    local old_alt
+    old_alt=$(readlink "$RUN/old" 2>/dev/null || true)
+    [[ $old_alt == /var/tmp/ferry-demo.*/old ]] && rm -rf "${old_alt%/old}"
     rm -rf "$RUN"
     mkdir -p "$RUN"
     trap stop_on_failure EXIT
@@ -387,14 +387,17 @@ main() {
 
     if [[ $IS_ROOT -eq 1 ]]; then
         chmod 755 "$RUN"
+        # Mail is accessed as the unprivileged `dovecot` user, which cannot enter a
+        # clone under /root (0700 on Debian): then the stores live under /var/tmp.
         if ! runuser -u dovecot -- test -x "$RUN"; then
+            local alt
+            alt=$(mktemp -d /var/tmp/ferry-demo.XXXXXX)
+            chmod 755 "$alt"
+            mkdir "$alt/old" "$alt/new"
+            ln -s "$alt/old" "$RUN/old"
+            ln -s "$alt/new" "$RUN/new"
             echo "note: the dovecot user cannot enter $RUN (a parent directory is private);"
-            echo "      the stores live in $ALT_STORES, linked from $RUN/old and $RUN/new."
-            rm -rf "$ALT_STORES"
-            mkdir -p "$ALT_STORES/old" "$ALT_STORES/new"
-            chmod 755 "$ALT_STORES"
-            ln -s "$ALT_STORES/old" "$RUN/old"
-            ln -s "$ALT_STORES/new" "$RUN/new"
+            echo "      the stores live in $alt, linked from run/old and run/new."
         fi
     fi
 
