@@ -729,10 +729,10 @@ fn kill_session_processes(master: u32) {
         fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap_or_default();
     for pid in children.split_whitespace() {
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if matches!(comm.trim(), "imap" | "imap-login") {
-            if let Ok(pid) = pid.parse() {
-                sigterm(pid);
-            }
+        if matches!(comm.trim(), "imap" | "imap-login")
+            && let Ok(pid) = pid.parse()
+        {
+            sigterm(pid);
         }
     }
 }
