@@ -368,16 +368,21 @@ mod tests {
         );
     }
 
+    /// Pushes `input` and returns the announcement of the line it starts with.
+    fn announced(f: &mut Framer, input: &[u8]) -> Announcement {
+        f.push(input);
+        match f.next_frame().unwrap() {
+            Some(Frame::Line {
+                literal: Some(a), ..
+            }) => a,
+            other => panic!("no literal announced: {other:?}"),
+        }
+    }
+
     #[test]
     fn refused_literals() {
         let mut f = Framer::new(Peer::Client, 1024);
-        f.push(b"a1 APPEND Old/x {3}\r\n");
-        let Some(Frame::Line {
-            literal: Some(a), ..
-        }) = f.next_frame().unwrap()
-        else {
-            panic!()
-        };
+        let a = announced(&mut f, b"a1 APPEND Old/x {3}\r\n");
         f.refuse_literal(a);
         f.push(b"a2 NOOP\r\n");
         assert_eq!(
@@ -385,13 +390,7 @@ mod tests {
             Some(line(b"a2 NOOP\r\n", true, None))
         );
 
-        f.push(b"a3 APPEND Old/x {3+}\r\nabc\r\n");
-        let Some(Frame::Line {
-            literal: Some(a), ..
-        }) = f.next_frame().unwrap()
-        else {
-            panic!()
-        };
+        let a = announced(&mut f, b"a3 APPEND Old/x {3+}\r\nabc\r\n");
         f.refuse_literal(a);
         assert_eq!(f.next_frame().unwrap(), Some(line(b"\r\n", false, None)));
     }

@@ -455,9 +455,9 @@ impl Session {
         body: CommandBody<'_>,
     ) -> Option<Bytes> {
         if unchanged {
+            // Checked only for commands with a literal: `has` formats capabilities.
             let has_literal = raw.windows(3).any(|w| w == b"+}\r");
-            let literal_plus = self.store_info(store).is_some_and(|i| i.has("LITERAL+"));
-            if has_literal && !literal_plus {
+            if has_literal && !self.store_info(store).is_some_and(|i| i.has("LITERAL+")) {
                 return None;
             }
             Some(raw.clone())
@@ -466,50 +466,38 @@ impl Session {
         }
     }
 
-    fn by_name(&mut self, m: &mut Merged, op: NameOp, cmd: Command<'_>, raw: &Bytes, tag: Bytes) {
+    fn by_name(
+        &mut self,
+        m: &mut Merged,
+        op: NameOp,
+        mut cmd: Command<'_>,
+        raw: &Bytes,
+        tag: Bytes,
+    ) {
         use CommandBody as C;
         let read_only = || reply::no(&tag, Rfc5530::NoPerm, "Old/ folders are read-only");
-        let (name, target) = match &cmd.body {
-            C::Select { mailbox, .. }
-            | C::Examine { mailbox, .. }
-            | C::Create { mailbox }
-            | C::Delete { mailbox }
-            | C::Subscribe { mailbox }
-            | C::Unsubscribe { mailbox }
-            | C::Status { mailbox, .. }
-            | C::Append { mailbox, .. } => {
-                let name = mailbox_bytes(mailbox);
-                let target = m.map.to_backend(&name);
-                (name, target)
-            }
-            C::Rename { from, to } => {
-                let (a, b) = (mailbox_bytes(from), mailbox_bytes(to));
-                match (m.map.to_backend(&a), m.map.to_backend(&b)) {
-                    (Ok(Target::New(na)), Ok(Target::New(nb))) => {
-                        let unchanged = na == a && nb == b;
-                        let body = C::Rename {
-                            from: mailbox(na),
-                            to: mailbox(nb),
-                        };
-                        self.send_or_refuse(
-                            m,
-                            Store::New,
-                            unchanged,
-                            raw,
-                            tag,
-                            body,
-                            After::Nothing,
-                        );
-                    }
-                    (Err(MapError::BadEncoding), _) | (_, Err(MapError::BadEncoding)) => {
-                        self.send_client(bad_name(&tag))
-                    }
-                    _ => self.send_client(read_only()),
+        if let C::Rename { from, to } = &cmd.body {
+            let (a, b) = (mailbox_bytes(from), mailbox_bytes(to));
+            match (m.map.to_backend(&a), m.map.to_backend(&b)) {
+                (Ok(Target::New(na)), Ok(Target::New(nb))) => {
+                    let unchanged = na == a && nb == b;
+                    let body = C::Rename {
+                        from: mailbox(na),
+                        to: mailbox(nb),
+                    };
+                    self.send_or_refuse(m, Store::New, unchanged, raw, tag, body, After::Nothing);
                 }
-                return;
+                (Err(MapError::BadEncoding), _) | (_, Err(MapError::BadEncoding)) => {
+                    self.send_client(bad_name(&tag))
+                }
+                _ => self.send_client(read_only()),
             }
-            _ => return,
+            return;
+        }
+        let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| mailbox_bytes(mb)) else {
+            return;
         };
+        let target = m.map.to_backend(&name);
         let target = match target {
             Ok(t) => t,
             Err(MapError::BadEncoding) => return self.send_client(bad_name(&tag)),
@@ -619,7 +607,7 @@ impl Session {
         &mut self,
         m: &mut Merged,
         op: SelectedOp,
-        cmd: Command<'_>,
+        mut cmd: Command<'_>,
         raw: &Bytes,
         tag: Bytes,
     ) {
@@ -683,12 +671,9 @@ impl Session {
                 );
             }
             (SelectedOp::Copy | SelectedOp::Move, _) => {
-                let (CommandBody::Copy { mailbox: dest, .. }
-                | CommandBody::Move { mailbox: dest, .. }) = &cmd.body
-                else {
+                let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| mailbox_bytes(mb)) else {
                     return;
                 };
-                let name = mailbox_bytes(dest);
                 match (m.map.to_backend(&name), store) {
                     (Ok(Target::Old(_) | Target::OldRoot), _) => self.send_client(read_only()),
                     (Err(MapError::BadEncoding), _) => self.send_client(bad_name(&tag)),
@@ -1103,7 +1088,8 @@ fn same_names(map: &NameMap, store: Store) -> bool {
     store == Store::New && map.new_is_identity()
 }
 
-fn set_mailbox(body: &mut CommandBody<'_>, new: Mailbox<'static>) {
+/// The mailbox a command names (its destination for COPY/MOVE).
+fn mailbox_mut<'b, 'a>(body: &'b mut CommandBody<'a>) -> Option<&'b mut Mailbox<'a>> {
     use CommandBody as C;
     match body {
         C::Select { mailbox, .. }
@@ -1115,8 +1101,14 @@ fn set_mailbox(body: &mut CommandBody<'_>, new: Mailbox<'static>) {
         | C::Status { mailbox, .. }
         | C::Append { mailbox, .. }
         | C::Copy { mailbox, .. }
-        | C::Move { mailbox, .. } => *mailbox = new,
-        _ => {}
+        | C::Move { mailbox, .. } => Some(mailbox),
+        _ => None,
+    }
+}
+
+fn set_mailbox(body: &mut CommandBody<'_>, new: Mailbox<'static>) {
+    if let Some(mailbox) = mailbox_mut(body) {
+        *mailbox = new;
     }
 }
 

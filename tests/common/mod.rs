@@ -1069,23 +1069,29 @@ impl TestClient {
         }
     }
 
+    /// Sends `head` (a command line ending in a synchronizing literal announcement
+    /// for `payload`), waits for `+`, sends the payload, and reads the reply.
+    async fn with_literal(&mut self, tag: &str, head: String, payload: &[u8]) -> Reply {
+        self.send(head.as_bytes()).await;
+        let mut untagged = Vec::new();
+        if let Err(reply) = self.wait_continuation(tag, &mut untagged).await {
+            return reply;
+        }
+        let mut bytes = payload.to_vec();
+        bytes.extend_from_slice(b"\r\n");
+        self.send(&bytes).await;
+        let mut reply = self.read_until_tagged(tag).await;
+        untagged.append(&mut reply.untagged);
+        reply.untagged = untagged;
+        reply
+    }
+
     /// LOGIN with `user` as a quoted string and `pass` as a synchronizing literal.
     pub async fn login(&mut self, user: &str, pass: impl AsRef<[u8]>) -> Reply {
         let pass = pass.as_ref();
         let tag = self.next_tag();
-        self.send(format!("{tag} LOGIN {} {{{}}}\r\n", quoted(user), pass.len()).as_bytes())
-            .await;
-        let mut untagged = Vec::new();
-        if let Err(reply) = self.wait_continuation(&tag, &mut untagged).await {
-            return reply;
-        }
-        let mut bytes = pass.to_vec();
-        bytes.extend_from_slice(b"\r\n");
-        self.send(&bytes).await;
-        let mut reply = self.read_until_tagged(&tag).await;
-        untagged.append(&mut reply.untagged);
-        reply.untagged = untagged;
-        reply
+        let head = format!("{tag} LOGIN {} {{{}}}\r\n", quoted(user), pass.len());
+        self.with_literal(&tag, head, pass).await
     }
 
     /// APPEND with a synchronizing literal. `flags` is e.g. `"(\\Seen)"` or `""`.
@@ -1096,26 +1102,12 @@ impl TestClient {
         } else {
             format!(" {flags}")
         };
-        self.send(
-            format!(
-                "{tag} APPEND {}{flags} {{{}}}\r\n",
-                quoted(mailbox),
-                message.len()
-            )
-            .as_bytes(),
-        )
-        .await;
-        let mut untagged = Vec::new();
-        if let Err(reply) = self.wait_continuation(&tag, &mut untagged).await {
-            return reply;
-        }
-        let mut bytes = message.to_vec();
-        bytes.extend_from_slice(b"\r\n");
-        self.send(&bytes).await;
-        let mut reply = self.read_until_tagged(&tag).await;
-        untagged.append(&mut reply.untagged);
-        reply.untagged = untagged;
-        reply
+        let head = format!(
+            "{tag} APPEND {}{flags} {{{}}}\r\n",
+            quoted(mailbox),
+            message.len()
+        );
+        self.with_literal(&tag, head, message).await
     }
 
     /// LOGOUT and expect OK (the `* BYE` is among the untagged responses).
