@@ -78,7 +78,19 @@ fn names(c: &mut Criterion) {
     let mut g = c.benchmark_group("list");
     g.throughput(Throughput::Elements(old.len() as u64));
     g.bench_function("merge_200_old_entries", |b| {
-        b.iter(|| black_box(merge::list(&map, b"*", false, &[], Some(&old), true)))
+        b.iter(|| {
+            black_box(merge::list(
+                &map,
+                b"*",
+                false,
+                merge::Sources {
+                    new: &[],
+                    old: Some(&old),
+                    old_reachable: true,
+                    kept: &Default::default(),
+                },
+            ))
+        })
     });
     g.finish();
 }

@@ -122,6 +122,11 @@ pub struct Namespace {
     /// The hierarchy delimiter clients see.
     #[serde(default = "default_delimiter")]
     pub delimiter: char,
+    /// Where subscriptions to `Old/` folders are kept (one small file per user).
+    /// OLD is never written, and NEW refuses to subscribe names it does not
+    /// hold, so Ferry keeps them itself. Unset: kept in memory until restart.
+    #[serde(default)]
+    pub subscriptions_dir: Option<PathBuf>,
 }
 
 fn default_prefix() -> String {
@@ -136,6 +141,7 @@ impl Default for Namespace {
         Self {
             old_prefix: default_prefix(),
             delimiter: default_delimiter(),
+            subscriptions_dir: None,
         }
     }
 }
@@ -299,6 +305,9 @@ impl Config {
             if let Some(ca) = &mut b.ca {
                 anchor(ca);
             }
+        }
+        if let Some(dir) = &mut self.namespace.subscriptions_dir {
+            anchor(dir);
         }
     }
 

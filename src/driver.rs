@@ -24,6 +24,7 @@ pub struct Ctx {
     pub acceptor: Option<TlsAcceptor>,
     pub old: backend::Target,
     pub new: backend::Target,
+    pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
 }
 
 type Login = Pin<Box<dyn Future<Output = Result<Connected, BackendError>> + Send>>;
@@ -52,6 +53,7 @@ pub async fn serve(client: MaybeTls, tls: bool, ctx: Arc<Ctx>, shutdown: Cancell
         config: ctx.config.clone(),
         tls,
         starttls: !tls && ctx.acceptor.is_some(),
+        subscriptions: ctx.subscriptions.clone(),
     };
     let mut session = Session::new(cfg);
     let mut client = Some(client);

@@ -30,6 +30,7 @@ pub mod namespace;
 pub mod route;
 pub mod sasl;
 pub mod session;
+pub mod subscriptions;
 pub mod tls;
 
 pub use listener::Ferry;

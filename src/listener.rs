@@ -83,6 +83,9 @@ impl Ferry {
         let ctx = Arc::new(Ctx {
             old: backend_target(&config.backends.old)?,
             new: backend_target(&config.backends.new)?,
+            subscriptions: Arc::new(crate::subscriptions::Subscriptions::new(
+                config.namespace.subscriptions_dir.clone(),
+            )),
             config: Arc::new(config),
             acceptor,
         });

@@ -51,17 +51,27 @@ const CHILD_INFO: [&str; 2] = ["haschildren", "hasnochildren"];
 
 /// The merged LIST (or LSUB) answer for `pattern` (canonical: reference joined).
 ///
-/// `new` holds NEW's answer to the same pattern; `old` OLD's full tree (`*`), or
-/// `None` when OLD was not asked (pattern cannot reach below the prefix) or is
-/// unavailable; `old_reachable` says whether OLD answered at all.
-pub fn list(
-    map: &NameMap,
-    pattern: &[u8],
-    lsub: bool,
-    new: &[RawEntry],
-    old: Option<&[RawEntry]>,
-    old_reachable: bool,
-) -> Vec<Entry> {
+/// What the stores (and Ferry's own subscription list) reported for one LIST/LSUB.
+pub struct Sources<'a> {
+    /// NEW's answer to the same pattern.
+    pub new: &'a [RawEntry],
+    /// OLD's full tree (`*`), or `None` when OLD was not asked (the pattern
+    /// cannot reach below the prefix) or is unavailable.
+    pub old: Option<&'a [RawEntry]>,
+    /// Whether OLD answered at all.
+    pub old_reachable: bool,
+    /// LSUB only: `Old/` subscriptions Ferry keeps (client names → subscribed);
+    /// `false` hides one of OLD's own.
+    pub kept: &'a crate::subscriptions::Choices,
+}
+
+pub fn list(map: &NameMap, pattern: &[u8], lsub: bool, src: Sources<'_>) -> Vec<Entry> {
+    let Sources {
+        new,
+        old,
+        old_reachable,
+        kept,
+    } = src;
     let delim = map.delimiter();
     let mut out = Vec::new();
     // Subscriptions to Old/ names live on NEW under the client's name.
@@ -94,6 +104,15 @@ pub fn list(
                 .cloned()
                 .collect();
             old_tree.insert(name, attrs);
+        }
+    }
+    if lsub {
+        for (name, on) in kept {
+            if *on {
+                old_tree.entry(name.clone()).or_default();
+            } else {
+                old_tree.remove(name);
+            }
         }
     }
     // Parents the tree implies but OLD does not list (including the root `Old`).
@@ -196,6 +215,7 @@ pub fn passthrough_capabilities(store: &[Capability<'_>]) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::namespace::Layout;
+    use crate::subscriptions::Choices;
 
     fn map() -> NameMap {
         NameMap::new("Old/", '/', Layout::legacy(), Layout::slash())
@@ -224,6 +244,20 @@ mod tests {
             .collect()
     }
 
+    fn src<'a>(
+        new: &'a [RawEntry],
+        old: Option<&'a [RawEntry]>,
+        old_reachable: bool,
+        kept: &'a Choices,
+    ) -> Sources<'a> {
+        Sources {
+            new,
+            old,
+            old_reachable,
+            kept,
+        }
+    }
+
     fn old_tree() -> Vec<RawEntry> {
         vec![
             raw("INBOX", &["HasChildren"]),
@@ -241,7 +275,12 @@ mod tests {
             raw("Sent", &["HasNoChildren", "Sent"]),
             raw("Old", &["HasNoChildren"]),
         ];
-        let got = list(&map(), b"*", false, &new, Some(&old_tree()), true);
+        let got = list(
+            &map(),
+            b"*",
+            false,
+            src(&new, Some(&old_tree()), true, &Choices::new()),
+        );
         assert_eq!(
             show(&got),
             [
@@ -259,9 +298,19 @@ mod tests {
     #[test]
     fn percent_patterns() {
         let m = map();
-        let got = list(&m, b"%", false, &[raw("INBOX", &[])], None, true);
+        let got = list(
+            &m,
+            b"%",
+            false,
+            src(&[raw("INBOX", &[])], None, true, &Choices::new()),
+        );
         assert_eq!(show(&got), ["() INBOX", "(\\Noselect \\HasChildren) Old"]);
-        let got = list(&m, b"Old/%", false, &[], Some(&old_tree()), true);
+        let got = list(
+            &m,
+            b"Old/%",
+            false,
+            src(&[], Some(&old_tree()), true, &Choices::new()),
+        );
         assert_eq!(
             show(&got),
             [
@@ -270,16 +319,21 @@ mod tests {
                 "(\\HasNoChildren) Old/Sent"
             ]
         );
-        let got = list(&m, b"%", false, &[], None, false);
+        let got = list(&m, b"%", false, src(&[], None, false, &Choices::new()));
         assert_eq!(show(&got), ["(\\Noselect \\HasNoChildren) Old"]);
     }
 
     #[test]
-    fn lsub_merges_old_subscriptions_kept_on_new() {
+    fn lsub_merges_old_new_and_kept_subscriptions() {
         let m = map();
         let new = [raw("INBOX", &[]), raw("Old/Archive/2019", &[])];
-        let old = [raw("INBOX.Sent", &[])];
-        let got = list(&m, b"*", true, &new, Some(&old), true);
+        let old = [raw("INBOX.Sent", &[]), raw("INBOX.Drafts", &[])];
+        let kept: Choices = [
+            (b"Old/Projects/X".to_vec(), true),
+            (b"Old/Drafts".to_vec(), false),
+        ]
+        .into();
+        let got = list(&m, b"*", true, src(&new, Some(&old), true, &kept));
         assert_eq!(
             show(&got),
             [
@@ -287,6 +341,8 @@ mod tests {
                 "(\\Noselect) Old",
                 "(\\Noselect) Old/Archive",
                 "() Old/Archive/2019",
+                "(\\Noselect) Old/Projects",
+                "() Old/Projects/X",
                 "() Old/Sent"
             ]
         );

@@ -257,12 +257,6 @@ impl NameMap {
         let mapped = self.store_to_client(&self.new, new)?;
         self.is_reserved(&mapped).then_some(mapped)
     }
-
-    /// The name Ferry stores on NEW for a subscription to the client name `client`
-    /// under the prefix.
-    pub fn subscription_on_new(&self, client: &[u8]) -> Result<Vec<u8>, MapError> {
-        self.to_store(&self.new, client)
-    }
 }
 
 /// Canonical form for matching: a leading `INBOX` level is case-insensitive.

@@ -170,6 +170,7 @@ async fn status_and_select_counts_match_the_stores() {
 async fn nothing_written_under_old() {
     let env = TestEnv::start().await;
     let before = env.old.snapshot("alice").await;
+    let before_new = env.new.snapshot("alice").await;
     let mut c = env.login("alice").await;
     c.cmd("SELECT Old/INBOX").await.assert_ok();
     let st = c.cmd("STORE 1:* +FLAGS (\\Deleted \\Seen)").await;
@@ -214,19 +215,25 @@ async fn nothing_written_under_old() {
     c.read_until_tagged(&tag).await.assert_no();
     c.read_until_tagged(&format!("{tag}x")).await.assert_ok();
     c.cmd("SUBSCRIBE Old/Archive/2019").await.assert_ok();
-    c.cmd("UNSUBSCRIBE Old/Sent").await;
+    c.cmd("SUBSCRIBE Old/INBOX").await.assert_ok();
+    c.cmd("UNSUBSCRIBE Old/Sent").await.assert_ok();
     c.cmd("SELECT Old/Sent").await.assert_ok();
     c.cmd("STORE 1 +FLAGS (\\Flagged)").await.assert_ok();
     c.logout().await;
     assert_eq!(before, env.old.snapshot("alice").await, "OLD changed");
-    // The subscription lives on NEW and shows in LSUB.
+    assert_eq!(before_new, env.new.snapshot("alice").await, "NEW changed");
+    // Ferry keeps Old/ subscriptions; a later session's LSUB shows them, and an
+    // unsubscribed OLD subscription stays hidden.
     let mut c = env.login("alice").await;
-    let lsub = c.cmd("LSUB \"\" \"*\"").await;
-    assert!(
-        names(&lsub).contains(&"Old/Archive/2019".to_string()),
-        "{}",
-        lsub.text()
-    );
+    let lsub = names(&c.cmd("LSUB \"\" \"Old/*\"").await);
+    for kept in ["Old/Archive/2019", "Old/INBOX"] {
+        assert!(lsub.contains(&kept.to_string()), "{kept} missing: {lsub:?}");
+    }
+    assert!(!lsub.contains(&"Old/Sent".to_string()), "{lsub:?}");
+    let files = std::fs::read_dir(env.dir().join("subscriptions"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 1, "one subscription file for alice");
 }
 
 #[tokio::test]
@@ -334,4 +341,69 @@ async fn idle_and_pipelined_done() {
     c.send(format!("DONE\r\n{tag}n NOOP\r\n").as_bytes()).await;
     c.read_until_tagged(&tag).await.assert_ok();
     c.read_until_tagged(&format!("{tag}n")).await.assert_ok();
+}
+
+#[tokio::test]
+async fn old_unreachable_leaves_new_working() {
+    let mut env = TestEnv::start().await;
+    env.old.stop().await;
+    let mut c = env.login("alice").await;
+    let all = c.cmd("LIST \"\" \"*\"").await;
+    all.assert_ok();
+    let n = names(&all);
+    for expected in ["INBOX", "Sent", "Work", "Old"] {
+        assert!(n.contains(&expected.to_string()), "{expected}: {n:?}");
+    }
+    assert!(!n.iter().any(|n| n.starts_with("Old/")), "{n:?}");
+    let old = entry(&all, "Old");
+    assert!(
+        old.attrs.iter().any(|a| a == "\\Noselect"),
+        "{:?}",
+        old.attrs
+    );
+    assert!(
+        old.attrs.iter().any(|a| a == "\\HasNoChildren"),
+        "{:?}",
+        old.attrs
+    );
+    // LSUB never fails because of OLD (Outlook wipes its cache when it does).
+    let lsub = c.cmd("LSUB \"\" \"*\"").await;
+    lsub.assert_ok();
+    assert!(
+        names(&lsub).contains(&"Work".to_string()),
+        "{}",
+        lsub.text()
+    );
+    for cmd in [
+        "SELECT Old/INBOX",
+        "EXAMINE Old/Sent",
+        "STATUS Old/Sent (MESSAGES)",
+    ] {
+        let r = c.cmd(cmd).await;
+        r.assert_no();
+        assert_eq!(
+            r.code().as_deref(),
+            Some("UNAVAILABLE"),
+            "{cmd}: {}",
+            r.text()
+        );
+    }
+    let inbox = c.cmd("SELECT INBOX").await;
+    inbox.assert_ok();
+    assert!(
+        inbox
+            .text()
+            .contains(&format!("* {} EXISTS", NEW_INBOX_SUBJECTS.len()))
+    );
+    c.cmd("FETCH 1:* (FLAGS)").await.assert_ok();
+    c.logout().await;
+    // Once OLD is back, the next session sees Old/ again.
+    env.old.restart().await;
+    let mut c = env.login("alice").await;
+    let all = c.cmd("LIST \"\" \"Old/*\"").await;
+    assert!(
+        names(&all).contains(&"Old/INBOX".to_string()),
+        "{}",
+        all.text()
+    );
 }

@@ -253,6 +253,7 @@ tls = "none"
 [namespace]
 old_prefix = "Old/"
 delimiter  = "/"
+subscriptions_dir = "subscriptions"
 
 [migration]
 default_phase = "merged"

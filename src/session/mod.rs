@@ -139,6 +139,8 @@ pub struct SessionConfig {
     pub tls: bool,
     /// STARTTLS can be offered (plain port with a certificate configured).
     pub starttls: bool,
+    /// Where `Old/` subscriptions are kept (shared by all sessions).
+    pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
 }
 
 pub struct Session {

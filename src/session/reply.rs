@@ -20,6 +20,7 @@ pub enum Rfc5530 {
     Cannot,
     NonExistent,
     ClientBug,
+    ServerBug,
 }
 
 impl Rfc5530 {
@@ -32,6 +33,7 @@ impl Rfc5530 {
             Rfc5530::Cannot => b"CANNOT",
             Rfc5530::NonExistent => b"NONEXISTENT",
             Rfc5530::ClientBug => b"CLIENTBUG",
+            Rfc5530::ServerBug => b"SERVERBUG",
         }
     }
 

@@ -35,6 +35,7 @@ fn session(allow_plaintext: bool) -> Session {
         config,
         tls: false,
         starttls: true,
+        subscriptions: Default::default(),
     })
 }
 
@@ -303,9 +304,9 @@ fn old_folders_are_read_only() {
             "S: n NO [NOPERM] Old/ folders are read-only"
         ]
     );
-    assert_eq!(o[3], "N: o SUBSCRIBE Old/Sent");
-    s.backend_input(Store::New, b"o OK Subscribe completed.\r\n");
-    assert_eq!(out(&mut s), ["S: o OK Subscribe completed."]);
+    // Kept by Ferry: neither store hears of it.
+    assert_eq!(o[3], "S: o OK SUBSCRIBE completed");
+    assert_eq!(o.len(), 4);
 }
 
 #[test]

@@ -1700,6 +1700,16 @@ impl TestEnvBuilder {
              \"olga\" = \"old\"\n\
              \"nils\" = \"new\"\n",
         );
+        // Under the env's temp dir, next to the certificate.
+        let subs = cert.with_file_name("subscriptions");
+        toml = toml.replacen(
+            "[migration]\n",
+            &format!(
+                "subscriptions_dir = {}\n[migration]\n",
+                toml_str(&subs.display().to_string())
+            ),
+            1,
+        );
         toml.push_str(&self.extra_toml);
         if !toml.ends_with('\n') {
             toml.push('\n');

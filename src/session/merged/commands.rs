@@ -1,0 +1,216 @@
+//! Commands that name a mailbox, and commands on the selected one.
+
+use super::*;
+
+impl Session {
+    pub(in crate::session) fn by_name(
+        &mut self,
+        m: &mut Merged,
+        op: NameOp,
+        mut cmd: Command<'_>,
+        raw: &Bytes,
+        tag: Bytes,
+    ) {
+        use CommandBody as C;
+        let read_only = || reply::no(&tag, Rfc5530::NoPerm, "Old/ folders are read-only");
+        if let C::Rename { from, to } = &cmd.body {
+            let (a, b) = (mailbox_bytes(from), mailbox_bytes(to));
+            match (m.map.to_backend(&a), m.map.to_backend(&b)) {
+                (Ok(Target::New(na)), Ok(Target::New(nb))) => {
+                    let unchanged = na == a && nb == b;
+                    let body = C::Rename {
+                        from: mailbox(na),
+                        to: mailbox(nb),
+                    };
+                    self.send_or_refuse(m, Store::New, unchanged, raw, tag, body, After::Nothing);
+                }
+                (Err(MapError::BadEncoding), _) | (_, Err(MapError::BadEncoding)) => {
+                    self.send_client(bad_name(&tag))
+                }
+                _ => self.send_client(read_only()),
+            }
+            return;
+        }
+        let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| mailbox_bytes(mb)) else {
+            return;
+        };
+        let target = m.map.to_backend(&name);
+        let target = match target {
+            Ok(t) => t,
+            Err(MapError::BadEncoding) => return self.send_client(bad_name(&tag)),
+            Err(MapError::Unrepresentable) => {
+                return self.send_client(reply::no(&tag, Rfc5530::NonExistent, "No such mailbox"));
+            }
+        };
+        match (op, target) {
+            (NameOp::Subscribe | NameOp::Unsubscribe, Target::Old(_) | Target::OldRoot) => {
+                // Kept by Ferry: never on OLD, and NEW refuses names it lacks.
+                let on = op == NameOp::Subscribe;
+                let reply = match self.cfg.subscriptions.set(&m.credentials.user, &name, on) {
+                    Ok(()) => reply::ok(
+                        &tag,
+                        if on {
+                            "SUBSCRIBE completed"
+                        } else {
+                            "UNSUBSCRIBE completed"
+                        },
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot store an Old/ subscription");
+                        reply::no(&tag, Rfc5530::ServerBug, "Subscription could not be saved")
+                    }
+                };
+                self.send_client(reply);
+            }
+            (_, Target::OldRoot)
+                if matches!(op, NameOp::Select | NameOp::Examine | NameOp::Status) =>
+            {
+                self.send_client(reply::no(
+                    &tag,
+                    Rfc5530::NonExistent,
+                    "Old is a folder of folders only",
+                ))
+            }
+            (
+                NameOp::Create | NameOp::Delete | NameOp::Append,
+                Target::Old(_) | Target::OldRoot,
+            ) => self.send_client(read_only()),
+            (_, Target::OldRoot) => self.send_client(read_only()),
+            (op, Target::New(n)) => {
+                let unchanged = n == name;
+                let mut body = cmd.body;
+                set_mailbox(&mut body, mailbox(n));
+                let after = match op {
+                    NameOp::Select | NameOp::Examine => After::Select(Store::New),
+                    _ => After::Nothing,
+                };
+                self.send_or_refuse(m, Store::New, unchanged, raw, tag, body, after);
+            }
+            (op, Target::Old(n)) => {
+                let Some(ready) = self.need_old(m, raw) else {
+                    return;
+                };
+                if !ready {
+                    return self.send_client(unavailable(&tag));
+                }
+                let body = match (op, cmd.body) {
+                    // Old/ folders are always opened read-only.
+                    (NameOp::Select | NameOp::Examine, _) => C::Examine {
+                        mailbox: mailbox(n),
+                    },
+                    (NameOp::Status, C::Status { item_names, .. }) => C::Status {
+                        mailbox: mailbox(n),
+                        item_names,
+                    },
+                    _ => return self.send_client(read_only()),
+                };
+                let after = if op == NameOp::Status {
+                    After::Nothing
+                } else {
+                    After::Select(Store::Old)
+                };
+                self.forward(m, Store::Old, tag.clone(), encode(&tag, body), after);
+            }
+        }
+    }
+
+    pub(in crate::session) fn on_selected(
+        &mut self,
+        m: &mut Merged,
+        op: SelectedOp,
+        mut cmd: Command<'_>,
+        raw: &Bytes,
+        tag: Bytes,
+    ) {
+        let Some(store) = m.selected else {
+            return self.send_client(reply::bad(&tag, "No mailbox selected"));
+        };
+        let read_only = || reply::no(&tag, Rfc5530::NoPerm, "Old/ folders are read-only");
+        match (op, store) {
+            (SelectedOp::Read, _) => {
+                if store == Store::Old && !route::old_may_receive(&cmd.body) {
+                    return self.send_client(read_only());
+                }
+                self.send_or_refuse(m, store, true, raw, tag, cmd.body, After::Nothing);
+            }
+            (SelectedOp::Store | SelectedOp::Expunge, Store::New) => {
+                self.send_or_refuse(m, store, true, raw, tag, cmd.body, After::Nothing)
+            }
+            (SelectedOp::Close | SelectedOp::Unselect, Store::New) => {
+                self.send_or_refuse(m, store, true, raw, tag, cmd.body, After::Deselect)
+            }
+            (SelectedOp::Store, Store::Old) => {
+                // RFC 4314 style: flags the user may not change are ignored, and the
+                // real flags are reported (fetchmail --keep stops on a NO here).
+                let CommandBody::Store {
+                    sequence_set, uid, ..
+                } = cmd.body
+                else {
+                    return;
+                };
+                let ferry_tag = self.ferry_tag();
+                let body = CommandBody::Fetch {
+                    sequence_set,
+                    macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(vec![
+                        MessageDataItemName::Flags,
+                    ]),
+                    uid,
+                };
+                let bytes = encode(&ferry_tag, body);
+                self.start(m, None, Store::Old, bytes, Job::FlagEcho { tag, ferry_tag });
+            }
+            (SelectedOp::Expunge, Store::Old) => self.send_client(reply::ok(
+                &tag,
+                "Nothing expunged: Old/ folders are read-only",
+            )),
+            (SelectedOp::Close | SelectedOp::Unselect, Store::Old) => {
+                let has_unselect = self
+                    .store_info(Store::Old)
+                    .is_some_and(|i| i.has("UNSELECT"));
+                // CLOSE on a mailbox opened with EXAMINE expunges nothing.
+                let body = if has_unselect {
+                    CommandBody::Unselect
+                } else {
+                    CommandBody::Close
+                };
+                self.forward(
+                    m,
+                    Store::Old,
+                    tag.clone(),
+                    encode(&tag, body),
+                    After::Deselect,
+                );
+            }
+            (SelectedOp::Copy | SelectedOp::Move, _) => {
+                let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| mailbox_bytes(mb)) else {
+                    return;
+                };
+                match (m.map.to_backend(&name), store) {
+                    (Ok(Target::Old(_) | Target::OldRoot), _) => self.send_client(read_only()),
+                    (Err(MapError::BadEncoding), _) => self.send_client(bad_name(&tag)),
+                    (Err(MapError::Unrepresentable), _) => {
+                        self.send_client(reply::no_code(&tag, Code::TryCreate, "No such mailbox"))
+                    }
+                    (Ok(Target::New(_)), Store::Old) if op == SelectedOp::Move => {
+                        self.send_client(reply::no_code(
+                            &tag,
+                            Code::ReadOnly,
+                            "Old/ folders are read-only: copy the messages instead",
+                        ))
+                    }
+                    (Ok(Target::New(_)), Store::Old) => self.send_client(reply::no(
+                        &tag,
+                        Rfc5530::Cannot,
+                        "Copying from Old/ to other folders is not available yet",
+                    )),
+                    (Ok(Target::New(n)), Store::New) => {
+                        let unchanged = n == name;
+                        let mut body = cmd.body;
+                        set_mailbox(&mut body, mailbox(n));
+                        self.send_or_refuse(m, store, unchanged, raw, tag, body, After::Nothing);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! The merged phase: NEW as it is, OLD read-only under the prefix.
+//!
+//! A command travels client → [`route`](crate::route) → the store that holds
+//! what it names, keeping the client's tag. Ferry's own traffic (unselecting the
+//! store being left, LIST fan-out, the flag echo for STOREs in `Old/`) uses
+//! Ferry's tags and never reaches the client. OLD only ever receives read-only
+//! commands: see [`crate::route::old_may_receive`].
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use imap_codec::{
+    CommandCodec, ResponseCodec,
+    decode::Decoder,
+    encode::Encoder,
+    imap_types::{
+        IntoStatic,
+        command::{Command, CommandBody},
+        core::{Literal, QuotedChar, Tag},
+        extensions::binary::LiteralOrLiteral8,
+        fetch::{MacroOrMessageDataItemNames, MessageDataItemName},
+        mailbox::{ListMailbox, Mailbox},
+        response::{Code, Data, Response},
+    },
+};
+
+use super::{Action, Credentials, Input, Session, reply, reply::Rfc5530};
+use crate::{
+    config::Config,
+    frame::Announcement,
+    merge::{self, RawEntry},
+    namespace::{Layout, MapError, NameMap, Store, Target, join_reference, matches},
+    route::{self, Local, NameOp, Route, SelectedOp},
+};
+
+mod append;
+mod commands;
+mod list;
+mod respond;
+
+pub(super) use append::append_probe;
+use list::ListJob;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OldState {
+    /// Not logged in yet: OLD is contacted when first needed.
+    Absent,
+    Connecting,
+    Ready,
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    Nothing,
+    Select(Store),
+    Deselect,
+}
+
+#[derive(Debug)]
+enum Job {
+    /// A client command on one store, under the client's tag.
+    Forward {
+        store: Store,
+        tag: Bytes,
+        after: After,
+        /// Map mailbox names in LIST/STATUS data back to the client's view.
+        rename: bool,
+    },
+    /// Ferry's UNSELECT of the store being left, then `then`.
+    Leave {
+        store: Store,
+        tag: Bytes,
+        then: Box<(Store, Bytes, Job)>,
+    },
+    List(Box<ListJob>),
+    /// A STORE in `Old/`: ignored; the real flags are fetched and shown instead.
+    FlagEcho {
+        tag: Bytes,
+        ferry_tag: Bytes,
+    },
+    Idle {
+        store: Store,
+        tag: Bytes,
+    },
+    Append {
+        store: Store,
+        tag: Bytes,
+        /// A synchronizing literal waiting for the store's `+`.
+        pending: Option<Announcement>,
+    },
+}
+
+pub(super) struct Merged {
+    map: NameMap,
+    caps: Vec<String>,
+    credentials: Arc<Credentials>,
+    selected: Option<Store>,
+    old: OldState,
+    job: Option<Job>,
+    /// A command waiting for OLD's login.
+    pub(super) parked: Option<Bytes>,
+}
+
+fn mailbox_bytes(m: &Mailbox<'_>) -> Vec<u8> {
+    match m {
+        Mailbox::Inbox => b"INBOX".to_vec(),
+        Mailbox::Other(o) => o.as_ref().to_vec(),
+    }
+}
+
+fn mailbox(name: Vec<u8>) -> Mailbox<'static> {
+    // Invariant: names come from NameMap, which only yields valid modified UTF-7
+    // (printable ASCII), so they always form a valid astring.
+    Mailbox::try_from(name).expect("mapped names are valid astrings")
+}
+
+fn encode(tag: &[u8], body: CommandBody<'_>) -> Bytes {
+    // Invariant: tags here were decoded from the client or made by ferry_tag().
+    let tag = Tag::try_from(tag).expect("valid tag");
+    Bytes::from(CommandCodec::new().encode(&Command { tag, body }).dump())
+}
+
+fn status_word(message: &[u8]) -> &[u8] {
+    message
+        .split(|b| *b == b' ')
+        .nth(1)
+        .map(|w| w.strip_suffix(b"\r\n").unwrap_or(w))
+        .unwrap_or_default()
+}
+
+fn is_ok(message: &[u8]) -> bool {
+    status_word(message).eq_ignore_ascii_case(b"OK")
+}
+
+/// `tag` + the rest of a store's tagged line after the store's tag.
+fn retag(tag: &[u8], message: &[u8]) -> Bytes {
+    let rest = &message[reply::tag_of(message).len()..];
+    let mut out = BytesMut::from(tag);
+    out.extend_from_slice(rest);
+    out.freeze()
+}
+
+fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+impl Merged {
+    pub(super) fn new(
+        config: &Config,
+        new_layout: Layout,
+        caps: Vec<String>,
+        credentials: Arc<Credentials>,
+    ) -> Self {
+        let ns = &config.namespace;
+        Self {
+            map: NameMap::new(&ns.old_prefix, ns.delimiter, Layout::flat(), new_layout),
+            caps,
+            credentials,
+            selected: None,
+            old: OldState::Absent,
+            job: None,
+            parked: None,
+        }
+    }
+
+    fn job_store(&self) -> Option<Store> {
+        match &self.job {
+            Some(
+                Job::Forward { store, .. } | Job::Idle { store, .. } | Job::Append { store, .. },
+            ) => Some(*store),
+            Some(Job::FlagEcho { .. }) => Some(Store::Old),
+            _ => None,
+        }
+    }
+
+    pub(super) fn classify(&self, store: Store, line: &[u8]) -> super::Disposition {
+        use super::Disposition::*;
+        let tag = reply::tag_of(line);
+        if line.starts_with(b"+") || tag != b"*" {
+            return Assemble(BytesMut::new());
+        }
+        let names = starts_with_ci(line, b"* LIST ")
+            || starts_with_ci(line, b"* LSUB ")
+            || starts_with_ci(line, b"* STATUS ");
+        match &self.job {
+            Some(Job::List(l)) if names => {
+                return if l.waits_on(store) {
+                    Assemble(BytesMut::new())
+                } else {
+                    Drop
+                };
+            }
+            Some(Job::Forward {
+                store: s,
+                rename: true,
+                ..
+            }) if *s == store && names => return Assemble(BytesMut::new()),
+            _ => {}
+        }
+        if starts_with_ci(line, b"* BYE") {
+            return Drop;
+        }
+        if crate::frame::is_text_response(line) && line.windows(7).any(|w| w == b"[ALERT]") {
+            return Forward;
+        }
+        if Some(store) == self.selected || Some(store) == self.job_store() {
+            Forward
+        } else {
+            Drop
+        }
+    }
+}
+
+impl Session {
+    fn need_old(&mut self, m: &mut Merged, raw: &Bytes) -> Option<bool> {
+        match m.old {
+            OldState::Ready => Some(true),
+            OldState::Unavailable => Some(false),
+            OldState::Absent | OldState::Connecting => {
+                m.old = OldState::Connecting;
+                m.parked = Some(raw.clone());
+                self.input = Input::Waiting;
+                self.actions.push_back(Action::Login {
+                    store: Store::Old,
+                    credentials: m.credentials.clone(),
+                });
+                None
+            }
+        }
+    }
+
+    pub(super) fn old_login_done(
+        &mut self,
+        m: &mut Merged,
+        result: Result<super::BackendInfo, super::LoginFailure>,
+    ) {
+        match result {
+            Ok(info) => {
+                m.map.set_layout(Store::Old, info.layout.clone());
+                self.attach_store(Store::Old, info);
+                m.old = OldState::Ready;
+            }
+            Err(e) => {
+                tracing::warn!(failure = ?e, "OLD store login failed; Old/ unavailable");
+                m.old = OldState::Unavailable;
+            }
+        }
+    }
+
+    pub(super) fn merged_old_lost(&mut self, m: &mut Merged) {
+        tracing::warn!("OLD store connection lost");
+        m.old = OldState::Unavailable;
+        if m.selected == Some(Store::Old) {
+            self.send_client(reply::bye(
+                "The Old/ folder store went away, please reconnect.",
+            ));
+            self.logout_stores();
+            self.close();
+            return;
+        }
+        match m.job.take() {
+            Some(Job::List(mut l)) if l.waits_on(Store::Old) => {
+                l.old_lost();
+                self.list_step(m, l);
+            }
+            Some(Job::Forward {
+                store: Store::Old,
+                tag,
+                ..
+            }) => {
+                self.send_client(unavailable(&tag));
+                self.input = Input::Command;
+            }
+            other => m.job = other,
+        }
+    }
+
+    /// Sends a client command to `store` and waits for its tagged response.
+    fn forward(&mut self, m: &mut Merged, store: Store, tag: Bytes, bytes: Bytes, after: After) {
+        let rename = store == Store::Old || !same_names(&m.map, store);
+        let job = Job::Forward {
+            store,
+            tag,
+            after,
+            rename,
+        };
+        let leaving = m
+            .selected
+            .filter(|s| *s != store && matches!(after, After::Select(_)));
+        self.start(m, leaving, store, bytes, job);
+    }
+
+    /// Starts `job` by sending `bytes` to `store`, unselecting `leaving` first.
+    fn start(
+        &mut self,
+        m: &mut Merged,
+        leaving: Option<Store>,
+        store: Store,
+        bytes: Bytes,
+        job: Job,
+    ) {
+        self.input = Input::Waiting;
+        match leaving {
+            Some(old_store) => {
+                m.selected = None;
+                let tag = self.ferry_tag();
+                let has_unselect = self
+                    .store_info(old_store)
+                    .is_some_and(|i| i.has("UNSELECT"));
+                // Never CLOSE a writable mailbox: CLOSE expunges. OLD is only ever
+                // opened with EXAMINE, where CLOSE removes nothing.
+                let cmd: &[u8] = match (has_unselect, old_store) {
+                    (true, _) => b" UNSELECT\r\n",
+                    (false, Store::Old) => b" CLOSE\r\n",
+                    (false, Store::New) => b" EXAMINE INBOX\r\n",
+                };
+                let mut line = BytesMut::from(&tag[..]);
+                line.extend_from_slice(cmd);
+                self.send_store(old_store, line.freeze());
+                m.job = Some(Job::Leave {
+                    store: old_store,
+                    tag,
+                    then: Box::new((store, bytes, job)),
+                });
+            }
+            None => {
+                self.send_store(store, bytes);
+                m.job = Some(job);
+            }
+        }
+    }
+
+    pub(super) fn merged_command(&mut self, m: &mut Merged, cmd: Command<'_>, raw: &Bytes) {
+        self.input = Input::Command;
+        let tag = Bytes::copy_from_slice(cmd.tag.inner().as_bytes());
+        match route::route(&cmd.body) {
+            Route::Local(local) => self.local(m, local, &tag),
+            Route::Bad(text) => self.send_client(reply::bad(&tag, text)),
+            Route::Noop => {
+                let store = m.selected.unwrap_or(Store::New);
+                self.forward(m, store, tag, raw.clone(), After::Nothing);
+            }
+            Route::Idle => {
+                let store = m.selected.unwrap_or(Store::New);
+                self.start(m, None, store, raw.clone(), Job::Idle { store, tag });
+            }
+            Route::List { lsub } => self.list(m, cmd, raw, tag, lsub),
+            Route::ByName(op) => self.by_name(m, op, cmd, raw, tag),
+            Route::Selected(op) => self.on_selected(m, op, cmd, raw, tag),
+        }
+    }
+
+    fn local(&mut self, m: &mut Merged, local: Local, tag: &[u8]) {
+        match local {
+            Local::Capability => {
+                self.send_client(reply::capability_line(&m.caps));
+                self.send_client(reply::ok(tag, "CAPABILITY completed"));
+            }
+            Local::Id => {
+                self.send_client(super::preauth::id_response());
+                self.send_client(reply::ok(tag, "ID completed"));
+            }
+            Local::Namespace => {
+                let d = m.map.delimiter() as char;
+                self.send_client(Bytes::from(format!(
+                    "* NAMESPACE ((\"\" \"{d}\")) NIL NIL\r\n"
+                )));
+                self.send_client(reply::ok(tag, "NAMESPACE completed"));
+            }
+            Local::Logout => {
+                self.send_client(reply::bye("Logging out"));
+                self.send_client(reply::ok(tag, "LOGOUT completed"));
+                self.logout_stores();
+                self.close();
+            }
+        }
+    }
+
+    /// Sends the client's bytes when the store sees the same names, else `body`
+    /// re-encoded under the client's tag.
+    fn same_or(
+        &self,
+        store: Store,
+        unchanged: bool,
+        raw: &Bytes,
+        tag: &[u8],
+        body: CommandBody<'_>,
+    ) -> Option<Bytes> {
+        if unchanged {
+            // Checked only for commands with a literal: `has` formats capabilities.
+            let has_literal = raw.windows(3).any(|w| w == b"+}\r");
+            if has_literal && !self.store_info(store).is_some_and(|i| i.has("LITERAL+")) {
+                return None;
+            }
+            Some(raw.clone())
+        } else {
+            Some(encode(tag, body))
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_or_refuse(
+        &mut self,
+        m: &mut Merged,
+        store: Store,
+        unchanged: bool,
+        raw: &Bytes,
+        tag: Bytes,
+        body: CommandBody<'_>,
+        after: After,
+    ) {
+        match self.same_or(store, unchanged, raw, &tag, body) {
+            Some(bytes) => self.forward(m, store, tag, bytes, after),
+            None => self.send_client(reply::no(
+                &tag,
+                Rfc5530::Cannot,
+                "Literals are not supported here",
+            )),
+        }
+    }
+}
+
+fn same_names(map: &NameMap, store: Store) -> bool {
+    store == Store::New && map.new_is_identity()
+}
+
+/// The mailbox a command names (its destination for COPY/MOVE).
+fn mailbox_mut<'b, 'a>(body: &'b mut CommandBody<'a>) -> Option<&'b mut Mailbox<'a>> {
+    use CommandBody as C;
+    match body {
+        C::Select { mailbox, .. }
+        | C::Examine { mailbox, .. }
+        | C::Create { mailbox }
+        | C::Delete { mailbox }
+        | C::Subscribe { mailbox }
+        | C::Unsubscribe { mailbox }
+        | C::Status { mailbox, .. }
+        | C::Append { mailbox, .. }
+        | C::Copy { mailbox, .. }
+        | C::Move { mailbox, .. } => Some(mailbox),
+        _ => None,
+    }
+}
+
+fn set_mailbox(body: &mut CommandBody<'_>, new: Mailbox<'static>) {
+    if let Some(mailbox) = mailbox_mut(body) {
+        *mailbox = new;
+    }
+}
+
+fn unavailable(tag: &[u8]) -> Bytes {
+    reply::no(
+        tag,
+        Rfc5530::Unavailable,
+        "Old/ folders are temporarily unavailable",
+    )
+}
+
+fn bad_name(tag: &[u8]) -> Bytes {
+    reply::no(
+        tag,
+        Rfc5530::Cannot,
+        "Mailbox name is not valid modified UTF-7",
+    )
+}

@@ -1,0 +1,154 @@
+//! What the stores answer: Ferry's own traffic is consumed, the client's
+//! forwarded, names mapped back to the client's view.
+
+use super::*;
+
+impl Session {
+    pub(in crate::session) fn idle_done(&mut self, frame: crate::frame::Frame) {
+        let crate::frame::Frame::Line { bytes, .. } = frame else {
+            return;
+        };
+        let store = match &self.mode {
+            crate::session::Mode::Merged(m) => match &m.job {
+                Some(Job::Idle { store, .. }) => *store,
+                _ => return,
+            },
+            _ => return,
+        };
+        if imap_codec::IdleDoneCodec::new().decode(&bytes).is_ok() {
+            self.input = Input::Waiting;
+            self.send_store(store, Bytes::from_static(b"DONE\r\n"));
+        } else {
+            self.send_client(reply::bad(b"*", "Expected DONE"));
+        }
+    }
+
+    pub(in crate::session) fn merged_message(&mut self, m: &mut Merged, store: Store, msg: Bytes) {
+        if msg.starts_with(b"+") {
+            return self.continuation(m, store, msg);
+        }
+        let tag = reply::tag_of(&msg);
+        if tag != b"*" {
+            let tag = Bytes::copy_from_slice(tag);
+            return self.tagged(m, store, tag, msg);
+        }
+        match &mut m.job {
+            Some(Job::List(l)) => l.entry(store, &msg),
+            Some(Job::Forward { rename: true, .. }) => {
+                if let Some(out) = rename_data(&m.map, store, &msg) {
+                    self.send_client(out);
+                }
+            }
+            _ => self.send_client(msg),
+        }
+    }
+
+    pub(in crate::session) fn continuation(&mut self, m: &mut Merged, store: Store, msg: Bytes) {
+        match &mut m.job {
+            Some(Job::Idle { store: s, .. }) if *s == store => {
+                self.send_client(msg);
+                self.input = Input::IdleDone;
+            }
+            Some(Job::Append {
+                store: s, pending, ..
+            }) if *s == store && pending.is_some() => {
+                *pending = None;
+                self.send_client(msg);
+                self.input = Input::Stream(store);
+            }
+            // A `+` for a literal Ferry already sent in one piece (LITERAL+): nothing to do.
+            _ => {}
+        }
+    }
+
+    pub(in crate::session) fn tagged(
+        &mut self,
+        m: &mut Merged,
+        store: Store,
+        tag: Bytes,
+        msg: Bytes,
+    ) {
+        let Some(job) = m.job.take() else {
+            return;
+        };
+        match job {
+            Job::Forward {
+                store: s,
+                tag: t,
+                after,
+                ..
+            } if s == store && t == tag => {
+                match (after, is_ok(&msg)) {
+                    (After::Select(st), true) => m.selected = Some(st),
+                    (After::Select(_), false) | (After::Deselect, true) => m.selected = None,
+                    _ => {}
+                }
+                self.send_client(msg);
+                self.input = Input::Command;
+            }
+            Job::Leave {
+                store: s,
+                tag: t,
+                then,
+            } if s == store && t == tag => {
+                let (next_store, bytes, job) = *then;
+                self.send_store(next_store, bytes);
+                m.job = Some(job);
+            }
+            Job::List(mut l) => {
+                l.answered(store, &tag, msg);
+                self.list_step(m, l);
+            }
+            Job::FlagEcho { tag: t, ferry_tag } if ferry_tag == tag && store == Store::Old => {
+                self.send_client(if is_ok(&msg) {
+                    reply::ok(&t, "Flags unchanged: Old/ folders are read-only")
+                } else {
+                    retag(&t, &msg)
+                });
+                self.input = Input::Command;
+            }
+            Job::Idle { store: s, tag: t } if s == store && t == tag => {
+                self.send_client(msg);
+                self.input = Input::Command;
+            }
+            Job::Append {
+                store: s,
+                tag: t,
+                pending,
+            } if s == store && t == tag => {
+                if let Some(a) = pending {
+                    // The store refused before the literal: the client must not send it.
+                    self.client.refuse_literal(a);
+                }
+                self.send_client(msg);
+                self.input = Input::Command;
+            }
+            other => m.job = Some(other),
+        }
+    }
+}
+
+/// Names in a store's LIST/LSUB/STATUS data, mapped to the client's view;
+/// `None` when the name is hidden.
+pub(in crate::session) fn rename_data(map: &NameMap, store: Store, msg: &[u8]) -> Option<Bytes> {
+    let Ok((_, Response::Data(mut data))) = ResponseCodec::new().decode(msg) else {
+        return Some(Bytes::copy_from_slice(msg));
+    };
+    let to_client = |m: &Mailbox<'_>| {
+        let name = mailbox_bytes(m);
+        match store {
+            Store::Old => map.old_to_client(&name),
+            Store::New => map.new_to_client(&name),
+        }
+        .map(mailbox)
+    };
+    match &mut data {
+        Data::List { mailbox: mb, .. }
+        | Data::Lsub { mailbox: mb, .. }
+        | Data::Status { mailbox: mb, .. } => {
+            *mb = to_client(mb)?;
+        }
+        _ => return Some(Bytes::copy_from_slice(msg)),
+    }
+    Some(reply::encode(&Response::Data(data)))
+}
