@@ -25,3 +25,10 @@ pub fn backend_connect_error(store: &'static str, kind: &'static str) {
 pub fn tls_handshake_failed(listener: &'static str) {
     counter!("ferry_tls_handshake_failures_total", "listener" => listener).increment(1);
 }
+
+/// One cross-store COPY: its result, and the messages and bytes it copied.
+pub fn copy(result: &'static str, messages: u64, bytes: u64) {
+    counter!("ferry_copies_total", "result" => result).increment(1);
+    counter!("ferry_copy_messages_total").increment(messages);
+    counter!("ferry_copy_bytes_total").increment(bytes);
+}

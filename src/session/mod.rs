@@ -129,6 +129,8 @@ enum Disposition {
     Forward,
     Drop,
     Assemble(BytesMut),
+    /// A message body for a cross-store copy: every frame goes to the copy.
+    Copy,
 }
 
 /// Settings a session takes from the configuration at its start.
@@ -358,6 +360,15 @@ impl Session {
             Mode::Closed => {}
             _ => {
                 tracing::warn!(store = store.as_str(), "store connection lost");
+                if let Mode::Merged(m) = &mode
+                    && let Some(tag) = m.client_tag()
+                {
+                    self.send_client(reply::no(
+                        &tag,
+                        reply::Rfc5530::Unavailable,
+                        "The mail store went away before this command completed",
+                    ));
+                }
                 self.send_client(reply::bye(
                     "Connection to the mail store was lost, please reconnect.",
                 ));
@@ -560,16 +571,12 @@ impl Session {
     // ---- store side --------------------------------------------------------
 
     fn backend_frame(&mut self, store: Store, frame: Frame) {
-        let (bytes, start, more) = match frame {
-            Frame::Line {
-                bytes,
-                start,
-                literal,
-            } => (bytes, start, literal.is_some()),
-            Frame::LiteralData { bytes, .. } => (bytes, false, true),
+        let (start, more) = match &frame {
+            Frame::Line { start, literal, .. } => (*start, literal.is_some()),
+            Frame::LiteralData { .. } => (false, true),
         };
-        if start {
-            let disposition = self.classify(store, &bytes);
+        if start && let Frame::Line { bytes, .. } = &frame {
+            let disposition = self.classify(store, bytes, more);
             if let Some(conn) = self.stores[idx(store)].as_mut() {
                 conn.disposition = disposition;
             }
@@ -577,10 +584,20 @@ impl Session {
         let Some(conn) = self.stores[idx(store)].as_mut() else {
             return;
         };
+        if let Disposition::Copy = conn.disposition {
+            if !more {
+                conn.disposition = Disposition::Forward;
+            }
+            return self.with_merged(|s, m| s.merged_copy_frame(m, frame));
+        }
+        let bytes = match frame {
+            Frame::Line { bytes, .. } | Frame::LiteralData { bytes, .. } => bytes,
+        };
         match &mut conn.disposition {
             Disposition::Forward => self.actions.push_back(Action::ToClient(bytes)),
             Disposition::Drop => {}
             Disposition::Assemble(buf) => buf.extend_from_slice(&bytes),
+            Disposition::Copy => {}
         }
         if !more {
             let done = std::mem::replace(&mut conn.disposition, Disposition::Forward);
@@ -590,11 +607,22 @@ impl Session {
         }
     }
 
-    fn classify(&mut self, store: Store, line: &[u8]) -> Disposition {
+    fn classify(&mut self, store: Store, line: &[u8], literal: bool) -> Disposition {
         match &mut self.mode {
             Mode::Pipe(_) => pipe::classify(line),
-            Mode::Merged(m) => m.classify(store, line),
+            Mode::Merged(m) => m.classify(store, line, literal),
             _ => Disposition::Drop,
+        }
+    }
+
+    /// Runs `f` on the merged state, taken out of `self` for the call.
+    fn with_merged(&mut self, f: impl FnOnce(&mut Self, &mut merged::Merged)) {
+        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        if let Mode::Merged(m) = &mut mode {
+            f(self, m);
+        }
+        if matches!(self.mode, Mode::Closed) {
+            self.mode = mode;
         }
     }
 

@@ -71,11 +71,15 @@ fn caps(line: &str) -> Vec<Capability<'static>> {
 
 use imap_codec::imap_types::IntoStatic;
 
+const CAPS: &str = "* CAPABILITY IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MOVE SPECIAL-USE NAMESPACE ESEARCH COMPRESS=DEFLATE\r\n";
+
 fn info(store: Store) -> BackendInfo {
+    info_with(store, CAPS)
+}
+
+fn info_with(store: Store, capabilities: &str) -> BackendInfo {
     BackendInfo {
-        capabilities: caps(
-            "* CAPABILITY IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MOVE SPECIAL-USE NAMESPACE ESEARCH COMPRESS=DEFLATE\r\n",
-        ),
+        capabilities: caps(capabilities),
         layout: match store {
             Store::New => Layout::slash(),
             Store::Old => Layout::legacy(),
@@ -85,13 +89,18 @@ fn info(store: Store) -> BackendInfo {
 
 /// A merged session, logged in as alice.
 fn merged() -> Session {
+    merged_with(CAPS)
+}
+
+/// A merged session whose NEW store has `new_caps`.
+fn merged_with(new_caps: &str) -> Session {
     let mut s = session(true);
     out(&mut s);
     s.client_input(b"a1 LOGIN alice {6}\r\n");
     assert_eq!(out(&mut s), ["S: + Ready for literal data"]);
     s.client_input(b"p(w)*%\r\n");
     assert_eq!(out(&mut s), ["LOGIN new"]);
-    s.login_done(Store::New, Ok(info(Store::New)));
+    s.login_done(Store::New, Ok(info_with(Store::New, new_caps)));
     let o = out(&mut s);
     assert_eq!(o.len(), 1);
     assert!(
@@ -282,7 +291,7 @@ fn old_folders_are_read_only() {
             "S: e OK Flags unchanged: Old/ folders are read-only"
         ]
     );
-    s.client_input(b"f EXPUNGE\r\ng UID EXPUNGE 1\r\nh COPY 1 Old/Sent\r\ni MOVE 1 INBOX\r\nj COPY 1 INBOX\r\nk APPEND Old/Sent {3}\r\n");
+    s.client_input(b"f EXPUNGE\r\ng UID EXPUNGE 1\r\nh COPY 1 Old/Sent\r\ni MOVE 1 INBOX\r\nk APPEND Old/Sent {3}\r\n");
     assert_eq!(
         out(&mut s),
         [
@@ -290,7 +299,6 @@ fn old_folders_are_read_only() {
             "S: g OK Nothing expunged: Old/ folders are read-only",
             "S: h NO [NOPERM] Old/ folders are read-only",
             "S: i NO [READ-ONLY] Old/ folders are read-only: copy the messages instead",
-            "S: j NO [CANNOT] Copying from Old/ to other folders is not available yet",
             "S: k NO [NOPERM] Old/ folders are read-only",
         ]
     );
@@ -391,4 +399,165 @@ fn credentials_never_print() {
         password: b"p(w)*%".to_vec(),
     };
     assert!(!format!("{c:?}").contains("p(w)"));
+}
+
+const MULTI: &str = "* CAPABILITY IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MULTIAPPEND\r\n";
+
+/// Starts `c UID COPY 1:* Work` from Old/INBOX and answers the metadata stage:
+/// two messages, UIDs 7 and 9.
+fn copy_two(s: &mut Session) {
+    select_old_inbox(s);
+    s.client_input(b"c UID COPY 1:* Work\r\n");
+    assert_eq!(
+        out(s),
+        [
+            "O: ferry.1 UID FETCH 1:* (UID FLAGS INTERNALDATE)",
+            "N: ferry.2 STATUS Work (UIDVALIDITY)"
+        ]
+    );
+    s.backend_input(
+        Store::Old,
+        b"* 1 FETCH (UID 7 FLAGS (\\Seen \\Recent $Label) INTERNALDATE \"01-Feb-2020 10:00:00 +0100\")\r\n\
+          * 2 FETCH (UID 9 FLAGS () INTERNALDATE \"02-Feb-2020 11:00:00 +0000\")\r\n\
+          * 3 FETCH (FLAGS (\\Seen))\r\nferry.1 OK Fetch completed.\r\n",
+    );
+    // Somebody else's flag change on OLD still reaches the client.
+    assert_eq!(out(s), ["S: * 3 FETCH (FLAGS (\\Seen))"]);
+    s.backend_input(
+        Store::New,
+        b"* STATUS Work (UIDVALIDITY 55)\r\nferry.2 OK Status completed.\r\n",
+    );
+    assert_eq!(out(s), ["O: ferry.3 UID FETCH 7,9 BODY.PEEK[]"]);
+}
+
+#[test]
+fn copy_from_old_is_one_multiappend_streamed_body_by_body() {
+    let mut s = merged_with(MULTI);
+    copy_two(&mut s);
+    s.backend_input(Store::Old, b"* 1 FETCH (UID 7 BODY[] {5}\r\nhel");
+    assert_eq!(
+        out(&mut s),
+        [
+            "N: ferry.4 APPEND Work (\\Seen $Label) \"01-Feb-2020 10:00:00 +0100\" {5+}",
+            "N: hel"
+        ]
+    );
+    s.backend_input(Store::Old, b"lo)\r\n* 2 FETCH (UID 9 BODY[] {3}\r\nabc)\r\n");
+    assert_eq!(
+        out(&mut s),
+        [
+            "N: lo",
+            "N:  \"02-Feb-2020 11:00:00 +0000\" {3+}",
+            "N: abc"
+        ]
+    );
+    s.backend_input(Store::Old, b"ferry.3 OK Fetch completed.\r\n");
+    assert_eq!(out(&mut s), ["N: "]);
+    s.backend_input(Store::New, b"ferry.4 OK [APPENDUID 55 20:21] Append completed.\r\n");
+    assert_eq!(
+        out(&mut s),
+        ["S: c OK [COPYUID 55 7,9 20:21] UID COPY completed"]
+    );
+    assert!(s.is_idle());
+}
+
+#[test]
+fn copy_failing_part_way_makes_the_multiappend_fail() {
+    let mut s = merged_with(MULTI);
+    copy_two(&mut s);
+    s.backend_input(Store::Old, b"* 1 FETCH (UID 7 BODY[] {5}\r\nhello)\r\n");
+    out(&mut s);
+    // OLD refuses the second message: the open APPEND is made invalid.
+    s.backend_input(Store::Old, b"ferry.3 NO Some messages were expunged\r\n");
+    assert_eq!(out(&mut s), ["N:  FERRY-ABORT"]);
+    s.backend_input(Store::New, b"ferry.4 BAD Invalid arguments.\r\n");
+    assert_eq!(
+        out(&mut s),
+        ["S: c NO [CANNOT] Nothing was copied: the old store said: Some messages were expunged"]
+    );
+    assert!(s.is_idle());
+}
+
+#[test]
+fn old_lost_in_the_middle_of_a_body_fills_the_literal_and_aborts() {
+    let mut s = merged_with(MULTI);
+    copy_two(&mut s);
+    s.backend_input(Store::Old, b"* 1 FETCH (UID 7 BODY[] {10}\r\nhel");
+    out(&mut s);
+    s.backend_closed(Store::Old);
+    let o = out(&mut s);
+    assert_eq!(
+        o,
+        ["CLOSE old", "N:        ", "N:  FERRY-ABORT"],
+        "the literal is filled up, then made invalid"
+    );
+    s.backend_input(Store::New, b"ferry.4 BAD Invalid arguments.\r\n");
+    let o = out(&mut s);
+    assert!(o[0].starts_with("S: c NO [UNAVAILABLE] Nothing was copied"), "{o:?}");
+    assert!(o[1].starts_with("S: * BYE"), "{o:?}");
+    assert_eq!(o.last().map(String::as_str), Some("CLOSE"));
+}
+
+#[test]
+fn copy_without_multiappend_rolls_back_by_appenduid() {
+    let mut s = merged();
+    copy_two(&mut s);
+    s.backend_input(Store::Old, b"* 1 FETCH (UID 7 BODY[] {5}\r\nhello)\r\n");
+    assert_eq!(
+        out(&mut s),
+        [
+            "N: ferry.4 APPEND Work (\\Seen $Label) \"01-Feb-2020 10:00:00 +0100\" {5+}",
+            "N: hello",
+            "N: "
+        ]
+    );
+    s.backend_input(Store::New, b"ferry.4 OK [APPENDUID 55 20] Append completed.\r\n");
+    s.backend_input(Store::Old, b"* 2 FETCH (UID 9 BODY[] {3}\r\nabc)\r\n");
+    assert_eq!(
+        out(&mut s),
+        [
+            "N: ferry.5 APPEND Work \"02-Feb-2020 11:00:00 +0000\" {3+}",
+            "N: abc",
+            "N: "
+        ]
+    );
+    s.backend_input(Store::New, b"ferry.5 NO [OVERQUOTA] Quota exceeded\r\n");
+    s.backend_input(Store::Old, b"ferry.3 OK Fetch completed.\r\n");
+    assert_eq!(
+        out(&mut s),
+        [
+            "N: ferry.6 SELECT Work",
+            "N: ferry.7 UID STORE 20 +FLAGS.SILENT (\\Deleted)",
+            "N: ferry.8 UID EXPUNGE 20",
+            "N: ferry.9 UNSELECT"
+        ]
+    );
+    s.backend_input(
+        Store::New,
+        b"* 3 EXISTS\r\nferry.6 OK [READ-WRITE] Select completed.\r\nferry.7 OK Store completed.\r\n\
+          * 3 EXPUNGE\r\nferry.8 OK Expunge completed.\r\nferry.9 OK Unselect completed.\r\n",
+    );
+    let o = out(&mut s);
+    assert_eq!(o.len(), 1, "NEW's own chatter stays inside Ferry: {o:?}");
+    assert!(
+        o[0].starts_with("S: c NO [CANNOT] Nothing was copied: the new store said: Quota exceeded"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn copy_to_a_missing_folder_is_trycreate() {
+    let mut s = merged_with(MULTI);
+    select_old_inbox(&mut s);
+    s.client_input(b"c COPY 1 Nope\r\n");
+    out(&mut s);
+    s.backend_input(
+        Store::Old,
+        b"* 1 FETCH (UID 7 FLAGS () INTERNALDATE \"01-Feb-2020 10:00:00 +0100\")\r\nferry.1 OK done\r\n",
+    );
+    s.backend_input(Store::New, b"ferry.2 NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\n");
+    assert_eq!(
+        out(&mut s),
+        ["S: c NO [TRYCREATE] Destination folder does not exist"]
+    );
 }

@@ -198,11 +198,7 @@ impl Session {
                             "Old/ folders are read-only: copy the messages instead",
                         ))
                     }
-                    (Ok(Target::New(_)), Store::Old) => self.send_client(reply::no(
-                        &tag,
-                        Rfc5530::Cannot,
-                        "Copying from Old/ to other folders is not available yet",
-                    )),
+                    (Ok(Target::New(n)), Store::Old) => self.start_copy(m, tag, cmd.body, n),
                     (Ok(Target::New(n)), Store::New) => {
                         let unchanged = n == name;
                         let mut body = cmd.body;

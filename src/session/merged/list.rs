@@ -17,6 +17,10 @@ pub(in crate::session) struct ListJob {
 }
 
 impl ListJob {
+    pub(super) fn client_tag(&self) -> &Bytes {
+        &self.tag
+    }
+
     /// True while `store`'s answer is still awaited.
     pub(super) fn waits_on(&self, store: Store) -> bool {
         match store {

@@ -35,10 +35,12 @@ use crate::{
 
 mod append;
 mod commands;
+mod copy;
 mod list;
 mod respond;
 
 pub(super) use append::append_probe;
+use copy::CopyJob;
 use list::ListJob;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +91,8 @@ enum Job {
         /// A synchronizing literal waiting for the store's `+`.
         pending: Option<Announcement>,
     },
+    /// A COPY from an `Old/` folder into a NEW one.
+    Copy(Box<CopyJob>),
 }
 
 pub(super) struct Merged {
@@ -145,6 +149,14 @@ fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
     line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
+/// `* n FETCH …`
+fn is_fetch(line: &[u8]) -> bool {
+    let mut words = line.splitn(4, |b| *b == b' ');
+    words.next() == Some(b"*")
+        && words.next().is_some_and(|n| n.iter().all(u8::is_ascii_digit))
+        && words.next().is_some_and(|w| w.eq_ignore_ascii_case(b"FETCH"))
+}
+
 impl Merged {
     pub(super) fn new(
         config: &Config,
@@ -164,17 +176,37 @@ impl Merged {
         }
     }
 
+    /// The client's tag of the command in flight, if any.
+    pub(super) fn client_tag(&self) -> Option<Bytes> {
+        match self.job.as_ref()? {
+            Job::Forward { tag, .. }
+            | Job::FlagEcho { tag, .. }
+            | Job::Idle { tag, .. }
+            | Job::Append { tag, .. } => Some(tag.clone()),
+            Job::List(l) => Some(l.client_tag().clone()),
+            Job::Copy(c) => Some(c.client_tag().clone()),
+            Job::Leave { then, .. } => match &then.2 {
+                Job::Forward { tag, .. } | Job::Idle { tag, .. } | Job::Append { tag, .. } => {
+                    Some(tag.clone())
+                }
+                _ => None,
+            },
+        }
+    }
+
     fn job_store(&self) -> Option<Store> {
         match &self.job {
             Some(
                 Job::Forward { store, .. } | Job::Idle { store, .. } | Job::Append { store, .. },
             ) => Some(*store),
-            Some(Job::FlagEcho { .. }) => Some(Store::Old),
+            Some(Job::FlagEcho { .. } | Job::Copy(_)) => Some(Store::Old),
             _ => None,
         }
     }
 
-    pub(super) fn classify(&self, store: Store, line: &[u8]) -> super::Disposition {
+    /// How a store's response starting with `line` is handled; `literal` says
+    /// whether the line announces one.
+    pub(super) fn classify(&self, store: Store, line: &[u8], literal: bool) -> super::Disposition {
         use super::Disposition::*;
         let tag = reply::tag_of(line);
         if line.starts_with(b"+") || tag != b"*" {
@@ -196,6 +228,15 @@ impl Merged {
                 rename: true,
                 ..
             }) if *s == store && names => return Assemble(BytesMut::new()),
+            Some(Job::Copy(c)) if store == Store::Old && is_fetch(line) => {
+                return if literal && c.takes_body() {
+                    Copy
+                } else if literal {
+                    Forward
+                } else {
+                    Assemble(BytesMut::new())
+                };
+            }
             _ => {}
         }
         if starts_with_ci(line, b"* BYE") {
@@ -251,6 +292,15 @@ impl Session {
     pub(super) fn merged_old_lost(&mut self, m: &mut Merged) {
         tracing::warn!("OLD store connection lost");
         m.old = OldState::Unavailable;
+        if let Some(Job::Copy(c)) = &mut m.job {
+            // The copy is answered (and the session ended) once NEW has let go.
+            m.selected = None;
+            self.copy_old_lost(c);
+            if c.answered() {
+                m.job = None;
+            }
+            return;
+        }
         if m.selected == Some(Store::Old) {
             self.send_client(reply::bye(
                 "The Old/ folder store went away, please reconnect.",

@@ -34,6 +34,12 @@ impl Session {
         }
         match &mut m.job {
             Some(Job::List(l)) => l.entry(store, &msg),
+            Some(Job::Copy(c)) => {
+                self.copy_untagged(c, store, msg);
+                if c.answered() {
+                    m.job = None;
+                }
+            }
             Some(Job::Forward { rename: true, .. }) => {
                 if let Some(out) = rename_data(&m.map, store, &msg) {
                     self.send_client(out);
@@ -72,6 +78,12 @@ impl Session {
             return;
         };
         match job {
+            Job::Copy(mut c) => {
+                self.copy_tagged(&mut c, store, &tag, msg);
+                if !c.answered() {
+                    m.job = Some(Job::Copy(c));
+                }
+            }
             Job::Forward {
                 store: s,
                 tag: t,
