@@ -83,9 +83,8 @@ pub async fn serve(client: MaybeTls, tls: bool, ctx: Arc<Ctx>, shutdown: Cancell
                 Ok(false) => return,
                 Err(e) => {
                     debug!(error = %e, "client connection failed");
+                    client = None;
                     session.client_closed();
-                    drain(&mut session, &mut stores).await;
-                    return;
                 }
             }
         }
@@ -93,28 +92,44 @@ pub async fn serve(client: MaybeTls, tls: bool, ctx: Arc<Ctx>, shutdown: Cancell
             session.end("Server shutting down, please reconnect.");
             continue;
         }
-        let Some(c) = client.as_mut() else { return };
-        let wants = session.wants_client_input();
+        let waiting_for_client = client.is_some() && session.wants_client_input();
+        // While a command runs, keep reading a little: a client that hangs up
+        // must be noticed (a copy in flight is then undone), and pipelined
+        // commands wait in the session's buffer, which this bounds.
+        let read_client =
+            client.is_some() && (waiting_for_client || session.client_buffered() < READ_BUF);
+        let timeout = if session.is_authenticated() {
+            limits.idle_timeout_secs
+        } else {
+            limits.preauth_timeout_secs
+        };
         let [old, new] = &mut stores;
         let [old_login, new_login] = &mut logins;
         tokio::select! {
-            r = c.read(&mut cbuf), if wants => match r {
+            r = read_opt(&mut client, &mut cbuf), if read_client => match r {
                 Ok(0) | Err(_) => {
+                    client = None;
                     session.client_closed();
                 }
                 Ok(n) => {
-                    let timeout = if session.is_authenticated() { limits.idle_timeout_secs } else { limits.preauth_timeout_secs };
                     deadline = Instant::now() + Duration::from_secs(timeout);
                     session.client_input(&cbuf[..n]);
                 }
             },
-            r = read_opt(old, &mut obuf) => match r {
-                Ok(0) | Err(_) => { stores[0] = None; session.backend_closed(Store::Old); }
-                Ok(n) => session.backend_input(Store::Old, &obuf[..n]),
+            r = read_opt(old, &mut obuf) => {
+                // A store at work is not an idle client.
+                deadline = Instant::now() + Duration::from_secs(timeout);
+                match r {
+                    Ok(0) | Err(_) => { stores[0] = None; session.backend_closed(Store::Old); }
+                    Ok(n) => session.backend_input(Store::Old, &obuf[..n]),
+                }
             },
-            r = read_opt(new, &mut nbuf) => match r {
-                Ok(0) | Err(_) => { stores[1] = None; session.backend_closed(Store::New); }
-                Ok(n) => session.backend_input(Store::New, &nbuf[..n]),
+            r = read_opt(new, &mut nbuf) => {
+                deadline = Instant::now() + Duration::from_secs(timeout);
+                match r {
+                    Ok(0) | Err(_) => { stores[1] = None; session.backend_closed(Store::New); }
+                    Ok(n) => session.backend_input(Store::New, &nbuf[..n]),
+                }
             },
             r = login_opt(old_login) => { logins[0] = None; login_result(&mut session, &mut stores, Store::Old, r); }
             r = login_opt(new_login) => { logins[1] = None; login_result(&mut session, &mut stores, Store::New, r); }
@@ -226,23 +241,4 @@ async fn perform(
         }
     }
     Ok(true)
-}
-
-/// After the client is gone: deliver the session's last words to the stores.
-async fn drain(session: &mut Session, stores: &mut [Option<MaybeTls>; 2]) {
-    while let Some(action) = session.poll_action() {
-        match action {
-            Action::ToBackend(store, bytes) => {
-                if let Some(s) = stores[store_idx(store)].as_mut() {
-                    let _ = s.write_all(&bytes).await;
-                }
-            }
-            Action::CloseBackend(store) => {
-                if let Some(mut s) = stores[store_idx(store)].take() {
-                    let _ = tokio::time::timeout(Duration::from_millis(200), s.shutdown()).await;
-                }
-            }
-            _ => {}
-        }
-    }
 }

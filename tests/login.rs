@@ -206,16 +206,3 @@ async fn python_imaplib_witness() {
         "{stdout}"
     );
 }
-
-fn pem_of(der: &rustls_pki_types::CertificateDer<'_>) -> String {
-    let b = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let lines: Vec<&str> = b
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
-}

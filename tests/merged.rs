@@ -190,7 +190,7 @@ async fn nothing_written_under_old() {
     c.cmd("FETCH 1:* (BODY[])").await.assert_ok();
     c.cmd("COPY 1 Old/Sent").await.assert_no();
     c.cmd("MOVE 1 INBOX").await.assert_no();
-    c.cmd("COPY 1 INBOX").await.assert_no();
+    c.cmd("COPY 1 Nonexistent").await.assert_no();
     c.cmd("CLOSE").await.assert_ok();
     for cmd in [
         "CREATE Old/New",

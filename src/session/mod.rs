@@ -214,8 +214,20 @@ impl Session {
     }
 
     pub fn client_closed(&mut self) {
-        self.logout_stores();
-        self.close();
+        if matches!(self.mode, Mode::Closed) {
+            return;
+        }
+        let mut going_on = false;
+        self.with_merged(|s, m| going_on = s.merged_client_gone(m));
+        if !going_on {
+            self.logout_stores();
+            self.close();
+        }
+    }
+
+    /// Client bytes read but not yet handled (pipelined after a running command).
+    pub fn client_buffered(&self) -> usize {
+        self.client.buffered()
     }
 
     /// The client connection is now TLS.

@@ -442,18 +442,20 @@ fn copy_from_old_is_one_multiappend_streamed_body_by_body() {
             "N: hel"
         ]
     );
-    s.backend_input(Store::Old, b"lo)\r\n* 2 FETCH (UID 9 BODY[] {3}\r\nabc)\r\n");
+    s.backend_input(
+        Store::Old,
+        b"lo)\r\n* 2 FETCH (UID 9 BODY[] {3}\r\nabc)\r\n",
+    );
     assert_eq!(
         out(&mut s),
-        [
-            "N: lo",
-            "N:  \"02-Feb-2020 11:00:00 +0000\" {3+}",
-            "N: abc"
-        ]
+        ["N: lo", "N:  \"02-Feb-2020 11:00:00 +0000\" {3+}", "N: abc"]
     );
     s.backend_input(Store::Old, b"ferry.3 OK Fetch completed.\r\n");
     assert_eq!(out(&mut s), ["N: "]);
-    s.backend_input(Store::New, b"ferry.4 OK [APPENDUID 55 20:21] Append completed.\r\n");
+    s.backend_input(
+        Store::New,
+        b"ferry.4 OK [APPENDUID 55 20:21] Append completed.\r\n",
+    );
     assert_eq!(
         out(&mut s),
         ["S: c OK [COPYUID 55 7,9 20:21] UID COPY completed"]
@@ -493,7 +495,10 @@ fn old_lost_in_the_middle_of_a_body_fills_the_literal_and_aborts() {
     );
     s.backend_input(Store::New, b"ferry.4 BAD Invalid arguments.\r\n");
     let o = out(&mut s);
-    assert!(o[0].starts_with("S: c NO [UNAVAILABLE] Nothing was copied"), "{o:?}");
+    assert!(
+        o[0].starts_with("S: c NO [UNAVAILABLE] Nothing was copied"),
+        "{o:?}"
+    );
     assert!(o[1].starts_with("S: * BYE"), "{o:?}");
     assert_eq!(o.last().map(String::as_str), Some("CLOSE"));
 }
@@ -511,7 +516,10 @@ fn copy_without_multiappend_rolls_back_by_appenduid() {
             "N: "
         ]
     );
-    s.backend_input(Store::New, b"ferry.4 OK [APPENDUID 55 20] Append completed.\r\n");
+    s.backend_input(
+        Store::New,
+        b"ferry.4 OK [APPENDUID 55 20] Append completed.\r\n",
+    );
     s.backend_input(Store::Old, b"* 2 FETCH (UID 9 BODY[] {3}\r\nabc)\r\n");
     assert_eq!(
         out(&mut s),
@@ -555,7 +563,10 @@ fn copy_to_a_missing_folder_is_trycreate() {
         Store::Old,
         b"* 1 FETCH (UID 7 FLAGS () INTERNALDATE \"01-Feb-2020 10:00:00 +0100\")\r\nferry.1 OK done\r\n",
     );
-    s.backend_input(Store::New, b"ferry.2 NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\n");
+    s.backend_input(
+        Store::New,
+        b"ferry.2 NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\n",
+    );
     assert_eq!(
         out(&mut s),
         ["S: c NO [TRYCREATE] Destination folder does not exist"]

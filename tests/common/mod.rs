@@ -247,6 +247,8 @@ pub struct Dovecot {
     imaps_port: Option<u16>,
     tls: Option<TlsFiles>,
     running: Option<Running>,
+    /// Appended to the generated dovecot.conf.
+    extra_conf: String,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -257,6 +259,12 @@ impl Dovecot {
     /// With `tls`, a self-signed certificate is generated, STARTTLS is offered on the
     /// plain port and an implicit-TLS port is opened too.
     pub async fn start(layout: Layout, tls: bool) -> Dovecot {
+        Self::start_with(layout, tls, "").await
+    }
+
+    /// [`Dovecot::start`] with `extra_conf` appended to dovecot.conf (e.g. an
+    /// `imap_capability` that hides an extension).
+    pub async fn start_with(layout: Layout, tls: bool, extra_conf: &str) -> Dovecot {
         init();
         let binary = dovecot_binary();
         // /tmp explicitly: unix socket paths under base_dir must stay under 108 bytes.
@@ -303,6 +311,7 @@ impl Dovecot {
             imaps_port: None,
             tls,
             running: None,
+            extra_conf: extra_conf.to_string(),
         };
         const ATTEMPTS: usize = 5;
         for attempt in 1..=ATTEMPTS {
@@ -369,6 +378,8 @@ impl Dovecot {
             self.port,
             self.imaps_port.unwrap_or(0)
         ));
+        c.push_str(&self.extra_conf);
+        c.push('\n');
         c
     }
 
@@ -820,6 +831,8 @@ pub struct TestClient {
     buf: Vec<u8>,
     tag: u32,
     peer: String,
+    /// How long one response (or one write) may take.
+    timeout: Duration,
 }
 
 /// A TLS connector trusting only `ca`, with session resumption disabled.
@@ -868,6 +881,7 @@ impl TestClient {
             buf: Vec::new(),
             tag: 0,
             peer,
+            timeout: RESPONSE_TIMEOUT,
         }
     }
 
@@ -883,6 +897,7 @@ impl TestClient {
             buf: Vec::new(),
             tag: 0,
             peer,
+            timeout: RESPONSE_TIMEOUT,
         }
     }
 
@@ -903,6 +918,7 @@ impl TestClient {
             stream: Stream::Tls(Box::new(tls)),
             buf: Vec::new(),
             tag: self.tag,
+            timeout: self.timeout,
             peer: self.peer,
         }
     }
@@ -925,7 +941,7 @@ impl TestClient {
 
     /// Raw write + flush.
     pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match tokio::time::timeout(RESPONSE_TIMEOUT, self.stream.write_all(bytes)).await {
+        match tokio::time::timeout(self.timeout, self.stream.write_all(bytes)).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -962,11 +978,12 @@ impl TestClient {
     /// One full response (line, plus literals and their continuation lines). Panics
     /// on EOF, error, or after [`RESPONSE_TIMEOUT`].
     pub async fn response(&mut self) -> Vec<u8> {
-        match self.next_response(Instant::now() + RESPONSE_TIMEOUT).await {
+        match self.next_response(Instant::now() + self.timeout).await {
             Ok(r) => r,
             Err(Fill::Timeout) => panic!(
-                "no complete response from {} within {RESPONSE_TIMEOUT:?}; buffered: {:?}",
+                "no complete response from {} within {:?}; buffered: {:?}",
                 self.peer,
+                self.timeout,
                 lossy(&self.buf)
             ),
             Err(Fill::Eof) => panic!(
@@ -1031,6 +1048,12 @@ impl TestClient {
             }
             untagged.push(r);
         }
+    }
+
+    /// Allows `timeout` per response and write from now on (bulk operations on
+    /// a machine busy with other tests).
+    pub fn patient(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     /// The next tag: `t1`, `t2`, …
@@ -1647,6 +1670,7 @@ pub struct TestEnvBuilder {
     old_tls: BackendTls,
     new_tls: BackendTls,
     seed: bool,
+    new_conf: String,
 }
 
 impl TestEnvBuilder {
@@ -1665,6 +1689,11 @@ impl TestEnvBuilder {
     }
     pub fn new_tls(mut self, mode: BackendTls) -> Self {
         self.new_tls = mode;
+        self
+    }
+    /// Appended to the NEW Dovecot's configuration.
+    pub fn new_conf(mut self, conf: &str) -> Self {
+        self.new_conf.push_str(conf);
         self
     }
     pub fn seed(mut self, yes: bool) -> Self {
@@ -1721,7 +1750,11 @@ impl TestEnvBuilder {
         init();
         let (old, new) = tokio::join!(
             Dovecot::start(Layout::Old, self.old_tls != BackendTls::None),
-            Dovecot::start(Layout::New, self.new_tls != BackendTls::None)
+            Dovecot::start_with(
+                Layout::New,
+                self.new_tls != BackendTls::None,
+                &self.new_conf
+            )
         );
         if self.seed {
             seed_standard(&old, &new).await;
@@ -1793,6 +1826,7 @@ impl TestEnv {
             old_tls: BackendTls::None,
             new_tls: BackendTls::None,
             seed: true,
+            new_conf: String::new(),
         }
     }
 
@@ -1858,4 +1892,65 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let mut f = fs::File::create(&path).expect("create file");
     f.write_all(bytes).expect("write file");
     path
+}
+
+/// Peak resident memory (VmHWM) of process `pid`, in KiB.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM line");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmHWM value")
+}
+
+/// Runs `env`'s configuration in a separate `ferry` process (imaps only, on a
+/// fresh port), so its memory is Ferry's alone. Returns the child and the
+/// imaps address once it accepts connections.
+pub async fn ferry_process(env: &TestEnv) -> (std::process::Child, String) {
+    let port = free_port();
+    let toml = env
+        .config_toml
+        .replacen(
+            "imaps = \"127.0.0.1:0\"",
+            &format!("imaps = \"127.0.0.1:{port}\""),
+            1,
+        )
+        .replacen("imap  = \"127.0.0.1:0\"", "", 1);
+    let conf = write_file(env.dir(), "ferry-process.toml", toml.as_bytes());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--config")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the ferry binary");
+    let addr = format!("127.0.0.1:{port}");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            return (child, addr);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("ferry process did not start on {addr}");
+}
+
+/// A certificate in PEM form, for clients outside Rust (Python's ssl).
+pub fn pem_of(der: &CertificateDer<'_>) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let lines: Vec<&str> = b
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
 }

@@ -72,8 +72,9 @@ pub(in crate::session) struct CopyJob {
     /// Bytes copied so far.
     bytes: u64,
     failure: Option<Failure>,
-    /// OLD went away: end the session once the copy is answered.
-    bye_after: bool,
+    /// End the session with this `* BYE` once the copy is answered (OLD or
+    /// the client went away).
+    end_after: Option<&'static str>,
     /// The client has its answer: the job is over.
     answered: bool,
 }
@@ -91,11 +92,9 @@ impl Failure {
             Failure::NoDestination => {
                 reply::no_code(tag, Code::TryCreate, "Destination folder does not exist")
             }
-            Failure::Refused(why) => reply::no(
-                tag,
-                Rfc5530::Cannot,
-                &format!("Nothing was copied: {why}"),
-            ),
+            Failure::Refused(why) => {
+                reply::no(tag, Rfc5530::Cannot, &format!("Nothing was copied: {why}"))
+            }
             Failure::Unavailable(why) => reply::no(
                 tag,
                 Rfc5530::Unavailable,
@@ -115,7 +114,10 @@ fn store_text(msg: &[u8]) -> String {
         Some(r) => r.split_once("] ").map_or("", |(_, t)| t),
         None => rest,
     };
-    rest.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(200).collect()
+    rest.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(200)
+        .collect()
 }
 
 /// Sorted UIDs as a compact set (`1:3,7`), in the order given.
@@ -139,7 +141,11 @@ fn uid_elements(set: &UidSet) -> Vec<NonZeroU32> {
         match *e {
             UidElement::Single(u) => out.push(u),
             UidElement::Range(a, b) => {
-                let (lo, hi) = if a <= b { (a.get(), b.get()) } else { (b.get(), a.get()) };
+                let (lo, hi) = if a <= b {
+                    (a.get(), b.get())
+                } else {
+                    (b.get(), a.get())
+                };
                 out.extend((lo..=hi).filter_map(NonZeroU32::new));
             }
         }
@@ -173,7 +179,8 @@ fn body_line(line: &[u8]) -> Option<(NonZeroU32, Option<NonZeroU32>)> {
     let open = line.iter().rposition(|b| *b == b'{')?;
     let mut probe = line[..open].to_vec();
     probe.extend_from_slice(b"NIL)\r\n");
-    let (_, Response::Data(Data::Fetch { seq, items })) = ResponseCodec::new().decode(&probe).ok()?
+    let (_, Response::Data(Data::Fetch { seq, items })) =
+        ResponseCodec::new().decode(&probe).ok()?
     else {
         return None;
     };
@@ -247,6 +254,18 @@ impl Session {
         }
     }
 
+    /// The client went away; true while a copy still has to clean up on NEW.
+    pub(in crate::session) fn merged_client_gone(&mut self, m: &mut Merged) -> bool {
+        let Some(Job::Copy(c)) = &mut m.job else {
+            return false;
+        };
+        let going_on = self.copy_client_gone(c);
+        if c.answered {
+            m.job = None;
+        }
+        going_on
+    }
+
     /// COPY/UID COPY from the selected `Old/` folder into the NEW folder `dest`.
     pub(in crate::session) fn start_copy(
         &mut self,
@@ -315,7 +334,7 @@ impl Session {
             remaining: 0,
             bytes: 0,
             failure: None,
-            bye_after: false,
+            end_after: None,
             answered: false,
         })));
     }
@@ -582,10 +601,8 @@ impl Session {
         self.send_client(reply);
         self.input = Input::Command;
         job.answered = true;
-        if job.bye_after {
-            self.send_client(reply::bye(
-                "The Old/ folder store went away, please reconnect.",
-            ));
+        if let Some(text) = job.end_after {
+            self.send_client(reply::bye(text));
             self.logout_stores();
             self.close();
         }
@@ -593,10 +610,25 @@ impl Session {
 
     /// OLD went away during the copy.
     pub(super) fn copy_old_lost(&mut self, job: &mut CopyJob) {
-        job.old_wait = None;
-        job.bye_after = true;
-        self.copy_fail(job, Failure::Unavailable("the old store went away"));
+        job.end_after = Some("The Old/ folder store went away, please reconnect.");
+        if job.old_wait.take().is_some() {
+            self.copy_fail(job, Failure::Unavailable("the old store went away"));
+        }
+        // Otherwise OLD had delivered everything: the copy completes on NEW.
         self.copy_step(job);
+    }
+
+    /// The client went away during the copy. With MULTIAPPEND the abort just
+    /// sent is enough; otherwise the session lives on until what was appended
+    /// has been removed. True while the session must go on.
+    pub(super) fn copy_client_gone(&mut self, job: &mut CopyJob) -> bool {
+        job.end_after = Some("Connection closed");
+        self.copy_fail(job, Failure::Refused("the client went away".into()));
+        if job.multi {
+            return false;
+        }
+        self.copy_step(job);
+        !job.answered
     }
 }
 
@@ -654,7 +686,8 @@ mod tests {
 
     #[test]
     fn appenduid_sets_are_read_in_order() {
-        let (v, uids) = append_uids(b"ferry.4 OK [APPENDUID 38505 3955:3957,3960] done\r\n").unwrap();
+        let (v, uids) =
+            append_uids(b"ferry.4 OK [APPENDUID 38505 3955:3957,3960] done\r\n").unwrap();
         assert_eq!(v.get(), 38505);
         assert_eq!(uids, [nz(3955), nz(3956), nz(3957), nz(3960)]);
         let (_, one) = append_uids(b"t OK [APPENDUID 1 7] APPEND completed\r\n").unwrap();

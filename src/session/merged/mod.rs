@@ -153,8 +153,12 @@ fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
 fn is_fetch(line: &[u8]) -> bool {
     let mut words = line.splitn(4, |b| *b == b' ');
     words.next() == Some(b"*")
-        && words.next().is_some_and(|n| n.iter().all(u8::is_ascii_digit))
-        && words.next().is_some_and(|w| w.eq_ignore_ascii_case(b"FETCH"))
+        && words
+            .next()
+            .is_some_and(|n| n.iter().all(u8::is_ascii_digit))
+        && words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"FETCH"))
 }
 
 impl Merged {
