@@ -299,7 +299,14 @@ async fn five_thousand_messages_in_one_uid_copy() {
     c.patient(BULK);
     c.cmd("CREATE Bulk").await.assert_ok();
     c.cmd("SELECT Old/Bulk").await.assert_ok();
-    let r = c.cmd("UID COPY 1:* Bulk").await;
+    let tag = c.next_tag();
+    c.send(format!("{tag} UID COPY 1:* Bulk\r\n").as_bytes()).await;
+    // Meanwhile another user is served as usual.
+    let mut bob = env.login("bob").await;
+    bob.cmd("SELECT INBOX").await.assert_ok();
+    bob.cmd("LIST \"\" \"*\"").await.assert_ok();
+    bob.logout().await;
+    let r = c.read_until_tagged(&tag).await;
     r.assert_ok();
     let (validity, src, dst) = copyuid(&r);
     assert_eq!(src.len(), 5000);
