@@ -19,7 +19,12 @@ fn bulk(n: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|i| {
             let flags = ["(\\Seen)", "(\\Flagged $Work)", "()"][i % 3];
-            let date = format!("\"{:02}-Mar-2019 08:{:02}:{:02} +0100\"", i % 28 + 1, i % 60, i % 59);
+            let date = format!(
+                "\"{:02}-Mar-2019 08:{:02}:{:02} +0100\"",
+                i % 28 + 1,
+                i % 60,
+                i % 59
+            );
             // Typical small mail: 1–4 KB.
             let body = message(
                 &format!("Bench message {i}"),

@@ -300,7 +300,8 @@ async fn five_thousand_messages_in_one_uid_copy() {
     c.cmd("CREATE Bulk").await.assert_ok();
     c.cmd("SELECT Old/Bulk").await.assert_ok();
     let tag = c.next_tag();
-    c.send(format!("{tag} UID COPY 1:* Bulk\r\n").as_bytes()).await;
+    c.send(format!("{tag} UID COPY 1:* Bulk\r\n").as_bytes())
+        .await;
     // Meanwhile another user is served as usual.
     let mut bob = env.login("bob").await;
     bob.cmd("SELECT INBOX").await.assert_ok();

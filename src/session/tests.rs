@@ -572,3 +572,38 @@ fn copy_to_a_missing_folder_is_trycreate() {
         ["S: c NO [TRYCREATE] Destination folder does not exist"]
     );
 }
+
+#[test]
+fn client_gone_during_a_copy_without_multiappend_still_rolls_back() {
+    let mut s = merged();
+    copy_two(&mut s);
+    s.backend_input(Store::Old, b"* 1 FETCH (UID 7 BODY[] {5}\r\nhello)\r\n");
+    out(&mut s);
+    s.backend_input(
+        Store::New,
+        b"ferry.4 OK [APPENDUID 55 20] Append completed.\r\n",
+    );
+    s.client_closed();
+    // The session lives on until OLD's FETCH is over and the append is undone.
+    assert!(out(&mut s).is_empty());
+    s.backend_input(
+        Store::Old,
+        b"* 2 FETCH (UID 9 BODY[] {3}\r\nabc)\r\nferry.3 OK done\r\n",
+    );
+    assert_eq!(
+        out(&mut s),
+        [
+            "N: ferry.5 SELECT Work",
+            "N: ferry.6 UID STORE 20 +FLAGS.SILENT (\\Deleted)",
+            "N: ferry.7 UID EXPUNGE 20",
+            "N: ferry.8 UNSELECT"
+        ]
+    );
+    s.backend_input(
+        Store::New,
+        b"ferry.5 OK s\r\nferry.6 OK s\r\nferry.7 OK e\r\nferry.8 OK u\r\n",
+    );
+    let o = out(&mut s);
+    assert!(o.contains(&"CLOSE".to_string()), "{o:?}");
+    assert!(o.iter().any(|l| l.ends_with("LOGOUT")), "{o:?}");
+}
