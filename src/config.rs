@@ -46,6 +46,15 @@ pub struct Config {
     pub migration: Migration,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (HTTP); off when unset.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,9 +185,20 @@ pub struct Migration {
     /// Per-domain overrides (`"example.edu" = "new"`), matched on the part after `@`.
     #[serde(default)]
     pub domains: HashMap<String, Phase>,
-    /// Per-user overrides; they win over domains.
+    /// Per-user overrides; they win over the users file and domains.
     #[serde(default)]
     pub users: HashMap<String, Phase>,
+    /// A TOML file of `"user" = "phase"` lines (the same syntax as
+    /// `[migration.users]`), for long lists; re-read with the configuration.
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+    /// Seconds over which sessions whose phase changed on reload are ended,
+    /// spread evenly, so thousands of clients do not reconnect at once.
+    #[serde(default)]
+    pub drain_secs: u64,
+    /// The users file's entries (lower-case names).
+    #[serde(skip)]
+    pub file_users: HashMap<String, Phase>,
 }
 
 fn default_phase() -> Phase {
@@ -191,6 +211,9 @@ impl Default for Migration {
             default_phase: default_phase(),
             domains: HashMap::new(),
             users: HashMap::new(),
+            users_file: None,
+            drain_secs: 0,
+            file_users: HashMap::new(),
         }
     }
 }
@@ -200,7 +223,12 @@ impl Migration {
     /// User names compare case-insensitively, like most IMAP servers' logins.
     pub fn phase_for(&self, user: &str) -> Phase {
         let lower = user.to_lowercase();
-        if let Some(p) = self.users.get(user).or_else(|| self.users.get(&lower)) {
+        if let Some(p) = self
+            .users
+            .get(user)
+            .or_else(|| self.users.get(&lower))
+            .or_else(|| self.file_users.get(&lower))
+        {
             return *p;
         }
         if let Some((_, domain)) = lower.rsplit_once('@')
@@ -234,6 +262,13 @@ pub struct Limits {
     /// Seconds to connect (and log in) to a backend.
     #[serde(default = "default_connect_timeout")]
     pub backend_connect_timeout_secs: u64,
+    /// Seconds a shutdown waits for commands in flight (a copy included).
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+fn default_shutdown_grace() -> u64 {
+    30
 }
 
 fn default_max_line() -> usize {
@@ -265,13 +300,20 @@ impl Default for Limits {
             preauth_timeout_secs: default_preauth_timeout(),
             idle_timeout_secs: default_idle_timeout(),
             backend_connect_timeout_secs: default_connect_timeout(),
+            shutdown_grace_secs: default_shutdown_grace(),
         }
     }
 }
 
-/// Parses and validates a configuration. Relative paths stay relative; [`load`]
-/// anchors them at the file's directory.
+/// Parses and validates a configuration (and reads its users file). Relative
+/// paths stay relative; [`load`] anchors them at the file's directory.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let mut config = parse_text(text)?;
+    config.read_users_file()?;
+    Ok(config)
+}
+
+fn parse_text(text: &str) -> Result<Config, ConfigError> {
     let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
     config.validate()?;
     Ok(config)
@@ -279,18 +321,56 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut config = parse(&text)?;
+    let text = read(path)?;
+    let mut config = parse_text(&text)?;
     if let Some(dir) = path.parent() {
         config.anchor_paths(dir);
     }
+    config.read_users_file()?;
     Ok(config)
 }
 
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A users file: `"user" = "phase"` lines.
+fn parse_users(text: &str) -> Result<HashMap<String, Phase>, ConfigError> {
+    let users: HashMap<String, Phase> = toml::from_str(text)
+        .map_err(|e| invalid("migration.users_file", e.to_string()))?;
+    Ok(users
+        .into_iter()
+        .map(|(user, phase)| (user.to_lowercase(), phase))
+        .collect())
+}
+
 impl Config {
+    fn read_users_file(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.migration.users_file {
+            let text = read(path).map_err(|e| invalid("migration.users_file", e.to_string()))?;
+            self.migration.file_users = parse_users(&text)?;
+        }
+        Ok(())
+    }
+
+    /// Users with an explicit phase (table and file; the table wins), by phase.
+    pub fn configured_users(&self) -> [(Phase, usize); 3] {
+        let mut counts = [(Phase::Old, 0), (Phase::Merged, 0), (Phase::New, 0)];
+        let m = &self.migration;
+        let table = m.users.iter().map(|(u, p)| (u.to_lowercase(), *p));
+        let mut all: HashMap<String, Phase> = m.file_users.clone();
+        all.extend(table);
+        for phase in all.values() {
+            if let Some(c) = counts.iter_mut().find(|(p, _)| p == phase) {
+                c.1 += 1;
+            }
+        }
+        counts
+    }
+
     fn anchor_paths(&mut self, dir: &Path) {
         let anchor = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -308,6 +388,9 @@ impl Config {
         }
         if let Some(dir) = &mut self.namespace.subscriptions_dir {
             anchor(dir);
+        }
+        if let Some(file) = &mut self.migration.users_file {
+            anchor(file);
         }
     }
 

@@ -5,25 +5,36 @@ use std::{future::Future, io, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
+    sync::watch,
     time::Instant,
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     backend::{self, BackendError, Connected},
     config::Config,
+    listener::Kind,
+    metrics,
     session::{Action, Session, SessionConfig, Store},
     tls::MaybeTls,
 };
 
-/// What every session of one Ferry instance shares.
-pub struct Ctx {
+/// One configuration and what is built from it; replaced whole on reload.
+pub struct Live {
     pub config: Arc<Config>,
-    pub acceptor: Option<TlsAcceptor>,
     pub old: backend::Target,
     pub new: backend::Target,
+    /// 1 at start, +1 per applied reload.
+    pub generation: u64,
+}
+
+/// What every session of one Ferry instance shares.
+pub struct Ctx {
+    /// The configuration in force; sessions watch it for phase changes.
+    pub live: watch::Receiver<Arc<Live>>,
+    pub acceptor: Option<TlsAcceptor>,
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
 }
 
@@ -44,13 +55,41 @@ async fn login_opt(login: &mut Option<Login>) -> Result<Connected, BackendError>
     }
 }
 
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// 16 KiB: one TLS record, so a read never splits less than a record.
 const READ_BUF: usize = 16 * 1024;
 
+const SHUTDOWN_TEXT: &str = "Server shutting down, please reconnect.";
+const PHASE_TEXT: &str =
+    "Your mailbox is moving to its next migration phase; please reconnect to continue.";
+
+/// Where in `[0, window)` session `id` is ended when many are: spread evenly
+/// (a multiplicative hash of the id), so reconnects do not come all at once.
+fn spread(id: u64, window: Duration) -> Duration {
+    let unit = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    window.mul_f64(unit)
+}
+
 /// Runs one client session to its end.
-pub async fn serve(client: MaybeTls, tls: bool, ctx: Arc<Ctx>, shutdown: CancellationToken) {
+pub async fn serve(
+    client: MaybeTls,
+    kind: Kind,
+    id: u64,
+    ctx: Arc<Ctx>,
+    shutdown: CancellationToken,
+) {
+    let listener = kind.name();
+    let tls = matches!(client, MaybeTls::Tls(_));
+    let mut live_rx = ctx.live.clone();
+    let live = live_rx.borrow_and_update().clone();
     let cfg = SessionConfig {
-        config: ctx.config.clone(),
+        config: live.config.clone(),
         tls,
         starttls: !tls && ctx.acceptor.is_some(),
         subscriptions: ctx.subscriptions.clone(),
@@ -62,25 +101,35 @@ pub async fn serve(client: MaybeTls, tls: bool, ctx: Arc<Ctx>, shutdown: Cancell
     let mut cbuf = vec![0u8; READ_BUF];
     let mut obuf = vec![0u8; READ_BUF];
     let mut nbuf = vec![0u8; READ_BUF];
-    let limits = ctx.config.limits.clone();
+    let limits = live.config.limits.clone();
     let mut deadline = Instant::now() + Duration::from_secs(limits.preauth_timeout_secs);
-    let mut shutting_down = false;
+    let bytes = metrics::Bytes::new();
+    let mut phase = metrics::phase_label(None);
+    metrics::session_phase(listener, None, Some(phase));
+    // Why and when this session is to be ended at its next safe point.
+    let mut ending: Option<&'static str> = None;
+    let mut phase_end_at: Option<Instant> = None;
 
     loop {
         // Perform everything the session asked for.
+        let mut open = true;
         while let Some(action) = session.poll_action() {
-            let result = perform(
+            match perform(
                 action,
                 &mut session,
                 &mut client,
                 &mut stores,
                 &mut logins,
                 &ctx,
+                &bytes,
             )
-            .await;
-            match result {
+            .await
+            {
                 Ok(true) => {}
-                Ok(false) => return,
+                Ok(false) => {
+                    open = false;
+                    break;
+                }
                 Err(e) => {
                     debug!(error = %e, "client connection failed");
                     client = None;
@@ -88,9 +137,25 @@ pub async fn serve(client: MaybeTls, tls: bool, ctx: Arc<Ctx>, shutdown: Cancell
                 }
             }
         }
-        if shutting_down && session.is_idle() {
-            session.end("Server shutting down, please reconnect.");
-            continue;
+        let now_phase = metrics::phase_label(session.phase());
+        if now_phase != phase {
+            metrics::session_phase(listener, Some(phase), Some(now_phase));
+            phase = now_phase;
+        }
+        if !open {
+            break;
+        }
+        if let Some(text) = ending {
+            if session.is_idle() {
+                if text == PHASE_TEXT {
+                    metrics::phase_disconnect();
+                    info!("ending the session: the user's phase changed");
+                }
+                session.end(text);
+                continue;
+            }
+            // An IDLE is ended with its store first; then the session is idle.
+            session.leave_idle();
         }
         let waiting_for_client = client.is_some() && session.wants_client_input();
         // While a command runs, keep reading a little: a client that hangs up
@@ -112,6 +177,7 @@ pub async fn serve(client: MaybeTls, tls: bool, ctx: Arc<Ctx>, shutdown: Cancell
                     session.client_closed();
                 }
                 Ok(n) => {
+                    bytes.client_in.increment(n as u64);
                     deadline = Instant::now() + Duration::from_secs(timeout);
                     session.client_input(&cbuf[..n]);
                 }
@@ -121,14 +187,20 @@ pub async fn serve(client: MaybeTls, tls: bool, ctx: Arc<Ctx>, shutdown: Cancell
                 deadline = Instant::now() + Duration::from_secs(timeout);
                 match r {
                     Ok(0) | Err(_) => { stores[0] = None; session.backend_closed(Store::Old); }
-                    Ok(n) => session.backend_input(Store::Old, &obuf[..n]),
+                    Ok(n) => {
+                        bytes.store_in[0].increment(n as u64);
+                        session.backend_input(Store::Old, &obuf[..n]);
+                    }
                 }
             },
             r = read_opt(new, &mut nbuf) => {
                 deadline = Instant::now() + Duration::from_secs(timeout);
                 match r {
                     Ok(0) | Err(_) => { stores[1] = None; session.backend_closed(Store::New); }
-                    Ok(n) => session.backend_input(Store::New, &nbuf[..n]),
+                    Ok(n) => {
+                        bytes.store_in[1].increment(n as u64);
+                        session.backend_input(Store::New, &nbuf[..n]);
+                    }
                 }
             },
             r = login_opt(old_login) => { logins[0] = None; login_result(&mut session, &mut stores, Store::Old, r); }
@@ -137,11 +209,41 @@ pub async fn serve(client: MaybeTls, tls: bool, ctx: Arc<Ctx>, shutdown: Cancell
                 debug!("client timed out");
                 session.end("Autologout; idle for too long");
             }
-            _ = shutdown.cancelled(), if !shutting_down => {
-                shutting_down = true;
+            _ = shutdown.cancelled(), if ending != Some(SHUTDOWN_TEXT) => {
+                ending = Some(SHUTDOWN_TEXT);
+            }
+            r = live_rx.changed() => {
+                if r.is_err() {
+                    // Ferry itself is gone; the shutdown token ends the session.
+                    continue;
+                }
+                let live = live_rx.borrow_and_update().clone();
+                phase_end_at = reloaded(&mut session, &live, id);
+            }
+            _ = sleep_opt(phase_end_at), if ending.is_none() => {
+                phase_end_at = None;
+                ending = Some(PHASE_TEXT);
             }
         }
     }
+    metrics::session_phase(listener, Some(phase), None);
+}
+
+/// A new configuration: sessions not logged in yet take it; a logged-in
+/// session whose user's phase changed is scheduled to end (spread over the
+/// drain window).
+fn reloaded(session: &mut Session, live: &Live, id: u64) -> Option<Instant> {
+    let Some((user, phase)) = session.login_info() else {
+        session.set_config(live.config.clone());
+        return None;
+    };
+    let now = live.config.migration.phase_for(user);
+    if now == phase {
+        return None;
+    }
+    let window = Duration::from_secs(live.config.migration.drain_secs);
+    info!(from = phase.as_str(), to = now.as_str(), "phase changed by reload");
+    Some(Instant::now() + spread(id, window))
 }
 
 fn login_result(
@@ -152,6 +254,7 @@ fn login_result(
 ) {
     match result {
         Ok(connected) => {
+            metrics::backend_connect(store.as_str(), "ok");
             stores[store_idx(store)] = Some(connected.stream);
             session.login_done(store, Ok(connected.info));
             if !connected.rest.is_empty() {
@@ -159,9 +262,12 @@ fn login_result(
             }
         }
         Err(e) => {
-            if !matches!(e, BackendError::Rejected) {
+            if matches!(e, BackendError::Rejected) {
+                metrics::backend_connect(store.as_str(), "rejected");
+            } else {
                 warn!(store = store.as_str(), error = %e, "store login failed");
-                crate::metrics::backend_connect_error(store.as_str(), e.kind());
+                metrics::backend_connect(store.as_str(), "error");
+                metrics::backend_error(store.as_str(), e.kind());
             }
             session.login_done(store, Err(e.failure()));
         }
@@ -182,26 +288,29 @@ async fn perform(
     client: &mut Option<MaybeTls>,
     stores: &mut [Option<MaybeTls>; 2],
     logins: &mut [Option<Login>; 2],
-    ctx: &Arc<Ctx>,
+    ctx: &Ctx,
+    bytes: &metrics::Bytes,
 ) -> io::Result<bool> {
     match action {
-        Action::ToClient(bytes) => {
+        Action::ToClient(data) => {
             if let Some(c) = client.as_mut() {
-                c.write_all(&bytes).await?;
+                c.write_all(&data).await?;
                 c.flush().await?;
+                bytes.client_out.increment(data.len() as u64);
             }
         }
-        Action::ToBackend(store, bytes) => {
-            if let Some(s) = stores[store_idx(store)].as_mut()
-                && (s.write_all(&bytes).await.is_err() || s.flush().await.is_err())
-            {
-                stores[store_idx(store)] = None;
-                session.backend_closed(store);
+        Action::ToBackend(store, data) => {
+            if let Some(s) = stores[store_idx(store)].as_mut() {
+                if s.write_all(&data).await.is_err() || s.flush().await.is_err() {
+                    stores[store_idx(store)] = None;
+                    session.backend_closed(store);
+                } else {
+                    bytes.store_out[store_idx(store)].increment(data.len() as u64);
+                }
             }
         }
         Action::StartTls => {
-            let (Some(MaybeTls::Plain(tcp)), Some(acceptor)) =
-                (client.take(), ctx.acceptor.as_ref())
+            let (Some(MaybeTls::Plain(tcp)), Some(acceptor)) = (client.take(), ctx.acceptor.as_ref())
             else {
                 return Ok(false);
             };
@@ -211,18 +320,19 @@ async fn perform(
                     session.tls_established();
                 }
                 _ => {
-                    crate::metrics::tls_handshake_failed("imap");
+                    metrics::tls_handshake_failed("imap");
                     session.client_closed();
                     return Ok(false);
                 }
             }
         }
         Action::Login { store, credentials } => {
+            let live = ctx.live.borrow().clone();
             let target = match store {
-                Store::Old => ctx.old.clone(),
-                Store::New => ctx.new.clone(),
+                Store::Old => live.old.clone(),
+                Store::New => live.new.clone(),
             };
-            let timeout = Duration::from_secs(ctx.config.limits.backend_connect_timeout_secs);
+            let timeout = Duration::from_secs(live.config.limits.backend_connect_timeout_secs);
             logins[store_idx(store)] = Some(Box::pin(async move {
                 backend::connect(&target, &credentials, timeout).await
             }));

@@ -45,14 +45,21 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
         let ferry = ferry::Ferry::start(config).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                // Errors are logged and counted by reload_file; Ferry keeps running.
+                _ = hup.recv() => { let _ = ferry.reload_file(&path); }
+            }
         }
-        tracing::info!("shutting down");
+        tracing::info!("shutting down: no new connections, finishing commands in flight");
         ferry.shutdown().await;
+        tracing::info!("stopped");
         anyhow::Ok(())
     })
 }

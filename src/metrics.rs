@@ -1,24 +1,88 @@
-//! Prometheus metrics. Names are `ferry_*` in base units; labels come from closed
-//! sets (never a user or mailbox name).
+//! Prometheus metrics and the small HTTP endpoint that serves them.
+//!
+//! Names are `ferry_*` in base units. Labels come from closed sets (listener,
+//! phase, store, command name, result) — never a user or mailbox name.
+//! Histograms have explicit buckets so they aggregate across instances.
 
-use metrics::{counter, gauge};
+use std::{net::SocketAddr, sync::OnceLock, time::Duration};
+
+use metrics::{Counter, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use thiserror::Error;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Phase;
+
+/// Command latency buckets, 0.5 ms to 60 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once (later calls reuse it) and sets
+/// build info.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("ferry_command_duration_seconds".into()),
+                &LATENCY_BUCKETS,
+            )
+            .expect("static, non-empty buckets");
+        // Another recorder may already be installed (an embedding program):
+        // then Ferry renders its own, unregistered one.
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows nothing");
+        }
+        gauge!("ferry_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        handle
+    })
+}
+
+// ---- recording -------------------------------------------------------------
+
+pub fn phase_label(phase: Option<Phase>) -> &'static str {
+    phase.map_or("preauth", Phase::as_str)
+}
+
+pub fn session_started(listener: &'static str) {
+    counter!("ferry_sessions_total", "listener" => listener).increment(1);
+}
+
+/// Moves one session between `ferry_sessions_active` series (None: gone).
+pub fn session_phase(listener: &'static str, from: Option<&'static str>, to: Option<&'static str>) {
+    if let Some(p) = from {
+        gauge!("ferry_sessions_active", "listener" => listener, "phase" => p).decrement(1.0);
+    }
+    if let Some(p) = to {
+        gauge!("ferry_sessions_active", "listener" => listener, "phase" => p).increment(1.0);
+    }
+}
 
 pub fn login(phase: Phase, result: &'static str) {
     counter!("ferry_logins_total", "phase" => phase.as_str(), "result" => result).increment(1);
 }
 
-pub fn session_started(listener: &'static str) {
-    counter!("ferry_sessions_total", "listener" => listener).increment(1);
-    gauge!("ferry_sessions_active").increment(1.0);
+/// One client command: its name, which store(s) served it, and the outcome.
+pub fn command(name: &'static str, store: &'static str, result: &'static str, took: Duration) {
+    counter!("ferry_commands_total", "command" => name, "store" => store, "result" => result)
+        .increment(1);
+    histogram!("ferry_command_duration_seconds", "store" => store).record(took.as_secs_f64());
 }
 
-pub fn session_ended() {
-    gauge!("ferry_sessions_active").decrement(1.0);
+pub fn backend_connect(store: &'static str, result: &'static str) {
+    counter!("ferry_backend_connects_total", "store" => store, "result" => result).increment(1);
 }
 
-pub fn backend_connect_error(store: &'static str, kind: &'static str) {
+pub fn backend_error(store: &'static str, kind: &'static str) {
     counter!("ferry_backend_errors_total", "store" => store, "kind" => kind).increment(1);
 }
 
@@ -31,4 +95,156 @@ pub fn copy(result: &'static str, messages: u64, bytes: u64) {
     counter!("ferry_copies_total", "result" => result).increment(1);
     counter!("ferry_copy_messages_total").increment(messages);
     counter!("ferry_copy_bytes_total").increment(bytes);
+}
+
+pub fn config_reload(result: &'static str) {
+    counter!("ferry_config_reloads_total", "result" => result).increment(1);
+}
+
+pub fn config_generation(generation: u64) {
+    gauge!("ferry_config_generation").set(generation as f64);
+}
+
+/// Users with an explicit phase (per-user entries and the users file), by phase.
+pub fn configured_users(counts: [(Phase, usize); 3]) {
+    for (phase, n) in counts {
+        gauge!("ferry_configured_users", "phase" => phase.as_str()).set(n as f64);
+    }
+}
+
+pub fn phase_disconnect() {
+    counter!("ferry_phase_disconnects_total").increment(1);
+}
+
+/// Byte counters of one session, looked up once (the hot path only adds).
+pub struct Bytes {
+    pub client_in: Counter,
+    pub client_out: Counter,
+    pub store_in: [Counter; 2],
+    pub store_out: [Counter; 2],
+}
+
+impl Bytes {
+    pub fn new() -> Self {
+        let c = |direction: &'static str, peer: &'static str| {
+            counter!("ferry_bytes_total", "direction" => direction, "peer" => peer)
+        };
+        Self {
+            client_in: c("in", "client"),
+            client_out: c("out", "client"),
+            store_in: [c("in", "old"), c("in", "new")],
+            store_out: [c("out", "old"), c("out", "new")],
+        }
+    }
+}
+
+impl Default for Bytes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// ---- HTTP endpoint ---------------------------------------------------------
+
+#[derive(Debug, Error)]
+pub enum MetricsError {
+    #[error("cannot bind the metrics listener {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Answers `/readyz`: whether Ferry can take logins right now.
+pub trait Readiness: Send + Sync + 'static {
+    fn ready(&self) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.
+pub async fn serve<R: Readiness>(
+    addr: SocketAddr,
+    readiness: std::sync::Arc<R>,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, MetricsError> {
+    let handle = install();
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    tokio::spawn(async move {
+        let mut upkeep = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                r = listener.accept() => if let Ok((tcp, _)) = r {
+                    let readiness = readiness.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            answer(tcp, handle, &*readiness),
+                        )
+                        .await;
+                    });
+                },
+                _ = upkeep.tick() => handle.run_upkeep(),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+    Ok(local)
+}
+
+/// One HTTP/1.x request: only the request line matters; the connection closes
+/// after the answer.
+async fn answer(mut tcp: TcpStream, handle: &PrometheusHandle, readiness: &impl Readiness) {
+    let mut buf = [0u8; 2048];
+    let mut len = 0;
+    // Read up to the end of the headers (or a full buffer: the line is all we need).
+    while len < buf.len() {
+        match tcp.read(&mut buf[len..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let line = buf[..len].split(|b| *b == b'\n').next().unwrap_or_default();
+    let mut words = line.split(|b| *b == b' ');
+    let method = words.next().unwrap_or_default();
+    let path = words.next().unwrap_or_default();
+    let path = path.split(|b| *b == b'?').next().unwrap_or_default();
+    let (status, content_type, body) = match (method, path) {
+        (b"GET", b"/metrics") => {
+            handle.run_upkeep();
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                handle.render(),
+            )
+        }
+        (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        (b"GET", b"/readyz") => match readiness.ready().await {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+            Err(why) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        (b"GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let _ = tcp.write_all(body.as_bytes()).await;
+    let _ = tcp.shutdown().await;
 }

@@ -34,7 +34,7 @@ stop() {
 }
 
 stop Ferry "$RUN/ferry.pid" "$RUN/ferry.toml"
-stop Prometheus "$RUN/prometheus.pid" "$HERE/prometheus.yml"
+stop Prometheus "$RUN/prometheus.pid" "$RUN/prometheus.yml"
 # The Dovecot master stops its own children on SIGTERM.
 stop "Dovecot OLD store" "$RUN/old/base/master.pid" /old/dovecot.conf
 stop "Dovecot NEW store" "$RUN/new/base/master.pid" /new/dovecot.conf

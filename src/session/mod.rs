@@ -145,8 +145,33 @@ pub struct SessionConfig {
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
 }
 
+/// The client command being timed for `ferry_commands_total` and latency.
+struct Timing {
+    tag: Bytes,
+    name: &'static str,
+    /// Stores that received bytes for it (bit 0 OLD, bit 1 NEW).
+    stores: u8,
+    started: std::time::Instant,
+}
+
+/// Pass-through bookkeeping: which client commands are still running, so the
+/// session is only ended between commands.
+#[derive(Default)]
+struct PipeState {
+    inflight: VecDeque<Timing>,
+    /// Tag of a running IDLE, and whether the store has said `+`.
+    idle: Option<(Bytes, bool)>,
+    /// Ferry sent DONE itself: the client's input waits until the session ends.
+    leaving: bool,
+}
+
 pub struct Session {
     cfg: SessionConfig,
+    /// Who logged in, and their phase.
+    login: Option<(String, Phase)>,
+    /// Metrics for the command in flight (merged phase; one at a time).
+    timing: Option<Timing>,
+    pipe: PipeState,
     client: Framer,
     input: Input,
     /// The command being assembled, literals normalised to `{n+}`.
@@ -179,6 +204,9 @@ impl Session {
             stores: [None, None],
             actions: VecDeque::new(),
             next_tag: 0,
+            login: None,
+            timing: None,
+            pipe: PipeState::default(),
         };
         let greeting = format!(
             "* OK [CAPABILITY {}] Ferry ready.\r\n",
@@ -194,8 +222,47 @@ impl Session {
 
     /// True when the driver should read from the client.
     pub fn wants_client_input(&self) -> bool {
-        !matches!(self.mode, Mode::Closed)
-            && (matches!(self.mode, Mode::Pipe(_)) || self.input != Input::Waiting)
+        match self.mode {
+            Mode::Closed => false,
+            Mode::Pipe(_) => !self.pipe.leaving,
+            _ => self.input != Input::Waiting,
+        }
+    }
+
+    /// The user and phase of a logged-in session.
+    pub fn login_info(&self) -> Option<(&str, Phase)> {
+        self.login.as_ref().map(|(u, p)| (u.as_str(), *p))
+    }
+
+    pub fn phase(&self) -> Option<Phase> {
+        self.login.as_ref().map(|(_, p)| *p)
+    }
+
+    /// A reloaded configuration, for a session that has not logged in yet.
+    pub fn set_config(&mut self, config: Arc<Config>) {
+        if self.login.is_none() {
+            self.cfg.config = config;
+        }
+    }
+
+    /// Ends a running IDLE from Ferry's side (DONE to the store), so that the
+    /// session reaches a safe point to be ended. Nothing else is interrupted.
+    pub fn leave_idle(&mut self) {
+        match &mut self.mode {
+            Mode::Pipe(store) => {
+                let store = *store;
+                if let Some((_, true)) = self.pipe.idle
+                    && !self.pipe.leaving
+                {
+                    self.pipe.leaving = true;
+                    self.send_store(store, Bytes::from_static(b"DONE\r\n"));
+                }
+            }
+            Mode::Merged(_) if self.input == Input::IdleDone => {
+                self.with_merged(|s, m| s.merged_leave_idle(m));
+            }
+            _ => {}
+        }
     }
 
     /// True while logged in (for the idle timeout vs the pre-auth one).
@@ -205,7 +272,11 @@ impl Session {
 
     /// True when no command is in progress: a safe point to end the session.
     pub fn is_idle(&self) -> bool {
-        self.input == Input::Command && self.command.is_empty() && self.client.at_message_start()
+        let running = match self.mode {
+            Mode::Pipe(_) => !self.pipe.inflight.is_empty(),
+            _ => self.input != Input::Command || !self.command.is_empty(),
+        };
+        !running && self.client.at_message_start()
     }
 
     pub fn client_input(&mut self, data: &[u8]) {
@@ -329,6 +400,10 @@ impl Session {
         };
         crate::metrics::login(phase, "ok");
         tracing::info!(phase = phase.as_str(), "logged in");
+        self.login = Some((
+            String::from_utf8_lossy(&credentials.user).into_owned(),
+            phase,
+        ));
         let caps = match phase {
             Phase::Merged => crate::merge::merged_capabilities(&info.capabilities),
             Phase::Old | Phase::New => crate::merge::passthrough_capabilities(&info.capabilities),
@@ -393,11 +468,25 @@ impl Session {
     }
 
     fn send_client(&mut self, bytes: Bytes) {
+        if let Some(t) = &self.timing
+            && is_tagged_by(&bytes, &t.tag)
+            && let Some(t) = self.timing.take()
+        {
+            record(t, &bytes);
+        }
         self.actions.push_back(Action::ToClient(bytes));
     }
 
     fn send_store(&mut self, store: Store, bytes: Bytes) {
+        if let Some(t) = &mut self.timing {
+            t.stores |= 1 << idx(store);
+        }
         self.actions.push_back(Action::ToBackend(store, bytes));
+    }
+
+    /// Starts timing the client command `line` (its first line).
+    fn time_command(&mut self, line: &[u8]) {
+        self.timing = Some(Timing::new(line));
     }
 
     fn ferry_tag(&mut self) -> Bytes {
@@ -621,7 +710,7 @@ impl Session {
 
     fn classify(&mut self, store: Store, line: &[u8], literal: bool) -> Disposition {
         match &mut self.mode {
-            Mode::Pipe(_) => pipe::classify(line),
+            Mode::Pipe(_) => self.pipe_classify(line),
             Mode::Merged(m) => m.classify(store, line, literal),
             _ => Disposition::Drop,
         }
@@ -649,6 +738,82 @@ impl Session {
             self.mode = mode;
         }
     }
+}
+
+impl Timing {
+    fn new(line: &[u8]) -> Self {
+        Timing {
+            tag: Bytes::copy_from_slice(reply::tag_of(line)),
+            name: command_name(line),
+            stores: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+/// True when `bytes` is the tagged response to `tag`.
+fn is_tagged_by(bytes: &[u8], tag: &[u8]) -> bool {
+    bytes.len() > tag.len() && bytes.starts_with(tag) && bytes[tag.len()] == b' '
+}
+
+/// Records a finished command from its tagged response.
+fn record(t: Timing, tagged: &[u8]) {
+    let word = tagged[t.tag.len() + 1..]
+        .split(|b| *b == b' ' || *b == b'\r')
+        .next()
+        .unwrap_or_default();
+    let result = if word.eq_ignore_ascii_case(b"OK") {
+        "ok"
+    } else if word.eq_ignore_ascii_case(b"NO") {
+        "no"
+    } else {
+        "bad"
+    };
+    let store = match t.stores {
+        0 => "ferry",
+        1 => "old",
+        2 => "new",
+        _ => "both",
+    };
+    crate::metrics::command(t.name, store, result, t.started.elapsed());
+}
+
+/// IMAP command names as metric labels (a closed set; anything else is OTHER).
+const COMMANDS: [&str; 36] = [
+    "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "AUTHENTICATE", "LOGIN", "SELECT", "EXAMINE",
+    "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND",
+    "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "IDLE",
+    "ENABLE", "COMPRESS", "ID", "NAMESPACE", "SORT", "THREAD", "GETQUOTA", "GETQUOTAROOT",
+    "GETMETADATA",
+];
+const UID_COMMANDS: [&str; 8] = [
+    "UID FETCH", "UID STORE", "UID COPY", "UID MOVE", "UID SEARCH", "UID EXPUNGE", "UID SORT",
+    "UID THREAD",
+];
+
+/// The label for the command on `line` (`tag NAME …`).
+fn command_name(line: &[u8]) -> &'static str {
+    let mut words = line
+        .split(|b| matches!(b, b' ' | b'\r' | b'\n'))
+        .skip(1)
+        .filter(|w| !w.is_empty());
+    let Some(first) = words.next() else {
+        return "OTHER";
+    };
+    let find = |list: &[&'static str], word: &[u8]| {
+        list.iter()
+            .find(|c| c.as_bytes().eq_ignore_ascii_case(word))
+            .copied()
+    };
+    if first.eq_ignore_ascii_case(b"UID") {
+        let second = words.next().unwrap_or_default();
+        return UID_COMMANDS
+            .iter()
+            .find(|c| c.as_bytes()[4..].eq_ignore_ascii_case(second))
+            .copied()
+            .unwrap_or("OTHER");
+    }
+    find(&COMMANDS, first).unwrap_or("OTHER")
 }
 
 fn failure_label(f: &LoginFailure) -> &'static str {

@@ -28,15 +28,23 @@ fn is_blocked(line: &[u8]) -> bool {
     command_name(line).is_some_and(|n| BLOCKED.iter().any(|b| n.eq_ignore_ascii_case(b.as_bytes())))
 }
 
-pub(super) fn classify(line: &[u8]) -> Disposition {
-    if line.len() > 13 && line[..13].eq_ignore_ascii_case(b"* CAPABILITY ") {
-        Disposition::Assemble(Default::default())
-    } else {
-        Disposition::Forward
-    }
-}
-
 impl Session {
+    /// Store responses pass through; CAPABILITY is filtered and tagged lines
+    /// are looked at to know which commands are still running.
+    pub(super) fn pipe_classify(&mut self, line: &[u8]) -> Disposition {
+        let capability = line.len() > 13 && line[..13].eq_ignore_ascii_case(b"* CAPABILITY ");
+        if line.starts_with(b"+") {
+            if let Some((_, started)) = &mut self.pipe.idle {
+                *started = true;
+            }
+            Disposition::Forward
+        } else if capability || !line.starts_with(b"* ") {
+            Disposition::Assemble(Default::default())
+        } else {
+            Disposition::Forward
+        }
+    }
+
     pub(super) fn pipe_client_frame(&mut self, store: Store, frame: Frame) {
         if let Frame::Line {
             bytes,
@@ -57,14 +65,44 @@ impl Session {
             self.discard_frame(answer, frame);
             return;
         }
+        if let Frame::Line {
+            bytes, start: true, ..
+        } = &frame
+            && !bytes.eq_ignore_ascii_case(b"DONE\r\n")
+        {
+            let timing = super::Timing::new(bytes);
+            if timing.name == "IDLE" {
+                self.pipe.idle = Some((timing.tag.clone(), false));
+            }
+            self.pipe.inflight.push_back(timing);
+        }
         let bytes = match frame {
             Frame::Line { bytes, .. } | Frame::LiteralData { bytes, .. } => bytes,
         };
         self.send_store(store, bytes);
     }
 
-    /// A `* CAPABILITY` line from the store, filtered like the login answer.
+    fn pipe_store(&self) -> Store {
+        match self.mode {
+            super::Mode::Pipe(store) => store,
+            _ => Store::New,
+        }
+    }
+
+    /// A tagged line or a `* CAPABILITY` line (filtered like the login answer).
     pub(super) fn pipe_message(&mut self, message: Bytes) {
+        let tag = reply::tag_of(&message);
+        if tag != b"*" {
+            if let Some(i) = self.pipe.inflight.iter().position(|t| t.tag == tag) {
+                let mut timing = self.pipe.inflight.remove(i).expect("position is in range");
+                timing.stores = 1 << super::idx(self.pipe_store());
+                super::record(timing, &message);
+            }
+            if self.pipe.idle.as_ref().is_some_and(|(t, _)| t == tag) {
+                self.pipe.idle = None;
+            }
+            return self.send_client(message);
+        }
         match ResponseCodec::new().decode(&message) {
             Ok((_, Response::Data(Data::Capability(caps)))) => {
                 let caps = crate::merge::passthrough_capabilities(caps.as_ref());

@@ -387,6 +387,7 @@ impl Session {
 
     pub(super) fn merged_command(&mut self, m: &mut Merged, cmd: Command<'_>, raw: &Bytes) {
         self.input = Input::Command;
+        self.time_command(raw);
         let tag = Bytes::copy_from_slice(cmd.tag.inner().as_bytes());
         match route::route(&cmd.body) {
             Route::Local(local) => self.local(m, local, &tag),

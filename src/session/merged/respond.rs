@@ -23,6 +23,15 @@ impl Session {
         }
     }
 
+    /// Ferry ends the client's IDLE itself (the session is about to end).
+    pub(in crate::session) fn merged_leave_idle(&mut self, m: &mut Merged) {
+        if let Some(Job::Idle { store, .. }) = &m.job {
+            let store = *store;
+            self.input = Input::Waiting;
+            self.send_store(store, Bytes::from_static(b"DONE\r\n"));
+        }
+    }
+
     pub(in crate::session) fn merged_message(&mut self, m: &mut Merged, store: Store, msg: Bytes) {
         if msg.starts_with(b"+") {
             return self.continuation(m, store, msg);
