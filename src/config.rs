@@ -339,8 +339,8 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 
 /// A users file: `"user" = "phase"` lines.
 fn parse_users(text: &str) -> Result<HashMap<String, Phase>, ConfigError> {
-    let users: HashMap<String, Phase> = toml::from_str(text)
-        .map_err(|e| invalid("migration.users_file", e.to_string()))?;
+    let users: HashMap<String, Phase> =
+        toml::from_str(text).map_err(|e| invalid("migration.users_file", e.to_string()))?;
     Ok(users
         .into_iter()
         .map(|(user, phase)| (user.to_lowercase(), phase))

@@ -155,7 +155,9 @@ pub async fn serve(
                 continue;
             }
             // An IDLE is ended with its store first; then the session is idle.
-            session.leave_idle();
+            if session.leave_idle() {
+                continue;
+            }
         }
         let waiting_for_client = client.is_some() && session.wants_client_input();
         // While a command runs, keep reading a little: a client that hangs up
@@ -242,7 +244,11 @@ fn reloaded(session: &mut Session, live: &Live, id: u64) -> Option<Instant> {
         return None;
     }
     let window = Duration::from_secs(live.config.migration.drain_secs);
-    info!(from = phase.as_str(), to = now.as_str(), "phase changed by reload");
+    info!(
+        from = phase.as_str(),
+        to = now.as_str(),
+        "phase changed by reload"
+    );
     Some(Instant::now() + spread(id, window))
 }
 
@@ -310,7 +316,8 @@ async fn perform(
             }
         }
         Action::StartTls => {
-            let (Some(MaybeTls::Plain(tcp)), Some(acceptor)) = (client.take(), ctx.acceptor.as_ref())
+            let (Some(MaybeTls::Plain(tcp)), Some(acceptor)) =
+                (client.take(), ctx.acceptor.as_ref())
             else {
                 return Ok(false);
             };

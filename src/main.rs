@@ -54,7 +54,10 @@ fn main() -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 // Errors are logged and counted by reload_file; Ferry keeps running.
-                _ = hup.recv() => { let _ = ferry.reload_file(&path); }
+                _ = hup.recv() => {
+                    // Reading a large users file takes a moment: off the async workers.
+                    let _ = tokio::task::block_in_place(|| ferry.reload_file(&path));
+                }
             }
         }
         tracing::info!("shutting down: no new connections, finishing commands in flight");

@@ -43,8 +43,35 @@ pub fn install() -> &'static PrometheusHandle {
             tracing::warn!("a metrics recorder was already installed; /metrics shows nothing");
         }
         gauge!("ferry_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        register_zeroes();
         handle
     })
+}
+
+/// Series whose first event alerts care about exist from the start at 0, so
+/// `increase()` and `rate()` see that first event.
+fn register_zeroes() {
+    for result in ["ok", "error"] {
+        counter!("ferry_config_reloads_total", "result" => result).absolute(0);
+    }
+    for result in ["ok", "failed"] {
+        counter!("ferry_copies_total", "result" => result).absolute(0);
+    }
+    counter!("ferry_copy_messages_total").absolute(0);
+    counter!("ferry_copy_bytes_total").absolute(0);
+    counter!("ferry_phase_disconnects_total").absolute(0);
+    for store in ["old", "new"] {
+        for result in ["ok", "rejected", "error"] {
+            counter!("ferry_backend_connects_total", "store" => store, "result" => result)
+                .absolute(0);
+        }
+    }
+    for phase in [Phase::Old, Phase::Merged, Phase::New] {
+        for result in ["ok", "rejected", "unavailable"] {
+            counter!("ferry_logins_total", "phase" => phase.as_str(), "result" => result)
+                .absolute(0);
+        }
+    }
 }
 
 // ---- recording -------------------------------------------------------------
@@ -75,7 +102,10 @@ pub fn login(phase: Phase, result: &'static str) {
 pub fn command(name: &'static str, store: &'static str, result: &'static str, took: Duration) {
     counter!("ferry_commands_total", "command" => name, "store" => store, "result" => result)
         .increment(1);
-    histogram!("ferry_command_duration_seconds", "store" => store).record(took.as_secs_f64());
+    // An IDLE lasts as long as the user likes: not a latency.
+    if name != "IDLE" {
+        histogram!("ferry_command_duration_seconds", "store" => store).record(took.as_secs_f64());
+    }
 }
 
 pub fn backend_connect(store: &'static str, result: &'static str) {
@@ -126,9 +156,7 @@ pub struct Bytes {
 
 impl Bytes {
     pub fn new() -> Self {
-        let c = |direction: &'static str, peer: &'static str| {
-            counter!("ferry_bytes_total", "direction" => direction, "peer" => peer)
-        };
+        let c = |direction: &'static str, peer: &'static str| counter!("ferry_bytes_total", "direction" => direction, "peer" => peer);
         Self {
             client_in: c("in", "client"),
             client_out: c("out", "client"),

@@ -247,7 +247,8 @@ impl Session {
 
     /// Ends a running IDLE from Ferry's side (DONE to the store), so that the
     /// session reaches a safe point to be ended. Nothing else is interrupted.
-    pub fn leave_idle(&mut self) {
+    /// True when it sent something.
+    pub fn leave_idle(&mut self) -> bool {
         match &mut self.mode {
             Mode::Pipe(store) => {
                 let store = *store;
@@ -256,12 +257,15 @@ impl Session {
                 {
                     self.pipe.leaving = true;
                     self.send_store(store, Bytes::from_static(b"DONE\r\n"));
+                    return true;
                 }
+                false
             }
             Mode::Merged(_) if self.input == Input::IdleDone => {
                 self.with_merged(|s, m| s.merged_leave_idle(m));
+                true
             }
-            _ => {}
+            _ => false,
         }
     }
 
@@ -780,14 +784,51 @@ fn record(t: Timing, tagged: &[u8]) {
 
 /// IMAP command names as metric labels (a closed set; anything else is OTHER).
 const COMMANDS: [&str; 36] = [
-    "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "AUTHENTICATE", "LOGIN", "SELECT", "EXAMINE",
-    "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND",
-    "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "IDLE",
-    "ENABLE", "COMPRESS", "ID", "NAMESPACE", "SORT", "THREAD", "GETQUOTA", "GETQUOTAROOT",
+    "CAPABILITY",
+    "NOOP",
+    "LOGOUT",
+    "STARTTLS",
+    "AUTHENTICATE",
+    "LOGIN",
+    "SELECT",
+    "EXAMINE",
+    "CREATE",
+    "DELETE",
+    "RENAME",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "LIST",
+    "LSUB",
+    "STATUS",
+    "APPEND",
+    "CHECK",
+    "CLOSE",
+    "UNSELECT",
+    "EXPUNGE",
+    "SEARCH",
+    "FETCH",
+    "STORE",
+    "COPY",
+    "MOVE",
+    "IDLE",
+    "ENABLE",
+    "COMPRESS",
+    "ID",
+    "NAMESPACE",
+    "SORT",
+    "THREAD",
+    "GETQUOTA",
+    "GETQUOTAROOT",
     "GETMETADATA",
 ];
 const UID_COMMANDS: [&str; 8] = [
-    "UID FETCH", "UID STORE", "UID COPY", "UID MOVE", "UID SEARCH", "UID EXPUNGE", "UID SORT",
+    "UID FETCH",
+    "UID STORE",
+    "UID COPY",
+    "UID MOVE",
+    "UID SEARCH",
+    "UID EXPUNGE",
+    "UID SORT",
     "UID THREAD",
 ];
 
