@@ -51,6 +51,13 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Whether a LIST answer shows the `Old` tree.
+fn has_old(list: &Reply) -> bool {
+    list.list_entries()
+        .iter()
+        .any(|e| e.name == "Old" || e.name.starts_with("Old/"))
+}
+
 async fn scrape(env: &TestEnv) -> String {
     let addr = env.ferry.metrics_addr().expect("metrics listener");
     let (status, body) = http_get(addr, "/metrics").await;
@@ -261,7 +268,7 @@ async fn phase_change_ends_exactly_that_users_sessions_at_safe_points() {
     // New logins get the new phase at once: carol sees no Old/ now.
     let mut c = env.login("carol").await;
     let list = c.cmd("LIST \"\" \"*\"").await;
-    assert!(!list.text().contains("\"Old"), "{}", list.text());
+    assert!(!has_old(&list), "{}", list.text());
     let after = scrape(&env).await;
     let ended = sample(&after, "ferry_phase_disconnects_total", &[])
         - sample(&before, "ferry_phase_disconnects_total", &[]);
@@ -379,7 +386,7 @@ async fn a_users_file_of_100k_users_sets_phases_and_reloads() {
     // carol is "new" from the file (names match case-insensitively).
     let mut c = env.login("carol").await;
     let list = c.cmd("LIST \"\" \"*\"").await;
-    assert!(!list.text().contains("\"Old"), "{}", list.text());
+    assert!(!has_old(&list), "{}", list.text());
 }
 
 #[tokio::test]
@@ -434,4 +441,53 @@ async fn sigterm_during_a_copy_lets_it_finish_then_exits_cleanly() {
         .unwrap();
     assert!(status.success(), "ferry exited with {status}");
     assert_eq!(env.new.status("alice", "INBOX").await.0, 3000);
+}
+
+#[tokio::test]
+async fn sighup_rereads_the_config_file() {
+    let env = TestEnv::start().await;
+    let (mut child, addr) = ferry_process(&env).await;
+    let conf = env.dir().join("ferry-process.toml");
+    let login_sees_old = |addr: String, ca| async move {
+        let mut c = TestClient::tls(addr.as_str(), &ca).await;
+        c.greeting().await;
+        c.login("carol", PASSWORD).await.assert_ok();
+        has_old(&c.cmd("LIST \"\" \"*\"").await)
+    };
+    assert!(login_sees_old(addr.clone(), env.ca.clone()).await);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let moved = text.replacen(
+        "\"nils\" = \"new\"\n",
+        "\"nils\" = \"new\"\n\"carol\" = \"new\"\n",
+        1,
+    );
+    assert_ne!(text, moved);
+    std::fs::write(&conf, moved).unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while login_sees_old(addr.clone(), env.ca.clone()).await {
+        assert!(Instant::now() < deadline, "carol still merged after SIGHUP");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken file on the next HUP leaves Ferry running as it was.
+    std::fs::write(&conf, "not toml [").unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!login_sees_old(addr.clone(), env.ca.clone()).await);
+    assert!(child.try_wait().unwrap().is_none(), "ferry exited");
+    let _ = child.kill();
+    let _ = child.wait();
 }
