@@ -75,13 +75,53 @@ pub struct ServerTls {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     /// Allow LOGIN/AUTHENTICATE before TLS. Off by default: passwords must not cross
     /// the network in clear text.
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// Delay after the first failed login from a client address or for a user
+    /// name, doubling with each further failure (Dovecot's curve: 2, 4, 8, 15 s).
+    #[serde(default = "default_throttle_base")]
+    pub throttle_base_ms: u64,
+    /// The longest such delay.
+    #[serde(default = "default_throttle_max")]
+    pub throttle_max_ms: u64,
+    /// Seconds a failed user/password pair is remembered: the same wrong
+    /// password again is refused without reaching the stores (a phone with a
+    /// stale password must not lock the real account).
+    #[serde(default = "default_failure_cache")]
+    pub failure_cache_secs: u64,
+    /// Failed logins after which a connection is closed.
+    #[serde(default = "default_max_failures")]
+    pub max_failures_per_connection: u32,
+}
+
+fn default_throttle_base() -> u64 {
+    2000
+}
+fn default_throttle_max() -> u64 {
+    15000
+}
+fn default_failure_cache() -> u64 {
+    300
+}
+fn default_max_failures() -> u32 {
+    3
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            allow_plaintext: false,
+            throttle_base_ms: default_throttle_base(),
+            throttle_max_ms: default_throttle_max(),
+            failure_cache_secs: default_failure_cache(),
+            max_failures_per_connection: default_max_failures(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -265,6 +305,33 @@ pub struct Limits {
     /// Seconds a shutdown waits for commands in flight (a copy included).
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+    /// Seconds a store may stay silent while it owes an answer (IDLE
+    /// excepted) before its connection is given up.
+    #[serde(default = "default_command_timeout")]
+    pub backend_command_timeout_secs: u64,
+    /// Seconds after which a long IDLE is renewed toward the store (DONE and
+    /// IDLE again, unseen by the client), before servers' 30-minute timers.
+    #[serde(default = "default_idle_refresh")]
+    pub idle_refresh_secs: u64,
+    /// Client connections at once, in total and per client address.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+}
+
+fn default_command_timeout() -> u64 {
+    300
+}
+fn default_idle_refresh() -> u64 {
+    25 * 60
+}
+fn default_max_connections() -> usize {
+    20_000
+}
+fn default_max_connections_per_ip() -> usize {
+    // Generous: a campus NAT puts many users behind one address.
+    500
 }
 
 fn default_shutdown_grace() -> u64 {
@@ -301,6 +368,10 @@ impl Default for Limits {
             idle_timeout_secs: default_idle_timeout(),
             backend_connect_timeout_secs: default_connect_timeout(),
             shutdown_grace_secs: default_shutdown_grace(),
+            backend_command_timeout_secs: default_command_timeout(),
+            idle_refresh_secs: default_idle_refresh(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
         }
     }
 }

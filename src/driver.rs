@@ -1,7 +1,7 @@
 //! The only async glue: moves bytes between the client, the stores and the
 //! sans-IO [`Session`], and performs its actions.
 
-use std::{future::Future, io, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, io, net::IpAddr, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -17,7 +17,7 @@ use crate::{
     config::Config,
     listener::Kind,
     metrics,
-    session::{Action, Session, SessionConfig, Store},
+    session::{Action, Credentials, LoginFailure, LoginPurpose, Session, SessionConfig, Store},
     tls::MaybeTls,
 };
 
@@ -36,6 +36,10 @@ pub struct Ctx {
     pub live: watch::Receiver<Arc<Live>>,
     pub acceptor: Option<TlsAcceptor>,
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
+    pub throttle: Arc<crate::throttle::Throttle>,
+    pub connections: Arc<crate::listener::Connections>,
+    /// Session ids, unique across listeners (for logs and the drain spread).
+    pub next_id: std::sync::atomic::AtomicU64,
 }
 
 type Login = Pin<Box<dyn Future<Output = Result<Connected, BackendError>> + Send>>;
@@ -64,6 +68,8 @@ async fn sleep_opt(at: Option<Instant>) {
 
 /// 16 KiB: one TLS record, so a read never splits less than a record.
 const READ_BUF: usize = 16 * 1024;
+/// Before login only short commands are expected.
+const PREAUTH_READ_BUF: usize = 2 * 1024;
 
 const SHUTDOWN_TEXT: &str = "Server shutting down, please reconnect.";
 const PHASE_TEXT: &str =
@@ -76,9 +82,23 @@ fn spread(id: u64, window: Duration) -> Duration {
     window.mul_f64(unit)
 }
 
+/// The sockets and I/O bookkeeping of one session.
+struct Io {
+    client: Option<MaybeTls>,
+    stores: [Option<MaybeTls>; 2],
+    logins: [Option<Login>; 2],
+    /// Credentials of a primary login in flight, to record its outcome.
+    primary: [Option<Arc<Credentials>>; 2],
+    peer: IpAddr,
+    bytes: metrics::Bytes,
+    /// When each store last sent or was sent something.
+    store_active: [Instant; 2],
+}
+
 /// Runs one client session to its end.
 pub async fn serve(
     client: MaybeTls,
+    peer: IpAddr,
     kind: Kind,
     id: u64,
     ctx: Arc<Ctx>,
@@ -95,36 +115,37 @@ pub async fn serve(
         subscriptions: ctx.subscriptions.clone(),
     };
     let mut session = Session::new(cfg);
-    let mut client = Some(client);
-    let mut stores: [Option<MaybeTls>; 2] = [None, None];
-    let mut logins: [Option<Login>; 2] = [None, None];
-    let mut cbuf = vec![0u8; READ_BUF];
-    let mut obuf = vec![0u8; READ_BUF];
-    let mut nbuf = vec![0u8; READ_BUF];
+    let mut io = Io {
+        client: Some(client),
+        stores: [None, None],
+        logins: [None, None],
+        primary: [None, None],
+        peer,
+        bytes: metrics::Bytes::new(),
+        store_active: [Instant::now(); 2],
+    };
+    // Buffers grow when needed: a connection that never logs in (or a
+    // slowloris) costs a small client buffer and no store buffers.
+    let mut cbuf = vec![0u8; PREAUTH_READ_BUF];
+    let mut obuf = Vec::new();
+    let mut nbuf = Vec::new();
     let limits = live.config.limits.clone();
+    let command_timeout = Duration::from_secs(limits.backend_command_timeout_secs);
+    let idle_refresh = Duration::from_secs(limits.idle_refresh_secs);
     let mut deadline = Instant::now() + Duration::from_secs(limits.preauth_timeout_secs);
-    let bytes = metrics::Bytes::new();
     let mut phase = metrics::phase_label(None);
     metrics::session_phase(listener, None, Some(phase));
     // Why and when this session is to be ended at its next safe point.
     let mut ending: Option<&'static str> = None;
     let mut phase_end_at: Option<Instant> = None;
+    // Since when the client has been in IDLE (renewed toward the store).
+    let mut idle_since: Option<Instant> = None;
 
     loop {
         // Perform everything the session asked for.
         let mut open = true;
         while let Some(action) = session.poll_action() {
-            match perform(
-                action,
-                &mut session,
-                &mut client,
-                &mut stores,
-                &mut logins,
-                &ctx,
-                &bytes,
-            )
-            .await
-            {
+            match perform(action, &mut session, &mut io, &ctx).await {
                 Ok(true) => {}
                 Ok(false) => {
                     open = false;
@@ -132,7 +153,7 @@ pub async fn serve(
                 }
                 Err(e) => {
                     debug!(error = %e, "client connection failed");
-                    client = None;
+                    io.client = None;
                     session.client_closed();
                 }
             }
@@ -159,27 +180,56 @@ pub async fn serve(
                 continue;
             }
         }
-        let waiting_for_client = client.is_some() && session.wants_client_input();
+        idle_since = match (session.idle_store(), idle_since) {
+            (Some(_), Some(since)) if since.elapsed() >= idle_refresh => {
+                session.refresh_idle();
+                Some(Instant::now())
+            }
+            (Some(_), since) => since.or_else(|| Some(Instant::now())),
+            (None, _) => None,
+        };
+        if session.has_actions() {
+            continue;
+        }
+        if session.is_authenticated() && cbuf.len() < READ_BUF {
+            cbuf.resize(READ_BUF, 0);
+        }
+        for (stream, buf) in [(&io.stores[0], &mut obuf), (&io.stores[1], &mut nbuf)] {
+            if stream.is_some() && buf.is_empty() {
+                buf.resize(READ_BUF, 0);
+            }
+        }
+        // A store that owes an answer and stays silent is given up.
+        let store_deadline = session
+            .awaiting_store()
+            .map(|s| io.store_active[store_idx(s)] + command_timeout);
+        let waiting_for_client = io.client.is_some() && session.wants_client_input();
         // While a command runs, keep reading a little: a client that hangs up
         // must be noticed (a copy in flight is then undone), and pipelined
         // commands wait in the session's buffer, which this bounds.
         let read_client =
-            client.is_some() && (waiting_for_client || session.client_buffered() < READ_BUF);
+            io.client.is_some() && (waiting_for_client || session.client_buffered() < READ_BUF);
         let timeout = if session.is_authenticated() {
             limits.idle_timeout_secs
         } else {
             limits.preauth_timeout_secs
         };
-        let [old, new] = &mut stores;
-        let [old_login, new_login] = &mut logins;
+        let Io {
+            client,
+            stores,
+            logins,
+            ..
+        } = &mut io;
+        let [old, new] = stores;
+        let [old_login, new_login] = logins;
         tokio::select! {
-            r = read_opt(&mut client, &mut cbuf), if read_client => match r {
+            r = read_opt(client, &mut cbuf), if read_client => match r {
                 Ok(0) | Err(_) => {
-                    client = None;
+                    io.client = None;
                     session.client_closed();
                 }
                 Ok(n) => {
-                    bytes.client_in.increment(n as u64);
+                    io.bytes.client_in.increment(n as u64);
                     deadline = Instant::now() + Duration::from_secs(timeout);
                     session.client_input(&cbuf[..n]);
                 }
@@ -187,30 +237,43 @@ pub async fn serve(
             r = read_opt(old, &mut obuf) => {
                 // A store at work is not an idle client.
                 deadline = Instant::now() + Duration::from_secs(timeout);
+                io.store_active[0] = Instant::now();
                 match r {
-                    Ok(0) | Err(_) => { stores[0] = None; session.backend_closed(Store::Old); }
+                    Ok(0) | Err(_) => { io.stores[0] = None; session.backend_closed(Store::Old); }
                     Ok(n) => {
-                        bytes.store_in[0].increment(n as u64);
+                        io.bytes.store_in[0].increment(n as u64);
                         session.backend_input(Store::Old, &obuf[..n]);
                     }
                 }
             },
             r = read_opt(new, &mut nbuf) => {
                 deadline = Instant::now() + Duration::from_secs(timeout);
+                io.store_active[1] = Instant::now();
                 match r {
-                    Ok(0) | Err(_) => { stores[1] = None; session.backend_closed(Store::New); }
+                    Ok(0) | Err(_) => { io.stores[1] = None; session.backend_closed(Store::New); }
                     Ok(n) => {
-                        bytes.store_in[1].increment(n as u64);
+                        io.bytes.store_in[1].increment(n as u64);
                         session.backend_input(Store::New, &nbuf[..n]);
                     }
                 }
             },
-            r = login_opt(old_login) => { logins[0] = None; login_result(&mut session, &mut stores, Store::Old, r); }
-            r = login_opt(new_login) => { logins[1] = None; login_result(&mut session, &mut stores, Store::New, r); }
+            r = login_opt(old_login) => { io.logins[0] = None; login_result(&mut session, &mut io, &ctx, Store::Old, r); }
+            r = login_opt(new_login) => { io.logins[1] = None; login_result(&mut session, &mut io, &ctx, Store::New, r); }
             _ = tokio::time::sleep_until(deadline) => {
                 debug!("client timed out");
+                metrics::limit_hit(if session.is_authenticated() { "idle_timeout" } else { "preauth_timeout" });
                 session.end("Autologout; idle for too long");
             }
+            _ = sleep_opt(store_deadline) => {
+                if let Some(store) = session.awaiting_store() {
+                    warn!(store = store.as_str(), "store did not answer in time; giving it up");
+                    metrics::limit_hit("backend_timeout");
+                    metrics::backend_error(store.as_str(), "timeout");
+                    io.stores[store_idx(store)] = None;
+                    session.backend_closed(store);
+                }
+            }
+            _ = sleep_opt(idle_since.map(|s| s + idle_refresh)) => {}
             _ = shutdown.cancelled(), if ending != Some(SHUTDOWN_TEXT) => {
                 ending = Some(SHUTDOWN_TEXT);
             }
@@ -254,14 +317,20 @@ fn reloaded(session: &mut Session, live: &Live, id: u64) -> Option<Instant> {
 
 fn login_result(
     session: &mut Session,
-    stores: &mut [Option<MaybeTls>; 2],
+    io: &mut Io,
+    ctx: &Ctx,
     store: Store,
     result: Result<Connected, BackendError>,
 ) {
+    let primary = io.primary[store_idx(store)].take();
     match result {
         Ok(connected) => {
             metrics::backend_connect(store.as_str(), "ok");
-            stores[store_idx(store)] = Some(connected.stream);
+            if let Some(c) = &primary {
+                ctx.throttle.succeeded(&c.user);
+            }
+            io.stores[store_idx(store)] = Some(connected.stream);
+            io.store_active[store_idx(store)] = Instant::now();
             session.login_done(store, Ok(connected.info));
             if !connected.rest.is_empty() {
                 session.backend_input(store, &connected.rest);
@@ -270,6 +339,9 @@ fn login_result(
         Err(e) => {
             if matches!(e, BackendError::Rejected) {
                 metrics::backend_connect(store.as_str(), "rejected");
+                if let Some(c) = &primary {
+                    ctx.throttle.failed(io.peer, &c.user, &c.password);
+                }
             } else {
                 warn!(store = store.as_str(), error = %e, "store login failed");
                 metrics::backend_connect(store.as_str(), "error");
@@ -291,39 +363,38 @@ fn store_idx(store: Store) -> usize {
 async fn perform(
     action: Action,
     session: &mut Session,
-    client: &mut Option<MaybeTls>,
-    stores: &mut [Option<MaybeTls>; 2],
-    logins: &mut [Option<Login>; 2],
+    io: &mut Io,
     ctx: &Ctx,
-    bytes: &metrics::Bytes,
 ) -> io::Result<bool> {
     match action {
         Action::ToClient(data) => {
-            if let Some(c) = client.as_mut() {
+            if let Some(c) = io.client.as_mut() {
                 c.write_all(&data).await?;
                 c.flush().await?;
-                bytes.client_out.increment(data.len() as u64);
+                io.bytes.client_out.increment(data.len() as u64);
             }
         }
         Action::ToBackend(store, data) => {
-            if let Some(s) = stores[store_idx(store)].as_mut() {
+            let i = store_idx(store);
+            if let Some(s) = io.stores[i].as_mut() {
                 if s.write_all(&data).await.is_err() || s.flush().await.is_err() {
-                    stores[store_idx(store)] = None;
+                    io.stores[i] = None;
                     session.backend_closed(store);
                 } else {
-                    bytes.store_out[store_idx(store)].increment(data.len() as u64);
+                    io.bytes.store_out[i].increment(data.len() as u64);
+                    io.store_active[i] = Instant::now();
                 }
             }
         }
         Action::StartTls => {
             let (Some(MaybeTls::Plain(tcp)), Some(acceptor)) =
-                (client.take(), ctx.acceptor.as_ref())
+                (io.client.take(), ctx.acceptor.as_ref())
             else {
                 return Ok(false);
             };
             match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
-                    *client = Some(MaybeTls::Tls(Box::new(tls.into())));
+                    io.client = Some(MaybeTls::Tls(Box::new(tls.into())));
                     session.tls_established();
                 }
                 _ => {
@@ -333,25 +404,66 @@ async fn perform(
                 }
             }
         }
-        Action::Login { store, credentials } => {
+        Action::Login {
+            store,
+            credentials,
+            purpose,
+        } => {
+            let primary = purpose == LoginPurpose::Primary;
             let live = ctx.live.borrow().clone();
             let target = match store {
                 Store::Old => live.old.clone(),
                 Store::New => live.new.clone(),
             };
             let timeout = Duration::from_secs(live.config.limits.backend_connect_timeout_secs);
-            logins[store_idx(store)] = Some(Box::pin(async move {
-                backend::connect(&target, &credentials, timeout).await
+            let verdict = primary.then(|| {
+                ctx.throttle
+                    .check(io.peer, &credentials.user, &credentials.password)
+            });
+            if let Some(v) = verdict {
+                if !v.delay.is_zero() {
+                    metrics::auth_throttled("delayed");
+                }
+                if v.known_failure {
+                    metrics::auth_throttled("known_failure");
+                }
+            }
+            io.primary[store_idx(store)] = primary.then(|| credentials.clone());
+            io.logins[store_idx(store)] = Some(Box::pin(async move {
+                if let Some(v) = verdict {
+                    tokio::time::sleep(v.delay).await;
+                    if v.known_failure {
+                        // The same wrong password again: the stores never see it.
+                        return Err(BackendError::Rejected);
+                    }
+                }
+                if purpose != LoginPurpose::Reconnect {
+                    return backend::connect(&target, &credentials, timeout).await;
+                }
+                // A store that restarts takes a few seconds: back off 0.5, 1, 2, 4 s.
+                let mut wait = Duration::from_millis(500);
+                loop {
+                    tokio::time::sleep(wait).await;
+                    match backend::connect(&target, &credentials, timeout).await {
+                        Err(e)
+                            if wait < Duration::from_secs(4)
+                                && e.failure() == LoginFailure::Unavailable =>
+                        {
+                            wait *= 2;
+                        }
+                        other => return other,
+                    }
+                }
             }));
         }
         Action::CloseBackend(store) => {
-            if let Some(mut s) = stores[store_idx(store)].take() {
+            if let Some(mut s) = io.stores[store_idx(store)].take() {
                 // Let the store see our LOGOUT, but never wait long for it.
                 let _ = tokio::time::timeout(Duration::from_millis(200), s.shutdown()).await;
             }
         }
         Action::Close => {
-            if let Some(mut c) = client.take() {
+            if let Some(mut c) = io.client.take() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), c.shutdown()).await;
             }
             return Ok(false);

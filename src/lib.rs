@@ -31,6 +31,7 @@ pub mod route;
 pub mod sasl;
 pub mod session;
 pub mod subscriptions;
+pub mod throttle;
 pub mod tls;
 
 pub use listener::Ferry;

@@ -2,10 +2,19 @@
 //! Each connection gets its own task and tracing span; an error in one session
 //! never reaches the accept loop.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use thiserror::Error;
 use tokio::{
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     sync::watch,
 };
@@ -138,10 +147,16 @@ impl Ferry {
         let first = live(config, 1)?;
         publish(&first);
         let (live_tx, live_rx) = watch::channel(Arc::new(first));
+        let throttle = Arc::new(crate::throttle::Throttle::new(
+            &live_rx.borrow().config.auth,
+        ));
         let ctx = Arc::new(Ctx {
             live: live_rx.clone(),
             acceptor,
             subscriptions,
+            throttle,
+            connections: Arc::default(),
+            next_id: Default::default(),
         });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -296,7 +311,6 @@ async fn accept_loop(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut next_id: u64 = 0;
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -310,18 +324,97 @@ async fn accept_loop(
             },
             _ = shutdown.cancelled() => return,
         };
-        next_id += 1;
-        let span = info_span!("session", id = next_id, listener = kind.name(), client.addr = %peer, user = tracing::field::Empty);
-        tracker.spawn(handle(tcp, kind, next_id, ctx.clone(), shutdown.clone()).instrument(span));
+        let id = ctx.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let Some(slot) = ctx
+            .connections
+            .admit(peer.ip(), &ctx.live.borrow().config.limits)
+        else {
+            tracker.spawn(refuse(tcp, kind));
+            continue;
+        };
+        let span = info_span!("session", id, listener = kind.name(), client.addr = %peer, user = tracing::field::Empty);
+        tracker.spawn(
+            handle(tcp, peer, kind, id, ctx.clone(), shutdown.clone(), slot).instrument(span),
+        );
     }
 }
 
-async fn handle(tcp: TcpStream, kind: Kind, id: u64, ctx: Arc<Ctx>, shutdown: CancellationToken) {
+/// Over a connection limit: a plaintext client is told why, then closed.
+async fn refuse(mut tcp: TcpStream, kind: Kind) {
+    if let Kind::Imap = kind {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            tcp.write_all(b"* BYE Too many connections, try again later\r\n"),
+        )
+        .await;
+    }
+}
+
+/// Counts client connections, in total and per address; a slot gives its
+/// place back when the session ends.
+#[derive(Default)]
+pub struct Connections {
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    total: AtomicUsize,
+}
+
+impl Connections {
+    fn admit(self: &Arc<Self>, ip: IpAddr, limits: &crate::config::Limits) -> Option<ConnSlot> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if self.total.load(Ordering::Relaxed) >= limits.max_connections {
+            crate::metrics::limit_hit("connections");
+            return None;
+        }
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= limits.max_connections_per_ip {
+            crate::metrics::limit_hit("connections_per_ip");
+            return None;
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(ConnSlot {
+            connections: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One admitted connection.
+pub struct ConnSlot {
+    connections: Arc<Connections>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let c = &self.connections;
+        let mut per_ip = c.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        c.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    id: u64,
+    ctx: Arc<Ctx>,
+    shutdown: CancellationToken,
+    _slot: ConnSlot,
+) {
     let _ = tcp.set_nodelay(true);
     crate::metrics::session_started(kind.name());
+    let handshake =
+        Duration::from_secs(ctx.live.borrow().config.limits.preauth_timeout_secs.min(30));
     let stream = match (kind, &ctx.acceptor) {
         (Kind::Imaps, Some(acceptor)) => {
-            match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
+            match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls.into())),
                 _ => {
                     crate::metrics::tls_handshake_failed(kind.name());
@@ -331,5 +424,5 @@ async fn handle(tcp: TcpStream, kind: Kind, id: u64, ctx: Arc<Ctx>, shutdown: Ca
         }
         _ => MaybeTls::Plain(tcp),
     };
-    driver::serve(stream, kind, id, ctx, shutdown).await;
+    driver::serve(stream, peer.ip(), kind, id, ctx, shutdown).await;
 }

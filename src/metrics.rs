@@ -60,6 +60,9 @@ fn register_zeroes() {
     counter!("ferry_copy_messages_total").absolute(0);
     counter!("ferry_copy_bytes_total").absolute(0);
     counter!("ferry_phase_disconnects_total").absolute(0);
+    for kind in ["delayed", "known_failure"] {
+        counter!("ferry_auth_throttled_total", "kind" => kind).absolute(0);
+    }
     for store in ["old", "new"] {
         for result in ["ok", "rejected", "error"] {
             counter!("ferry_backend_connects_total", "store" => store, "result" => result)
@@ -140,6 +143,19 @@ pub fn configured_users(counts: [(Phase, usize); 3]) {
     for (phase, n) in counts {
         gauge!("ferry_configured_users", "phase" => phase.as_str()).set(n as f64);
     }
+}
+
+/// A configured limit was reached (`line`, `literal`, `append`, `connections`,
+/// `connections_per_ip`, `login_failures`, `preauth_timeout`, `idle_timeout`,
+/// `backend_timeout`).
+pub fn limit_hit(limit: &'static str) {
+    counter!("ferry_limit_hits_total", "limit" => limit).increment(1);
+}
+
+/// A login attempt slowed down (`delayed`) or answered from the cache of
+/// recent failures without reaching the stores (`known_failure`).
+pub fn auth_throttled(kind: &'static str) {
+    counter!("ferry_auth_throttled_total", "kind" => kind).increment(1);
 }
 
 pub fn phase_disconnect() {

@@ -71,6 +71,17 @@ pub enum LoginFailure {
     Unavailable,
 }
 
+/// Why a store is being logged in to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginPurpose {
+    /// The user's login itself: throttled, and counted when it fails.
+    Primary,
+    /// The second store, when first needed.
+    Second,
+    /// The store went away under an open folder: retry with backoff.
+    Reconnect,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     ToClient(Bytes),
@@ -81,6 +92,7 @@ pub enum Action {
     Login {
         store: Store,
         credentials: Arc<Credentials>,
+        purpose: LoginPurpose,
     },
     /// Close a store connection (after the queued bytes).
     CloseBackend(Store),
@@ -154,6 +166,17 @@ struct Timing {
     started: std::time::Instant,
 }
 
+/// Where Ferry is in renewing a long IDLE toward its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Refresh {
+    #[default]
+    Off,
+    /// DONE sent; the IDLE's tagged OK is Ferry's to swallow.
+    AwaitTagged,
+    /// IDLE sent again; its `+` is Ferry's to swallow.
+    AwaitPlus,
+}
+
 /// Pass-through bookkeeping: which client commands are still running, so the
 /// session is only ended between commands.
 #[derive(Default)]
@@ -161,7 +184,8 @@ struct PipeState {
     inflight: VecDeque<Timing>,
     /// Tag of a running IDLE, and whether the store has said `+`.
     idle: Option<(Bytes, bool)>,
-    /// Ferry sent DONE itself: the client's input waits until the session ends.
+    refresh: Refresh,
+    /// Ferry sent DONE itself: the client's input waits meanwhile.
     leaving: bool,
 }
 
@@ -169,6 +193,8 @@ pub struct Session {
     cfg: SessionConfig,
     /// Who logged in, and their phase.
     login: Option<(String, Phase)>,
+    /// Failed logins on this connection.
+    failures: u32,
     /// Metrics for the command in flight (merged phase; one at a time).
     timing: Option<Timing>,
     pipe: PipeState,
@@ -205,6 +231,7 @@ impl Session {
             actions: VecDeque::new(),
             next_tag: 0,
             login: None,
+            failures: 0,
             timing: None,
             pipe: PipeState::default(),
         };
@@ -226,6 +253,52 @@ impl Session {
             Mode::Closed => false,
             Mode::Pipe(_) => !self.pipe.leaving,
             _ => self.input != Input::Waiting,
+        }
+    }
+
+    /// True while actions are queued for the driver.
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
+    /// The store a client IDLE is running on (not while Ferry renews it).
+    pub fn idle_store(&self) -> Option<Store> {
+        match &self.mode {
+            Mode::Pipe(store) => match (&self.pipe.idle, self.pipe.refresh) {
+                (Some((_, true)), Refresh::Off) if !self.pipe.leaving => Some(*store),
+                _ => None,
+            },
+            Mode::Merged(m) if self.input == Input::IdleDone => m.idle_store(),
+            _ => None,
+        }
+    }
+
+    /// Renews a long IDLE toward its store (DONE, IDLE again) so that the
+    /// store's own inactivity timer never ends it; the client sees nothing.
+    pub fn refresh_idle(&mut self) {
+        match &self.mode {
+            Mode::Pipe(store) => {
+                let store = *store;
+                if self.idle_store().is_some() {
+                    self.pipe.refresh = Refresh::AwaitTagged;
+                    self.pipe.leaving = true;
+                    self.send_store(store, Bytes::from_static(b"DONE\r\n"));
+                }
+            }
+            Mode::Merged(_) => self.with_merged(|s, m| s.merged_refresh_idle(m)),
+            _ => {}
+        }
+    }
+
+    /// The store that owes Ferry an answer right now, if any (IDLE excepted).
+    pub fn awaiting_store(&self) -> Option<Store> {
+        match &self.mode {
+            Mode::Pipe(store) => {
+                let idle = self.pipe.idle.is_some() && self.pipe.refresh == Refresh::Off;
+                (!self.pipe.inflight.is_empty() && !idle).then_some(*store)
+            }
+            Mode::Merged(m) => m.awaiting(),
+            _ => None,
         }
     }
 
@@ -352,7 +425,9 @@ impl Session {
         if matches!(self.mode, Mode::Closed) {
             self.mode = mode;
         }
+        // A parked command runs now, unless a reconnect still re-opens a folder.
         if let Mode::Merged(m) = &mut self.mode
+            && m.ready_for_parked()
             && let Some(parked) = m.parked.take()
         {
             self.command_complete(parked);
@@ -399,6 +474,13 @@ impl Session {
                     ),
                 };
                 self.send_client(reply);
+                if failure == LoginFailure::Rejected {
+                    self.failures += 1;
+                    if self.failures >= self.cfg.config.auth.max_failures_per_connection {
+                        crate::metrics::limit_hit("login_failures");
+                        self.end("Too many failed logins");
+                    }
+                }
                 return;
             }
         };
@@ -443,11 +525,15 @@ impl Session {
     }
 
     fn store_lost(&mut self, store: Store) {
+        // Whether the store's last response ended cleanly (nothing half-forwarded).
+        let clean = self.stores[idx(store)]
+            .as_ref()
+            .is_some_and(|c| c.framer.at_message_start());
         self.stores[idx(store)] = None;
         self.actions.push_back(Action::CloseBackend(store));
         let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
         match &mut mode {
-            Mode::Merged(m) if store == Store::Old => self.merged_old_lost(m),
+            Mode::Merged(m) if store == Store::Old => self.merged_old_lost(m, clean),
             Mode::Closed => {}
             _ => {
                 tracing::warn!(store = store.as_str(), "store connection lost");
@@ -542,6 +628,7 @@ impl Session {
                     return;
                 }
                 Err(e) => {
+                    crate::metrics::limit_hit("line");
                     self.command.clear();
                     self.input = Input::Command;
                     self.send_client(reply::bad(b"*", &format!("Command {e}")));
@@ -605,7 +692,8 @@ impl Session {
         };
         if a.len as usize > limit || self.command.len() + a.len as usize > 2 * limit {
             let tag = reply::tag_of(&self.command).to_vec();
-            self.refuse_command(a, reply::bad(&tag, "Literal too large"));
+            crate::metrics::limit_hit("literal");
+            self.refuse_oversized(a, reply::bad(&tag, "Literal too large"));
         } else if a.sync {
             self.send_client(Bytes::from_static(b"+ Ready for literal data\r\n"));
         }
@@ -622,6 +710,18 @@ impl Session {
         } else {
             self.input = Input::Discard(reply);
         }
+    }
+
+    /// Refuses a command whose literal `a` is over a limit. A synchronizing
+    /// literal is never sent; a non-synchronizing one is already on its way,
+    /// and rather than read it all, the connection is closed after the answer.
+    fn refuse_oversized(&mut self, a: Announcement, reply: Bytes) {
+        if a.sync {
+            return self.refuse_command(a, reply);
+        }
+        self.command.clear();
+        self.send_client(reply);
+        self.end("Literal too large for this server; closing the connection");
     }
 
     fn discard_frame(&mut self, reply: Bytes, frame: Frame) {
@@ -715,7 +815,12 @@ impl Session {
     fn classify(&mut self, store: Store, line: &[u8], literal: bool) -> Disposition {
         match &mut self.mode {
             Mode::Pipe(_) => self.pipe_classify(line),
-            Mode::Merged(m) => m.classify(store, line, literal),
+            Mode::Merged(m) => {
+                if store == Store::Old {
+                    m.observe_old(line, literal);
+                }
+                m.classify(store, line, literal)
+            }
             _ => Disposition::Drop,
         }
     }

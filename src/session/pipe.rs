@@ -34,6 +34,12 @@ impl Session {
     pub(super) fn pipe_classify(&mut self, line: &[u8]) -> Disposition {
         let capability = line.len() > 13 && line[..13].eq_ignore_ascii_case(b"* CAPABILITY ");
         if line.starts_with(b"+") {
+            if self.pipe.refresh == super::Refresh::AwaitPlus {
+                // The renewed IDLE runs again; the client never saw it stop.
+                self.pipe.refresh = super::Refresh::Off;
+                self.pipe.leaving = false;
+                return Disposition::Drop;
+            }
             if let Some((_, started)) = &mut self.pipe.idle {
                 *started = true;
             }
@@ -92,6 +98,16 @@ impl Session {
     /// A tagged line or a `* CAPABILITY` line (filtered like the login answer).
     pub(super) fn pipe_message(&mut self, message: Bytes) {
         let tag = reply::tag_of(&message);
+        if self.pipe.refresh == super::Refresh::AwaitTagged
+            && self.pipe.idle.as_ref().is_some_and(|(t, _)| t == tag)
+        {
+            // Ferry's own DONE was answered: IDLE again under the client's tag.
+            self.pipe.refresh = super::Refresh::AwaitPlus;
+            let mut line = bytes::BytesMut::from(tag);
+            line.extend_from_slice(b" IDLE\r\n");
+            let store = self.pipe_store();
+            return self.send_store(store, line.freeze());
+        }
         if tag != b"*" {
             if let Some(i) = self.pipe.inflight.iter().position(|t| t.tag == tag) {
                 let mut timing = self.pipe.inflight.remove(i).expect("position is in range");

@@ -159,6 +159,7 @@ impl Session {
         self.actions.push_back(Action::Login {
             store,
             credentials: credentials.clone(),
+            purpose: super::LoginPurpose::Primary,
         });
         self.input = Input::Waiting;
         *mode = Mode::LoggingIn {

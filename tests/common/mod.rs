@@ -1712,7 +1712,9 @@ impl TestEnvBuilder {
              cert = {}\n\
              key  = {}\n\
              [auth]\n\
-             allow_plaintext = {}\n",
+             allow_plaintext = {}\n\
+             throttle_base_ms = 100\n\
+             throttle_max_ms = 400\n",
             toml_str(&cert.display().to_string()),
             toml_str(&key.display().to_string()),
             self.allow_plaintext

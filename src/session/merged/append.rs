@@ -47,7 +47,9 @@ impl Session {
             }
         };
         if a.len > self.cfg.config.limits.max_append_bytes {
-            return self.refuse_command(a, reply::no_code(&tag, Code::TooBig, "Message too large"));
+            crate::metrics::limit_hit("append");
+            return self
+                .refuse_oversized(a, reply::no_code(&tag, Code::TooBig, "Message too large"));
         }
         // The command up to the message literal, in the client's literal mode.
         let mut head = if name == probe.mailbox {

@@ -95,9 +95,13 @@ impl Session {
                 }
                 let body = match (op, cmd.body) {
                     // Old/ folders are always opened read-only.
-                    (NameOp::Select | NameOp::Examine, _) => C::Examine {
-                        mailbox: mailbox(n),
-                    },
+                    (NameOp::Select | NameOp::Examine, _) => {
+                        m.old_name = Some(n.clone());
+                        m.old_view = OldView::default();
+                        C::Examine {
+                            mailbox: mailbox(n),
+                        }
+                    }
                     (NameOp::Status, C::Status { item_names, .. }) => C::Status {
                         mailbox: mailbox(n),
                         item_names,

@@ -205,6 +205,15 @@ impl CopyJob {
         self.answered
     }
 
+    /// The store the copy is waiting for (OLD first: it feeds NEW).
+    pub(super) fn awaiting(&self) -> Option<Store> {
+        if self.old_wait.is_some() {
+            Some(Store::Old)
+        } else {
+            (!self.new_wait.is_empty()).then_some(Store::New)
+        }
+    }
+
     fn finished(&self) -> bool {
         self.old_wait.is_none() && self.new_wait.is_empty()
     }

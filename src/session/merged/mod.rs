@@ -37,11 +37,13 @@ mod append;
 mod commands;
 mod copy;
 mod list;
+mod reconnect;
 mod respond;
 
 pub(super) use append::append_probe;
 use copy::CopyJob;
 use list::ListJob;
+use reconnect::{OldView, Resume};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OldState {
@@ -50,6 +52,8 @@ enum OldState {
     Connecting,
     Ready,
     Unavailable,
+    /// OLD went away under an open folder; commands wait for it.
+    Reconnecting,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +88,8 @@ enum Job {
     Idle {
         store: Store,
         tag: Bytes,
+        /// Ferry renewing the IDLE toward the store, unseen by the client.
+        refresh: super::Refresh,
     },
     Append {
         store: Store,
@@ -93,6 +99,8 @@ enum Job {
     },
     /// A COPY from an `Old/` folder into a NEW one.
     Copy(Box<CopyJob>),
+    /// Ferry's EXAMINE re-opening an `Old/` folder after a reconnect.
+    Reopen(Bytes, Box<Resume>),
 }
 
 pub(super) struct Merged {
@@ -104,6 +112,13 @@ pub(super) struct Merged {
     job: Option<Job>,
     /// A command waiting for OLD's login.
     pub(super) parked: Option<Bytes>,
+    /// The `Old/` folder open (or being opened) on OLD, by its OLD name.
+    old_name: Option<Vec<u8>>,
+    /// What the client has seen of it.
+    old_view: OldView,
+    /// The last client command sent to OLD: (tag, bytes), to repeat after a reconnect.
+    old_last: Option<(Bytes, Bytes)>,
+    resume: Option<Box<Resume>>,
 }
 
 fn mailbox_bytes(m: &Mailbox<'_>) -> Vec<u8> {
@@ -177,7 +192,15 @@ impl Merged {
             old: OldState::Absent,
             job: None,
             parked: None,
+            old_name: None,
+            old_view: OldView::default(),
+            old_last: None,
+            resume: None,
         }
+    }
+
+    pub(in crate::session) fn ready_for_parked(&self) -> bool {
+        self.job.is_none()
     }
 
     /// The client's tag of the command in flight, if any.
@@ -189,12 +212,41 @@ impl Merged {
             | Job::Append { tag, .. } => Some(tag.clone()),
             Job::List(l) => Some(l.client_tag().clone()),
             Job::Copy(c) => Some(c.client_tag().clone()),
+            Job::Reopen(..) => None,
             Job::Leave { then, .. } => match &then.2 {
                 Job::Forward { tag, .. } | Job::Idle { tag, .. } | Job::Append { tag, .. } => {
                     Some(tag.clone())
                 }
                 _ => None,
             },
+        }
+    }
+
+    /// The store that owes an answer right now (an IDLE owes none).
+    pub(super) fn awaiting(&self) -> Option<Store> {
+        match self.job.as_ref()? {
+            Job::Forward { store, .. } | Job::Leave { store, .. } | Job::Append { store, .. } => {
+                Some(*store)
+            }
+            Job::Idle { store, refresh, .. } => (*refresh != super::Refresh::Off).then_some(*store),
+            Job::FlagEcho { .. } => Some(Store::Old),
+            Job::List(l) => [Store::New, Store::Old]
+                .into_iter()
+                .find(|s| l.waits_on(*s)),
+            Job::Copy(c) => c.awaiting(),
+            Job::Reopen(..) => Some(Store::Old),
+        }
+    }
+
+    /// The store of a running IDLE that the client is in.
+    pub(super) fn idle_store(&self) -> Option<Store> {
+        match self.job.as_ref()? {
+            Job::Idle {
+                store,
+                refresh: super::Refresh::Off,
+                ..
+            } => Some(*store),
+            _ => None,
         }
     }
 
@@ -205,6 +257,21 @@ impl Merged {
             ) => Some(*store),
             Some(Job::FlagEcho { .. } | Job::Copy(_)) => Some(Store::Old),
             _ => None,
+        }
+    }
+
+    /// Keeps track of what the client sees of its `Old/` folder.
+    pub(super) fn observe_old(&mut self, line: &[u8], literal: bool) {
+        let opening = matches!(
+            self.job,
+            Some(Job::Forward {
+                store: Store::Old,
+                after: After::Select(Store::Old),
+                ..
+            }) | Some(Job::Reopen(..))
+        );
+        if !literal && (opening || self.selected == Some(Store::Old)) {
+            self.old_view.observe(line);
         }
     }
 
@@ -262,6 +329,11 @@ impl Session {
         match m.old {
             OldState::Ready => Some(true),
             OldState::Unavailable => Some(false),
+            OldState::Reconnecting => {
+                m.parked = Some(raw.clone());
+                self.input = Input::Waiting;
+                None
+            }
             OldState::Absent | OldState::Connecting => {
                 m.old = OldState::Connecting;
                 m.parked = Some(raw.clone());
@@ -269,6 +341,7 @@ impl Session {
                 self.actions.push_back(Action::Login {
                     store: Store::Old,
                     credentials: m.credentials.clone(),
+                    purpose: super::LoginPurpose::Second,
                 });
                 None
             }
@@ -285,15 +358,18 @@ impl Session {
                 m.map.set_layout(Store::Old, info.layout.clone());
                 self.attach_store(Store::Old, info);
                 m.old = OldState::Ready;
+                self.old_reconnected(m, true);
             }
             Err(e) => {
                 tracing::warn!(failure = ?e, "OLD store login failed; Old/ unavailable");
                 m.old = OldState::Unavailable;
+                self.old_reconnected(m, false);
             }
         }
     }
 
-    pub(super) fn merged_old_lost(&mut self, m: &mut Merged) {
+    /// OLD's connection is gone; `clean`: not in the middle of a response.
+    pub(super) fn merged_old_lost(&mut self, m: &mut Merged, clean: bool) {
         tracing::warn!("OLD store connection lost");
         m.old = OldState::Unavailable;
         if let Some(Job::Copy(c)) = &mut m.job {
@@ -305,12 +381,10 @@ impl Session {
             }
             return;
         }
-        if m.selected == Some(Store::Old) {
-            self.send_client(reply::bye(
-                "The Old/ folder store went away, please reconnect.",
-            ));
-            self.logout_stores();
-            self.close();
+        if m.selected == Some(Store::Old) || matches!(m.job, Some(Job::Reopen(..))) {
+            if !self.old_reconnect(m, clean) {
+                self.end("The Old/ folder store went away, please reconnect.");
+            }
             return;
         }
         match m.job.take() {
@@ -326,6 +400,16 @@ impl Session {
                 self.send_client(unavailable(&tag));
                 self.input = Input::Command;
             }
+            // Leaving OLD for NEW: nothing to unselect any more, go on.
+            Some(Job::Leave {
+                store: Store::Old,
+                then,
+                ..
+            }) => {
+                let (next_store, bytes, job) = *then;
+                self.send_store(next_store, bytes);
+                m.job = Some(job);
+            }
             other => m.job = other,
         }
     }
@@ -333,6 +417,9 @@ impl Session {
     /// Sends a client command to `store` and waits for its tagged response.
     fn forward(&mut self, m: &mut Merged, store: Store, tag: Bytes, bytes: Bytes, after: After) {
         let rename = store == Store::Old || !same_names(&m.map, store);
+        if store == Store::Old {
+            m.old_last = Some((tag.clone(), bytes.clone()));
+        }
         let job = Job::Forward {
             store,
             tag,
@@ -386,6 +473,12 @@ impl Session {
     }
 
     pub(super) fn merged_command(&mut self, m: &mut Merged, cmd: Command<'_>, raw: &Bytes) {
+        if m.old == OldState::Reconnecting || matches!(m.job, Some(Job::Reopen(..))) {
+            // Everything waits until the open Old/ folder is back.
+            m.parked = Some(raw.clone());
+            self.input = Input::Waiting;
+            return;
+        }
         self.input = Input::Command;
         self.time_command(raw);
         let tag = Bytes::copy_from_slice(cmd.tag.inner().as_bytes());
@@ -398,7 +491,12 @@ impl Session {
             }
             Route::Idle => {
                 let store = m.selected.unwrap_or(Store::New);
-                self.start(m, None, store, raw.clone(), Job::Idle { store, tag });
+                let job = Job::Idle {
+                    store,
+                    tag,
+                    refresh: super::Refresh::Off,
+                };
+                self.start(m, None, store, raw.clone(), job);
             }
             Route::List { lsub } => self.list(m, cmd, raw, tag, lsub),
             Route::ByName(op) => self.by_name(m, op, cmd, raw, tag),

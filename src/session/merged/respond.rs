@@ -23,6 +23,20 @@ impl Session {
         }
     }
 
+    /// Renews the client's IDLE toward the store: DONE, then IDLE again once
+    /// it is answered; the client's input waits meanwhile.
+    pub(in crate::session) fn merged_refresh_idle(&mut self, m: &mut Merged) {
+        if let Some(Job::Idle { store, refresh, .. }) = &mut m.job
+            && *refresh == super::super::Refresh::Off
+            && self.input == Input::IdleDone
+        {
+            *refresh = super::super::Refresh::AwaitTagged;
+            let store = *store;
+            self.input = Input::Waiting;
+            self.send_store(store, Bytes::from_static(b"DONE\r\n"));
+        }
+    }
+
     /// Ferry ends the client's IDLE itself (the session is about to end).
     pub(in crate::session) fn merged_leave_idle(&mut self, m: &mut Merged) {
         if let Some(Job::Idle { store, .. }) = &m.job {
@@ -60,6 +74,13 @@ impl Session {
 
     pub(in crate::session) fn continuation(&mut self, m: &mut Merged, store: Store, msg: Bytes) {
         match &mut m.job {
+            Some(Job::Idle {
+                store: s, refresh, ..
+            }) if *s == store && *refresh == super::super::Refresh::AwaitPlus => {
+                // The renewed IDLE is running again: the client never saw it stop.
+                *refresh = super::super::Refresh::Off;
+                self.input = Input::IdleDone;
+            }
             Some(Job::Idle { store: s, .. }) if *s == store => {
                 self.send_client(msg);
                 self.input = Input::IdleDone;
@@ -87,6 +108,9 @@ impl Session {
             return;
         };
         match job {
+            Job::Reopen(t, resume) if t == tag && store == Store::Old => {
+                self.old_reopened(m, resume, &msg);
+            }
             Job::Copy(mut c) => {
                 self.copy_tagged(&mut c, store, &tag, msg);
                 if !c.answered() {
@@ -128,7 +152,23 @@ impl Session {
                 });
                 self.input = Input::Command;
             }
-            Job::Idle { store: s, tag: t } if s == store && t == tag => {
+            Job::Idle {
+                store: s,
+                tag: t,
+                refresh: super::super::Refresh::AwaitTagged,
+            } if s == store && t == tag && is_ok(&msg) => {
+                let mut line = BytesMut::from(&t[..]);
+                line.extend_from_slice(b" IDLE\r\n");
+                self.send_store(store, line.freeze());
+                m.job = Some(Job::Idle {
+                    store,
+                    tag: t,
+                    refresh: super::super::Refresh::AwaitPlus,
+                });
+            }
+            Job::Idle {
+                store: s, tag: t, ..
+            } if s == store && t == tag => {
                 self.send_client(msg);
                 self.input = Input::Command;
             }

@@ -1,0 +1,150 @@
+//! OLD going away under an open `Old/` folder.
+//!
+//! OLD is only ever read, so nothing is lost by reconnecting: Ferry logs in
+//! again (with backoff), re-opens the folder, and if its UIDVALIDITY and
+//! message count are what the client last saw, carries on as if nothing had
+//! happened — re-sending the read-only command that was running, if any. An
+//! OLD server that reboots every night becomes invisible. If the folder
+//! changed, or OLD stays away, the client gets `* BYE`.
+
+use imap_codec::imap_types::response::Status;
+
+use super::*;
+
+/// What the client last saw of its open `Old/` folder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(in crate::session) struct OldView {
+    uidvalidity: Option<u32>,
+    exists: Option<u32>,
+}
+
+impl OldView {
+    /// Updates the view from one of OLD's untagged lines (no literal).
+    pub(super) fn observe(&mut self, line: &[u8]) {
+        match ResponseCodec::new().decode(line) {
+            Ok((_, Response::Data(Data::Exists(n)))) => self.exists = Some(n),
+            Ok((_, Response::Data(Data::Expunge(_)))) => {
+                self.exists = self.exists.map(|n| n.saturating_sub(1));
+            }
+            Ok((_, Response::Status(Status::Untagged(s)))) => {
+                if let Some(Code::UidValidity(v)) = s.code {
+                    self.uidvalidity = Some(v.get());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A reconnect in progress.
+#[derive(Debug)]
+pub(in crate::session) struct Resume {
+    /// The folder's name on OLD.
+    name: Vec<u8>,
+    view: OldView,
+    /// The client's read-only command that was running: (tag, bytes).
+    retry: Option<(Bytes, Bytes)>,
+}
+
+const CHANGED: &str = "The Old/ folder store restarted and the folder changed; please reconnect.";
+const GONE: &str = "The Old/ folder store went away, please reconnect.";
+
+impl Session {
+    /// OLD went away while the client had an `Old/` folder open. `clean`: no
+    /// response was cut in the middle. Returns false when the session cannot
+    /// go on that way (the caller ends it).
+    pub(super) fn old_reconnect(&mut self, m: &mut Merged, clean: bool) -> bool {
+        let Some(name) = m.old_name.clone() else {
+            return false;
+        };
+        if !clean {
+            return false;
+        }
+        let retry = match m.job.take() {
+            None => None,
+            Some(Job::Forward {
+                store: Store::Old,
+                tag,
+                after: After::Nothing,
+                ..
+            }) => m.old_last.take().filter(|(t, _)| *t == tag),
+            Some(other) => {
+                // Anything else on OLD (a flag echo, a copy) cannot be repeated.
+                if let Some(tag) = client_tag_of(&other) {
+                    self.send_client(unavailable(&tag));
+                }
+                None
+            }
+        };
+        tracing::info!("OLD store went away under an open Old/ folder; reconnecting");
+        m.resume = Some(Box::new(Resume {
+            name,
+            view: m.old_view.clone(),
+            retry,
+        }));
+        m.selected = None;
+        m.old = OldState::Reconnecting;
+        self.input = Input::Waiting;
+        self.actions.push_back(Action::Login {
+            store: Store::Old,
+            credentials: m.credentials.clone(),
+            purpose: crate::session::LoginPurpose::Reconnect,
+        });
+        true
+    }
+
+    /// OLD is back (or not) after [`Session::old_reconnect`]: re-open the folder.
+    pub(super) fn old_reconnected(&mut self, m: &mut Merged, ok: bool) {
+        let Some(resume) = m.resume.take() else {
+            return;
+        };
+        if !ok {
+            return self.end(GONE);
+        }
+        let tag = self.ferry_tag();
+        let body = CommandBody::Examine {
+            mailbox: mailbox(resume.name.clone()),
+        };
+        self.send_store(Store::Old, encode(&tag, body));
+        m.old_view = OldView::default();
+        m.job = Some(Job::Reopen(tag, resume));
+    }
+
+    /// OLD answered the re-opening EXAMINE.
+    pub(super) fn old_reopened(&mut self, m: &mut Merged, resume: Box<Resume>, msg: &[u8]) {
+        if !is_ok(msg) || m.old_view != resume.view {
+            tracing::warn!(before = ?resume.view, after = ?m.old_view, "Old/ folder changed across a reconnect");
+            return self.end(CHANGED);
+        }
+        tracing::info!("Old/ folder re-opened unchanged");
+        m.selected = Some(Store::Old);
+        match resume.retry {
+            Some((tag, bytes)) => {
+                m.old_last = Some((tag.clone(), bytes.clone()));
+                let job = Job::Forward {
+                    store: Store::Old,
+                    tag,
+                    after: After::Nothing,
+                    rename: true,
+                };
+                self.start(m, None, Store::Old, bytes, job);
+            }
+            None => {
+                self.input = Input::Command;
+                if let Some(parked) = m.parked.take()
+                    && let Ok((_, cmd)) = CommandCodec::new().decode(&parked)
+                {
+                    self.merged_command(m, cmd, &parked);
+                }
+            }
+        }
+    }
+}
+
+fn client_tag_of(job: &Job) -> Option<Bytes> {
+    match job {
+        Job::Forward { tag, .. } | Job::FlagEcho { tag, .. } => Some(tag.clone()),
+        Job::Copy(c) => Some(c.client_tag().clone()),
+        _ => None,
+    }
+}

@@ -1,0 +1,211 @@
+//! Brute-force protection in front of the stores' own lockout counters.
+//!
+//! Failed logins slow down further attempts from the same client address and
+//! for the same user name (doubling delays, capped). A user/password pair that
+//! just failed is remembered for a while — only as a keyed hash, never the
+//! password — so a phone retrying a stale password every minute is answered by
+//! Ferry and never reaches OLD or NEW, whose lockout would hit the real user.
+//! The answer is the same whether the user exists or not.
+//!
+//! Memory is bounded: entries expire, and each table has a hard cap beyond
+//! which the oldest half is dropped.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    net::IpAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use crate::config::Auth;
+
+/// Entries per table; a flood of distinct addresses or names cannot grow
+/// memory beyond this (about 100 bytes per entry).
+const CAP: usize = 100_000;
+
+/// How long a failure counts towards the delay.
+const WINDOW: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+#[derive(Default)]
+struct Tables {
+    ips: HashMap<IpAddr, Failures>,
+    users: HashMap<String, Failures>,
+    /// Keyed hash of (user, password) → when it stops being answered locally.
+    pairs: HashMap<u64, Instant>,
+}
+
+pub struct Throttle {
+    base: Duration,
+    max: Duration,
+    remember: Duration,
+    /// Per-process random key: the hashes mean nothing outside this process.
+    key: RandomState,
+    tables: Mutex<Tables>,
+}
+
+/// What to do with a login attempt before it reaches a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Wait this long first.
+    pub delay: Duration,
+    /// This exact user/password just failed: answer NO without asking the stores.
+    pub known_failure: bool,
+}
+
+impl Throttle {
+    pub fn new(auth: &Auth) -> Self {
+        Self {
+            base: Duration::from_millis(auth.throttle_base_ms),
+            max: Duration::from_millis(auth.throttle_max_ms),
+            remember: Duration::from_secs(auth.failure_cache_secs),
+            key: RandomState::new(),
+            tables: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pair(&self, user: &[u8], password: &[u8]) -> u64 {
+        self.key.hash_one((user, password))
+    }
+
+    fn curve(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32 << (failures - 1).min(16);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    pub fn check(&self, ip: IpAddr, user: &[u8], password: &[u8]) -> Verdict {
+        let now = Instant::now();
+        let name = normalise(user);
+        let key = self.pair(user, password);
+        let t = self.lock();
+        let recent = |f: Option<&Failures>| {
+            f.filter(|f| now.duration_since(f.last) < WINDOW)
+                .map_or(0, |f| f.count)
+        };
+        let failures = recent(t.ips.get(&ip)).max(recent(t.users.get(&name)));
+        Verdict {
+            delay: self.curve(failures),
+            known_failure: t.pairs.get(&key).is_some_and(|until| *until > now),
+        }
+    }
+
+    pub fn failed(&self, ip: IpAddr, user: &[u8], password: &[u8]) {
+        let now = Instant::now();
+        let key = self.pair(user, password);
+        let mut t = self.lock();
+        bump(&mut t.ips, ip, now);
+        bump(&mut t.users, normalise(user), now);
+        if t.pairs.len() >= CAP {
+            t.pairs.retain(|_, until| *until > now);
+            if t.pairs.len() >= CAP {
+                t.pairs.clear();
+            }
+        }
+        t.pairs.insert(key, now + self.remember);
+    }
+
+    /// A good login clears the user's record (not the address's: one
+    /// success must not reset a password-spraying address).
+    pub fn succeeded(&self, user: &[u8]) {
+        self.lock().users.remove(&normalise(user));
+    }
+
+    #[cfg(test)]
+    fn sizes(&self) -> (usize, usize, usize) {
+        let t = self.lock();
+        (t.ips.len(), t.users.len(), t.pairs.len())
+    }
+}
+
+fn normalise(user: &[u8]) -> String {
+    String::from_utf8_lossy(user).to_lowercase()
+}
+
+fn bump<K: std::hash::Hash + Eq>(table: &mut HashMap<K, Failures>, key: K, now: Instant) {
+    if table.len() >= CAP {
+        table.retain(|_, f| now.duration_since(f.last) < WINDOW);
+        if table.len() >= CAP {
+            // Still full of fresh entries: forget the older half.
+            let mut lasts: Vec<Instant> = table.values().map(|f| f.last).collect();
+            lasts.sort_unstable();
+            let cut = lasts[lasts.len() / 2];
+            table.retain(|_, f| f.last > cut);
+        }
+    }
+    let f = table.entry(key).or_insert(Failures {
+        count: 0,
+        last: now,
+    });
+    if now.duration_since(f.last) >= WINDOW {
+        f.count = 0;
+    }
+    f.count = f.count.saturating_add(1);
+    f.last = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle() -> Throttle {
+        Throttle::new(&Auth::default())
+    }
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
+    #[test]
+    fn delays_follow_dovecots_curve() {
+        let t = throttle();
+        let secs: Vec<u64> = (0..6)
+            .map(|_| {
+                let d = t.check(IP, b"alice", b"x").delay.as_secs();
+                t.failed(IP, b"alice", b"x");
+                d
+            })
+            .collect();
+        assert_eq!(secs, [0, 2, 4, 8, 15, 15]);
+    }
+
+    #[test]
+    fn same_wrong_password_is_known_other_passwords_are_not() {
+        let t = throttle();
+        t.failed(IP, b"Carol", b"old-password");
+        assert!(t.check(IP, b"Carol", b"old-password").known_failure);
+        assert!(!t.check(IP, b"Carol", b"new-password").known_failure);
+        // The user name's delay counts from any address.
+        let other: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            t.check(other, b"carol", b"new-password").delay,
+            Duration::from_secs(2)
+        );
+        t.succeeded(b"carol");
+        assert_eq!(t.check(other, b"carol", b"x").delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn memory_is_bounded_under_a_flood() {
+        let t = throttle();
+        for i in 0..(CAP as u32 + 5_000) {
+            let ip = IpAddr::V4(i.into());
+            t.failed(ip, format!("user{i}").as_bytes(), b"pw");
+        }
+        let (ips, users, pairs) = t.sizes();
+        assert!(
+            ips <= CAP && users <= CAP && pairs <= CAP,
+            "{ips} {users} {pairs}"
+        );
+    }
+}
