@@ -607,3 +607,26 @@ fn client_gone_during_a_copy_without_multiappend_still_rolls_back() {
     assert!(o.contains(&"CLOSE".to_string()), "{o:?}");
     assert!(o.iter().any(|l| l.ends_with("LOGOUT")), "{o:?}");
 }
+
+#[test]
+fn a_long_idle_is_renewed_toward_the_store_unseen() {
+    let mut s = merged();
+    s.client_input(b"i1 IDLE\r\n");
+    assert_eq!(out(&mut s), ["N: i1 IDLE"]);
+    s.backend_input(Store::New, b"+ idling\r\n");
+    assert_eq!(out(&mut s), ["S: + idling"]);
+    assert_eq!(s.idle_store(), Some(Store::New));
+    s.refresh_idle();
+    assert_eq!(out(&mut s), ["N: DONE"]);
+    // The client's DONE waits while Ferry renews.
+    s.client_input(b"DONE\r\n");
+    assert!(out(&mut s).is_empty());
+    s.backend_input(Store::New, b"i1 OK Idle completed.\r\n");
+    assert_eq!(out(&mut s), ["N: i1 IDLE"]);
+    s.backend_input(Store::New, b"+ idling\r\n");
+    // The renewed IDLE runs; now the client's DONE goes through.
+    assert_eq!(out(&mut s), ["N: DONE"]);
+    s.backend_input(Store::New, b"i1 OK Idle completed.\r\n");
+    assert_eq!(out(&mut s), ["S: i1 OK Idle completed."]);
+    assert!(s.is_idle());
+}

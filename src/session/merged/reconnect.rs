@@ -111,7 +111,7 @@ impl Session {
     }
 
     /// OLD answered the re-opening EXAMINE.
-    pub(super) fn old_reopened(&mut self, m: &mut Merged, resume: Box<Resume>, msg: &[u8]) {
+    pub(super) fn old_reopened(&mut self, m: &mut Merged, resume: Resume, msg: &[u8]) {
         if !is_ok(msg) || m.old_view != resume.view {
             tracing::warn!(before = ?resume.view, after = ?m.old_view, "Old/ folder changed across a reconnect");
             return self.end(CHANGED);

@@ -109,7 +109,7 @@ impl Session {
         };
         match job {
             Job::Reopen(t, resume) if t == tag && store == Store::Old => {
-                self.old_reopened(m, resume, &msg);
+                self.old_reopened(m, *resume, &msg);
             }
             Job::Copy(mut c) => {
                 self.copy_tagged(&mut c, store, &tag, msg);
