@@ -3,6 +3,8 @@
 
 use std::{future::Future, io, net::IpAddr, pin::Pin, sync::Arc, time::Duration};
 
+use bytes::{Bytes, BytesMut};
+
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::watch,
@@ -144,7 +146,7 @@ pub async fn serve(
     loop {
         // Perform everything the session asked for.
         let mut open = true;
-        while let Some(action) = session.poll_action() {
+        while let Some(action) = next_action(&mut session, &mut io, &ctx).await {
             match perform(action, &mut session, &mut io, &ctx).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -356,6 +358,73 @@ fn store_idx(store: Store) -> usize {
     match store {
         Store::Old => 0,
         Store::New => 1,
+    }
+}
+
+/// Writes queued for one peer, sent together: one system call (and one TLS
+/// record) for a burst of small responses instead of one each.
+#[derive(Default)]
+struct Outbox {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, b: Bytes) {
+        self.len += b.len();
+        self.parts.push(b);
+    }
+
+    /// The queued bytes in one piece (no copy for a single part).
+    fn take(&mut self) -> Option<Bytes> {
+        self.len = 0;
+        match self.parts.len() {
+            0 => None,
+            1 => self.parts.pop(),
+            _ => {
+                let mut all = BytesMut::with_capacity(self.parts.iter().map(Bytes::len).sum());
+                for p in self.parts.drain(..) {
+                    all.extend_from_slice(&p);
+                }
+                Some(all.freeze())
+            }
+        }
+    }
+}
+
+/// Beyond this, queued writes are sent before more are gathered.
+const BATCH: usize = 64 * 1024;
+
+/// The next action that is not a write; writes are gathered per peer and
+/// handed back as one `ToClient`/`ToBackend` when the batch ends.
+async fn next_action(session: &mut Session, io: &mut Io, ctx: &Ctx) -> Option<Action> {
+    let mut client = Outbox::default();
+    let mut stores = [Outbox::default(), Outbox::default()];
+    loop {
+        let full = client.len >= BATCH || stores.iter().any(|s| s.len >= BATCH);
+        match (full, session.poll_action()) {
+            (false, Some(Action::ToClient(b))) => client.push(b),
+            (false, Some(Action::ToBackend(s, b))) => stores[store_idx(s)].push(b),
+            (full, other) => {
+                // Flush the batch first, then hand over the action that ended it.
+                for (i, store) in [Store::Old, Store::New].into_iter().enumerate() {
+                    if let Some(b) = stores[i].take() {
+                        let _ = perform(Action::ToBackend(store, b), session, io, ctx).await;
+                    }
+                }
+                if let Some(b) = client.take() {
+                    if let Some(rest) = other {
+                        session.requeue_front(rest);
+                    }
+                    return Some(Action::ToClient(b));
+                }
+                if full && let Some(rest) = other {
+                    session.requeue_front(rest);
+                    continue;
+                }
+                return other;
+            }
+        }
     }
 }
 

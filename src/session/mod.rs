@@ -247,6 +247,11 @@ impl Session {
         self.actions.pop_front()
     }
 
+    /// Puts back an action the driver took but could not perform yet.
+    pub fn requeue_front(&mut self, action: Action) {
+        self.actions.push_front(action);
+    }
+
     /// True when the driver should read from the client.
     pub fn wants_client_input(&self) -> bool {
         match self.mode {

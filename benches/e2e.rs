@@ -1,0 +1,370 @@
+//! End-to-end: the same workload straight against Dovecot and through Ferry,
+//! in one run on one machine, with the ratios. `cargo bench --bench e2e`
+//! (about three minutes on two cores). Under `cargo test` it runs a tiny
+//! version as a smoke test. Figures, never assertions.
+//!
+//! Ferry runs as its own process (release build) so that its CPU time
+//! (/proc/PID/stat) and memory (VmRSS, VmHWM) are its own. Both paths are
+//! plaintext on loopback, so the comparison is the proxy itself; TLS is
+//! measured separately for idle memory and the login rate.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+struct Scale {
+    seconds: f64,
+    sessions: Vec<usize>,
+    idle_sessions: usize,
+    big_bytes: usize,
+    logins_for: Duration,
+}
+
+fn scale(bench: bool) -> Scale {
+    if bench {
+        Scale {
+            seconds: 6.0,
+            sessions: vec![1, 10, 100],
+            // Each is also a Dovecot process on NEW (limit 500 in the test setup).
+            idle_sessions: 400,
+            big_bytes: 20 * 1024 * 1024,
+            logins_for: Duration::from_secs(5),
+        }
+    } else {
+        Scale {
+            seconds: 0.3,
+            sessions: vec![1, 3],
+            idle_sessions: 10,
+            big_bytes: 256 * 1024,
+            logins_for: Duration::from_millis(300),
+        }
+    }
+}
+
+/// Ferry as a child process with plaintext and TLS listeners.
+struct FerryProc {
+    child: Child,
+    plain: String,
+    tls: String,
+}
+
+impl FerryProc {
+    async fn start(env: &TestEnv) -> FerryProc {
+        let (plain, tls) = (free_addr(), free_addr());
+        let toml = env
+            .config_toml
+            .replacen("imaps = \"127.0.0.1:0\"", &format!("imaps = \"{tls}\""), 1)
+            .replacen("imap  = \"127.0.0.1:0\"", &format!("imap = \"{plain}\""), 1);
+        let conf = write_file(env.dir(), "ferry-bench.toml", toml.as_bytes());
+        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--config")
+            .arg(conf)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ferry");
+        for _ in 0..400 {
+            if tokio::net::TcpStream::connect(&plain).await.is_ok() {
+                return FerryProc { child, plain, tls };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("ferry did not start");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU time so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // Fields 14 and 15 (utime, stime) in clock ticks; 100 per second on Linux.
+        Duration::from_millis((f[11] + f[12]) * 10)
+    }
+
+    fn status_kib(&self, key: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for FerryProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+async fn plain_login(addr: &str) -> TestClient {
+    let mut c = TestClient::plain(addr).await;
+    c.patient(Duration::from_secs(60));
+    c.greeting().await;
+    c.login("alice", PASSWORD).await.assert_ok();
+    c
+}
+
+/// One round of the mixed workload: its command latencies.
+async fn round(c: &mut TestClient, i: usize, lat: &mut Vec<Duration>) {
+    let uid = 1 + i % 50;
+    for cmd in [
+        "SELECT INBOX".to_string(),
+        "FETCH 1:* (FLAGS)".to_string(),
+        format!("UID FETCH {uid} (BODY.PEEK[])"),
+        "SEARCH UNSEEN".to_string(),
+        format!("UID STORE {uid} FLAGS (\\Seen)"),
+        "NOOP".to_string(),
+    ] {
+        let t = Instant::now();
+        c.cmd(&cmd).await.assert_ok();
+        lat.push(t.elapsed());
+    }
+    let t = Instant::now();
+    let tag = c.next_tag();
+    c.send(format!("{tag} IDLE\r\n").as_bytes()).await;
+    let plus = c.response().await;
+    assert!(plus.starts_with(b"+"), "{}", lossy(&plus));
+    c.send(b"DONE\r\n").await;
+    c.read_until_tagged(&tag).await.assert_ok();
+    lat.push(t.elapsed());
+}
+
+struct Load {
+    commands: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn load(addr: &str, sessions: usize, seconds: f64) -> Load {
+    let mut clients = Vec::new();
+    for _ in 0..sessions {
+        clients.push(plain_login(addr).await);
+    }
+    let start = Instant::now();
+    let stop = start + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for (n, mut c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = n;
+            while Instant::now() < stop {
+                round(&mut c, i, &mut lat).await;
+                i += 1;
+            }
+            c.logout().await;
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Load {
+        commands: all.len(),
+        elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    }
+}
+
+fn rate(l: &Load) -> f64 {
+    l.commands as f64 / l.elapsed.as_secs_f64()
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn big_fetch(addr: &str, bytes: usize) -> f64 {
+    let mut c = plain_login(addr).await;
+    c.cmd("SELECT Big").await.assert_ok();
+    let t = Instant::now();
+    let r = c.cmd("FETCH 1 (BODY.PEEK[])").await;
+    r.assert_ok();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(r.untagged[0].len() >= bytes);
+    c.logout().await;
+    bytes as f64 / 1e6 / secs
+}
+
+/// Logs in `n` sessions and leaves them open.
+async fn idle_sessions(
+    addr: &str,
+    n: usize,
+    tls: Option<&rustls_pki_types::CertificateDer<'static>>,
+) -> Vec<TestClient> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut c = match tls {
+            Some(ca) => TestClient::tls(addr, ca).await,
+            None => TestClient::plain(addr).await,
+        };
+        c.patient(Duration::from_secs(60));
+        c.greeting().await;
+        c.login("alice", PASSWORD).await.assert_ok();
+        c.cmd("SELECT INBOX").await.assert_ok();
+        out.push(c);
+    }
+    out
+}
+
+/// TLS handshakes + LOGIN + LOGOUT per second, 4 clients in parallel.
+async fn login_rate(
+    addr: &str,
+    ca: &rustls_pki_types::CertificateDer<'static>,
+    for_: Duration,
+) -> f64 {
+    let stop = Instant::now() + for_;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let addr = addr.to_string();
+        let ca = ca.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while Instant::now() < stop {
+                let mut c = TestClient::tls(addr.as_str(), &ca).await;
+                c.greeting().await;
+                c.login("alice", PASSWORD).await.assert_ok();
+                c.logout().await;
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn run(s: Scale) {
+    // Only NEW matters for this workload (alice's INBOX and a big folder);
+    // Ferry's merged phase is what users get.
+    let env = TestEnv::builder()
+        .allow_plaintext(true)
+        .seed(false)
+        .start()
+        .await;
+    let mut seed = env.new.client("alice").await;
+    seed.patient(Duration::from_secs(300));
+    let mut cmd = b"s1 APPEND INBOX".to_vec();
+    for i in 0..50 {
+        let body = message(
+            &format!("Bench {i}"),
+            &"Some text of a typical mail.\r\n".repeat(30 + i * 5),
+        );
+        cmd.extend_from_slice(format!(" () {{{}+}}\r\n", body.len()).as_bytes());
+        cmd.extend_from_slice(&body);
+    }
+    cmd.extend_from_slice(b"\r\n");
+    seed.send(&cmd).await;
+    seed.read_until_tagged("s1").await.assert_ok();
+    seed.cmd("CREATE Big").await.assert_ok();
+    seed.append("Big", "", &big_message(s.big_bytes))
+        .await
+        .assert_ok();
+    seed.logout().await;
+
+    let ferry = FerryProc::start(&env).await;
+    let direct = env.new.addr();
+    println!("Ferry vs direct Dovecot (plaintext, loopback; Ferry in phase merged)");
+    println!(
+        "{:>9} {:>12} {:>12} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "sessions",
+        "direct c/s",
+        "ferry c/s",
+        "ratio",
+        "p50 dir",
+        "p50 fer",
+        "p99 dir",
+        "p99 fer",
+        "ferry CPU"
+    );
+    for &n in &s.sessions {
+        let d = load(&direct, n, s.seconds).await;
+        let cpu0 = ferry.cpu();
+        let f = load(&ferry.plain, n, s.seconds).await;
+        let cpu = ferry.cpu() - cpu0;
+        println!(
+            "{:>9} {:>12.0} {:>12.0} {:>6.2} {:>7.0}µs {:>7.0}µs {:>7.0}µs {:>7.0}µs {:>7.1}µs/cmd",
+            n,
+            rate(&d),
+            rate(&f),
+            rate(&f) / rate(&d),
+            us(d.p50),
+            us(f.p50),
+            us(d.p99),
+            us(f.p99),
+            us(cpu) / f.commands as f64,
+        );
+    }
+
+    let hwm0 = ferry.status_kib("VmHWM:");
+    let direct_mbs = big_fetch(&direct, s.big_bytes).await;
+    let ferry_mbs = big_fetch(&ferry.plain, s.big_bytes).await;
+    let growth = ferry.status_kib("VmHWM:").saturating_sub(hwm0);
+    println!(
+        "{} MB FETCH: direct {direct_mbs:.0} MB/s, Ferry {ferry_mbs:.0} MB/s, ratio {:.2}; Ferry peak RSS growth {growth} KiB",
+        s.big_bytes / (1024 * 1024),
+        ferry_mbs / direct_mbs
+    );
+
+    let ca = env.ca.clone();
+    for (label, addr, tls) in [
+        ("plaintext", ferry.plain.clone(), None),
+        ("TLS", ferry.tls.clone(), Some(&ca)),
+    ] {
+        let before = ferry.status_kib("VmRSS:");
+        let held = idle_sessions(&addr, s.idle_sessions, tls).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = ferry.status_kib("VmRSS:");
+        let per = (after.saturating_sub(before)) as f64 * 1024.0 / s.idle_sessions as f64;
+        println!(
+            "idle {label} sessions: {} logged in, Ferry RSS {before} -> {after} KiB, {:.1} KiB per session",
+            s.idle_sessions,
+            per / 1024.0
+        );
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let logins = login_rate(&ferry.tls, &ca, s.logins_for).await;
+    println!("login rate through Ferry (TLS handshake + LOGIN + LOGOUT, 4 clients): {logins:.0}/s");
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(run(scale(bench)));
+}
