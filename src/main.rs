@@ -12,6 +12,9 @@ struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Worker threads (default: one per CPU).
+    #[arg(long, env = "FERRY_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -43,7 +46,11 @@ fn main() -> anyhow::Result<()> {
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Runtime::new()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let ferry = ferry::Ferry::start(config).await?;
