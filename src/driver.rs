@@ -70,8 +70,18 @@ async fn sleep_opt(at: Option<Instant>) {
 
 /// 16 KiB: one TLS record, so a read never splits less than a record.
 const READ_BUF: usize = 16 * 1024;
-/// Before login only short commands are expected.
-const PREAUTH_READ_BUF: usize = 2 * 1024;
+/// Read buffers start (and return to, between commands) this small; a read
+/// that fills one doubles it, up to [`READ_BUF`]. Idle sessions stay cheap.
+const SMALL_READ_BUF: usize = 2 * 1024;
+
+/// Grows `buf` after a read that filled it; shrinks it back when `idle`.
+fn adapt(buf: &mut Vec<u8>, filled: bool, idle: bool) {
+    if filled && buf.len() < READ_BUF {
+        buf.resize((buf.len() * 2).min(READ_BUF), 0);
+    } else if idle && buf.len() > SMALL_READ_BUF {
+        *buf = vec![0u8; SMALL_READ_BUF];
+    }
+}
 
 const SHUTDOWN_TEXT: &str = "Server shutting down, please reconnect.";
 const PHASE_TEXT: &str =
@@ -128,7 +138,7 @@ pub async fn serve(
     };
     // Buffers grow when needed: a connection that never logs in (or a
     // slowloris) costs a small client buffer and no store buffers.
-    let mut cbuf = vec![0u8; PREAUTH_READ_BUF];
+    let mut cbuf = vec![0u8; SMALL_READ_BUF];
     let mut obuf = Vec::new();
     let mut nbuf = Vec::new();
     let limits = live.config.limits.clone();
@@ -193,14 +203,14 @@ pub async fn serve(
         if session.has_actions() {
             continue;
         }
-        if session.is_authenticated() && cbuf.len() < READ_BUF {
-            cbuf.resize(READ_BUF, 0);
-        }
+        let idle = session.is_idle();
         for (stream, buf) in [(&io.stores[0], &mut obuf), (&io.stores[1], &mut nbuf)] {
             if stream.is_some() && buf.is_empty() {
-                buf.resize(READ_BUF, 0);
+                buf.resize(SMALL_READ_BUF, 0);
             }
+            adapt(buf, false, idle);
         }
+        adapt(&mut cbuf, false, idle);
         // A store that owes an answer and stays silent is given up.
         let store_deadline = session
             .awaiting_store()
@@ -234,6 +244,8 @@ pub async fn serve(
                     io.bytes.client_in.increment(n as u64);
                     deadline = Instant::now() + Duration::from_secs(timeout);
                     session.client_input(&cbuf[..n]);
+                    let filled = n == cbuf.len();
+                    adapt(&mut cbuf, filled, false);
                 }
             },
             r = read_opt(old, &mut obuf) => {
@@ -245,6 +257,8 @@ pub async fn serve(
                     Ok(n) => {
                         io.bytes.store_in[0].increment(n as u64);
                         session.backend_input(Store::Old, &obuf[..n]);
+                        let filled = n == obuf.len();
+                        adapt(&mut obuf, filled, false);
                     }
                 }
             },
@@ -256,6 +270,8 @@ pub async fn serve(
                     Ok(n) => {
                         io.bytes.store_in[1].increment(n as u64);
                         session.backend_input(Store::New, &nbuf[..n]);
+                        let filled = n == nbuf.len();
+                        adapt(&mut nbuf, filled, false);
                     }
                 }
             },
