@@ -630,3 +630,24 @@ fn a_long_idle_is_renewed_toward_the_store_unseen() {
     assert_eq!(out(&mut s), ["S: i1 OK Idle completed."]);
     assert!(s.is_idle());
 }
+
+#[test]
+fn old_gone_before_the_bodies_are_asked_for_fails_the_copy() {
+    // Found by the store_session fuzz target: OLD closing between the
+    // metadata FETCH and NEW's STATUS answer made Ferry ask a gone OLD.
+    let mut s = merged_with(MULTI);
+    select_old_inbox(&mut s);
+    s.client_input(b"c UID COPY 1:* Work\r\n");
+    out(&mut s);
+    s.backend_input(
+        Store::Old,
+        b"* 1 FETCH (UID 7 FLAGS () INTERNALDATE \"01-Feb-2020 10:00:00 +0100\")\r\nferry.1 OK done\r\n",
+    );
+    s.backend_closed(Store::Old);
+    out(&mut s);
+    s.backend_input(Store::New, b"ferry.2 OK Status completed.\r\n");
+    let o = out(&mut s);
+    assert!(!o.iter().any(|l| l.starts_with("O: ")), "{o:?}");
+    assert!(o[0].starts_with("S: c NO [UNAVAILABLE]"), "{o:?}");
+    assert!(o.iter().any(|l| l.starts_with("S: * BYE")), "{o:?}");
+}

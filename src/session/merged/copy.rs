@@ -620,10 +620,11 @@ impl Session {
     /// OLD went away during the copy.
     pub(super) fn copy_old_lost(&mut self, job: &mut CopyJob) {
         job.end_after = Some("The Old/ folder store went away, please reconnect.");
-        if job.old_wait.take().is_some() {
+        let owed = job.old_wait.take().is_some();
+        // Only once every body has arrived can the copy complete without OLD.
+        if owed || job.stage == Stage::Check {
             self.copy_fail(job, Failure::Unavailable("the old store went away"));
         }
-        // Otherwise OLD had delivered everything: the copy completes on NEW.
         self.copy_step(job);
     }
 
