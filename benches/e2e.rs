@@ -83,8 +83,8 @@ impl FerryProc {
         self.child.id()
     }
 
-    /// User + system CPU time so far.
-    fn cpu(&self) -> Duration {
+    /// (user, system) CPU time so far.
+    fn cpu(&self) -> (Duration, Duration) {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         let f: Vec<u64> = after
@@ -92,7 +92,10 @@ impl FerryProc {
             .map(|x| x.parse().unwrap_or(0))
             .collect();
         // Fields 14 and 15 (utime, stime) in clock ticks; 100 per second on Linux.
-        Duration::from_millis((f[11] + f[12]) * 10)
+        (
+            Duration::from_millis(f[11] * 10),
+            Duration::from_millis(f[12] * 10),
+        )
     }
 
     fn status_kib(&self, key: &str) -> u64 {
@@ -297,7 +300,7 @@ async fn run(s: Scale) {
     let direct = env.new.addr();
     println!("Ferry vs direct Dovecot (plaintext, loopback; Ferry in phase merged)");
     println!(
-        "{:>9} {:>12} {:>12} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "{:>9} {:>12} {:>12} {:>6} {:>9} {:>9} {:>9} {:>9} {:>24}",
         "sessions",
         "direct c/s",
         "ferry c/s",
@@ -306,15 +309,16 @@ async fn run(s: Scale) {
         "p50 fer",
         "p99 dir",
         "p99 fer",
-        "ferry CPU"
+        "ferry CPU/cmd (user+sys)"
     );
     for &n in &s.sessions {
         let d = load(&direct, n, s.seconds).await;
-        let cpu0 = ferry.cpu();
+        let (u0, s0) = ferry.cpu();
         let f = load(&ferry.plain, n, s.seconds).await;
-        let cpu = ferry.cpu() - cpu0;
+        let (u1, s1) = ferry.cpu();
+        let per = |d: Duration| us(d) / f.commands as f64;
         println!(
-            "{:>9} {:>12.0} {:>12.0} {:>6.2} {:>7.0}µs {:>7.0}µs {:>7.0}µs {:>7.0}µs {:>7.1}µs/cmd",
+            "{:>9} {:>12.0} {:>12.0} {:>6.2} {:>7.0}µs {:>7.0}µs {:>7.0}µs {:>7.0}µs {:>6.1}+{:>5.1}={:>6.1}µs",
             n,
             rate(&d),
             rate(&f),
@@ -323,7 +327,9 @@ async fn run(s: Scale) {
             us(f.p50),
             us(d.p99),
             us(f.p99),
-            us(cpu) / f.commands as f64,
+            per(u1 - u0),
+            per(s1 - s0),
+            per(u1 - u0 + s1 - s0),
         );
     }
 
