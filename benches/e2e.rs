@@ -62,7 +62,7 @@ impl FerryProc {
             .replacen("imaps = \"127.0.0.1:0\"", &format!("imaps = \"{tls}\""), 1)
             .replacen("imap  = \"127.0.0.1:0\"", &format!("imap = \"{plain}\""), 1);
         let conf = write_file(env.dir(), "ferry-bench.toml", toml.as_bytes());
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .arg("--config")
             .arg(conf)
             .env("RUST_LOG", "warn")
@@ -76,6 +76,8 @@ impl FerryProc {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("ferry did not start");
     }
 

@@ -1,0 +1,160 @@
+//! Client bytes: framed, assembled into whole commands (literals normalised
+//! to `{n+}`), streamed for APPEND, refused when over a limit.
+
+use super::*;
+
+impl Session {
+    pub(super) fn pump_client(&mut self) {
+        while self.wants_client_input() {
+            let frame = match self.client.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    self.client.shrink();
+                    return;
+                }
+                Err(e) => {
+                    crate::metrics::limit_hit("line");
+                    self.command.clear();
+                    self.input = Input::Command;
+                    self.send_client(reply::bad(b"*", &format!("Command {e}")));
+                    continue;
+                }
+            };
+            if let Mode::Pipe(store) = self.mode {
+                self.pipe_client_frame(store, frame);
+                continue;
+            }
+            match self.input.clone() {
+                Input::Command => self.assemble(frame),
+                Input::AuthData { tag } => self.auth_data(tag, frame),
+                Input::IdleDone => self.idle_done(frame),
+                Input::Stream(store) => self.stream_frame(store, frame),
+                Input::Discard(reply) => self.discard_frame(reply, frame),
+                Input::Waiting => unreachable_waiting(),
+            }
+        }
+    }
+
+    pub(super) fn assemble(&mut self, frame: Frame) {
+        match frame {
+            Frame::Line { bytes, literal, .. } => {
+                match literal {
+                    Some(a) if a.sync => {
+                        // `{n}` → `{n+}`: the assembled command is sent in one piece.
+                        self.command.extend_from_slice(&bytes[..bytes.len() - 3]);
+                        self.command.extend_from_slice(b"+}\r\n");
+                    }
+                    _ => self.command.extend_from_slice(&bytes),
+                }
+                match literal {
+                    None => {
+                        let command = std::mem::take(&mut self.command).freeze();
+                        self.command_complete(command);
+                    }
+                    Some(a) => self.literal_announced(a),
+                }
+            }
+            Frame::LiteralData { bytes, .. } => self.command.extend_from_slice(&bytes),
+        }
+    }
+
+    pub(super) fn literal_announced(&mut self, a: Announcement) {
+        if let Mode::Merged(_) = self.mode
+            && let Some(append) = merged::append_probe(&self.command)
+        {
+            let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+            if let Mode::Merged(m) = &mut mode {
+                self.merged_append(m, append, a);
+            }
+            if matches!(self.mode, Mode::Closed) {
+                self.mode = mode;
+            }
+            return;
+        }
+        let limit = match self.mode {
+            Mode::PreAuth => PREAUTH_MAX_LITERAL,
+            _ => self.cfg.config.limits.max_inline_literal_bytes,
+        };
+        if a.len as usize > limit || self.command.len() + a.len as usize > 2 * limit {
+            let tag = reply::tag_of(&self.command).to_vec();
+            crate::metrics::limit_hit("literal");
+            self.refuse_oversized(a, reply::bad(&tag, "Literal too large"));
+        } else if a.sync {
+            self.send_client(Bytes::from_static(b"+ Ready for literal data\r\n"));
+        }
+    }
+
+    /// Drops the command being assembled, whose literal `a` was just announced,
+    /// and answers `reply` once the client has stopped sending it.
+    pub(super) fn refuse_command(&mut self, a: Announcement, reply: Bytes) {
+        self.command.clear();
+        self.client.refuse_literal(a);
+        if a.sync {
+            self.send_client(reply);
+            self.input = Input::Command;
+        } else {
+            self.input = Input::Discard(reply);
+        }
+    }
+
+    /// Refuses a command whose literal `a` is over a limit. A synchronizing
+    /// literal is never sent; a non-synchronizing one is already on its way,
+    /// and rather than read it all, the connection is closed after the answer.
+    pub(super) fn refuse_oversized(&mut self, a: Announcement, reply: Bytes) {
+        if a.sync {
+            return self.refuse_command(a, reply);
+        }
+        self.command.clear();
+        self.send_client(reply);
+        self.end("Literal too large for this server; closing the connection");
+    }
+
+    pub(super) fn discard_frame(&mut self, reply: Bytes, frame: Frame) {
+        if let Frame::Line { literal, .. } = frame {
+            match literal {
+                None => {
+                    self.send_client(reply);
+                    self.input = Input::Command;
+                }
+                Some(a) => {
+                    self.client.refuse_literal(a);
+                    if a.sync {
+                        self.send_client(reply);
+                        self.input = Input::Command;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn stream_frame(&mut self, store: Store, frame: Frame) {
+        match frame {
+            Frame::LiteralData { bytes, .. } => self.send_store(store, bytes),
+            Frame::Line { bytes, literal, .. } => {
+                self.send_store(store, bytes);
+                match literal {
+                    None => self.input = Input::Waiting,
+                    Some(a) => self.merged_append_literal(a),
+                }
+            }
+        }
+    }
+
+    pub(super) fn command_complete(&mut self, command: Bytes) {
+        let decoded = CommandCodec::new().decode(&command);
+        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        match (&mut mode, decoded) {
+            (Mode::PreAuth, Ok((_, cmd))) => self.preauth_command(&mut mode, cmd),
+            (Mode::Merged(m), Ok((_, cmd))) => self.merged_command(m, cmd, &command),
+            (Mode::Closed, _) => {}
+            (_, Ok(_)) | (_, Err(_)) => {
+                debug!("undecodable command");
+                let tag = reply::tag_of(&command).to_vec();
+                self.send_client(reply::bad(&tag, "Unknown command or invalid syntax"));
+            }
+        }
+        if matches!(self.mode, Mode::Closed) {
+            self.mode = mode;
+        }
+    }
+}

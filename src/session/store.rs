@@ -1,0 +1,79 @@
+//! Store bytes: framed, then forwarded as they came, dropped, assembled for
+//! rewriting, or handed to a copy, per response.
+
+use super::*;
+
+impl Session {
+    pub(super) fn backend_frame(&mut self, store: Store, frame: Frame) {
+        let (start, more) = match &frame {
+            Frame::Line { start, literal, .. } => (*start, literal.is_some()),
+            Frame::LiteralData { .. } => (false, true),
+        };
+        if start && let Frame::Line { bytes, .. } = &frame {
+            let disposition = self.classify(store, bytes, more);
+            if let Some(conn) = self.stores[idx(store)].as_mut() {
+                conn.disposition = disposition;
+            }
+        }
+        let Some(conn) = self.stores[idx(store)].as_mut() else {
+            return;
+        };
+        if let Disposition::Copy = conn.disposition {
+            if !more {
+                conn.disposition = Disposition::Forward;
+            }
+            return self.with_merged(|s, m| s.merged_copy_frame(m, frame));
+        }
+        let bytes = match frame {
+            Frame::Line { bytes, .. } | Frame::LiteralData { bytes, .. } => bytes,
+        };
+        match &mut conn.disposition {
+            Disposition::Forward => self.actions.push_back(Action::ToClient(bytes)),
+            Disposition::Drop => {}
+            Disposition::Assemble(buf) => buf.extend_from_slice(&bytes),
+            Disposition::Copy => {}
+        }
+        if !more {
+            let done = std::mem::replace(&mut conn.disposition, Disposition::Forward);
+            if let Disposition::Assemble(buf) = done {
+                self.backend_message(store, buf.freeze());
+            }
+        }
+    }
+
+    pub(super) fn classify(&mut self, store: Store, line: &[u8], literal: bool) -> Disposition {
+        match &mut self.mode {
+            Mode::Pipe(_) => self.pipe_classify(line),
+            Mode::Merged(m) => {
+                if store == Store::Old {
+                    m.observe_old(line, literal);
+                }
+                m.classify(store, line, literal)
+            }
+            _ => Disposition::Drop,
+        }
+    }
+
+    /// Runs `f` on the merged state, taken out of `self` for the call.
+    pub(super) fn with_merged(&mut self, f: impl FnOnce(&mut Self, &mut merged::Merged)) {
+        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        if let Mode::Merged(m) = &mut mode {
+            f(self, m);
+        }
+        if matches!(self.mode, Mode::Closed) {
+            self.mode = mode;
+        }
+    }
+
+    pub(super) fn backend_message(&mut self, store: Store, message: Bytes) {
+        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        match &mut mode {
+            Mode::Pipe(_) => self.pipe_message(message),
+            Mode::Merged(m) => self.merged_message(m, store, message),
+            _ => {}
+        }
+        if matches!(self.mode, Mode::Closed) {
+            self.mode = mode;
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Per-command metrics: which command, which store(s), the result, how long.
+
+use bytes::Bytes;
+
+use super::{Session, reply};
+
+/// The client command being timed for `ferry_commands_total` and latency.
+pub(super) struct Timing {
+    pub(super) tag: Bytes,
+    pub(super) name: &'static str,
+    /// Stores that received bytes for it (bit 0 OLD, bit 1 NEW).
+    pub(super) stores: u8,
+    pub(super) started: std::time::Instant,
+}
+
+impl Timing {
+    pub(super) fn new(line: &[u8]) -> Self {
+        Timing {
+            tag: Bytes::copy_from_slice(reply::tag_of(line)),
+            name: command_name(line),
+            stores: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+/// True when `bytes` is the tagged response to `tag`.
+pub(super) fn is_tagged_by(bytes: &[u8], tag: &[u8]) -> bool {
+    bytes.len() > tag.len() && bytes.starts_with(tag) && bytes[tag.len()] == b' '
+}
+
+/// Records a finished command from its tagged response.
+pub(super) fn record(t: Timing, tagged: &[u8]) {
+    let word = tagged[t.tag.len() + 1..]
+        .split(|b| *b == b' ' || *b == b'\r')
+        .next()
+        .unwrap_or_default();
+    let result = if word.eq_ignore_ascii_case(b"OK") {
+        "ok"
+    } else if word.eq_ignore_ascii_case(b"NO") {
+        "no"
+    } else {
+        "bad"
+    };
+    let store = match t.stores {
+        0 => "ferry",
+        1 => "old",
+        2 => "new",
+        _ => "both",
+    };
+    crate::metrics::command(t.name, store, result, t.started.elapsed());
+}
+
+/// IMAP command names as metric labels (a closed set; anything else is OTHER).
+pub(super) const COMMANDS: [&str; 36] = [
+    "CAPABILITY",
+    "NOOP",
+    "LOGOUT",
+    "STARTTLS",
+    "AUTHENTICATE",
+    "LOGIN",
+    "SELECT",
+    "EXAMINE",
+    "CREATE",
+    "DELETE",
+    "RENAME",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "LIST",
+    "LSUB",
+    "STATUS",
+    "APPEND",
+    "CHECK",
+    "CLOSE",
+    "UNSELECT",
+    "EXPUNGE",
+    "SEARCH",
+    "FETCH",
+    "STORE",
+    "COPY",
+    "MOVE",
+    "IDLE",
+    "ENABLE",
+    "COMPRESS",
+    "ID",
+    "NAMESPACE",
+    "SORT",
+    "THREAD",
+    "GETQUOTA",
+    "GETQUOTAROOT",
+    "GETMETADATA",
+];
+pub(super) const UID_COMMANDS: [&str; 8] = [
+    "UID FETCH",
+    "UID STORE",
+    "UID COPY",
+    "UID MOVE",
+    "UID SEARCH",
+    "UID EXPUNGE",
+    "UID SORT",
+    "UID THREAD",
+];
+
+/// The label for the command on `line` (`tag NAME …`).
+pub(super) fn command_name(line: &[u8]) -> &'static str {
+    let mut words = line
+        .split(|b| matches!(b, b' ' | b'\r' | b'\n'))
+        .skip(1)
+        .filter(|w| !w.is_empty());
+    let Some(first) = words.next() else {
+        return "OTHER";
+    };
+    let find = |list: &[&'static str], word: &[u8]| {
+        list.iter()
+            .find(|c| c.as_bytes().eq_ignore_ascii_case(word))
+            .copied()
+    };
+    if first.eq_ignore_ascii_case(b"UID") {
+        let second = words.next().unwrap_or_default();
+        return UID_COMMANDS
+            .iter()
+            .find(|c| c.as_bytes()[4..].eq_ignore_ascii_case(second))
+            .copied()
+            .unwrap_or("OTHER");
+    }
+    find(&COMMANDS, first).unwrap_or("OTHER")
+}
+
+impl Session {
+    /// Starts timing the client command `line` (its first line).
+    pub(super) fn time_command(&mut self, line: &[u8]) {
+        self.timing = Some(Timing::new(line));
+    }
+}
