@@ -340,6 +340,7 @@ async fn slowloris_connections_do_not_stop_a_real_user() {
         .extra_toml("[limits]\nmax_connections_per_ip = 5000\n")
         .start()
         .await;
+    raise_open_files_limit();
     let (mut child, addr) = ferry_process(&env).await;
     let pid = child.id();
     let rss = |pid: u32| -> u64 {
@@ -370,4 +371,25 @@ async fn slowloris_connections_do_not_stop_a_real_user() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(per < 64 * 1024, "{per} bytes per silent connection");
+}
+
+/// 2,000 client sockets here (and as many in Ferry, which inherits the limit
+/// and raises its own): lift the soft open-files limit to the hard one.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    assert!(
+        lim.rlim_cur >= 4200,
+        "open-files limit {} is too low for this test (ulimit -Hn)",
+        lim.rlim_cur
+    );
 }
