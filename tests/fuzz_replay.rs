@@ -8,10 +8,8 @@
 //! `mutf7` and `sasl_plain` are replayed by unit tests in `src/mutf7.rs` and
 //! `src/sasl.rs`.
 //!
-//! Inputs that still crash (bugs found by fuzzing, not fixed yet) live in
-//! `fuzz/known-crashes/<target>/` and are replayed only by the ignored test
-//! `known_crashes` (`cargo test --test fuzz_replay -- --ignored`): once the bug
-//! is fixed it passes, and the file moves into the corpus.
+//! Every crash fuzzing found is fixed; its reproducer lives in the corpus, so
+//! this replay keeps it fixed.
 
 mod fuzz_support;
 
@@ -38,8 +36,12 @@ fn run(kind: &str, target: &str, body: fn(&[u8])) -> usize {
         .join(kind)
         .join(target);
     let files = files(&dir);
+    let tracing = std::env::var_os("FERRY_FUZZ_TRACE").is_some();
     for path in &files {
         let data = std::fs::read(path).unwrap();
+        if tracing {
+            eprintln!("== {}", path.display());
+        }
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| body(&data))) {
             eprintln!("fuzz input {} failed", path.display());
             resume_unwind(panic);
@@ -72,21 +74,4 @@ fn namespace_corpus() {
 fn config_corpus() {
     let seen = run("corpus", "config", fuzz_support::config_text);
     assert!(seen > 0, "empty fuzz/corpus/config");
-}
-
-/// Reproducers of bugs fuzzing found that are not fixed yet (see the module docs).
-#[test]
-#[ignore = "reproducers of open bugs; run with --ignored"]
-fn known_crashes() {
-    let targets: [(&str, fn(&[u8])); 3] = [
-        ("client_session", fuzz_support::client_session),
-        ("store_session", fuzz_support::store_session),
-        ("namespace", fuzz_support::namespace),
-    ];
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/known-crashes");
-    for (target, body) in targets {
-        if root.join(target).is_dir() {
-            run("known-crashes", target, body);
-        }
-    }
 }

@@ -412,6 +412,15 @@ impl Session {
                         Failure::Refused("the old store sent an unexpected message".into()),
                     );
                 };
+                // Never announce to NEW more than a client could APPEND: NEW would
+                // refuse it anyway, and an abort must pad what was announced.
+                if a.len > self.cfg.config.limits.max_append_bytes {
+                    crate::metrics::limit_hit("append");
+                    return self.copy_fail(
+                        job,
+                        Failure::Refused("a message is larger than this server accepts".into()),
+                    );
+                }
                 let mut head = BytesMut::new();
                 if !job.multi || !job.append_open {
                     let t = self.ferry_tag();
