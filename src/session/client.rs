@@ -106,7 +106,7 @@ impl Session {
         }
         self.command.clear();
         self.send_client(reply);
-        self.end("Literal too large for this server; closing the connection");
+        self.bye_and_close("Literal too large for this server; closing the connection");
     }
 
     pub(super) fn discard_frame(&mut self, reply: Bytes, frame: Frame) {

@@ -438,6 +438,16 @@ impl Session {
 
     /// Ends the session with `* BYE text` (shutdown, phase change) at a safe point.
     pub fn end(&mut self, text: &str) {
+        if matches!(self.mode, Mode::Closed) {
+            return;
+        }
+        self.send_client(reply::bye(text));
+        // As if the client had left: a copy in flight is undone first.
+        self.client_closed();
+    }
+
+    /// `* BYE text`, LOGOUT to the stores, close (from inside the machine).
+    fn bye_and_close(&mut self, text: &str) {
         self.send_client(reply::bye(text));
         self.logout_stores();
         self.close();
@@ -479,7 +489,7 @@ impl Session {
                     self.failures += 1;
                     if self.failures >= self.cfg.config.auth.max_failures_per_connection {
                         crate::metrics::limit_hit("login_failures");
-                        self.end("Too many failed logins");
+                        self.bye_and_close("Too many failed logins");
                     }
                 }
                 return;

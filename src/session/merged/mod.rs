@@ -383,7 +383,7 @@ impl Session {
         }
         if m.selected == Some(Store::Old) || matches!(m.job, Some(Job::Reopen(..))) {
             if !self.old_reconnect(m, clean) {
-                self.end("The Old/ folder store went away, please reconnect.");
+                self.bye_and_close("The Old/ folder store went away, please reconnect.");
             }
             return;
         }

@@ -99,7 +99,7 @@ impl Session {
             return;
         };
         if !ok {
-            return self.end(GONE);
+            return self.bye_and_close(GONE);
         }
         let tag = self.ferry_tag();
         let body = CommandBody::Examine {
@@ -114,7 +114,7 @@ impl Session {
     pub(super) fn old_reopened(&mut self, m: &mut Merged, resume: Resume, msg: &[u8]) {
         if !is_ok(msg) || m.old_view != resume.view {
             tracing::warn!(before = ?resume.view, after = ?m.old_view, "Old/ folder changed across a reconnect");
-            return self.end(CHANGED);
+            return self.bye_and_close(CHANGED);
         }
         tracing::info!("Old/ folder re-opened unchanged");
         m.selected = Some(Store::Old);
