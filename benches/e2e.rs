@@ -346,10 +346,17 @@ async fn run(s: Scale) {
     );
 
     let ca = env.ca.clone();
-    for (label, addr, tls) in [
-        ("plaintext", ferry.plain.clone(), None),
-        ("TLS", ferry.tls.clone(), Some(&ca)),
-    ] {
+    drop(ferry);
+    // Each idle measurement in a fresh Ferry, so no freed memory is reused.
+    for tls in [false, true] {
+        let ferry = FerryProc::start(&env).await;
+        // A first session warms up lazily built state (TLS config, metrics).
+        let warm = idle_sessions(&ferry.tls, 1, Some(&ca)).await;
+        let (label, addr, tls) = if tls {
+            ("TLS", ferry.tls.clone(), Some(&ca))
+        } else {
+            ("plaintext", ferry.plain.clone(), None)
+        };
         let before = ferry.status_kib("VmRSS:");
         let held = idle_sessions(&addr, s.idle_sessions, tls).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -361,9 +368,11 @@ async fn run(s: Scale) {
             per / 1024.0
         );
         drop(held);
+        drop(warm);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    let ferry = FerryProc::start(&env).await;
     let logins = login_rate(&ferry.tls, &ca, s.logins_for).await;
     println!("login rate through Ferry (TLS handshake + LOGIN + LOGOUT, 4 clients): {logins:.0}/s");
 }

@@ -103,9 +103,10 @@ impl Framer {
         self.buf.split().freeze()
     }
 
-    /// Releases buffer memory while the peer is quiet.
+    /// Releases buffer memory while the peer is quiet (idle sessions are
+    /// thousands; an allocation per burst is cheap).
     pub fn shrink(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 4096 {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
             self.buf = BytesMut::new();
         }
     }

@@ -396,7 +396,10 @@ impl Session {
             };
             match conn.framer.next_frame() {
                 Ok(Some(frame)) => self.backend_frame(store, frame),
-                Ok(None) => break,
+                Ok(None) => {
+                    conn.framer.shrink();
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(store = store.as_str(), error = %e, "store sent an over-long line");
                     self.store_lost(store);
