@@ -288,6 +288,8 @@ pub async fn serve(
                     metrics::limit_hit("backend_timeout");
                     metrics::backend_error(store.as_str(), "timeout");
                     io.stores[store_idx(store)] = None;
+                    // Never spin on a deadline already past, whatever the session does next.
+                    io.store_active[store_idx(store)] = Instant::now();
                     session.backend_closed(store);
                 }
             }
