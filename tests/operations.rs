@@ -298,8 +298,8 @@ async fn drain_window_spreads_the_disconnects() {
     let spread = at[at.len() - 1] - at[0];
     assert!(spread >= Duration::from_millis(500), "all at once: {at:?}");
     assert!(
-        at[at.len() - 1] < Duration::from_secs(4),
-        "beyond the window: {at:?}"
+        at[at.len() - 1] < Duration::from_secs(8),
+        "far beyond the 2 s window: {at:?}"
     );
 }
 
