@@ -36,19 +36,8 @@ fn bulk(n: usize) -> Vec<(String, Vec<u8>)> {
 }
 
 async fn seed(store: &Dovecot, mailbox: &str, messages: &[(String, Vec<u8>)]) {
-    let mut c = store.client("alice").await;
-    c.patient(Duration::from_secs(600));
-    c.cmd(&format!("CREATE {mailbox}")).await.assert_ok();
-    let tag = c.next_tag();
-    let mut cmd = format!("{tag} APPEND {mailbox}").into_bytes();
-    for (args, body) in messages {
-        cmd.extend_from_slice(format!(" {args} {{{}+}}\r\n", body.len()).as_bytes());
-        cmd.extend_from_slice(body);
-    }
-    cmd.extend_from_slice(b"\r\n");
-    c.send(&cmd).await;
-    c.read_until_tagged(&tag).await.assert_ok();
-    c.logout().await;
+    store.create("alice", mailbox).await;
+    store.append_many("alice", mailbox, messages).await;
 }
 
 async fn run(n: usize) {

@@ -101,13 +101,7 @@ impl FerryProc {
     }
 
     fn status_kib(&self, key: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap()
+        proc_status_kib(self.pid(), key)
     }
 }
 
@@ -278,20 +272,15 @@ async fn run(s: Scale) {
         .seed(false)
         .start()
         .await;
+    let inbox: Vec<(String, Vec<u8>)> = (0..50)
+        .map(|i| {
+            let text = "Some text of a typical mail.\r\n".repeat(30 + i * 5);
+            ("()".to_string(), message(&format!("Bench {i}"), &text))
+        })
+        .collect();
+    env.new.append_many("alice", "INBOX", &inbox).await;
     let mut seed = env.new.client("alice").await;
     seed.patient(Duration::from_secs(300));
-    let mut cmd = b"s1 APPEND INBOX".to_vec();
-    for i in 0..50 {
-        let body = message(
-            &format!("Bench {i}"),
-            &"Some text of a typical mail.\r\n".repeat(30 + i * 5),
-        );
-        cmd.extend_from_slice(format!(" () {{{}+}}\r\n", body.len()).as_bytes());
-        cmd.extend_from_slice(&body);
-    }
-    cmd.extend_from_slice(b"\r\n");
-    seed.send(&cmd).await;
-    seed.read_until_tagged("s1").await.assert_ok();
     seed.cmd("CREATE Big").await.assert_ok();
     seed.append("Big", "", &big_message(s.big_bytes))
         .await

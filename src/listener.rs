@@ -426,3 +426,29 @@ async fn handle(
     };
     driver::serve(stream, peer.ip(), kind, id, ctx, shutdown).await;
 }
+
+/// Every session needs up to three sockets: lifts the soft open-files limit to
+/// the hard one (as nginx's `worker_rlimit_nofile` does), so 1024 is not the
+/// cap. Returns the soft limit now in force.
+pub fn raise_open_files_limit() -> libc::rlim_t {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0
+            && lim.rlim_cur < lim.rlim_max
+            && libc::setrlimit(
+                libc::RLIMIT_NOFILE,
+                &libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                },
+            ) == 0
+        {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    lim.rlim_cur
+}

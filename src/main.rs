@@ -25,24 +25,8 @@ enum Cmd {
     CheckConfig { file: PathBuf },
 }
 
-/// Every session needs up to three sockets: lift the soft open-files limit to
-/// the hard one (as nginx's `worker_rlimit_nofile` does), so 1024 is not the cap.
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 fn main() -> anyhow::Result<()> {
-    raise_open_files_limit();
+    ferry::listener::raise_open_files_limit();
     let cli = Cli::parse();
     if let Some(Cmd::CheckConfig { file }) = cli.command {
         let config = ferry::config::load(&file).with_context(|| format!("{}", file.display()))?;

@@ -130,22 +130,6 @@ fn expand(set: &Vec1<UidElement>) -> Vec<u32> {
     out
 }
 
-/// APPENDs `messages` to `mailbox` on `store` in one MULTIAPPEND (fast seeding).
-async fn seed_many(store: &Dovecot, user: &str, mailbox: &str, messages: &[(String, Vec<u8>)]) {
-    let mut c = store.client(user).await;
-    c.patient(BULK);
-    let tag = c.next_tag();
-    let mut cmd = format!("{tag} APPEND {}", quoted(mailbox)).into_bytes();
-    for (args, body) in messages {
-        cmd.extend_from_slice(format!(" {args} {{{}+}}\r\n", body.len()).as_bytes());
-        cmd.extend_from_slice(body);
-    }
-    cmd.extend_from_slice(b"\r\n");
-    c.send(&cmd).await;
-    c.read_until_tagged(&tag).await.assert_ok();
-    c.logout().await;
-}
-
 /// `n` small distinct messages with a mix of flags and dates.
 fn bulk(n: usize) -> Vec<(String, Vec<u8>)> {
     bulk_sized(n, 0)
@@ -206,7 +190,7 @@ async fn bulk_copy_in_flight(
     messages: &[(String, Vec<u8>)],
 ) -> (TestClient, String) {
     env.old.create("alice", "INBOX.Bulk").await;
-    seed_many(&env.old, "alice", "INBOX.Bulk", messages).await;
+    env.old.append_many("alice", "INBOX.Bulk", messages).await;
     let mut c = env.login("alice").await;
     c.patient(BULK);
     c.cmd("SELECT Old/Bulk").await.assert_ok();
@@ -241,7 +225,7 @@ async fn seed_source(env: &TestEnv) {
             message("Fourth", "bye"),
         ),
     ];
-    seed_many(&env.old, "alice", SOURCE, &messages).await;
+    env.old.append_many("alice", SOURCE, &messages).await;
 }
 
 #[tokio::test]
@@ -294,7 +278,9 @@ async fn copy_keeps_bytes_flags_keywords_and_dates() {
 async fn five_thousand_messages_in_one_uid_copy() {
     let env = TestEnv::start().await;
     env.old.create("alice", "INBOX.Bulk").await;
-    seed_many(&env.old, "alice", "INBOX.Bulk", &bulk(5000)).await;
+    env.old
+        .append_many("alice", "INBOX.Bulk", &bulk(5000))
+        .await;
     let mut c = env.login("alice").await;
     c.patient(BULK);
     c.cmd("CREATE Bulk").await.assert_ok();
@@ -415,7 +401,9 @@ async fn without_multiappend_copies_and_rolls_back_by_uid() {
     let mut env = TestEnv::builder().new_conf(NO_MULTIAPPEND).start().await;
     seed_source(&env).await;
     env.old.create("alice", "INBOX.Bulk").await;
-    seed_many(&env.old, "alice", "INBOX.Bulk", &bulk_sized(2000, 20_000)).await;
+    env.old
+        .append_many("alice", "INBOX.Bulk", &bulk_sized(2000, 20_000))
+        .await;
     // One message in Work is already marked \Deleted: a rollback must not touch it.
     let mut direct = env.new.client("alice").await;
     direct.cmd("SELECT Work").await.assert_ok();

@@ -241,9 +241,7 @@ fn signal_store(store: &Dovecot, signal: &str) {
         );
     }
     for pid in all {
-        let _ = std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status();
+        send_signal(&pid, signal);
     }
 }
 
@@ -343,15 +341,7 @@ async fn slowloris_connections_do_not_stop_a_real_user() {
     raise_open_files_limit();
     let (mut child, addr) = ferry_process(&env).await;
     let pid = child.id();
-    let rss = |pid: u32| -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap()
-    };
+    let rss = |pid: u32| proc_status_kib(pid, "VmRSS:");
     let before = rss(pid);
     let mut idle = Vec::new();
     for _ in 0..2000 {
@@ -376,20 +366,9 @@ async fn slowloris_connections_do_not_stop_a_real_user() {
 /// 2,000 client sockets here (and as many in Ferry, which inherits the limit
 /// and raises its own): lift the soft open-files limit to the hard one.
 fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
+    let limit = ferry::listener::raise_open_files_limit();
     assert!(
-        lim.rlim_cur >= 4200,
-        "open-files limit {} is too low for this test (ulimit -Hn)",
-        lim.rlim_cur
+        limit >= 4200,
+        "open-files limit {limit} is too low for this test (ulimit -Hn)"
     );
 }

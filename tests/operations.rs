@@ -393,18 +393,15 @@ async fn a_users_file_of_100k_users_sets_phases_and_reloads() {
 async fn sigterm_during_a_copy_lets_it_finish_then_exits_cleanly() {
     let env = TestEnv::builder().seed(false).start().await;
     env.old.create("alice", "INBOX.Bulk").await;
-    let mut seeder = env.old.client("alice").await;
-    seeder.patient(Duration::from_secs(120));
-    let mut cmd = b"s1 APPEND INBOX.Bulk".to_vec();
-    for i in 0..3000 {
-        let body = message(&format!("m{i}"), &"x".repeat(2000));
-        cmd.extend_from_slice(format!(" () {{{}+}}\r\n", body.len()).as_bytes());
-        cmd.extend_from_slice(&body);
-    }
-    cmd.extend_from_slice(b"\r\n");
-    seeder.send(&cmd).await;
-    seeder.read_until_tagged("s1").await.assert_ok();
-    seeder.logout().await;
+    let bulk: Vec<(String, Vec<u8>)> = (0..3000)
+        .map(|i| {
+            (
+                "()".to_string(),
+                message(&format!("m{i}"), &"x".repeat(2000)),
+            )
+        })
+        .collect();
+    env.old.append_many("alice", "INBOX.Bulk", &bulk).await;
 
     let (mut child, addr) = ferry_process(&env).await;
     let mut c = TestClient::tls(addr.as_str(), &env.ca).await;
@@ -424,13 +421,7 @@ async fn sigterm_during_a_copy_lets_it_finish_then_exits_cleanly() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(send_signal(&pid, "-TERM"));
     let done = c.read_until_tagged("c1").await;
     done.assert_ok();
     let bye = lossy(&c.response().await);
@@ -464,13 +455,7 @@ async fn sighup_rereads_the_config_file() {
     assert_ne!(text, moved);
     std::fs::write(&conf, moved).unwrap();
     let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(send_signal(&pid, "-HUP"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while login_sees_old(addr.clone(), env.ca.clone()).await {
         assert!(Instant::now() < deadline, "carol still merged after SIGHUP");
@@ -478,13 +463,7 @@ async fn sighup_rereads_the_config_file() {
     }
     // A broken file on the next HUP leaves Ferry running as it was.
     std::fs::write(&conf, "not toml [").unwrap();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(send_signal(&pid, "-HUP"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!login_sees_old(addr.clone(), env.ca.clone()).await);
     assert!(child.try_wait().unwrap().is_none(), "ferry exited");

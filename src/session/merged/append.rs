@@ -31,7 +31,7 @@ impl Session {
         probe: AppendProbe,
         a: Announcement,
     ) {
-        self.time_command(&self.command.clone());
+        self.timing = Some(crate::session::Timing::new(&self.command));
         let tag = Bytes::copy_from_slice(probe.command.tag.inner().as_bytes());
         let refuse = |code: Rfc5530, text: &str| reply::no(&tag, code, text);
         let target = m.map.to_backend(&probe.mailbox);

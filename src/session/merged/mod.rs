@@ -103,6 +103,22 @@ enum Job {
     Reopen(Bytes, Box<Resume>),
 }
 
+impl Job {
+    /// The client's tag this job answers (Ferry's own jobs have none).
+    fn client_tag(&self) -> Option<Bytes> {
+        match self {
+            Job::Forward { tag, .. }
+            | Job::FlagEcho { tag, .. }
+            | Job::Idle { tag, .. }
+            | Job::Append { tag, .. } => Some(tag.clone()),
+            Job::List(l) => Some(l.client_tag().clone()),
+            Job::Copy(c) => Some(c.client_tag().clone()),
+            Job::Reopen(..) => None,
+            Job::Leave { then, .. } => then.2.client_tag(),
+        }
+    }
+}
+
 pub(super) struct Merged {
     map: NameMap,
     caps: Vec<String>,
@@ -205,21 +221,7 @@ impl Merged {
 
     /// The client's tag of the command in flight, if any.
     pub(super) fn client_tag(&self) -> Option<Bytes> {
-        match self.job.as_ref()? {
-            Job::Forward { tag, .. }
-            | Job::FlagEcho { tag, .. }
-            | Job::Idle { tag, .. }
-            | Job::Append { tag, .. } => Some(tag.clone()),
-            Job::List(l) => Some(l.client_tag().clone()),
-            Job::Copy(c) => Some(c.client_tag().clone()),
-            Job::Reopen(..) => None,
-            Job::Leave { then, .. } => match &then.2 {
-                Job::Forward { tag, .. } | Job::Idle { tag, .. } | Job::Append { tag, .. } => {
-                    Some(tag.clone())
-                }
-                _ => None,
-            },
-        }
+        self.job.as_ref()?.client_tag()
     }
 
     /// The store that owes an answer right now (an IDLE owes none).

@@ -68,13 +68,14 @@ impl Session {
                 after: After::Nothing,
                 ..
             }) => m.old_last.take().filter(|(t, _)| *t == tag),
-            Some(other) => {
-                // Anything else on OLD (a flag echo, a copy) cannot be repeated.
-                if let Some(tag) = client_tag_of(&other) {
+            // Anything else on OLD (a flag echo, a copy) cannot be repeated.
+            Some(other @ (Job::Forward { .. } | Job::FlagEcho { .. } | Job::Copy(_))) => {
+                if let Some(tag) = other.client_tag() {
                     self.send_client(unavailable(&tag));
                 }
                 None
             }
+            Some(_) => None,
         };
         tracing::info!("OLD store went away under an open Old/ folder; reconnecting");
         m.resume = Some(Box::new(Resume {
@@ -138,13 +139,5 @@ impl Session {
                 }
             }
         }
-    }
-}
-
-fn client_tag_of(job: &Job) -> Option<Bytes> {
-    match job {
-        Job::Forward { tag, .. } | Job::FlagEcho { tag, .. } => Some(tag.clone()),
-        Job::Copy(c) => Some(c.client_tag().clone()),
-        _ => None,
     }
 }
