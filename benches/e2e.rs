@@ -26,7 +26,27 @@ struct Scale {
     logins_for: Duration,
 }
 
+/// `FERRY_BENCH_SESSIONS=1,10` and `FERRY_BENCH_SECONDS=20` narrow a run
+/// (for profiling one concurrency); `FERRY_BENCH_ONLY=load` skips the rest.
 fn scale(bench: bool) -> Scale {
+    let mut s = full_scale(bench);
+    if let Ok(v) = std::env::var("FERRY_BENCH_SESSIONS") {
+        s.sessions = v.split(',').filter_map(|n| n.trim().parse().ok()).collect();
+    }
+    if let Some(secs) = std::env::var("FERRY_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        s.seconds = secs;
+    }
+    s
+}
+
+fn only_load() -> bool {
+    std::env::var("FERRY_BENCH_ONLY").is_ok_and(|v| v == "load")
+}
+
+fn full_scale(bench: bool) -> Scale {
     if bench {
         Scale {
             seconds: 6.0,
@@ -288,6 +308,7 @@ async fn run(s: Scale) {
     seed.logout().await;
 
     let ferry = FerryProc::start(&env).await;
+    println!("ferry pid {}", ferry.pid());
     let direct = env.new.addr();
     println!("Ferry vs direct Dovecot (plaintext, loopback; Ferry in phase merged)");
     println!(
@@ -324,6 +345,9 @@ async fn run(s: Scale) {
         );
     }
 
+    if only_load() {
+        return;
+    }
     let hwm0 = ferry.status_kib("VmHWM:");
     let direct_mbs = big_fetch(&direct, s.big_bytes).await;
     let ferry_mbs = big_fetch(&ferry.plain, s.big_bytes).await;

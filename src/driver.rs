@@ -42,6 +42,8 @@ pub struct Ctx {
     pub connections: Arc<crate::listener::Connections>,
     /// Session ids, unique across listeners (for logs and the drain spread).
     pub next_id: std::sync::atomic::AtomicU64,
+    /// Where sessions run.
+    pub workers: crate::workers::Workers,
 }
 
 type Login = Pin<Box<dyn Future<Output = Result<Connected, BackendError>> + Send>>;
@@ -61,11 +63,14 @@ async fn login_opt(login: &mut Option<Login>) -> Result<Connected, BackendError>
     }
 }
 
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// The next configuration, with the receiver to wait for the one after it;
+/// `None` once Ferry has dropped the sender.
+async fn live_changed(
+    mut rx: watch::Receiver<Arc<Live>>,
+) -> Option<(watch::Receiver<Arc<Live>>, Arc<Live>)> {
+    rx.changed().await.ok()?;
+    let live = rx.borrow_and_update().clone();
+    Some((rx, live))
 }
 
 /// 16 KiB: one TLS record, so a read never splits less than a record.
@@ -152,6 +157,19 @@ pub async fn serve(
     let mut phase_end_at: Option<Instant> = None;
     // Since when the client has been in IDLE (renewed toward the store).
     let mut idle_since: Option<Instant> = None;
+    // One timer serves every deadline. Activity pushes deadlines later without
+    // touching it: it fires early, at most `command_timeout` after it was
+    // armed, and is armed again. It is moved earlier only when a deadline
+    // requires it. (Re-arming a timer per command wakes the runtime's driver
+    // each time; this way a command costs no timer work at all.)
+    let mut armed = deadline.min(Instant::now() + command_timeout);
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(armed));
+    let mut fired = false;
+    // Long-lived too, so a command never re-registers with shared state.
+    let mut cancelled = std::pin::pin!(shutdown.cancelled());
+    let mut shutdown_seen = false;
+    let mut live_changes = std::pin::pin!(live_changed(live_rx));
+    let mut live_gone = false;
 
     loop {
         // Perform everything the session asked for.
@@ -215,6 +233,21 @@ pub async fn serve(
         let store_deadline = session
             .awaiting_store()
             .map(|s| io.store_active[store_idx(s)] + command_timeout);
+        let want = [
+            Some(deadline),
+            store_deadline,
+            idle_since.map(|s| s + idle_refresh),
+            phase_end_at.filter(|_| ending.is_none()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(deadline);
+        if fired || want < armed {
+            armed = want.min(Instant::now() + command_timeout);
+            timer.as_mut().reset(armed);
+            fired = false;
+        }
         let waiting_for_client = io.client.is_some() && session.wants_client_input();
         // While a command runs, keep reading a little: a client that hangs up
         // must be noticed (a copy in flight is then undone), and pipelined
@@ -277,38 +310,42 @@ pub async fn serve(
             },
             r = login_opt(old_login) => { io.logins[0] = None; login_result(&mut session, &mut io, &ctx, Store::Old, r); }
             r = login_opt(new_login) => { io.logins[1] = None; login_result(&mut session, &mut io, &ctx, Store::New, r); }
-            _ = tokio::time::sleep_until(deadline) => {
-                debug!("client timed out");
-                metrics::limit_hit(if session.is_authenticated() { "idle_timeout" } else { "preauth_timeout" });
-                session.end("Autologout; idle for too long");
-            }
-            _ = sleep_opt(store_deadline) => {
-                if let Some(store) = session.awaiting_store() {
+            () = &mut timer => {
+                fired = true;
+                let now = Instant::now();
+                if now >= deadline {
+                    debug!("client timed out");
+                    metrics::limit_hit(if session.is_authenticated() { "idle_timeout" } else { "preauth_timeout" });
+                    session.end("Autologout; idle for too long");
+                    deadline = now + Duration::from_secs(timeout);
+                } else if let Some(store) = session.awaiting_store()
+                    && now >= io.store_active[store_idx(store)] + command_timeout
+                {
                     warn!(store = store.as_str(), "store did not answer in time; giving it up");
                     metrics::limit_hit("backend_timeout");
                     metrics::backend_error(store.as_str(), "timeout");
                     io.stores[store_idx(store)] = None;
                     // Never spin on a deadline already past, whatever the session does next.
-                    io.store_active[store_idx(store)] = Instant::now();
+                    io.store_active[store_idx(store)] = now;
                     session.backend_closed(store);
                 }
+                if ending.is_none() && phase_end_at.is_some_and(|at| now >= at) {
+                    phase_end_at = None;
+                    ending = Some(PHASE_TEXT);
+                }
             }
-            _ = sleep_opt(idle_since.map(|s| s + idle_refresh)) => {}
-            _ = shutdown.cancelled(), if ending != Some(SHUTDOWN_TEXT) => {
+            () = &mut cancelled, if !shutdown_seen => {
+                shutdown_seen = true;
                 ending = Some(SHUTDOWN_TEXT);
             }
-            r = live_rx.changed() => {
-                if r.is_err() {
-                    // Ferry itself is gone; the shutdown token ends the session.
-                    continue;
+            changed = &mut live_changes, if !live_gone => match changed {
+                Some((rx, live)) => {
+                    live_changes.set(live_changed(rx));
+                    phase_end_at = reloaded(&mut session, &live, id);
                 }
-                let live = live_rx.borrow_and_update().clone();
-                phase_end_at = reloaded(&mut session, &live, id);
-            }
-            _ = sleep_opt(phase_end_at), if ending.is_none() => {
-                phase_end_at = None;
-                ending = Some(PHASE_TEXT);
-            }
+                // Ferry itself is gone; the shutdown token ends the session.
+                None => live_gone = true,
+            },
         }
     }
     metrics::session_phase(listener, Some(phase), None);

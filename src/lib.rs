@@ -1,6 +1,6 @@
 //! Ferry: an IMAP proxy for mail-system migrations.
 //!
-//! Data flow (one task per client session):
+//! Data flow (one task per client session, on one of the per-core workers):
 //!
 //! ```text
 //! client ─TLS/STARTTLS─▶ listener ─▶ driver (the only async glue)
@@ -33,5 +33,6 @@ pub mod session;
 pub mod subscriptions;
 pub mod throttle;
 pub mod tls;
+pub mod workers;
 
 pub use listener::Ferry;

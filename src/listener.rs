@@ -40,6 +40,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("cannot start worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -130,8 +132,15 @@ impl crate::metrics::Readiness for Ready {
 }
 
 impl Ferry {
-    /// Binds the configured listeners (port 0 picks a free port) and serves in the background.
+    /// Binds the configured listeners (port 0 picks a free port) and serves in
+    /// the background, with one session worker per CPU.
     pub async fn start(config: Config) -> Result<Ferry, StartError> {
+        Ferry::start_with_workers(config, crate::workers::default_count()).await
+    }
+
+    /// [`Ferry::start`] with `workers` session threads.
+    pub async fn start_with_workers(config: Config, workers: usize) -> Result<Ferry, StartError> {
+        let workers = crate::workers::Workers::new(workers).map_err(StartError::Workers)?;
         tls::install_provider();
         crate::metrics::install();
         let (acceptor, resolver) = match &config.tls {
@@ -157,6 +166,7 @@ impl Ferry {
             throttle,
             connections: Arc::default(),
             next_id: Default::default(),
+            workers,
         });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -332,10 +342,18 @@ async fn accept_loop(
             tracker.spawn(refuse(tcp, kind));
             continue;
         };
+        // The socket moves to the worker's own I/O driver.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                warn!(error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
         let span = info_span!("session", id, listener = kind.name(), client.addr = %peer, user = tracing::field::Empty);
-        tracker.spawn(
+        ctx.workers.spawn(tracker.track_future(
             handle(tcp, peer, kind, id, ctx.clone(), shutdown.clone(), slot).instrument(span),
-        );
+        ));
     }
 }
 
@@ -400,7 +418,7 @@ impl Drop for ConnSlot {
 }
 
 async fn handle(
-    tcp: TcpStream,
+    tcp: std::net::TcpStream,
     peer: SocketAddr,
     kind: Kind,
     id: u64,
@@ -408,6 +426,9 @@ async fn handle(
     shutdown: CancellationToken,
     _slot: ConnSlot,
 ) {
+    let Ok(tcp) = TcpStream::from_std(tcp) else {
+        return;
+    };
     let _ = tcp.set_nodelay(true);
     crate::metrics::session_started(kind.name());
     let handshake =

@@ -12,7 +12,7 @@ struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Worker threads (default: one per CPU).
+    /// Session worker threads (default: one per CPU).
     #[arg(long, env = "FERRY_THREADS")]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -47,14 +47,16 @@ fn main() -> anyhow::Result<()> {
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cli.threads {
-        builder.worker_threads(n.max(1));
-    }
-    let runtime = builder.enable_all().build()?;
+    // Sessions run on their own per-core workers; this runtime only accepts,
+    // serves /metrics and handles signals.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let workers = cli.threads.unwrap_or_else(ferry::workers::default_count);
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
-        let ferry = ferry::Ferry::start(config).await?;
+        let ferry = ferry::Ferry::start_with_workers(config, workers).await?;
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
         loop {
