@@ -26,8 +26,10 @@ struct Scale {
     logins_for: Duration,
 }
 
-/// `FERRY_BENCH_SESSIONS=1,10` and `FERRY_BENCH_SECONDS=20` narrow a run
-/// (for profiling one concurrency); `FERRY_BENCH_ONLY=load` skips the rest.
+/// For profiling, a run can be narrowed: `FERRY_BENCH_SESSIONS=1,10`,
+/// `FERRY_BENCH_SECONDS=20`, `FERRY_BENCH_ONLY=load,fetch,idle,login` (the
+/// parts to run), `FERRY_BENCH_WRAP="valgrind --tool=massif"` (a command
+/// Ferry runs under).
 fn scale(bench: bool) -> Scale {
     let mut s = full_scale(bench);
     if let Ok(v) = std::env::var("FERRY_BENCH_SESSIONS") {
@@ -42,8 +44,8 @@ fn scale(bench: bool) -> Scale {
     s
 }
 
-fn only_load() -> bool {
-    std::env::var("FERRY_BENCH_ONLY").is_ok_and(|v| v == "load")
+fn part(name: &str) -> bool {
+    std::env::var("FERRY_BENCH_ONLY").map_or(true, |v| v.split(',').any(|p| p.trim() == name))
 }
 
 fn full_scale(bench: bool) -> Scale {
@@ -51,8 +53,7 @@ fn full_scale(bench: bool) -> Scale {
         Scale {
             seconds: 6.0,
             sessions: vec![1, 10, 100],
-            // Each is also a Dovecot process on NEW (limit 500 in the test setup).
-            idle_sessions: 400,
+            idle_sessions: 2000,
             big_bytes: 20 * 1024 * 1024,
             logins_for: Duration::from_secs(5),
         }
@@ -82,7 +83,17 @@ impl FerryProc {
             .replacen("imaps = \"127.0.0.1:0\"", &format!("imaps = \"{tls}\""), 1)
             .replacen("imap  = \"127.0.0.1:0\"", &format!("imap = \"{plain}\""), 1);
         let conf = write_file(env.dir(), "ferry-bench.toml", toml.as_bytes());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        let wrap = std::env::var("FERRY_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(env!("CARGO_BIN_EXE_ferry"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_ferry")),
+        };
+        let mut child = command
             .arg("--config")
             .arg(conf)
             .env("RUST_LOG", "warn")
@@ -127,6 +138,14 @@ impl FerryProc {
 
 impl Drop for FerryProc {
     fn drop(&mut self) {
+        // SIGTERM first, so a profiler Ferry runs under writes its report.
+        send_signal(&self.pid().to_string(), "-TERM");
+        for _ in 0..200 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -232,25 +251,32 @@ async fn big_fetch(addr: &str, bytes: usize) -> f64 {
     bytes as f64 / 1e6 / secs
 }
 
-/// Logs in `n` sessions and leaves them open.
+/// Logs in `n` sessions (8 at a time) and leaves them open.
 async fn idle_sessions(
     addr: &str,
     n: usize,
     tls: Option<&rustls_pki_types::CertificateDer<'static>>,
 ) -> Vec<TestClient> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let mut c = match tls {
-            Some(ca) => TestClient::tls(addr, ca).await,
-            None => TestClient::plain(addr).await,
-        };
-        c.patient(Duration::from_secs(60));
-        c.greeting().await;
-        c.login("alice", PASSWORD).await.assert_ok();
-        c.cmd("SELECT INBOX").await.assert_ok();
-        out.push(c);
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..8 {
+        let (addr, tls) = (addr.to_string(), tls.cloned());
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            for _ in (k..n).step_by(8) {
+                let mut c = match &tls {
+                    Some(ca) => TestClient::tls(addr.as_str(), ca).await,
+                    None => TestClient::plain(addr.as_str()).await,
+                };
+                c.patient(Duration::from_secs(60));
+                c.greeting().await;
+                c.login("alice", PASSWORD).await.assert_ok();
+                c.cmd("SELECT INBOX").await.assert_ok();
+                out.push(c);
+            }
+            out
+        });
     }
-    out
+    tasks.join_all().await.into_iter().flatten().collect()
 }
 
 /// TLS handshakes + LOGIN + LOGOUT per second, 4 clients in parallel.
@@ -287,9 +313,17 @@ async fn login_rate(
 async fn run(s: Scale) {
     // Only NEW matters for this workload (alice's INBOX and a big folder);
     // Ferry's merged phase is what users get.
+    // Thousands of idle sessions: NEW serves 50 connections per imap process
+    // (the test setup's default is one), and neither NEW nor Ferry caps one
+    // address at fewer.
     let env = TestEnv::builder()
         .allow_plaintext(true)
         .seed(false)
+        .new_conf(
+            "mail_max_userip_connections = 10000\n\
+             service imap {\n  client_limit = 50\n  service_count = 0\n  process_limit = 200\n}\n",
+        )
+        .extra_toml("[limits]\nmax_connections_per_ip = 10000\n")
         .start()
         .await;
     let inbox: Vec<(String, Vec<u8>)> = (0..50)
@@ -323,7 +357,7 @@ async fn run(s: Scale) {
         "p99 fer",
         "ferry CPU/cmd (user+sys)"
     );
-    for &n in &s.sessions {
+    for &n in s.sessions.iter().filter(|_| part("load")) {
         let d = load(&direct, n, s.seconds).await;
         let (u0, s0) = ferry.cpu();
         let f = load(&ferry.plain, n, s.seconds).await;
@@ -345,23 +379,22 @@ async fn run(s: Scale) {
         );
     }
 
-    if only_load() {
-        return;
+    if part("fetch") {
+        let hwm0 = ferry.status_kib("VmHWM:");
+        let direct_mbs = big_fetch(&direct, s.big_bytes).await;
+        let ferry_mbs = big_fetch(&ferry.plain, s.big_bytes).await;
+        let growth = ferry.status_kib("VmHWM:").saturating_sub(hwm0);
+        println!(
+            "{} MB FETCH: direct {direct_mbs:.0} MB/s, Ferry {ferry_mbs:.0} MB/s, ratio {:.2}; Ferry peak RSS growth {growth} KiB",
+            s.big_bytes / (1024 * 1024),
+            ferry_mbs / direct_mbs
+        );
     }
-    let hwm0 = ferry.status_kib("VmHWM:");
-    let direct_mbs = big_fetch(&direct, s.big_bytes).await;
-    let ferry_mbs = big_fetch(&ferry.plain, s.big_bytes).await;
-    let growth = ferry.status_kib("VmHWM:").saturating_sub(hwm0);
-    println!(
-        "{} MB FETCH: direct {direct_mbs:.0} MB/s, Ferry {ferry_mbs:.0} MB/s, ratio {:.2}; Ferry peak RSS growth {growth} KiB",
-        s.big_bytes / (1024 * 1024),
-        ferry_mbs / direct_mbs
-    );
 
     let ca = env.ca.clone();
     drop(ferry);
     // Each idle measurement in a fresh Ferry, so no freed memory is reused.
-    for tls in [false, true] {
+    for tls in [false, true].into_iter().filter(|_| part("idle")) {
         let ferry = FerryProc::start(&env).await;
         // A first session warms up lazily built state (TLS config, metrics).
         let warm = idle_sessions(&ferry.tls, 1, Some(&ca)).await;
@@ -385,12 +418,17 @@ async fn run(s: Scale) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let ferry = FerryProc::start(&env).await;
-    let logins = login_rate(&ferry.tls, &ca, s.logins_for).await;
-    println!("login rate through Ferry (TLS handshake + LOGIN + LOGOUT, 4 clients): {logins:.0}/s");
+    if part("login") {
+        let ferry = FerryProc::start(&env).await;
+        let logins = login_rate(&ferry.tls, &ca, s.logins_for).await;
+        println!(
+            "login rate through Ferry (TLS handshake + LOGIN + LOGOUT, 4 clients): {logins:.0}/s"
+        );
+    }
 }
 
 fn main() {
+    ferry::listener::raise_open_files_limit();
     let bench = std::env::args().any(|a| a == "--bench");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

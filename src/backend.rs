@@ -309,10 +309,12 @@ async fn connect_inner(
     };
     let layout = layout(&mut c, &capabilities).await?;
     let rest = c.framer.take_rest();
+    static SHARED: std::sync::Mutex<Vec<Arc<[Capability<'static>]>>> =
+        std::sync::Mutex::new(Vec::new());
     Ok(Connected {
         stream: c.stream,
         info: BackendInfo {
-            capabilities,
+            capabilities: crate::merge::shared(&SHARED, capabilities),
             layout,
         },
         rest,

@@ -1,12 +1,14 @@
 //! The only async glue: moves bytes between the client, the stores and the
 //! sans-IO [`Session`], and performs its actions.
 
-use std::{future::Future, io, net::IpAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    cell::RefCell, future::Future, io, net::IpAddr, pin::Pin, sync::Arc, task::Poll, time::Duration,
+};
 
 use bytes::{Bytes, BytesMut};
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncWriteExt, ReadBuf},
     sync::watch,
     time::Instant,
 };
@@ -48,12 +50,40 @@ pub struct Ctx {
 
 type Login = Pin<Box<dyn Future<Output = Result<Connected, BackendError>> + Send>>;
 
-/// Reads from an optional stream; pends forever when there is none.
-async fn read_opt(stream: &mut Option<MaybeTls>, buf: &mut [u8]) -> io::Result<usize> {
-    match stream {
-        Some(s) => s.read(buf).await,
-        None => std::future::pending().await,
-    }
+/// Every read of a worker thread lands in its one scratch buffer and is
+/// handed to the session at once (the session keeps only what it needs), so
+/// a session holds no read buffer of its own: idle sessions stay small, and
+/// a read takes up to 64 KiB, whatever the session read before.
+const READ_BUF: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUF].into_boxed_slice());
+}
+
+/// Reads from an optional stream into this thread's scratch buffer (pends
+/// forever when there is none). The caller takes the bytes with [`scratch`]
+/// before it next awaits: `select!` runs a branch's handler in the same poll
+/// that completed the read, so no other session can overwrite them.
+async fn read_opt(stream: &mut Option<MaybeTls>) -> io::Result<usize> {
+    let Some(stream) = stream else {
+        return std::future::pending().await;
+    };
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|buf| {
+            let mut read = ReadBuf::new(buf);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
+    .await
+}
+
+/// The `n` bytes the last [`read_opt`] on this thread left.
+fn scratch<R>(n: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+    SCRATCH.with_borrow(|buf| f(&buf[..n]))
 }
 
 async fn login_opt(login: &mut Option<Login>) -> Result<Connected, BackendError> {
@@ -73,20 +103,8 @@ async fn live_changed(
     Some((rx, live))
 }
 
-/// 16 KiB: one TLS record, so a read never splits less than a record.
-const READ_BUF: usize = 16 * 1024;
-/// Read buffers start (and return to, between commands) this small; a read
-/// that fills one doubles it, up to [`READ_BUF`]. Idle sessions stay cheap.
-const SMALL_READ_BUF: usize = 2 * 1024;
-
-/// Grows `buf` after a read that filled it; shrinks it back when `idle`.
-fn adapt(buf: &mut Vec<u8>, filled: bool, idle: bool) {
-    if filled && buf.len() < READ_BUF {
-        buf.resize((buf.len() * 2).min(READ_BUF), 0);
-    } else if idle && buf.len() > SMALL_READ_BUF {
-        *buf = vec![0u8; SMALL_READ_BUF];
-    }
-}
+/// While a command runs, client input beyond this waits in the socket.
+const PIPELINE_BOUND: usize = 16 * 1024;
 
 const SHUTDOWN_TEXT: &str = "Server shutting down, please reconnect.";
 const PHASE_TEXT: &str =
@@ -107,7 +125,6 @@ struct Io {
     /// Credentials of a primary login in flight, to record its outcome.
     primary: [Option<Arc<Credentials>>; 2],
     peer: IpAddr,
-    bytes: metrics::Bytes,
     /// When each store last sent or was sent something.
     store_active: [Instant; 2],
 }
@@ -138,14 +155,8 @@ pub async fn serve(
         logins: [None, None],
         primary: [None, None],
         peer,
-        bytes: metrics::Bytes::new(),
         store_active: [Instant::now(); 2],
     };
-    // Buffers grow when needed: a connection that never logs in (or a
-    // slowloris) costs a small client buffer and no store buffers.
-    let mut cbuf = vec![0u8; SMALL_READ_BUF];
-    let mut obuf = Vec::new();
-    let mut nbuf = Vec::new();
     let limits = live.config.limits.clone();
     let command_timeout = Duration::from_secs(limits.backend_command_timeout_secs);
     let idle_refresh = Duration::from_secs(limits.idle_refresh_secs);
@@ -221,14 +232,6 @@ pub async fn serve(
         if session.has_actions() {
             continue;
         }
-        let idle = session.is_idle();
-        for (stream, buf) in [(&io.stores[0], &mut obuf), (&io.stores[1], &mut nbuf)] {
-            if stream.is_some() && buf.is_empty() {
-                buf.resize(SMALL_READ_BUF, 0);
-            }
-            adapt(buf, false, idle);
-        }
-        adapt(&mut cbuf, false, idle);
         // A store that owes an answer and stays silent is given up.
         let store_deadline = session
             .awaiting_store()
@@ -252,8 +255,8 @@ pub async fn serve(
         // While a command runs, keep reading a little: a client that hangs up
         // must be noticed (a copy in flight is then undone), and pipelined
         // commands wait in the session's buffer, which this bounds.
-        let read_client =
-            io.client.is_some() && (waiting_for_client || session.client_buffered() < READ_BUF);
+        let read_client = io.client.is_some()
+            && (waiting_for_client || session.client_buffered() < PIPELINE_BOUND);
         let timeout = if session.is_authenticated() {
             limits.idle_timeout_secs
         } else {
@@ -268,43 +271,37 @@ pub async fn serve(
         let [old, new] = stores;
         let [old_login, new_login] = logins;
         tokio::select! {
-            r = read_opt(client, &mut cbuf), if read_client => match r {
+            r = read_opt(client), if read_client => match r {
                 Ok(0) | Err(_) => {
                     io.client = None;
                     session.client_closed();
                 }
                 Ok(n) => {
-                    io.bytes.client_in.increment(n as u64);
+                    metrics::bytes().client_in.increment(n as u64);
                     deadline = Instant::now() + Duration::from_secs(timeout);
-                    session.client_input(&cbuf[..n]);
-                    let filled = n == cbuf.len();
-                    adapt(&mut cbuf, filled, false);
+                    scratch(n, |b| session.client_input(b));
                 }
             },
-            r = read_opt(old, &mut obuf) => {
+            r = read_opt(old) => {
                 // A store at work is not an idle client.
                 deadline = Instant::now() + Duration::from_secs(timeout);
                 io.store_active[0] = Instant::now();
                 match r {
                     Ok(0) | Err(_) => { io.stores[0] = None; session.backend_closed(Store::Old); }
                     Ok(n) => {
-                        io.bytes.store_in[0].increment(n as u64);
-                        session.backend_input(Store::Old, &obuf[..n]);
-                        let filled = n == obuf.len();
-                        adapt(&mut obuf, filled, false);
+                        metrics::bytes().store_in[0].increment(n as u64);
+                        scratch(n, |b| session.backend_input(Store::Old, b));
                     }
                 }
             },
-            r = read_opt(new, &mut nbuf) => {
+            r = read_opt(new) => {
                 deadline = Instant::now() + Duration::from_secs(timeout);
                 io.store_active[1] = Instant::now();
                 match r {
                     Ok(0) | Err(_) => { io.stores[1] = None; session.backend_closed(Store::New); }
                     Ok(n) => {
-                        io.bytes.store_in[1].increment(n as u64);
-                        session.backend_input(Store::New, &nbuf[..n]);
-                        let filled = n == nbuf.len();
-                        adapt(&mut nbuf, filled, false);
+                        metrics::bytes().store_in[1].increment(n as u64);
+                        scratch(n, |b| session.backend_input(Store::New, b));
                     }
                 }
             },
@@ -495,7 +492,7 @@ async fn perform(
             if let Some(c) = io.client.as_mut() {
                 c.write_all(&data).await?;
                 c.flush().await?;
-                io.bytes.client_out.increment(data.len() as u64);
+                metrics::bytes().client_out.increment(data.len() as u64);
             }
         }
         Action::ToBackend(store, data) => {
@@ -505,7 +502,7 @@ async fn perform(
                     io.stores[i] = None;
                     session.backend_closed(store);
                 } else {
-                    io.bytes.store_out[i].increment(data.len() as u64);
+                    metrics::bytes().store_out[i].increment(data.len() as u64);
                     io.store_active[i] = Instant::now();
                 }
             }
@@ -516,7 +513,9 @@ async fn perform(
             else {
                 return Ok(false);
             };
-            match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
+            // Boxed: a handshake's state is large and needed once per session.
+            let accept = Box::pin(acceptor.accept(tcp));
+            match tokio::time::timeout(Duration::from_secs(30), accept).await {
                 Ok(Ok(tls)) => {
                     io.client = Some(MaybeTls::Tls(Box::new(tls.into())));
                     session.tls_established();

@@ -435,7 +435,8 @@ async fn handle(
         Duration::from_secs(ctx.live.borrow().config.limits.preauth_timeout_secs.min(30));
     let stream = match (kind, &ctx.acceptor) {
         (Kind::Imaps, Some(acceptor)) => {
-            match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+            // Boxed: a handshake's state is large and needed once per session.
+            match tokio::time::timeout(handshake, Box::pin(acceptor.accept(tcp))).await {
                 Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls.into())),
                 _ => {
                     crate::metrics::tls_handshake_failed(kind.name());

@@ -1,6 +1,9 @@
 //! Pure merging of what the two stores report: LIST/LSUB trees and capabilities.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
 
 use imap_codec::imap_types::{core::Atom, flag::FlagNameAttribute, response::Capability};
 
@@ -178,8 +181,28 @@ fn cap_name(c: &Capability<'_>) -> String {
     c.to_string().to_ascii_uppercase()
 }
 
-/// Post-login capabilities in the merged phase.
-pub fn merged_capabilities(new: &[Capability<'_>]) -> Vec<String> {
+/// One shared copy of `list` per distinct value: thousands of sessions see
+/// the same few capability lists, and each copy would cost a session about a
+/// kilobyte. Up to 32 distinct lists are kept.
+pub fn shared<T: PartialEq>(cache: &Mutex<Vec<Arc<[T]>>>, list: Vec<T>) -> Arc<[T]> {
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = cache.iter().find(|known| known[..] == list[..]) {
+        return known.clone();
+    }
+    let list: Arc<[T]> = list.into();
+    if cache.len() < 32 {
+        cache.push(list.clone());
+    }
+    list
+}
+
+/// Post-login capabilities in the merged phase (shared between sessions).
+pub fn merged_capabilities(new: &[Capability<'_>]) -> Arc<[String]> {
+    static SHARED: Mutex<Vec<Arc<[String]>>> = Mutex::new(Vec::new());
+    shared(&SHARED, merged_capability_list(new))
+}
+
+fn merged_capability_list(new: &[Capability<'_>]) -> Vec<String> {
     let mut out = vec![
         "IMAP4rev1".to_string(),
         "ID".into(),
@@ -197,8 +220,9 @@ pub fn merged_capabilities(new: &[Capability<'_>]) -> Vec<String> {
 
 /// Post-login capabilities when one store is passed through: its own, minus what
 /// a proxy in the middle cannot carry (compression, TLS and login mechanisms).
-pub fn passthrough_capabilities(store: &[Capability<'_>]) -> Vec<String> {
-    store
+pub fn passthrough_capabilities(store: &[Capability<'_>]) -> Arc<[String]> {
+    static SHARED: Mutex<Vec<Arc<[String]>>> = Mutex::new(Vec::new());
+    let list = store
         .iter()
         .filter(|c| {
             let n = cap_name(c);
@@ -208,7 +232,8 @@ pub fn passthrough_capabilities(store: &[Capability<'_>]) -> Vec<String> {
                     .contains(&n.as_str()))
         })
         .map(|c| c.to_string())
-        .collect()
+        .collect();
+    shared(&SHARED, list)
 }
 
 #[cfg(test)]

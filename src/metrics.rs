@@ -4,9 +4,9 @@
 //! phase, store, command name, result) — never a user or mailbox name.
 //! Histograms have explicit buckets so they aggregate across instances.
 
-use std::{net::SocketAddr, sync::OnceLock, time::Duration};
+use std::{cell::RefCell, collections::HashMap, net::SocketAddr, sync::OnceLock, time::Duration};
 
-use metrics::{Counter, counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use thiserror::Error;
 use tokio::{
@@ -102,13 +102,32 @@ pub fn login(phase: Phase, result: &'static str) {
 }
 
 /// One client command: its name, which store(s) served it, and the outcome.
+/// Handles are looked up once per worker thread and label set: a lookup
+/// hashes the labels and allocates, which per command would cost more than
+/// forwarding it.
 pub fn command(name: &'static str, store: &'static str, result: &'static str, took: Duration) {
-    counter!("ferry_commands_total", "command" => name, "store" => store, "result" => result)
-        .increment(1);
-    // An IDLE lasts as long as the user likes: not a latency.
-    if name != "IDLE" {
-        histogram!("ferry_command_duration_seconds", "store" => store).record(took.as_secs_f64());
+    type Handles = (
+        HashMap<(&'static str, &'static str, &'static str), Counter>,
+        HashMap<&'static str, Histogram>,
+    );
+    thread_local! {
+        static HANDLES: RefCell<Handles> = RefCell::default();
     }
+    HANDLES.with_borrow_mut(|(counters, histograms)| {
+        counters
+            .entry((name, store, result))
+            .or_insert_with(|| {
+                counter!("ferry_commands_total", "command" => name, "store" => store, "result" => result)
+            })
+            .increment(1);
+        // An IDLE lasts as long as the user likes: not a latency.
+        if name != "IDLE" {
+            histograms
+                .entry(store)
+                .or_insert_with(|| histogram!("ferry_command_duration_seconds", "store" => store))
+                .record(took.as_secs_f64());
+        }
+    });
 }
 
 pub fn backend_connect(store: &'static str, result: &'static str) {
@@ -170,8 +189,15 @@ pub struct Bytes {
     pub store_out: [Counter; 2],
 }
 
+/// The byte counters, registered once: a handle costs an allocation, and
+/// sessions are many.
+pub fn bytes() -> &'static Bytes {
+    static BYTES: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BYTES.get_or_init(Bytes::new)
+}
+
 impl Bytes {
-    pub fn new() -> Self {
+    fn new() -> Self {
         let c = |direction: &'static str, peer: &'static str| counter!("ferry_bytes_total", "direction" => direction, "peer" => peer);
         Self {
             client_in: c("in", "client"),
@@ -179,12 +205,6 @@ impl Bytes {
             store_in: [c("in", "old"), c("in", "new")],
             store_out: [c("out", "old"), c("out", "new")],
         }
-    }
-}
-
-impl Default for Bytes {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

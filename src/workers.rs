@@ -3,22 +3,17 @@
 //! hand-off between threads, which on a small VM cost more than the proxying
 //! itself (futex parks, eventfd wake-ups, inter-processor interrupts).
 
-use std::{
-    future::Future,
-    io,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-};
+use std::{future::Future, io};
 
 use tokio::runtime::{Builder, Handle};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 struct Worker {
     handle: Handle,
     /// Sessions running on it, to place a new one on the least loaded.
-    sessions: Arc<AtomicUsize>,
+    /// (A tracker wraps the future in place; an `async` wrapper would store
+    /// the session's future twice.)
+    sessions: TaskTracker,
 }
 
 /// The session threads; they stop (dropping what still runs on them) when
@@ -47,7 +42,7 @@ impl Workers {
                 .spawn(move || runtime.block_on(stopped.cancelled()))?;
             workers.push(Worker {
                 handle,
-                sessions: Arc::default(),
+                sessions: TaskTracker::new(),
             });
         }
         Ok(Workers { workers, stop })
@@ -62,22 +57,14 @@ impl Workers {
         let worker = self
             .workers
             .iter()
-            .min_by_key(|w| w.sessions.load(Ordering::Relaxed))
+            .min_by_key(|w| w.sessions.len())
             .expect("at least one worker");
-        let count = worker.sessions.clone();
-        count.fetch_add(1, Ordering::Relaxed);
-        worker.handle.spawn(async move {
-            let _done = Done(count);
-            session.await;
-        });
+        worker.handle.spawn(worker.sessions.track_future(session));
     }
 
     /// Sessions running on each worker.
     pub fn loads(&self) -> Vec<usize> {
-        self.workers
-            .iter()
-            .map(|w| w.sessions.load(Ordering::Relaxed))
-            .collect()
+        self.workers.iter().map(|w| w.sessions.len()).collect()
     }
 }
 
@@ -85,15 +72,6 @@ impl Drop for Workers {
     fn drop(&mut self) {
         // Never joins: the last owner may itself run on a worker.
         self.stop.cancel();
-    }
-}
-
-/// Counts a session out when it ends, however it ends.
-struct Done(Arc<AtomicUsize>);
-
-impl Drop for Done {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -82,7 +82,7 @@ fn caps_variant(i: usize) -> Vec<Capability<'static>> {
 
 fn info(caps: usize, layout: Layout) -> BackendInfo {
     BackendInfo {
-        capabilities: caps_variant(caps),
+        capabilities: caps_variant(caps).into(),
         layout,
     }
 }

@@ -55,7 +55,8 @@ impl fmt::Debug for Credentials {
 /// What a store told Ferry at login.
 #[derive(Debug, Clone)]
 pub struct BackendInfo {
-    pub capabilities: Vec<Capability<'static>>,
+    /// Shared by all sessions that got the same list (see [`crate::merge::shared`]).
+    pub capabilities: Arc<[Capability<'static>]>,
     pub layout: Layout,
 }
 
@@ -240,7 +241,12 @@ impl Session {
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let action = self.actions.pop_front();
+        if action.is_none() && self.actions.capacity() > 4 {
+            // A burst of output is over: idle sessions keep no queue memory.
+            self.actions = VecDeque::new();
+        }
+        action
     }
 
     /// Puts back an action the driver took but could not perform yet.

@@ -79,7 +79,7 @@ fn info(store: Store) -> BackendInfo {
 
 fn info_with(store: Store, capabilities: &str) -> BackendInfo {
     BackendInfo {
-        capabilities: caps(capabilities),
+        capabilities: caps(capabilities).into(),
         layout: match store {
             Store::New => Layout::slash(),
             Store::Old => Layout::legacy(),

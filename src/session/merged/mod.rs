@@ -121,7 +121,7 @@ impl Job {
 
 pub(super) struct Merged {
     map: NameMap,
-    caps: Vec<String>,
+    caps: Arc<[String]>,
     credentials: Arc<Credentials>,
     selected: Option<Store>,
     old: OldState,
@@ -196,7 +196,7 @@ impl Merged {
     pub(super) fn new(
         config: &Config,
         new_layout: Layout,
-        caps: Vec<String>,
+        caps: Arc<[String]>,
         credentials: Arc<Credentials>,
     ) -> Self {
         let ns = &config.namespace;
