@@ -51,7 +51,7 @@ fn part(name: &str) -> bool {
 fn full_scale(bench: bool) -> Scale {
     if bench {
         Scale {
-            seconds: 6.0,
+            seconds: 9.0,
             sessions: vec![1, 10, 100],
             idle_sessions: 2000,
             big_bytes: 20 * 1024 * 1024,
@@ -118,17 +118,7 @@ impl FerryProc {
 
     /// (user, system) CPU time so far.
     fn cpu(&self) -> (Duration, Duration) {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<u64> = after
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        // Fields 14 and 15 (utime, stime) in clock ticks; 100 per second on Linux.
-        (
-            Duration::from_millis(f[11] * 10),
-            Duration::from_millis(f[12] * 10),
-        )
+        cpu_of(&format!("/proc/{}/stat", self.pid()))
     }
 
     fn status_kib(&self, key: &str) -> u64 {
@@ -149,6 +139,21 @@ impl Drop for FerryProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// (user, system) CPU time from a `/proc/.../stat` file.
+fn cpu_of(stat: &str) -> (Duration, Duration) {
+    let stat = std::fs::read_to_string(stat).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 (utime, stime) in clock ticks; 100 per second on Linux.
+    (
+        Duration::from_millis(f[11] * 10),
+        Duration::from_millis(f[12] * 10),
+    )
 }
 
 fn free_addr() -> String {
@@ -189,11 +194,31 @@ async fn round(c: &mut TestClient, i: usize, lat: &mut Vec<Duration>) {
     lat.push(t.elapsed());
 }
 
+/// Command latencies and time spent, summed over the slices of a run.
+#[derive(Default)]
 struct Load {
-    commands: usize,
+    lat: Vec<Duration>,
     elapsed: Duration,
-    p50: Duration,
-    p99: Duration,
+}
+
+impl Load {
+    fn add(&mut self, other: Load) {
+        self.lat.extend(other.lat);
+        self.elapsed += other.elapsed;
+    }
+
+    fn commands(&self) -> usize {
+        self.lat.len()
+    }
+
+    fn rate(&self) -> f64 {
+        self.commands() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn pct(&mut self, p: f64) -> Duration {
+        self.lat.sort_unstable();
+        self.lat[((self.lat.len() as f64 * p) as usize).min(self.lat.len() - 1)]
+    }
 }
 
 async fn load(addr: &str, sessions: usize, seconds: f64) -> Load {
@@ -220,23 +245,66 @@ async fn load(addr: &str, sessions: usize, seconds: f64) -> Load {
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let elapsed = start.elapsed();
-    all.sort_unstable();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
     Load {
-        commands: all.len(),
-        elapsed,
-        p50: pct(0.50),
-        p99: pct(0.99),
+        lat: all,
+        elapsed: start.elapsed(),
     }
-}
-
-fn rate(l: &Load) -> f64 {
-    l.commands as f64 / l.elapsed.as_secs_f64()
 }
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// A proxy that does nothing but copy bytes both ways, on one thread of its
+/// own (so its CPU time can be read): what any proxy costs on this machine.
+struct NullProxy {
+    addr: String,
+    tid: i32,
+}
+
+impl NullProxy {
+    fn start(upstream: &str) -> NullProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let upstream = upstream.to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: gettid only returns the calling thread's id.
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut store) = tokio::net::TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        let _ = client.set_nodelay(true);
+                        let _ = store.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut store).await;
+                    });
+                }
+            });
+        });
+        NullProxy {
+            addr,
+            tid: rx.recv().unwrap(),
+        }
+    }
+
+    /// Its thread's CPU time (user + system) so far.
+    fn cpu(&self) -> Duration {
+        let (user, system) = cpu_of(&format!("/proc/self/task/{}/stat", self.tid));
+        user + system
+    }
 }
 
 async fn big_fetch(addr: &str, bytes: usize) -> f64 {
@@ -312,18 +380,11 @@ async fn login_rate(
 
 async fn run(s: Scale) {
     // Only NEW matters for this workload (alice's INBOX and a big folder);
-    // Ferry's merged phase is what users get.
-    // Thousands of idle sessions: NEW serves 50 connections per imap process
-    // (the test setup's default is one), and neither NEW nor Ferry caps one
-    // address at fewer.
+    // Ferry's merged phase is what users get. NEW runs as Dovecot usually
+    // does: one imap process per connection.
     let env = TestEnv::builder()
         .allow_plaintext(true)
         .seed(false)
-        .new_conf(
-            "mail_max_userip_connections = 10000\n\
-             service imap {\n  client_limit = 50\n  service_count = 0\n  process_limit = 200\n}\n",
-        )
-        .extra_toml("[limits]\nmax_connections_per_ip = 10000\n")
         .start()
         .await;
     let inbox: Vec<(String, Vec<u8>)> = (0..50)
@@ -344,38 +405,65 @@ async fn run(s: Scale) {
     let ferry = FerryProc::start(&env).await;
     println!("ferry pid {}", ferry.pid());
     let direct = env.new.addr();
-    println!("Ferry vs direct Dovecot (plaintext, loopback; Ferry in phase merged)");
+    let null = NullProxy::start(&direct);
     println!(
-        "{:>9} {:>12} {:>12} {:>6} {:>9} {:>9} {:>9} {:>9} {:>24}",
+        "Ferry vs direct Dovecot (plaintext, loopback; Ferry in phase merged). \
+         \"null\": a proxy that only copies bytes (tokio copy_bidirectional, \
+         one thread), the floor for any proxy on this machine."
+    );
+    println!(
+        "{:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>8} {:>8} {:>8} {:>22} {:>10}",
         "sessions",
-        "direct c/s",
-        "ferry c/s",
+        "dir c/s",
+        "fer c/s",
+        "null c/s",
         "ratio",
+        "null",
         "p50 dir",
         "p50 fer",
-        "p99 dir",
-        "p99 fer",
-        "ferry CPU/cmd (user+sys)"
+        "p50 null",
+        "ferry CPU (user+sys)",
+        "null CPU",
     );
     for &n in s.sessions.iter().filter(|_| part("load")) {
-        let d = load(&direct, n, s.seconds).await;
-        let (u0, s0) = ferry.cpu();
-        let f = load(&ferry.plain, n, s.seconds).await;
-        let (u1, s1) = ferry.cpu();
-        let per = |d: Duration| us(d) / f.commands as f64;
+        // Three rounds of direct, Ferry, null in turn, summed: a machine
+        // whose load drifts then disturbs all three alike.
+        let (mut d, mut f, mut z) = (Load::default(), Load::default(), Load::default());
+        let (mut ferry_user, mut ferry_sys, mut null_cpu) = Default::default();
+        let slice = s.seconds / 3.0;
+        for _ in 0..3 {
+            d.add(load(&direct, n, slice).await);
+            let (u0, s0) = ferry.cpu();
+            f.add(load(&ferry.plain, n, slice).await);
+            let (u1, s1) = ferry.cpu();
+            (ferry_user, ferry_sys) = (ferry_user + (u1 - u0), ferry_sys + (s1 - s0));
+            let c0 = null.cpu();
+            z.add(load(&null.addr, n, slice).await);
+            null_cpu += null.cpu() - c0;
+        }
+        let per = |cpu: Duration, l: &Load| us(cpu) / l.commands() as f64;
         println!(
-            "{:>9} {:>12.0} {:>12.0} {:>6.2} {:>7.0}µs {:>7.0}µs {:>7.0}µs {:>7.0}µs {:>6.1}+{:>5.1}={:>6.1}µs",
+            "{:>8} {:>8.0} {:>8.0} {:>8.0} {:>6.2} {:>6.2} {:>6.0}µs {:>6.0}µs {:>6.0}µs {:>5.1}+{:>5.1}={:>6.1}µs {:>8.1}µs",
             n,
-            rate(&d),
-            rate(&f),
-            rate(&f) / rate(&d),
-            us(d.p50),
-            us(f.p50),
-            us(d.p99),
-            us(f.p99),
-            per(u1 - u0),
-            per(s1 - s0),
-            per(u1 - u0 + s1 - s0),
+            d.rate(),
+            f.rate(),
+            z.rate(),
+            f.rate() / d.rate(),
+            z.rate() / d.rate(),
+            us(d.pct(0.5)),
+            us(f.pct(0.5)),
+            us(z.pct(0.5)),
+            per(ferry_user, &f),
+            per(ferry_sys, &f),
+            per(ferry_user + ferry_sys, &f),
+            per(null_cpu, &z),
+        );
+        println!(
+            "{:>8} p99: direct {:.0}µs, Ferry {:.0}µs, null {:.0}µs",
+            "",
+            us(d.pct(0.99)),
+            us(f.pct(0.99)),
+            us(z.pct(0.99))
         );
     }
 
@@ -393,13 +481,31 @@ async fn run(s: Scale) {
 
     let ca = env.ca.clone();
     drop(ferry);
+    // Thousands of idle sessions: a second NEW that serves 50 connections
+    // per imap process, and neither it nor Ferry caps one address at fewer.
+    let idle_env = match part("idle") {
+        true => Some(
+            TestEnv::builder()
+                .allow_plaintext(true)
+                .new_conf(
+                    "mail_max_userip_connections = 10000\n\
+                     service imap {\n  client_limit = 50\n  service_count = 0\n  process_limit = 200\n}\n",
+                )
+                .extra_toml("[limits]\nmax_connections_per_ip = 10000\n")
+                .start()
+                .await,
+        ),
+        false => None,
+    };
     // Each idle measurement in a fresh Ferry, so no freed memory is reused.
-    for tls in [false, true].into_iter().filter(|_| part("idle")) {
-        let ferry = FerryProc::start(&env).await;
+    for (tls, env) in [false, true].into_iter().zip(idle_env.iter().cycle()) {
+        let ca = env.ca.clone();
+        let ca = &ca;
+        let ferry = FerryProc::start(env).await;
         // A first session warms up lazily built state (TLS config, metrics).
-        let warm = idle_sessions(&ferry.tls, 1, Some(&ca)).await;
+        let warm = idle_sessions(&ferry.tls, 1, Some(ca)).await;
         let (label, addr, tls) = if tls {
-            ("TLS", ferry.tls.clone(), Some(&ca))
+            ("TLS", ferry.tls.clone(), Some(ca))
         } else {
             ("plaintext", ferry.plain.clone(), None)
         };

@@ -23,6 +23,7 @@ use crate::{
     metrics,
     session::{Action, Credentials, LoginFailure, LoginPurpose, Session, SessionConfig, Store},
     tls::MaybeTls,
+    wake::WhenWoken,
 };
 
 /// One configuration and what is built from it; replaced whole on reload.
@@ -176,10 +177,11 @@ pub async fn serve(
     let mut armed = deadline.min(Instant::now() + command_timeout);
     let mut timer = std::pin::pin!(tokio::time::sleep_until(armed));
     let mut fired = false;
-    // Long-lived too, so a command never re-registers with shared state.
-    let mut cancelled = std::pin::pin!(shutdown.cancelled());
+    // Long-lived too, and polled only when they fire: a forwarded command
+    // never touches the state all sessions share.
+    let mut cancelled = WhenWoken::new(shutdown.cancelled_owned());
     let mut shutdown_seen = false;
-    let mut live_changes = std::pin::pin!(live_changed(live_rx));
+    let mut live_changes = WhenWoken::new(live_changed(live_rx));
     let mut live_gone = false;
 
     loop {
@@ -337,7 +339,7 @@ pub async fn serve(
             }
             changed = &mut live_changes, if !live_gone => match changed {
                 Some((rx, live)) => {
-                    live_changes.set(live_changed(rx));
+                    live_changes = WhenWoken::new(live_changed(rx));
                     phase_end_at = reloaded(&mut session, &live, id);
                 }
                 // Ferry itself is gone; the shutdown token ends the session.

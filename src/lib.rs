@@ -33,6 +33,7 @@ pub mod session;
 pub mod subscriptions;
 pub mod throttle;
 pub mod tls;
+pub mod wake;
 pub mod workers;
 
 pub use listener::Ferry;
