@@ -93,6 +93,18 @@ fn names(c: &mut Criterion) {
         })
     });
     g.finish();
+    // One STATUS answer from OLD, renamed into the client's view: decode,
+    // map the name, encode.
+    let line = b"* STATUS INBOX.Archive.2019 (MESSAGES 231 UIDNEXT 232 UNSEEN 0)\r\n";
+    c.bench_function("status/rename_one_old_entry", |b| {
+        b.iter(|| {
+            black_box(ferry::session::rename_data(
+                &map,
+                ferry::session::Store::Old,
+                black_box(line),
+            ))
+        })
+    });
 }
 
 criterion_group!(benches, framing, commands, names);

@@ -347,10 +347,11 @@ async fn idle_sessions(
     tasks.join_all().await.into_iter().flatten().collect()
 }
 
-/// TLS handshakes + LOGIN + LOGOUT per second, 4 clients in parallel.
+/// Connections (TLS when `ca` is given) + LOGIN + LOGOUT per second, 4
+/// clients in parallel.
 async fn login_rate(
     addr: &str,
-    ca: &rustls_pki_types::CertificateDer<'static>,
+    ca: Option<&rustls_pki_types::CertificateDer<'static>>,
     for_: Duration,
 ) -> f64 {
     let stop = Instant::now() + for_;
@@ -358,11 +359,14 @@ async fn login_rate(
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let addr = addr.to_string();
-        let ca = ca.clone();
+        let ca = ca.cloned();
         tasks.push(tokio::spawn(async move {
             let mut n = 0usize;
             while Instant::now() < stop {
-                let mut c = TestClient::tls(addr.as_str(), &ca).await;
+                let mut c = match &ca {
+                    Some(ca) => TestClient::tls(addr.as_str(), ca).await,
+                    None => TestClient::plain(addr.as_str()).await,
+                };
                 c.greeting().await;
                 c.login("alice", PASSWORD).await.assert_ok();
                 c.logout().await;
@@ -526,9 +530,12 @@ async fn run(s: Scale) {
 
     if part("login") {
         let ferry = FerryProc::start(&env).await;
-        let logins = login_rate(&ferry.tls, &ca, s.logins_for).await;
+        let tls = login_rate(&ferry.tls, Some(&ca), s.logins_for).await;
+        let plain = login_rate(&ferry.plain, None, s.logins_for).await;
+        let direct = login_rate(&env.new.addr(), None, s.logins_for).await;
         println!(
-            "login rate through Ferry (TLS handshake + LOGIN + LOGOUT, 4 clients): {logins:.0}/s"
+            "login rate (connect + LOGIN + LOGOUT, 4 clients): through Ferry with TLS {tls:.0}/s, \
+             through Ferry plaintext {plain:.0}/s, straight to NEW plaintext {direct:.0}/s"
         );
     }
 }

@@ -35,6 +35,7 @@ use crate::{
     frame::{Announcement, Frame, Framer, Peer},
     namespace::Layout,
 };
+pub use merged::rename_data;
 
 /// What a user typed to log in; handed to the driver to log in to a store.
 #[derive(Clone, PartialEq, Eq)]

@@ -44,6 +44,7 @@ pub(super) use append::append_probe;
 use copy::CopyJob;
 use list::ListJob;
 use reconnect::{OldView, Resume};
+pub use respond::rename_data;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OldState {

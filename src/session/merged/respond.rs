@@ -191,7 +191,7 @@ impl Session {
 
 /// Names in a store's LIST/LSUB/STATUS data, mapped to the client's view;
 /// `None` when the name is hidden.
-pub(in crate::session) fn rename_data(map: &NameMap, store: Store, msg: &[u8]) -> Option<Bytes> {
+pub fn rename_data(map: &NameMap, store: Store, msg: &[u8]) -> Option<Bytes> {
     let Ok((_, Response::Data(mut data))) = ResponseCodec::new().decode(msg) else {
         return Some(Bytes::copy_from_slice(msg));
     };
