@@ -107,5 +107,124 @@ fn names(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, framing, commands, names);
+/// A logged-in merged session with INBOX (on NEW) selected, and a way to
+/// play one command through it: what Ferry's own logic costs per forwarded
+/// command, without sockets, kernel or runtime.
+mod session_bench {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use ferry::{
+        namespace::Layout,
+        session::{Action, BackendInfo, Session, SessionConfig, Store},
+    };
+    use imap_codec::{
+        ResponseCodec,
+        decode::Decoder,
+        imap_types::{
+            IntoStatic,
+            response::{Data, Response},
+        },
+    };
+
+    const CONFIG: &str = "[listen]\nimap = \"127.0.0.1:0\"\n[auth]\nallow_plaintext = true\n\
+        [backends.old]\naddress = \"127.0.0.1:1\"\ntls = \"none\"\n\
+        [backends.new]\naddress = \"127.0.0.1:2\"\ntls = \"none\"\n";
+    const CAPS: &[u8] = b"* CAPABILITY IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE IDLE \
+        SORT SORT=DISPLAY THREAD=REFERENCES THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND \
+        URL-PARTIAL CATENATE UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 \
+        CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS BINARY \
+        MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+ NOTIFY \
+        SPECIAL-USE\r\n";
+
+    /// Runs the session's actions: logins succeed at once, store traffic is
+    /// returned (the last command sent to each store).
+    fn drain(s: &mut Session) -> Option<Bytes> {
+        let mut to_store = None;
+        while let Some(action) = s.poll_action() {
+            match action {
+                Action::Login { store, .. } => {
+                    let Ok((_, Response::Data(Data::Capability(caps)))) =
+                        ResponseCodec::new().decode(CAPS)
+                    else {
+                        unreachable!()
+                    };
+                    let caps: Vec<_> = caps.into_iter().map(|c| c.into_static()).collect();
+                    s.login_done(
+                        store,
+                        Ok(BackendInfo {
+                            capabilities: caps.into(),
+                            layout: Layout::slash(),
+                        }),
+                    );
+                }
+                Action::ToBackend(_, bytes) => to_store = Some(bytes),
+                _ => {}
+            }
+        }
+        to_store
+    }
+
+    fn tag(line: &[u8]) -> &[u8] {
+        &line[..line.iter().position(|&b| b == b' ').unwrap()]
+    }
+
+    /// Plays `command` and the store's `answer` (its tagged line follows).
+    pub fn round_trip(s: &mut Session, command: &[u8], answer: &[u8]) {
+        s.client_input(command);
+        let sent = drain(s).expect("forwarded to the store");
+        let mut response = answer.to_vec();
+        response.extend_from_slice(tag(&sent));
+        response.extend_from_slice(b" OK done\r\n");
+        s.backend_input(Store::New, &response);
+        drain(s);
+    }
+
+    pub fn selected() -> Session {
+        let mut s = Session::new(SessionConfig {
+            config: Arc::new(ferry::config::parse(CONFIG).unwrap()),
+            tls: true,
+            starttls: false,
+            subscriptions: Default::default(),
+        });
+        drain(&mut s);
+        s.client_input(b"a LOGIN alice secret\r\n");
+        drain(&mut s);
+        round_trip(
+            &mut s,
+            b"b SELECT INBOX\r\n",
+            b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n* 50 EXISTS\r\n\
+              * 0 RECENT\r\n* OK [UIDVALIDITY 1700000000] UIDs valid\r\n* OK [UIDNEXT 51] Predicted next UID\r\n",
+        );
+        s
+    }
+}
+
+fn session(c: &mut Criterion) {
+    let mut s = session_bench::selected();
+    let flags: Vec<u8> = (1..=50)
+        .flat_map(|i| format!("* {i} FETCH (FLAGS (\\Seen))\r\n").into_bytes())
+        .collect();
+    let mut g = c.benchmark_group("session");
+    g.bench_function("merged_noop_round_trip", |b| {
+        b.iter(|| session_bench::round_trip(&mut s, b"c NOOP\r\n", b""))
+    });
+    g.bench_function("merged_uid_fetch_body_round_trip", |b| {
+        let body = "Some text of a typical mail.\r\n".repeat(100);
+        let answer = format!("* 7 FETCH (UID 7 BODY[] {{{}}}\r\n{body})\r\n", body.len());
+        b.iter(|| {
+            session_bench::round_trip(
+                &mut s,
+                b"c UID FETCH 7 (BODY.PEEK[])\r\n",
+                answer.as_bytes(),
+            )
+        })
+    });
+    g.bench_function("merged_fetch_flags_50_round_trip", |b| {
+        b.iter(|| session_bench::round_trip(&mut s, b"c FETCH 1:* (FLAGS)\r\n", &flags))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, framing, commands, names, session);
 criterion_main!(benches);

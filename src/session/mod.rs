@@ -243,9 +243,10 @@ impl Session {
 
     pub fn poll_action(&mut self) -> Option<Action> {
         let action = self.actions.pop_front();
-        if action.is_none() && self.actions.capacity() > 4 {
-            // A burst of output is over: idle sessions keep no queue memory.
-            self.actions = VecDeque::new();
+        if action.is_none() && self.actions.capacity() > 16 {
+            // A burst of output is over: idle sessions keep little queue
+            // memory, and small bursts allocate nothing.
+            self.actions.shrink_to(4);
         }
         action
     }
