@@ -192,7 +192,7 @@ impl Framer {
     }
 
     fn find_newline(&mut self) -> Option<usize> {
-        match self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
+        match memchr::memchr(b'\n', &self.buf[self.scanned..]) {
             Some(i) => {
                 let end = self.scanned + i;
                 self.scanned = 0;
@@ -233,28 +233,63 @@ pub fn announcement(line: &[u8]) -> Option<Announcement> {
 
 /// A server line whose remainder is free text: `+ …`, `* OK|NO|BAD|BYE|PREAUTH …`,
 /// `tag OK|NO|BAD …`.
+/// Runs for every line a store sends, so it only looks at the second word.
 pub fn is_text_response(line: &[u8]) -> bool {
     if line.starts_with(b"+") {
         return true;
     }
-    let mut words = line.splitn(3, |b| *b == b' ');
-    let (Some(tag), Some(word)) = (words.next(), words.next()) else {
+    let Some(space) = memchr::memchr(b' ', line) else {
         return false;
     };
-    let word = word.strip_suffix(b"\r\n").unwrap_or(word);
-    let statuses: &[&str] = if tag == b"*" {
-        &["OK", "NO", "BAD", "BYE", "PREAUTH"]
-    } else {
-        &["OK", "NO", "BAD"]
-    };
-    statuses
+    let (tag, rest) = (&line[..space], &line[space + 1..]);
+    // The status word ends at a space or the line's end; statuses are short.
+    let end = rest
         .iter()
-        .any(|w| word.eq_ignore_ascii_case(w.as_bytes()))
+        .take(8)
+        .position(|b| matches!(b, b' ' | b'\r' | b'\n'))
+        .unwrap_or(rest.len());
+    if end > 7 {
+        return false;
+    }
+    let mut word = [0u8; 7];
+    word[..end].copy_from_slice(&rest[..end]);
+    word.make_ascii_uppercase();
+    match &word[..end] {
+        b"OK" | b"NO" | b"BAD" => true,
+        b"BYE" | b"PREAUTH" => tag == b"*",
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_responses_are_told_by_their_second_word() {
+        for line in [
+            &b"+ idling\r\n"[..],
+            b"* OK [ALERT] {5}\r\n",
+            b"* ok\r\n",
+            b"* BYE bye {3}\r\n",
+            b"* PREAUTH hi\r\n",
+            b"a1 NO [TRYCREATE] no {2}\r\n",
+            b"a1 bad\n",
+        ] {
+            assert!(is_text_response(line), "{}", String::from_utf8_lossy(line));
+        }
+        for line in [
+            &b"* 1 FETCH (BODY[] {3}\r\n"[..],
+            b"a1 BYE x\r\n",
+            b"a1 PREAUTH x\r\n",
+            b"* OKAY {1}\r\n",
+            b"*  OK\r\n",
+            b"*\r\n",
+            b"* PREAUTHS\r\n",
+        ] {
+            assert!(!is_text_response(line), "{}", String::from_utf8_lossy(line));
+        }
+    }
 
     fn frames(peer: Peer, chunks: &[&[u8]]) -> Vec<Frame> {
         let mut f = Framer::new(peer, 1024);

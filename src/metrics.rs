@@ -4,7 +4,7 @@
 //! phase, store, command name, result) — never a user or mailbox name.
 //! Histograms have explicit buckets so they aggregate across instances.
 
-use std::{cell::RefCell, collections::HashMap, net::SocketAddr, sync::OnceLock, time::Duration};
+use std::{cell::RefCell, net::SocketAddr, sync::OnceLock, time::Duration};
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -106,26 +106,38 @@ pub fn login(phase: Phase, result: &'static str) {
 /// hashes the labels and allocates, which per command would cost more than
 /// forwarding it.
 pub fn command(name: &'static str, store: &'static str, result: &'static str, took: Duration) {
-    type Handles = (
-        HashMap<(&'static str, &'static str, &'static str), Counter>,
-        HashMap<&'static str, Histogram>,
-    );
+    // The labels are `'static` literals from small closed sets: a handle is
+    // found by comparing their addresses (a literal found twice at two
+    // addresses only costs a second handle to the same series).
+    type Labels = [&'static str; 3];
+    type Handles = (Vec<(Labels, Counter)>, Vec<(&'static str, Histogram)>);
     thread_local! {
         static HANDLES: RefCell<Handles> = RefCell::default();
     }
+    fn same(a: &[&'static str], b: &[&'static str]) -> bool {
+        a.iter().zip(b).all(|(x, y)| std::ptr::eq(*x, *y))
+    }
+    let labels = [name, store, result];
     HANDLES.with_borrow_mut(|(counters, histograms)| {
-        counters
-            .entry((name, store, result))
-            .or_insert_with(|| {
-                counter!("ferry_commands_total", "command" => name, "store" => store, "result" => result)
-            })
-            .increment(1);
+        match counters.iter().find(|(l, _)| same(l, &labels)) {
+            Some((_, c)) => c.increment(1),
+            None => {
+                let c = counter!("ferry_commands_total", "command" => name, "store" => store, "result" => result);
+                c.increment(1);
+                counters.push((labels, c));
+            }
+        }
         // An IDLE lasts as long as the user likes: not a latency.
         if name != "IDLE" {
-            histograms
-                .entry(store)
-                .or_insert_with(|| histogram!("ferry_command_duration_seconds", "store" => store))
-                .record(took.as_secs_f64());
+            let secs = took.as_secs_f64();
+            match histograms.iter().find(|(s, _)| std::ptr::eq(*s, store)) {
+                Some((_, h)) => h.record(secs),
+                None => {
+                    let h = histogram!("ferry_command_duration_seconds", "store" => store);
+                    h.record(secs);
+                    histograms.push((store, h));
+                }
+            }
         }
     });
 }
