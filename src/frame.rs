@@ -267,27 +267,28 @@ mod tests {
 
     #[test]
     fn text_responses_are_told_by_their_second_word() {
-        for line in [
-            &b"+ idling\r\n"[..],
-            b"* OK [ALERT] {5}\r\n",
-            b"* ok\r\n",
-            b"* BYE bye {3}\r\n",
-            b"* PREAUTH hi\r\n",
-            b"a1 NO [TRYCREATE] no {2}\r\n",
-            b"a1 bad\n",
+        for (line, text) in [
+            (&b"+ idling\r\n"[..], true),
+            (b"* OK [ALERT] {5}\r\n", true),
+            (b"* ok\r\n", true),
+            (b"* BYE bye {3}\r\n", true),
+            (b"* PREAUTH hi\r\n", true),
+            (b"a1 NO [TRYCREATE] no {2}\r\n", true),
+            (b"a1 bad\n", true),
+            (b"* 1 FETCH (BODY[] {3}\r\n", false),
+            (b"a1 BYE x\r\n", false),
+            (b"a1 PREAUTH x\r\n", false),
+            (b"* OKAY {1}\r\n", false),
+            (b"*  OK\r\n", false),
+            (b"*\r\n", false),
+            (b"* PREAUTHS\r\n", false),
         ] {
-            assert!(is_text_response(line), "{}", String::from_utf8_lossy(line));
-        }
-        for line in [
-            &b"* 1 FETCH (BODY[] {3}\r\n"[..],
-            b"a1 BYE x\r\n",
-            b"a1 PREAUTH x\r\n",
-            b"* OKAY {1}\r\n",
-            b"*  OK\r\n",
-            b"*\r\n",
-            b"* PREAUTHS\r\n",
-        ] {
-            assert!(!is_text_response(line), "{}", String::from_utf8_lossy(line));
+            assert_eq!(
+                is_text_response(line),
+                text,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 
