@@ -2,10 +2,17 @@
 //! sans-IO [`Session`], and performs its actions.
 
 use std::{
-    cell::RefCell, future::Future, io, net::IpAddr, pin::Pin, sync::Arc, task::Poll, time::Duration,
+    cell::RefCell,
+    future::Future,
+    io::{self, IoSlice},
+    net::IpAddr,
+    pin::Pin,
+    sync::Arc,
+    task::Poll,
+    time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use tokio::{
     io::{AsyncRead, AsyncWriteExt, ReadBuf},
@@ -187,8 +194,12 @@ pub async fn serve(
     loop {
         // Perform everything the session asked for.
         let mut open = true;
-        while let Some(action) = next_action(&mut session, &mut io, &ctx).await {
-            match perform(action, &mut session, &mut io, &ctx).await {
+        while let Some(step) = next_action(&mut session, &mut io).await {
+            let done = match step {
+                Step::ToClient(parts) => write_client(&mut io, parts).await.map(|()| true),
+                Step::Act(action) => perform(action, &mut session, &mut io, &ctx).await,
+            };
+            match done {
                 Ok(true) => {}
                 Ok(false) => {
                     open = false;
@@ -429,29 +440,88 @@ impl Outbox {
         self.parts.push(b);
     }
 
-    /// The queued bytes in one piece (no copy for a single part).
-    fn take(&mut self) -> Option<Bytes> {
+    fn take(&mut self) -> Option<Vec<Bytes>> {
         self.len = 0;
-        match self.parts.len() {
-            0 => None,
-            1 => self.parts.pop(),
-            _ => {
-                let mut all = BytesMut::with_capacity(self.parts.iter().map(Bytes::len).sum());
-                for p in self.parts.drain(..) {
-                    all.extend_from_slice(&p);
-                }
-                Some(all.freeze())
+        (!self.parts.is_empty()).then(|| std::mem::take(&mut self.parts))
+    }
+}
+
+/// Writes `parts` in order and returns how many bytes that was. Plain TCP
+/// gets them in one `writev` (no copy); over TLS they are joined first, so
+/// a burst is one record rather than one per line.
+async fn write_parts(stream: &mut MaybeTls, mut parts: Vec<Bytes>) -> io::Result<usize> {
+    parts.retain(|p| !p.is_empty());
+    let total = parts.iter().map(Bytes::len).sum();
+    if parts.len() > 1 && !matches!(stream, MaybeTls::Plain(_)) {
+        let mut all = BytesMut::with_capacity(total);
+        for p in &parts {
+            all.extend_from_slice(p);
+        }
+        parts = vec![all.freeze()];
+    }
+    let mut first = 0;
+    while first < parts.len() {
+        let mut slices = [IoSlice::new(&[]); 64];
+        let count = (parts.len() - first).min(slices.len());
+        for (slice, part) in slices.iter_mut().zip(&parts[first..first + count]) {
+            *slice = IoSlice::new(part);
+        }
+        let mut written = stream.write_vectored(&slices[..count]).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let part = &mut parts[first];
+            let n = written.min(part.len());
+            part.advance(n);
+            written -= n;
+            if part.is_empty() {
+                first += 1;
             }
         }
     }
+    stream.flush().await?;
+    Ok(total)
+}
+
+async fn write_client(io: &mut Io, parts: Vec<Bytes>) -> io::Result<()> {
+    if let Some(c) = io.client.as_mut() {
+        let n = write_parts(c, parts).await?;
+        metrics::bytes().client_out.increment(n as u64);
+    }
+    Ok(())
+}
+
+/// A store that cannot be written to is gone for the session.
+async fn write_store(session: &mut Session, io: &mut Io, store: Store, parts: Vec<Bytes>) {
+    let i = store_idx(store);
+    let Some(s) = io.stores[i].as_mut() else {
+        return;
+    };
+    match write_parts(s, parts).await {
+        Ok(n) => {
+            metrics::bytes().store_out[i].increment(n as u64);
+            io.store_active[i] = Instant::now();
+        }
+        Err(_) => {
+            io.stores[i] = None;
+            session.backend_closed(store);
+        }
+    }
+}
+
+/// What [`next_action`] hands the loop: a burst for the client, or an action.
+enum Step {
+    ToClient(Vec<Bytes>),
+    Act(Action),
 }
 
 /// Beyond this, queued writes are sent before more are gathered.
 const BATCH: usize = 64 * 1024;
 
-/// The next action that is not a write; writes are gathered per peer and
-/// handed back as one `ToClient`/`ToBackend` when the batch ends.
-async fn next_action(session: &mut Session, io: &mut Io, ctx: &Ctx) -> Option<Action> {
+/// The next action that is not a write; writes are gathered per peer: a
+/// store's are sent here, the client's handed back as one burst.
+async fn next_action(session: &mut Session, io: &mut Io) -> Option<Step> {
     let mut client = Outbox::default();
     let mut stores = [Outbox::default(), Outbox::default()];
     loop {
@@ -462,21 +532,21 @@ async fn next_action(session: &mut Session, io: &mut Io, ctx: &Ctx) -> Option<Ac
             (full, other) => {
                 // Flush the batch first, then hand over the action that ended it.
                 for (i, store) in [Store::Old, Store::New].into_iter().enumerate() {
-                    if let Some(b) = stores[i].take() {
-                        let _ = perform(Action::ToBackend(store, b), session, io, ctx).await;
+                    if let Some(parts) = stores[i].take() {
+                        write_store(session, io, store, parts).await;
                     }
                 }
-                if let Some(b) = client.take() {
+                if let Some(parts) = client.take() {
                     if let Some(rest) = other {
                         session.requeue_front(rest);
                     }
-                    return Some(Action::ToClient(b));
+                    return Some(Step::ToClient(parts));
                 }
                 if full && let Some(rest) = other {
                     session.requeue_front(rest);
                     continue;
                 }
-                return other;
+                return other.map(Step::Act);
             }
         }
     }
@@ -490,25 +560,9 @@ async fn perform(
     ctx: &Ctx,
 ) -> io::Result<bool> {
     match action {
-        Action::ToClient(data) => {
-            if let Some(c) = io.client.as_mut() {
-                c.write_all(&data).await?;
-                c.flush().await?;
-                metrics::bytes().client_out.increment(data.len() as u64);
-            }
-        }
-        Action::ToBackend(store, data) => {
-            let i = store_idx(store);
-            if let Some(s) = io.stores[i].as_mut() {
-                if s.write_all(&data).await.is_err() || s.flush().await.is_err() {
-                    io.stores[i] = None;
-                    session.backend_closed(store);
-                } else {
-                    metrics::bytes().store_out[i].increment(data.len() as u64);
-                    io.store_active[i] = Instant::now();
-                }
-            }
-        }
+        // Gathered by next_action; single ones would take the same path.
+        Action::ToClient(data) => write_client(io, vec![data]).await?,
+        Action::ToBackend(store, data) => write_store(session, io, store, vec![data]).await,
         Action::StartTls => {
             let (Some(MaybeTls::Plain(tcp)), Some(acceptor)) =
                 (io.client.take(), ctx.acceptor.as_ref())
