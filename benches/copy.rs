@@ -16,23 +16,13 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn bulk(n: usize) -> Vec<(String, Vec<u8>)> {
-    (0..n)
-        .map(|i| {
-            let flags = ["(\\Seen)", "(\\Flagged $Work)", "()"][i % 3];
-            let date = format!(
-                "\"{:02}-Mar-2019 08:{:02}:{:02} +0100\"",
-                i % 28 + 1,
-                i % 60,
-                i % 59
-            );
-            // Typical small mail: 1–4 KB.
-            let body = message(
-                &format!("Bench message {i}"),
-                &"All work and no play makes a dull message.\r\n".repeat(20 + i % 70),
-            );
-            (format!("{flags} {date}"), body)
-        })
-        .collect()
+    // Typical small mail: 1–4 KB.
+    bulk_with(n, |i| {
+        message(
+            &format!("Bench message {i}"),
+            &"All work and no play makes a dull message.\r\n".repeat(20 + i % 70),
+        )
+    })
 }
 
 async fn seed(store: &Dovecot, mailbox: &str, messages: &[(String, Vec<u8>)]) {

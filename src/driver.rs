@@ -181,13 +181,12 @@ pub async fn serve(
     // armed, and is armed again. It is moved earlier only when a deadline
     // requires it. (Re-arming a timer per command wakes the runtime's driver
     // each time; this way a command costs no timer work at all.)
-    let mut armed = deadline.min(Instant::now() + command_timeout);
-    let mut timer = std::pin::pin!(tokio::time::sleep_until(armed));
-    let mut fired = false;
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(
+        deadline.min(Instant::now() + command_timeout)
+    ));
     // Long-lived too, and polled only when they fire: a forwarded command
     // never touches the state all sessions share.
     let mut cancelled = WhenWoken::new(shutdown.cancelled_owned());
-    let mut shutdown_seen = false;
     let mut live_changes = WhenWoken::new(live_changed(live_rx));
     let mut live_gone = false;
 
@@ -259,10 +258,10 @@ pub async fn serve(
         .flatten()
         .min()
         .unwrap_or(deadline);
-        if fired || want < armed {
-            armed = want.min(Instant::now() + command_timeout);
-            timer.as_mut().reset(armed);
-            fired = false;
+        if timer.is_elapsed() || want < timer.deadline() {
+            timer
+                .as_mut()
+                .reset(want.min(Instant::now() + command_timeout));
         }
         let waiting_for_client = io.client.is_some() && session.wants_client_input();
         // While a command runs, keep reading a little: a client that hangs up
@@ -295,33 +294,18 @@ pub async fn serve(
                     scratch(n, |b| session.client_input(b));
                 }
             },
+            // A store at work is not an idle client.
             r = read_opt(old) => {
-                // A store at work is not an idle client.
                 deadline = Instant::now() + Duration::from_secs(timeout);
-                io.store_active[0] = Instant::now();
-                match r {
-                    Ok(0) | Err(_) => { io.stores[0] = None; session.backend_closed(Store::Old); }
-                    Ok(n) => {
-                        metrics::bytes().store_in[0].increment(n as u64);
-                        scratch(n, |b| session.backend_input(Store::Old, b));
-                    }
-                }
+                store_read(&mut session, &mut io, Store::Old, r);
             },
             r = read_opt(new) => {
                 deadline = Instant::now() + Duration::from_secs(timeout);
-                io.store_active[1] = Instant::now();
-                match r {
-                    Ok(0) | Err(_) => { io.stores[1] = None; session.backend_closed(Store::New); }
-                    Ok(n) => {
-                        metrics::bytes().store_in[1].increment(n as u64);
-                        scratch(n, |b| session.backend_input(Store::New, b));
-                    }
-                }
+                store_read(&mut session, &mut io, Store::New, r);
             },
             r = login_opt(old_login) => { io.logins[0] = None; login_result(&mut session, &mut io, &ctx, Store::Old, r); }
             r = login_opt(new_login) => { io.logins[1] = None; login_result(&mut session, &mut io, &ctx, Store::New, r); }
             () = &mut timer => {
-                fired = true;
                 let now = Instant::now();
                 if now >= deadline {
                     debug!("client timed out");
@@ -344,8 +328,7 @@ pub async fn serve(
                     ending = Some(PHASE_TEXT);
                 }
             }
-            () = &mut cancelled, if !shutdown_seen => {
-                shutdown_seen = true;
+            () = &mut cancelled, if ending != Some(SHUTDOWN_TEXT) => {
                 ending = Some(SHUTDOWN_TEXT);
             }
             changed = &mut live_changes, if !live_gone => match changed {
@@ -380,6 +363,22 @@ fn reloaded(session: &mut Session, live: &Live, id: u64) -> Option<Instant> {
         "phase changed by reload"
     );
     Some(Instant::now() + spread(id, window))
+}
+
+/// What a store's socket gave: its bytes go to the session, its end closes it.
+fn store_read(session: &mut Session, io: &mut Io, store: Store, read: io::Result<usize>) {
+    let i = store_idx(store);
+    io.store_active[i] = Instant::now();
+    match read {
+        Ok(0) | Err(_) => {
+            io.stores[i] = None;
+            session.backend_closed(store);
+        }
+        Ok(n) => {
+            metrics::bytes().store_in[i].increment(n as u64);
+            scratch(n, |b| session.backend_input(store, b));
+        }
+    }
 }
 
 fn login_result(

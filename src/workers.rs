@@ -63,7 +63,8 @@ impl Workers {
     }
 
     /// Sessions running on each worker.
-    pub fn loads(&self) -> Vec<usize> {
+    #[cfg(test)]
+    fn loads(&self) -> Vec<usize> {
         self.workers.iter().map(|w| w.sessions.len()).collect()
     }
 }

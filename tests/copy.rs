@@ -138,26 +138,12 @@ fn bulk(n: usize) -> Vec<(String, Vec<u8>)> {
 /// Like [`bulk`], each message `pad` bytes longer: enough data that a store
 /// stopped part way cannot have sent it all into socket buffers already.
 fn bulk_sized(n: usize, pad: usize) -> Vec<(String, Vec<u8>)> {
-    (0..n)
-        .map(|i| {
-            let flags = match i % 3 {
-                0 => "(\\Seen)",
-                1 => "(\\Flagged $Work)",
-                _ => "()",
-            };
-            let date = format!(
-                "\"{:02}-Mar-2019 08:{:02}:{:02} +0100\"",
-                i % 28 + 1,
-                i % 60,
-                i % 59
-            );
-            let body = message(
-                &format!("Bulk message {i}"),
-                &format!("Body of message {i}\r\n{}", "x".repeat(i % 700 + pad)),
-            );
-            (format!("{flags} {date}"), body)
-        })
-        .collect()
+    bulk_with(n, |i| {
+        message(
+            &format!("Bulk message {i}"),
+            &format!("Body of message {i}\r\n{}", "x".repeat(i % 700 + pad)),
+        )
+    })
 }
 
 /// The maildir `tmp` directory of a NEW folder: Dovecot writes each message of

@@ -784,19 +784,9 @@ pub fn store_session(data: &[u8]) {
     h.end();
 }
 
-/// A TOML basic string holding `s` exactly.
+/// `s` as a TOML string (written by the toml crate, so it reads back exactly).
 fn toml_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    toml::Value::String(s.into()).to_string()
 }
 
 /// The client prefix and delimiter, if the configuration accepts them.

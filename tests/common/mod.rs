@@ -1462,6 +1462,24 @@ fn message_id(seed: &[u8]) -> String {
     format!("<{hex}@ferry.test>")
 }
 
+/// `n` messages to seed a folder with, as [`Dovecot::append_many`] takes them:
+/// flags cycling through `\Seen`, `\Flagged $Work` and none, each its own
+/// INTERNALDATE; `message(i)` is the i-th message itself.
+pub fn bulk_with(n: usize, message: impl Fn(usize) -> Vec<u8>) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let flags = ["(\\Seen)", "(\\Flagged $Work)", "()"][i % 3];
+            let date = format!(
+                "\"{:02}-Mar-2019 08:{:02}:{:02} +0100\"",
+                i % 28 + 1,
+                i % 60,
+                i % 59
+            );
+            (format!("{flags} {date}"), message(i))
+        })
+        .collect()
+}
+
 /// A small valid RFC 5322 message (CRLF line endings) with a Message-ID derived
 /// from subject and body; use distinct subjects for distinct messages.
 pub fn message(subject: &str, body: &str) -> Vec<u8> {
@@ -1822,19 +1840,9 @@ fn backend_toml(name: &str, d: &Dovecot, mode: BackendTls) -> String {
     }
 }
 
-/// A TOML basic string.
+/// `s` as a TOML string (written by the toml crate, so it reads back exactly).
 fn toml_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    toml::Value::String(s.into()).to_string()
 }
 
 impl TestEnv {
