@@ -15,7 +15,7 @@ use std::{
 use bytes::{Buf, Bytes, BytesMut};
 
 use tokio::{
-    io::{AsyncRead, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     sync::watch,
     time::Instant,
 };
@@ -460,12 +460,17 @@ async fn write_parts(stream: &mut MaybeTls, mut parts: Vec<Bytes>) -> io::Result
     }
     let mut first = 0;
     while first < parts.len() {
-        let mut slices = [IoSlice::new(&[]); 64];
-        let count = (parts.len() - first).min(slices.len());
-        for (slice, part) in slices.iter_mut().zip(&parts[first..first + count]) {
-            *slice = IoSlice::new(part);
-        }
-        let mut written = stream.write_vectored(&slices[..count]).await?;
+        // The slices live only inside one poll: held across the await they
+        // would be a kilobyte of every idle session's task.
+        let mut written = std::future::poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let count = (parts.len() - first).min(slices.len());
+            for (slice, part) in slices.iter_mut().zip(&parts[first..first + count]) {
+                *slice = IoSlice::new(part);
+            }
+            Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
