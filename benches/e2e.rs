@@ -300,10 +300,9 @@ impl NullProxy {
         }
     }
 
-    /// Its thread's CPU time (user + system) so far.
-    fn cpu(&self) -> Duration {
-        let (user, system) = cpu_of(&format!("/proc/self/task/{}/stat", self.tid));
-        user + system
+    /// Its thread's CPU time (user, system) so far.
+    fn cpu(&self) -> (Duration, Duration) {
+        cpu_of(&format!("/proc/self/task/{}/stat", self.tid))
     }
 }
 
@@ -416,7 +415,7 @@ async fn run(s: Scale) {
          one thread), the floor for any proxy on this machine."
     );
     println!(
-        "{:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>8} {:>8} {:>8} {:>22} {:>10}",
+        "{:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>8} {:>8} {:>8} {:>22} {:>22}",
         "sessions",
         "dir c/s",
         "fer c/s",
@@ -427,13 +426,14 @@ async fn run(s: Scale) {
         "p50 fer",
         "p50 null",
         "ferry CPU (user+sys)",
-        "null CPU",
+        "null CPU (user+sys)",
     );
     for &n in s.sessions.iter().filter(|_| part("load")) {
         // Three rounds of direct, Ferry, null in turn, summed: a machine
         // whose load drifts then disturbs all three alike.
         let (mut d, mut f, mut z) = (Load::default(), Load::default(), Load::default());
-        let (mut ferry_user, mut ferry_sys, mut null_cpu) = Default::default();
+        let (mut ferry_user, mut ferry_sys) = (Duration::ZERO, Duration::ZERO);
+        let (mut null_user, mut null_sys) = (Duration::ZERO, Duration::ZERO);
         let slice = s.seconds / 3.0;
         for _ in 0..3 {
             d.add(load(&direct, n, slice).await);
@@ -441,13 +441,14 @@ async fn run(s: Scale) {
             f.add(load(&ferry.plain, n, slice).await);
             let (u1, s1) = ferry.cpu();
             (ferry_user, ferry_sys) = (ferry_user + (u1 - u0), ferry_sys + (s1 - s0));
-            let c0 = null.cpu();
+            let (u0, s0) = null.cpu();
             z.add(load(&null.addr, n, slice).await);
-            null_cpu += null.cpu() - c0;
+            let (u1, s1) = null.cpu();
+            (null_user, null_sys) = (null_user + (u1 - u0), null_sys + (s1 - s0));
         }
         let per = |cpu: Duration, l: &Load| us(cpu) / l.commands() as f64;
         println!(
-            "{:>8} {:>8.0} {:>8.0} {:>8.0} {:>6.2} {:>6.2} {:>6.0}µs {:>6.0}µs {:>6.0}µs {:>5.1}+{:>5.1}={:>6.1}µs {:>8.1}µs",
+            "{:>8} {:>8.0} {:>8.0} {:>8.0} {:>6.2} {:>6.2} {:>6.0}µs {:>6.0}µs {:>6.0}µs {:>5.1}+{:>5.1}={:>6.1}µs {:>5.1}+{:>5.1}={:>6.1}µs",
             n,
             d.rate(),
             f.rate(),
@@ -460,7 +461,9 @@ async fn run(s: Scale) {
             per(ferry_user, &f),
             per(ferry_sys, &f),
             per(ferry_user + ferry_sys, &f),
-            per(null_cpu, &z),
+            per(null_user, &z),
+            per(null_sys, &z),
+            per(null_user + null_sys, &z),
         );
         println!(
             "{:>8} p99: direct {:.0}µs, Ferry {:.0}µs, null {:.0}µs",

@@ -170,12 +170,11 @@ impl Framer {
                         return Err(FrameError::LineTooLong(self.max_line));
                     }
                     let bytes = self.buf.split_to(end + 1).freeze();
-                    let literal = if self.peer == Peer::Server && start && is_text_response(&bytes)
-                    {
-                        None
-                    } else {
-                        announcement(&bytes)
-                    };
+                    // Most lines announce nothing; only those that do are
+                    // checked for being free text.
+                    let literal = announcement(&bytes).filter(|_| {
+                        !(self.peer == Peer::Server && start && is_text_response(&bytes))
+                    });
                     self.state = match literal {
                         Some(a) if a.len > 0 => State::Literal { remaining: a.len },
                         Some(_) => State::Line { start: false },
@@ -231,34 +230,36 @@ pub fn announcement(line: &[u8]) -> Option<Announcement> {
     Some(Announcement { len, sync })
 }
 
+/// A line's first two words: its tag (`*`, `+` or a command's tag) and the
+/// word after it (a status, a response name or a message number). Both end
+/// at a space or the line's end, so a long line is not scanned.
+pub fn head(line: &[u8]) -> (&[u8], &[u8]) {
+    fn word(s: &[u8]) -> &[u8] {
+        let end = s
+            .iter()
+            .position(|b| matches!(b, b' ' | b'\r' | b'\n'))
+            .unwrap_or(s.len());
+        &s[..end]
+    }
+    let tag = word(line);
+    let rest = match line.get(tag.len()) {
+        Some(b' ') => &line[tag.len() + 1..],
+        _ => &[],
+    };
+    (tag, word(rest))
+}
+
 /// A server line whose remainder is free text: `+ …`, `* OK|NO|BAD|BYE|PREAUTH …`,
 /// `tag OK|NO|BAD …`.
-/// Runs for every line a store sends, so it only looks at the second word.
 pub fn is_text_response(line: &[u8]) -> bool {
-    if line.starts_with(b"+") {
-        return true;
-    }
-    let Some(space) = memchr::memchr(b' ', line) else {
-        return false;
-    };
-    let (tag, rest) = (&line[..space], &line[space + 1..]);
-    // The status word ends at a space or the line's end; statuses are short.
-    let end = rest
-        .iter()
-        .take(8)
-        .position(|b| matches!(b, b' ' | b'\r' | b'\n'))
-        .unwrap_or(rest.len());
-    if end > 7 {
-        return false;
-    }
-    let mut word = [0u8; 7];
-    word[..end].copy_from_slice(&rest[..end]);
-    word.make_ascii_uppercase();
-    match &word[..end] {
-        b"OK" | b"NO" | b"BAD" => true,
-        b"BYE" | b"PREAUTH" => tag == b"*",
-        _ => false,
-    }
+    let (tag, word) = head(line);
+    tag.starts_with(b"+") || is_status(tag, word)
+}
+
+/// `tag word` starts a status response (RFC 9051 resp-cond-*).
+pub fn is_status(tag: &[u8], word: &[u8]) -> bool {
+    let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
+    is(b"OK") || is(b"NO") || is(b"BAD") || (tag == b"*" && (is(b"BYE") || is(b"PREAUTH")))
 }
 
 #[cfg(test)]

@@ -4,7 +4,12 @@
 //! phase, store, command name, result) — never a user or mailbox name.
 //! Histograms have explicit buckets so they aggregate across instances.
 
-use std::{cell::RefCell, net::SocketAddr, sync::OnceLock, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    net::SocketAddr,
+    sync::OnceLock,
+    time::Duration,
+};
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -193,31 +198,98 @@ pub fn phase_disconnect() {
     counter!("ferry_phase_disconnects_total").increment(1);
 }
 
-/// Byte counters of one session, looked up once (the hot path only adds).
-pub struct Bytes {
-    pub client_in: Counter,
-    pub client_out: Counter,
-    pub store_in: [Counter; 2],
-    pub store_out: [Counter; 2],
+/// What a byte counter counts: the client's or a store's bytes, in or out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    ClientIn,
+    ClientOut,
+    OldIn,
+    NewIn,
+    OldOut,
+    NewOut,
+}
+
+impl Flow {
+    const ALL: [Flow; 6] = [
+        Flow::ClientIn,
+        Flow::ClientOut,
+        Flow::OldIn,
+        Flow::NewIn,
+        Flow::OldOut,
+        Flow::NewOut,
+    ];
+
+    /// Bytes from the store with index `i` (0 OLD, 1 NEW).
+    pub fn store_in(i: usize) -> Flow {
+        [Flow::OldIn, Flow::NewIn][i]
+    }
+
+    /// Bytes to the store with index `i` (0 OLD, 1 NEW).
+    pub fn store_out(i: usize) -> Flow {
+        [Flow::OldOut, Flow::NewOut][i]
+    }
+
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Flow::ClientIn => ("in", "client"),
+            Flow::ClientOut => ("out", "client"),
+            Flow::OldIn => ("in", "old"),
+            Flow::NewIn => ("in", "new"),
+            Flow::OldOut => ("out", "old"),
+            Flow::NewOut => ("out", "new"),
+        }
+    }
 }
 
 /// The byte counters, registered once: a handle costs an allocation, and
 /// sessions are many.
-pub fn bytes() -> &'static Bytes {
-    static BYTES: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    BYTES.get_or_init(Bytes::new)
+fn byte_counters() -> &'static [Counter; 6] {
+    static COUNTERS: std::sync::OnceLock<[Counter; 6]> = std::sync::OnceLock::new();
+    COUNTERS.get_or_init(|| {
+        Flow::ALL.map(|f| {
+            let (direction, peer) = f.labels();
+            counter!("ferry_bytes_total", "direction" => direction, "peer" => peer)
+        })
+    })
 }
 
-impl Bytes {
-    fn new() -> Self {
-        let c = |direction: &'static str, peer: &'static str| counter!("ferry_bytes_total", "direction" => direction, "peer" => peer);
-        Self {
-            client_in: c("in", "client"),
-            client_out: c("out", "client"),
-            store_in: [c("in", "old"), c("in", "new")],
-            store_out: [c("out", "old"), c("out", "new")],
+/// Past this many pending bytes a thread adds them to the counters at once.
+const PENDING_BYTES: u64 = 1 << 20;
+
+thread_local! {
+    static PENDING: [Cell<u64>; 6] = Default::default();
+}
+
+/// Counts `n` bytes of `flow`. They gather in this thread and reach the
+/// shared counters when the thread goes idle ([`flush_bytes`], which the
+/// session workers call before they park) or past a megabyte: every read
+/// and write adding to the same atomics from two threads would pass their
+/// cache line back and forth.
+pub fn count_bytes(flow: Flow, n: usize) {
+    PENDING.with(|p| {
+        let cell = &p[flow as usize];
+        let v = cell.get() + n as u64;
+        if v >= PENDING_BYTES {
+            byte_counters()[flow as usize].increment(v);
+            cell.set(0);
+        } else {
+            cell.set(v);
         }
-    }
+    });
+}
+
+/// Adds this thread's gathered byte counts to the shared counters.
+pub fn flush_bytes() {
+    PENDING.with(|p| {
+        for (i, cell) in p.iter().enumerate() {
+            // Only with bytes to add: the counters are registered on first
+            // use, which must come after the recorder is installed.
+            let v = cell.replace(0);
+            if v > 0 {
+                byte_counters()[i].increment(v);
+            }
+        }
+    });
 }
 
 // ---- HTTP endpoint ---------------------------------------------------------

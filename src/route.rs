@@ -1,7 +1,7 @@
 //! The route table of the merged phase: one row per command, exhaustive, so adding
 //! a command is adding a row. The session turns a route into backend traffic.
 
-use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::{command::CommandBody, core::Tag};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -96,6 +96,35 @@ pub fn route(body: &CommandBody<'_>) -> Route {
     }
 }
 
+/// The route of the command on `line` told by its name alone, for the few
+/// commands the merged phase may forward without decoding them: NOOP and
+/// FETCH, SEARCH, STORE (also under UID), whose routes never depend on their
+/// arguments. `None`: decode the command. The tag must be valid, since the
+/// session matches the store's answer by it.
+pub fn by_name(line: &[u8]) -> Option<Route> {
+    use crate::frame::head;
+    let (tag, name) = head(line);
+    if name.is_empty() || Tag::validate(tag).is_err() {
+        return None;
+    }
+    let (name, next) = head(&line[tag.len() + 1..]);
+    let (name, uid) = if name.eq_ignore_ascii_case(b"UID") {
+        (next, true)
+    } else {
+        (name, false)
+    };
+    let is = |w: &[u8]| name.eq_ignore_ascii_case(w);
+    if is(b"FETCH") || is(b"SEARCH") {
+        Some(Route::Selected(SelectedOp::Read))
+    } else if is(b"STORE") {
+        Some(Route::Selected(SelectedOp::Store))
+    } else if is(b"NOOP") && !uid {
+        Some(Route::Noop)
+    } else {
+        None
+    }
+}
+
 /// Commands that may ever reach the OLD store in the merged phase, as the client
 /// sent them. Everything else Ferry sends to OLD it builds itself (EXAMINE,
 /// STATUS, LIST, FETCH FLAGS, UNSELECT/CLOSE of a read-only mailbox, LOGOUT).
@@ -120,7 +149,9 @@ mod tests {
     use super::*;
 
     fn route_of(line: &str) -> Route {
-        let (_, cmd) = CommandCodec::new().decode(line.as_bytes()).unwrap();
+        let (_, cmd) = CommandCodec::new()
+            .decode(line.as_bytes())
+            .unwrap_or_else(|e| panic!("{line}: {e:?}"));
         route(&cmd.body)
     }
 
@@ -144,6 +175,46 @@ mod tests {
             Route::Bad("ENABLE is not supported")
         );
         assert_eq!(route_of("a NAMESPACE\r\n"), Route::Local(Local::Namespace));
+    }
+
+    #[test]
+    fn a_route_by_name_is_the_decoded_route() {
+        for line in [
+            "a NOOP\r\n",
+            "a1 noop\r\n",
+            "a FETCH 1:* (FLAGS)\r\n",
+            "x.2 UID FETCH 1 (BODY.PEEK[])\r\n",
+            "a uid fetch 1:* (UID FLAGS)\r\n",
+            "a SEARCH UNSEEN\r\n",
+            "a UID SEARCH CHARSET UTF-8 TEXT {3+}\r\nabc\r\n",
+            "a STORE 1 +FLAGS (\\Seen)\r\n",
+            "t]1 UID STORE 1:3 -FLAGS.SILENT (\\Deleted)\r\n",
+        ] {
+            assert_eq!(by_name(line.as_bytes()), Some(route_of(line)), "{line}");
+        }
+    }
+
+    #[test]
+    fn other_commands_and_bad_tags_are_decoded() {
+        for line in [
+            "a SELECT INBOX\r\n",
+            "a UID NOOP\r\n",
+            "a UID COPY 1 x\r\n",
+            "a COPY 1 x\r\n",
+            "a EXPUNGE\r\n",
+            "a IDLE\r\n",
+            "a FETCHX 1 FLAGS\r\n",
+            "a\r\n",
+            "a  FETCH 1 FLAGS\r\n",
+            // The store's untagged answers would look tagged by these.
+            "* FETCH 1 FLAGS\r\n",
+            "+ NOOP\r\n",
+            "a+ NOOP\r\n",
+            "{1} NOOP\r\n",
+            "a\"b NOOP\r\n",
+        ] {
+            assert_eq!(by_name(line.as_bytes()), None, "{line}");
+        }
     }
 
     #[test]

@@ -34,7 +34,12 @@ impl Workers {
         let stop = CancellationToken::new();
         let mut workers = Vec::new();
         for i in 0..n.max(1) {
-            let runtime = Builder::new_current_thread().enable_all().build()?;
+            let runtime = Builder::new_current_thread()
+                .enable_all()
+                // Byte counts gather per thread while it works (see
+                // `metrics::count_bytes`) and are published when it rests.
+                .on_thread_park(crate::metrics::flush_bytes)
+                .build()?;
             let handle = runtime.handle().clone();
             let stopped = stop.clone();
             std::thread::Builder::new()

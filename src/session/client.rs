@@ -38,6 +38,10 @@ impl Session {
     pub(super) fn assemble(&mut self, frame: Frame) {
         match frame {
             Frame::Line { bytes, literal, .. } => {
+                if literal.is_none() && self.command.is_empty() {
+                    // A command of one line, the usual case: no copy.
+                    return self.command_complete(bytes);
+                }
                 match literal {
                     Some(a) if a.sync => {
                         // `{n}` → `{n+}`: the assembled command is sent in one piece.
@@ -141,20 +145,29 @@ impl Session {
     }
 
     pub(super) fn command_complete(&mut self, command: Bytes) {
-        let decoded = CommandCodec::new().decode(&command);
         let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
-        match (&mut mode, decoded) {
-            (Mode::PreAuth, Ok((_, cmd))) => self.preauth_command(&mut mode, cmd),
-            (Mode::Merged(m), Ok((_, cmd))) => self.merged_command(m, cmd, &command),
-            (Mode::Closed, _) => {}
-            (_, Ok(_)) | (_, Err(_)) => {
-                debug!("undecodable command");
-                let tag = reply::tag_of(&command).to_vec();
-                self.send_client(reply::bad(&tag, "Unknown command or invalid syntax"));
-            }
+        if let Mode::Merged(m) = &mut mode
+            && let Some(route) = m.undecoded(&command)
+        {
+            self.merged_undecoded(m, route, &command);
+        } else {
+            self.decoded_command(&mut mode, &command);
         }
         if matches!(self.mode, Mode::Closed) {
             self.mode = mode;
+        }
+    }
+
+    fn decoded_command(&mut self, mode: &mut Mode, command: &Bytes) {
+        match (mode, CommandCodec::new().decode(command)) {
+            (mode @ Mode::PreAuth, Ok((_, cmd))) => self.preauth_command(mode, cmd),
+            (Mode::Merged(m), Ok((_, cmd))) => self.merged_command(m, cmd, command),
+            (Mode::Closed, _) => {}
+            (_, Ok(_)) | (_, Err(_)) => {
+                debug!("undecodable command");
+                let tag = reply::tag_of(command).to_vec();
+                self.send_client(reply::bad(&tag, "Unknown command or invalid syntax"));
+            }
         }
     }
 }

@@ -344,6 +344,47 @@ fn switching_stores_unselects_without_stray_responses() {
 }
 
 #[test]
+fn commands_on_a_selected_new_mailbox_go_as_sent() {
+    let mut s = merged();
+    // Nothing selected: NOOP keeps NEW's connection alive.
+    s.client_input(b"a NOOP\r\n");
+    assert_eq!(out(&mut s), ["N: a NOOP"]);
+    s.backend_input(Store::New, b"a OK NOOP completed\r\n");
+    assert_eq!(out(&mut s), ["S: a OK NOOP completed"]);
+    s.client_input(b"b FETCH 1 FLAGS\r\n");
+    assert_eq!(out(&mut s), ["S: b BAD No mailbox selected"]);
+    s.client_input(b"c SELECT INBOX\r\n");
+    assert_eq!(out(&mut s), ["N: c SELECT INBOX"]);
+    s.backend_input(
+        Store::New,
+        b"* 2 EXISTS\r\nc OK [READ-WRITE] Select completed\r\n",
+    );
+    out(&mut s);
+    // Known by name, not decoded: NEW judges the arguments, even those of
+    // extensions Ferry does not announce (imap-codec cannot parse this one).
+    s.client_input(b"d uid fetch 1:* (FLAGS) (CHANGEDSINCE 7)\r\n");
+    assert_eq!(out(&mut s), ["N: d uid fetch 1:* (FLAGS) (CHANGEDSINCE 7)"]);
+    s.backend_input(
+        Store::New,
+        b"* 1 FETCH (UID 4 FLAGS () MODSEQ (9))\r\nd OK Fetch completed\r\n",
+    );
+    assert_eq!(
+        out(&mut s),
+        [
+            "S: * 1 FETCH (UID 4 FLAGS () MODSEQ (9))",
+            "S: d OK Fetch completed"
+        ]
+    );
+    s.client_input(b"e STORE 2 +FLAGS (\\Seen)\r\nf SEARCH UNSEEN\r\n");
+    assert_eq!(out(&mut s), ["N: e STORE 2 +FLAGS (\\Seen)"]);
+    s.backend_input(Store::New, b"e OK Store completed\r\n");
+    assert_eq!(
+        out(&mut s),
+        ["S: e OK Store completed", "N: f SEARCH UNSEEN"]
+    );
+}
+
+#[test]
 fn idle_waits_for_the_store_and_takes_pipelined_done() {
     let mut s = merged();
     s.client_input(b"b IDLE\r\n");

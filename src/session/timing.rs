@@ -15,8 +15,13 @@ pub(super) struct Timing {
 
 impl Timing {
     pub(super) fn new(line: &[u8]) -> Self {
+        Self::tagged(Bytes::copy_from_slice(reply::tag_of(line)), line)
+    }
+
+    /// Timing for the command `line` whose tag is `tag`.
+    pub(super) fn tagged(tag: Bytes, line: &[u8]) -> Self {
         Timing {
-            tag: Bytes::copy_from_slice(reply::tag_of(line)),
+            tag,
             name: command_name(line),
             stores: 0,
             started: std::time::Instant::now(),
@@ -127,8 +132,11 @@ pub(super) fn command_name(line: &[u8]) -> &'static str {
 }
 
 impl Session {
-    /// Starts timing the client command `line` (its first line).
-    pub(super) fn time_command(&mut self, line: &[u8]) {
-        self.timing = Some(Timing::new(line));
+    /// Starts timing the client command `raw`; returns its tag (a slice of
+    /// `raw`, not a copy).
+    pub(super) fn time_command(&mut self, raw: &Bytes) -> Bytes {
+        let tag = raw.slice(..reply::tag_of(raw).len());
+        self.timing = Some(Timing::tagged(tag.clone(), raw));
+        tag
     }
 }

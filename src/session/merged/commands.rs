@@ -22,7 +22,14 @@ impl Session {
                         from: mailbox(na),
                         to: mailbox(nb),
                     };
-                    self.send_or_refuse(m, Store::New, unchanged, raw, tag, body, After::Nothing);
+                    self.send_or_refuse(
+                        m,
+                        Store::New,
+                        raw,
+                        tag,
+                        (!unchanged).then_some(body),
+                        After::Nothing,
+                    );
                 }
                 (Err(MapError::BadEncoding), _) | (_, Err(MapError::BadEncoding)) => {
                     self.send_client(bad_name(&tag))
@@ -84,7 +91,7 @@ impl Session {
                     NameOp::Select | NameOp::Examine => After::Select(Store::New),
                     _ => After::Nothing,
                 };
-                self.send_or_refuse(m, Store::New, unchanged, raw, tag, body, after);
+                self.send_or_refuse(m, Store::New, raw, tag, (!unchanged).then_some(body), after);
             }
             (op, Target::Old(n)) => {
                 let Some(ready) = self.need_old(m, raw) else {
@@ -118,6 +125,22 @@ impl Session {
         }
     }
 
+    /// Sends a command on the selected mailbox as the client sent it.
+    pub(in crate::session) fn selected_as_is(
+        &mut self,
+        m: &mut Merged,
+        op: SelectedOp,
+        store: Store,
+        raw: &Bytes,
+        tag: Bytes,
+    ) {
+        let after = match op {
+            SelectedOp::Close | SelectedOp::Unselect => After::Deselect,
+            _ => After::Nothing,
+        };
+        self.send_or_refuse(m, store, raw, tag, None, after);
+    }
+
     pub(in crate::session) fn on_selected(
         &mut self,
         m: &mut Merged,
@@ -131,18 +154,14 @@ impl Session {
         };
         let read_only = || reply::no(&tag, Rfc5530::NoPerm, "Old/ folders are read-only");
         match (op, store) {
-            (SelectedOp::Read, _) => {
-                if store == Store::Old && !route::old_may_receive(&cmd.body) {
-                    return self.send_client(read_only());
-                }
-                self.send_or_refuse(m, store, true, raw, tag, cmd.body, After::Nothing);
+            (SelectedOp::Read, Store::Old) if !route::old_may_receive(&cmd.body) => {
+                self.send_client(read_only())
             }
-            (SelectedOp::Store | SelectedOp::Expunge, Store::New) => {
-                self.send_or_refuse(m, store, true, raw, tag, cmd.body, After::Nothing)
-            }
-            (SelectedOp::Close | SelectedOp::Unselect, Store::New) => {
-                self.send_or_refuse(m, store, true, raw, tag, cmd.body, After::Deselect)
-            }
+            (SelectedOp::Read, _)
+            | (
+                SelectedOp::Store | SelectedOp::Expunge | SelectedOp::Close | SelectedOp::Unselect,
+                Store::New,
+            ) => self.selected_as_is(m, op, store, raw, tag),
             (SelectedOp::Store, Store::Old) => {
                 // RFC 4314 style: flags the user may not change are ignored, and the
                 // real flags are reported (fetchmail --keep stops on a NO here).
@@ -207,7 +226,14 @@ impl Session {
                         let unchanged = n == name;
                         let mut body = cmd.body;
                         set_mailbox(&mut body, mailbox(n));
-                        self.send_or_refuse(m, store, unchanged, raw, tag, body, After::Nothing);
+                        self.send_or_refuse(
+                            m,
+                            store,
+                            raw,
+                            tag,
+                            (!unchanged).then_some(body),
+                            After::Nothing,
+                        );
                     }
                 }
             }

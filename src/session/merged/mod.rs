@@ -263,6 +263,19 @@ impl Merged {
         }
     }
 
+    /// The route of a command that goes to NEW as the client sent it, known by
+    /// its name alone: NOOP, and FETCH, SEARCH and STORE on a selected NEW
+    /// mailbox. Such a command is not decoded: NEW judges its arguments. A
+    /// command for OLD is always decoded, so only what may reach OLD does.
+    pub(super) fn undecoded(&self, raw: &[u8]) -> Option<Route> {
+        let route = route::by_name(raw)?;
+        let store = match route {
+            Route::Noop => self.selected.unwrap_or(Store::New),
+            _ => self.selected?,
+        };
+        (store == Store::New).then_some(route)
+    }
+
     /// Keeps track of what the client sees of its `Old/` folder.
     pub(super) fn observe_old(&mut self, line: &[u8], literal: bool) {
         let opening = matches!(
@@ -282,13 +295,13 @@ impl Merged {
     /// whether the line announces one.
     pub(super) fn classify(&self, store: Store, line: &[u8], literal: bool) -> super::Disposition {
         use super::Disposition::*;
-        let tag = reply::tag_of(line);
-        if line.starts_with(b"+") || tag != b"*" {
+        // Every store line passes here: its first two words decide.
+        let (tag, word) = crate::frame::head(line);
+        if tag != b"*" {
             return Assemble(BytesMut::new());
         }
-        let names = starts_with_ci(line, b"* LIST ")
-            || starts_with_ci(line, b"* LSUB ")
-            || starts_with_ci(line, b"* STATUS ");
+        let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
+        let names = is(b"LIST") || is(b"LSUB") || is(b"STATUS");
         match &self.job {
             Some(Job::List(l)) if names => {
                 return if l.waits_on(store) {
@@ -313,10 +326,10 @@ impl Merged {
             }
             _ => {}
         }
-        if starts_with_ci(line, b"* BYE") {
+        if is(b"BYE") {
             return Drop;
         }
-        if crate::frame::is_text_response(line) && line.windows(7).any(|w| w == b"[ALERT]") {
+        if crate::frame::is_status(tag, word) && memchr::memmem::find(line, b"[ALERT]").is_some() {
             return Forward;
         }
         if Some(store) == self.selected || Some(store) == self.job_store() {
@@ -475,23 +488,26 @@ impl Session {
         }
     }
 
-    pub(super) fn merged_command(&mut self, m: &mut Merged, cmd: Command<'_>, raw: &Bytes) {
+    /// Takes up the client command `raw`; its tag, or `None` when the command
+    /// must wait until the open `Old/` folder is back.
+    fn begin(&mut self, m: &mut Merged, raw: &Bytes) -> Option<Bytes> {
         if m.old == OldState::Reconnecting || matches!(m.job, Some(Job::Reopen(..))) {
-            // Everything waits until the open Old/ folder is back.
             m.parked = Some(raw.clone());
             self.input = Input::Waiting;
-            return;
+            return None;
         }
         self.input = Input::Command;
-        self.time_command(raw);
-        let tag = Bytes::copy_from_slice(cmd.tag.inner().as_bytes());
+        Some(self.time_command(raw))
+    }
+
+    pub(super) fn merged_command(&mut self, m: &mut Merged, cmd: Command<'_>, raw: &Bytes) {
+        let Some(tag) = self.begin(m, raw) else {
+            return;
+        };
         match route::route(&cmd.body) {
             Route::Local(local) => self.local(m, local, &tag),
             Route::Bad(text) => self.send_client(reply::bad(&tag, text)),
-            Route::Noop => {
-                let store = m.selected.unwrap_or(Store::New);
-                self.forward(m, store, tag, raw.clone(), After::Nothing);
-            }
+            Route::Noop => self.noop(m, raw, tag),
             Route::Idle => {
                 let store = m.selected.unwrap_or(Store::New);
                 let job = Job::Idle {
@@ -505,6 +521,25 @@ impl Session {
             Route::ByName(op) => self.by_name(m, op, cmd, raw, tag),
             Route::Selected(op) => self.on_selected(m, op, cmd, raw, tag),
         }
+    }
+
+    /// A command that goes to NEW as the client sent it, known by its name
+    /// alone (see [`Merged::undecoded`]): no decoding needed.
+    pub(super) fn merged_undecoded(&mut self, m: &mut Merged, route: Route, raw: &Bytes) {
+        let Some(tag) = self.begin(m, raw) else {
+            return;
+        };
+        match route {
+            Route::Selected(op) => self.selected_as_is(m, op, Store::New, raw, tag),
+            _ => self.noop(m, raw, tag),
+        }
+    }
+
+    /// NOOP goes to the selected store, to NEW when none is (it keeps NEW's
+    /// connection alive).
+    fn noop(&mut self, m: &mut Merged, raw: &Bytes, tag: Bytes) {
+        let store = m.selected.unwrap_or(Store::New);
+        self.forward(m, store, tag, raw.clone(), After::Nothing);
     }
 
     fn local(&mut self, m: &mut Merged, local: Local, tag: &[u8]) {
@@ -533,40 +568,38 @@ impl Session {
         }
     }
 
-    /// Sends the client's bytes when the store sees the same names, else `body`
-    /// re-encoded under the client's tag.
+    /// Sends the client's bytes as they are, or `rewritten` encoded under the
+    /// client's tag.
     fn same_or(
         &self,
         store: Store,
-        unchanged: bool,
         raw: &Bytes,
         tag: &[u8],
-        body: CommandBody<'_>,
+        rewritten: Option<CommandBody<'_>>,
     ) -> Option<Bytes> {
-        if unchanged {
+        let Some(body) = rewritten else {
             // Checked only for commands with a literal: `has` formats capabilities.
-            let has_literal = raw.windows(3).any(|w| w == b"+}\r");
+            let has_literal = memchr::memmem::find(raw, b"+}\r").is_some();
             if has_literal && !self.store_info(store).is_some_and(|i| i.has("LITERAL+")) {
                 return None;
             }
-            Some(raw.clone())
-        } else {
-            Some(encode(tag, body))
-        }
+            return Some(raw.clone());
+        };
+        Some(encode(tag, body))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Sends `raw`, or `rewritten` under the client's tag, to `store`; refuses
+    /// a command with literals that the store cannot take.
     fn send_or_refuse(
         &mut self,
         m: &mut Merged,
         store: Store,
-        unchanged: bool,
         raw: &Bytes,
         tag: Bytes,
-        body: CommandBody<'_>,
+        rewritten: Option<CommandBody<'_>>,
         after: After,
     ) {
-        match self.same_or(store, unchanged, raw, &tag, body) {
+        match self.same_or(store, raw, &tag, rewritten) {
             Some(bytes) => self.forward(m, store, tag, bytes, after),
             None => self.send_client(reply::no(
                 &tag,
