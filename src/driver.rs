@@ -577,14 +577,12 @@ async fn perform(
             else {
                 return Ok(false);
             };
-            // Boxed: a handshake's state is large and needed once per session.
-            let accept = Box::pin(acceptor.accept(tcp));
-            match tokio::time::timeout(Duration::from_secs(30), accept).await {
-                Ok(Ok(tls)) => {
-                    io.client = Some(MaybeTls::Tls(Box::new(tls.into())));
+            match crate::tls::accept(acceptor, tcp, Duration::from_secs(30)).await {
+                Some(tls) => {
+                    io.client = Some(tls);
                     session.tls_established();
                 }
-                _ => {
+                None => {
                     metrics::tls_handshake_failed("imap");
                     session.client_closed();
                     return Ok(false);

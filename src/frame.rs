@@ -234,19 +234,21 @@ pub fn announcement(line: &[u8]) -> Option<Announcement> {
 /// word after it (a status, a response name or a message number). Both end
 /// at a space or the line's end, so a long line is not scanned.
 pub fn head(line: &[u8]) -> (&[u8], &[u8]) {
-    fn word(s: &[u8]) -> &[u8] {
-        let end = s
-            .iter()
-            .position(|b| matches!(b, b' ' | b'\r' | b'\n'))
-            .unwrap_or(s.len());
-        &s[..end]
-    }
-    let tag = word(line);
+    let tag = first_word(line);
     let rest = match line.get(tag.len()) {
         Some(b' ') => &line[tag.len() + 1..],
         _ => &[],
     };
-    (tag, word(rest))
+    (tag, first_word(rest))
+}
+
+/// `s` up to its first space or line end.
+pub fn first_word(s: &[u8]) -> &[u8] {
+    let end = s
+        .iter()
+        .position(|b| matches!(b, b' ' | b'\r' | b'\n'))
+        .unwrap_or(s.len());
+    &s[..end]
 }
 
 /// A server line whose remainder is free text: `+ …`, `* OK|NO|BAD|BYE|PREAUTH …`,

@@ -434,16 +434,13 @@ async fn handle(
     let handshake =
         Duration::from_secs(ctx.live.borrow().config.limits.preauth_timeout_secs.min(30));
     let stream = match (kind, &ctx.acceptor) {
-        (Kind::Imaps, Some(acceptor)) => {
-            // Boxed: a handshake's state is large and needed once per session.
-            match tokio::time::timeout(handshake, Box::pin(acceptor.accept(tcp))).await {
-                Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls.into())),
-                _ => {
-                    crate::metrics::tls_handshake_failed(kind.name());
-                    return;
-                }
+        (Kind::Imaps, Some(acceptor)) => match crate::tls::accept(acceptor, tcp, handshake).await {
+            Some(tls) => tls,
+            None => {
+                crate::metrics::tls_handshake_failed(kind.name());
+                return;
             }
-        }
+        },
         _ => MaybeTls::Plain(tcp),
     };
     driver::serve(stream, peer.ip(), kind, id, ctx, shutdown).await;

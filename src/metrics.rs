@@ -244,7 +244,7 @@ impl Flow {
 /// The byte counters, registered once: a handle costs an allocation, and
 /// sessions are many.
 fn byte_counters() -> &'static [Counter; 6] {
-    static COUNTERS: std::sync::OnceLock<[Counter; 6]> = std::sync::OnceLock::new();
+    static COUNTERS: OnceLock<[Counter; 6]> = OnceLock::new();
     COUNTERS.get_or_init(|| {
         Flow::ALL.map(|f| {
             let (direction, peer) = f.labels();

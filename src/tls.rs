@@ -110,6 +110,21 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
 }
 
 /// A TCP connection, before or after its TLS handshake.
+/// Completes a server-side handshake on `tcp` within `limit`; `None` when it
+/// fails or takes too long.
+pub async fn accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> Option<MaybeTls> {
+    // Boxed: a handshake's state is large and needed once per session.
+    let handshake = Box::pin(acceptor.accept(tcp));
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(Ok(tls)) => Some(MaybeTls::Tls(Box::new(tls.into()))),
+        _ => None,
+    }
+}
+
 pub enum MaybeTls {
     Plain(tokio::net::TcpStream),
     Tls(Box<tokio_rustls::TlsStream<tokio::net::TcpStream>>),

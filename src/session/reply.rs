@@ -96,11 +96,7 @@ pub fn capability_line(caps: &[String]) -> Bytes {
 
 /// The first token of a command line: its tag, if it has one.
 pub fn tag_of(line: &[u8]) -> &[u8] {
-    let end = line
-        .iter()
-        .position(|b| matches!(b, b' ' | b'\r' | b'\n'))
-        .unwrap_or(line.len());
-    &line[..end]
+    crate::frame::first_word(line)
 }
 
 #[cfg(test)]

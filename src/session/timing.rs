@@ -14,14 +14,11 @@ pub(super) struct Timing {
 }
 
 impl Timing {
-    pub(super) fn new(line: &[u8]) -> Self {
-        Self::tagged(Bytes::copy_from_slice(reply::tag_of(line)), line)
-    }
-
-    /// Timing for the command `line` whose tag is `tag`.
-    pub(super) fn tagged(tag: Bytes, line: &[u8]) -> Self {
+    /// Timing for the command starting with `line`; its tag is a slice of
+    /// `line`, not a copy.
+    pub(super) fn new(line: &Bytes) -> Self {
         Timing {
-            tag,
+            tag: line.slice(..reply::tag_of(line).len()),
             name: command_name(line),
             stores: 0,
             started: std::time::Instant::now(),
@@ -135,8 +132,9 @@ impl Session {
     /// Starts timing the client command `raw`; returns its tag (a slice of
     /// `raw`, not a copy).
     pub(super) fn time_command(&mut self, raw: &Bytes) -> Bytes {
-        let tag = raw.slice(..reply::tag_of(raw).len());
-        self.timing = Some(Timing::tagged(tag.clone(), raw));
+        let timing = Timing::new(raw);
+        let tag = timing.tag.clone();
+        self.timing = Some(timing);
         tag
     }
 }

@@ -31,7 +31,10 @@ impl Session {
         probe: AppendProbe,
         a: Announcement,
     ) {
-        self.timing = Some(crate::session::Timing::new(&self.command));
+        // The command is still being assembled: its first line is copied.
+        self.timing = Some(crate::session::Timing::new(&Bytes::copy_from_slice(
+            &self.command,
+        )));
         let tag = Bytes::copy_from_slice(probe.command.tag.inner().as_bytes());
         let refuse = |code: Rfc5530, text: &str| reply::no(&tag, code, text);
         let target = m.map.to_backend(&probe.mailbox);

@@ -372,7 +372,7 @@ impl Session {
                 return;
             }
         }
-        if store == Store::Old && job.stage == Stage::Bodies && starts_with_ci(&msg, b"* ") {
+        if store == Store::Old && job.stage == Stage::Bodies && msg.starts_with(b"* ") {
             // A body answered without a literal (NIL): that message cannot be copied.
             if let Ok((_, Response::Data(Data::Fetch { items, .. }))) =
                 ResponseCodec::new().decode(&msg)

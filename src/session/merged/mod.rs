@@ -177,10 +177,6 @@ fn retag(tag: &[u8], message: &[u8]) -> Bytes {
     out.freeze()
 }
 
-fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
-    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
-}
-
 /// `* n FETCH …`
 fn is_fetch(line: &[u8]) -> bool {
     let mut words = line.splitn(4, |b| *b == b' ');
