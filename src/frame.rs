@@ -123,6 +123,30 @@ impl Framer {
         }
     }
 
+    /// The whole lines at the front of the buffer that `take` accepts, split
+    /// off as one piece: a store's burst of 50 `FETCH` lines then leaves as
+    /// one part, not 50. Only between messages; a line that may announce a
+    /// literal, or is over-long, ends the run and is left to
+    /// [`next_frame`](Self::next_frame), like any line `take` refuses.
+    pub fn take_lines(&mut self, mut take: impl FnMut(&[u8]) -> bool) -> Option<Bytes> {
+        if self.state != (State::Line { start: true }) {
+            return None;
+        }
+        let mut end = 0;
+        while let Some(i) = memchr::memchr(b'\n', &self.buf[end..]) {
+            let line = &self.buf[end..end + i + 1];
+            if line.len() > self.max_line || announcement(line).is_some() || !take(line) {
+                break;
+            }
+            end += i + 1;
+        }
+        if end == 0 {
+            return None;
+        }
+        self.scanned = 0;
+        Some(self.buf.split_to(end).freeze())
+    }
+
     /// Returns the next frame, `Ok(None)` when more input is needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
@@ -293,6 +317,55 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
+    }
+
+    #[test]
+    fn runs_of_accepted_lines_leave_in_one_piece() {
+        let untagged = |l: &[u8]| l.starts_with(b"* ");
+        let mut f = Framer::new(Peer::Server, 40);
+        f.push(
+            b"* 1 FETCH (FLAGS ())\r\n* 2 FETCH (FLAGS ())\r\n* 3 FETCH (BODY[] {3}\r\nabc)\r\n",
+        );
+        let run = f.take_lines(untagged).unwrap();
+        assert_eq!(
+            &run[..],
+            b"* 1 FETCH (FLAGS ())\r\n* 2 FETCH (FLAGS ())\r\n"
+        );
+        // A line announcing a literal is framed as usual, and inside the
+        // message no run is taken.
+        assert!(f.take_lines(untagged).is_none());
+        let Some(Frame::Line {
+            literal: Some(_), ..
+        }) = f.next_frame().unwrap()
+        else {
+            panic!("the literal's line");
+        };
+        assert!(f.take_lines(untagged).is_none());
+        assert!(matches!(
+            f.next_frame().unwrap(),
+            Some(Frame::LiteralData { last: true, .. })
+        ));
+        assert!(f.take_lines(untagged).is_none());
+        assert!(matches!(
+            f.next_frame().unwrap(),
+            Some(Frame::Line { start: false, .. })
+        ));
+        // A refused line ends the run; a partial line waits for its end.
+        f.push(b"* 4 EXISTS\r\na1 OK done\r\n* 5 EXI");
+        assert_eq!(&f.take_lines(untagged).unwrap()[..], b"* 4 EXISTS\r\n");
+        assert!(f.take_lines(untagged).is_none());
+        assert!(matches!(
+            f.next_frame().unwrap(),
+            Some(Frame::Line { start: true, .. })
+        ));
+        assert!(f.take_lines(untagged).is_none());
+        f.push(b"STS\r\n");
+        assert_eq!(&f.take_lines(untagged).unwrap()[..], b"* 5 EXISTS\r\n");
+        // An over-long line is left for next_frame to refuse.
+        f.push(b"* 6 FETCH (FLAGS (\\Seen \\Answered \\Flagged))\r\n");
+        assert!(f.take_lines(untagged).is_none());
+        assert_eq!(f.next_frame(), Err(FrameError::LineTooLong(40)));
+        assert_eq!(f.buffered(), 0);
     }
 
     fn frames(peer: Peer, chunks: &[&[u8]]) -> Vec<Frame> {

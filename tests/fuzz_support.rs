@@ -503,7 +503,10 @@ impl Harness {
                     Action::ToClient(bytes) => {
                         trace("S:", &bytes);
                         if self.check_client {
-                            assert_well_formed(&bytes);
+                            // A burst of lines may be one write.
+                            bytes
+                                .split_inclusive(|b| *b == b'\n')
+                                .for_each(assert_well_formed);
                         }
                     }
                     Action::ToBackend(store, bytes) => {

@@ -399,6 +399,7 @@ impl Session {
         };
         conn.framer.push(data);
         loop {
+            self.forward_run(store);
             let Some(conn) = self.stores[idx(store)].as_mut() else {
                 return;
             };

@@ -24,6 +24,11 @@ fn command_name(line: &[u8]) -> Option<&[u8]> {
     words.next()
 }
 
+/// `* CAPABILITY …`, which is filtered like the login answer.
+pub(super) fn is_capability(line: &[u8]) -> bool {
+    line.len() > 13 && line[..13].eq_ignore_ascii_case(b"* CAPABILITY ")
+}
+
 fn is_blocked(line: &[u8]) -> bool {
     command_name(line).is_some_and(|n| BLOCKED.iter().any(|b| n.eq_ignore_ascii_case(b.as_bytes())))
 }
@@ -32,7 +37,7 @@ impl Session {
     /// Store responses pass through; CAPABILITY is filtered and tagged lines
     /// are looked at to know which commands are still running.
     pub(super) fn pipe_classify(&mut self, line: &[u8]) -> Disposition {
-        let capability = line.len() > 13 && line[..13].eq_ignore_ascii_case(b"* CAPABILITY ");
+        let capability = is_capability(line);
         if line.starts_with(b"+") {
             if self.pipe.refresh == super::Refresh::AwaitPlus {
                 // The renewed IDLE runs again; the client never saw it stop.

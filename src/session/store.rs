@@ -48,6 +48,42 @@ impl Session {
         }
     }
 
+    /// Forwards, as one piece, the untagged one-line responses at the front
+    /// of `store`'s input that [`classify`](Self::classify) would forward one
+    /// by one: the usual answer to a command is a burst of them.
+    pub(super) fn forward_run(&mut self, store: Store) {
+        let Session {
+            stores,
+            mode,
+            actions,
+            ..
+        } = self;
+        let Some(conn) = stores[idx(store)].as_mut() else {
+            return;
+        };
+        let run = conn.framer.take_lines(|line| {
+            line.starts_with(b"* ")
+                && match mode {
+                    Mode::Pipe(_) => !pipe::is_capability(line),
+                    Mode::Merged(m) => {
+                        let forward =
+                            matches!(m.classify(store, line, false), Disposition::Forward);
+                        // What it sees of an `Old/` folder is kept as when
+                        // the line is framed alone (`observe_old` does not
+                        // change how lines are classified).
+                        if forward && store == Store::Old {
+                            m.observe_old(line, false);
+                        }
+                        forward
+                    }
+                    _ => false,
+                }
+        });
+        if let Some(run) = run {
+            actions.push_back(Action::ToClient(run));
+        }
+    }
+
     pub(super) fn classify(&mut self, store: Store, line: &[u8], literal: bool) -> Disposition {
         match &mut self.mode {
             Mode::Pipe(_) => self.pipe_classify(line),

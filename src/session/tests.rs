@@ -48,15 +48,25 @@ fn lossy(b: &[u8]) -> String {
 fn out(s: &mut Session) -> Vec<String> {
     let mut v = vec![];
     while let Some(a) = s.poll_action() {
-        v.push(match a {
-            Action::ToClient(b) => format!("S: {}", lossy(&b)),
+        let line = match a {
+            // A burst of lines may leave as one piece: shown line by line.
+            Action::ToClient(b) => {
+                let mut lines: Vec<_> = b
+                    .split_inclusive(|c| *c == b'\n')
+                    .map(|l| format!("S: {}", lossy(l)))
+                    .collect();
+                let last = lines.pop().unwrap_or_else(|| "S: ".into());
+                v.append(&mut lines);
+                last
+            }
             Action::ToBackend(Store::New, b) => format!("N: {}", lossy(&b)),
             Action::ToBackend(Store::Old, b) => format!("O: {}", lossy(&b)),
             Action::StartTls => "STARTTLS".into(),
             Action::Login { store, .. } => format!("LOGIN {}", store.as_str()),
             Action::CloseBackend(store) => format!("CLOSE {}", store.as_str()),
             Action::Close => "CLOSE".into(),
-        });
+        };
+        v.push(line);
     }
     v
 }
@@ -182,6 +192,63 @@ fn authenticate_plain_with_and_without_ir() {
     assert!(o[0].starts_with("S: b BAD"), "{o:?}");
     s.client_input(b"c AUTHENTICATE PLAIN\r\n*\r\n");
     assert_eq!(out(&mut s), ["S: + ", "S: c BAD AUTHENTICATE cancelled"]);
+}
+
+/// The client writes as queued, not split into lines.
+fn writes(s: &mut Session) -> Vec<String> {
+    std::iter::from_fn(|| s.poll_action())
+        .map(|a| match a {
+            Action::ToClient(b) => String::from_utf8_lossy(&b).into_owned(),
+            other => panic!("not a client write: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_burst_of_untagged_lines_is_one_write() {
+    let mut s = merged();
+    s.client_input(b"a NOOP\r\n");
+    assert_eq!(out(&mut s), ["N: a NOOP"]);
+    s.backend_input(
+        Store::New,
+        b"* 1 EXISTS\r\n* 1 FETCH (FLAGS ())\r\n* 2 FETCH (BODY[] {2}\r\nhi)\r\n* 3 FETCH (FLAGS ())\r\n* 4 FETCH (FLAGS ())\r\n* BYE going\r\n* 5 EXPUNGE\r\na OK done\r\n",
+    );
+    assert_eq!(
+        writes(&mut s),
+        [
+            "* 1 EXISTS\r\n* 1 FETCH (FLAGS ())\r\n",
+            "* 2 FETCH (BODY[] {2}\r\n",
+            "hi",
+            ")\r\n",
+            "* 3 FETCH (FLAGS ())\r\n* 4 FETCH (FLAGS ())\r\n",
+            // The store's BYE is Ferry's to handle, never the client's.
+            "* 5 EXPUNGE\r\n",
+            "a OK done\r\n",
+        ]
+    );
+
+    // Phase old: a CAPABILITY line in the burst is still filtered.
+    let mut s = session(true);
+    out(&mut s);
+    s.client_input(b"a LOGIN olga secret\r\n");
+    out(&mut s);
+    s.login_done(Store::Old, Ok(info(Store::Old)));
+    out(&mut s);
+    s.client_input(b"b NOOP\r\n");
+    assert_eq!(out(&mut s), ["O: b NOOP"]);
+    s.backend_input(
+        Store::Old,
+        b"* 2 EXISTS\r\n* 1 RECENT\r\n* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE\r\n* 3 EXISTS\r\nb OK done\r\n",
+    );
+    assert_eq!(
+        writes(&mut s),
+        [
+            "* 2 EXISTS\r\n* 1 RECENT\r\n",
+            "* CAPABILITY IMAP4REV1\r\n",
+            "* 3 EXISTS\r\n",
+            "b OK done\r\n"
+        ]
+    );
 }
 
 #[test]

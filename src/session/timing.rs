@@ -112,20 +112,33 @@ pub(super) fn command_name(line: &[u8]) -> &'static str {
     let Some(first) = words.next() else {
         return "OTHER";
     };
-    let find = |list: &[&'static str], word: &[u8]| {
-        list.iter()
-            .find(|c| c.as_bytes().eq_ignore_ascii_case(word))
-            .copied()
-    };
+    let mut upper = [0u8; 16];
     if first.eq_ignore_ascii_case(b"UID") {
-        let second = words.next().unwrap_or_default();
+        let second = upper_case(words.next().unwrap_or_default(), &mut upper);
         return UID_COMMANDS
             .iter()
-            .find(|c| c.as_bytes()[4..].eq_ignore_ascii_case(second))
+            .find(|c| &c.as_bytes()[4..] == second)
             .copied()
             .unwrap_or("OTHER");
     }
-    find(&COMMANDS, first).unwrap_or("OTHER")
+    // Compared in upper case: most names differ from the word in length,
+    // which a byte comparison checks first.
+    let first = upper_case(first, &mut upper);
+    COMMANDS
+        .iter()
+        .find(|c| c.as_bytes() == first)
+        .copied()
+        .unwrap_or("OTHER")
+}
+
+/// `word` in upper case, in `buf`; empty (no name) when it is longer.
+fn upper_case<'b>(word: &[u8], buf: &'b mut [u8; 16]) -> &'b [u8] {
+    let Some(out) = buf.get_mut(..word.len()) else {
+        return &[];
+    };
+    out.copy_from_slice(word);
+    out.make_ascii_uppercase();
+    out
 }
 
 impl Session {
@@ -136,5 +149,36 @@ impl Session {
         let tag = timing.tag.clone();
         self.timing = Some(timing);
         tag
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_name;
+
+    #[test]
+    fn command_names_are_labels_from_the_closed_set() {
+        for (line, name) in [
+            (&b"a1 fetch 1:* (FLAGS)\r\n"[..], "FETCH"),
+            (b"a1 Noop\r\n", "NOOP"),
+            (b"a1 NOOP", "NOOP"),
+            (b"x GetQuotaRoot INBOX\r\n", "GETQUOTAROOT"),
+            (b"a1 uid fetch 1 BODY[]\r\n", "UID FETCH"),
+            (b"a1 UID Expunge 1:3\r\n", "UID EXPUNGE"),
+            (b"a1 UID NOOP\r\n", "OTHER"),
+            (b"a1 UID\r\n", "OTHER"),
+            (b"a1 XYZZY\r\n", "OTHER"),
+            (b"a1 FETCHFETCHFETCHFETCH 1\r\n", "OTHER"),
+            (b"a1 UID FETCHFETCHFETCHFETCH 1\r\n", "OTHER"),
+            (b"a1\r\n", "OTHER"),
+            (b"", "OTHER"),
+        ] {
+            assert_eq!(
+                command_name(line),
+                name,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 }

@@ -52,7 +52,7 @@ impl Session {
         }
         let tag = reply::tag_of(&msg);
         if tag != b"*" {
-            let tag = Bytes::copy_from_slice(tag);
+            let tag = msg.slice(..tag.len());
             return self.tagged(m, store, tag, msg);
         }
         match &mut m.job {
