@@ -124,6 +124,15 @@ impl FerryProc {
     fn status_kib(&self, key: &str) -> u64 {
         proc_status_kib(self.pid(), key)
     }
+
+    /// Context switches of all its threads so far.
+    fn switches(&self) -> u64 {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .unwrap()
+            .flatten()
+            .map(|task| switches_of(&task.path().join("status")))
+            .sum()
+    }
 }
 
 impl Drop for FerryProc {
@@ -154,6 +163,17 @@ fn cpu_of(stat: &str) -> (Duration, Duration) {
         Duration::from_millis(f[11] * 10),
         Duration::from_millis(f[12] * 10),
     )
+}
+
+/// Voluntary and involuntary context switches from a task's `status` file:
+/// each is a sleep and a wake-up, the kernel's largest cost per command here.
+fn switches_of(status: &std::path::Path) -> u64 {
+    std::fs::read_to_string(status)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
 
 fn free_addr() -> String {
@@ -304,6 +324,13 @@ impl NullProxy {
     fn cpu(&self) -> (Duration, Duration) {
         cpu_of(&format!("/proc/self/task/{}/stat", self.tid))
     }
+
+    fn switches(&self) -> u64 {
+        switches_of(std::path::Path::new(&format!(
+            "/proc/self/task/{}/status",
+            self.tid
+        )))
+    }
 }
 
 async fn big_fetch(addr: &str, bytes: usize) -> f64 {
@@ -434,17 +461,20 @@ async fn run(s: Scale) {
         let (mut d, mut f, mut z) = (Load::default(), Load::default(), Load::default());
         let (mut ferry_user, mut ferry_sys) = (Duration::ZERO, Duration::ZERO);
         let (mut null_user, mut null_sys) = (Duration::ZERO, Duration::ZERO);
+        let (mut ferry_switches, mut null_switches) = (0, 0);
         let slice = s.seconds / 3.0;
         for _ in 0..3 {
             d.add(load(&direct, n, slice).await);
-            let (u0, s0) = ferry.cpu();
+            let ((u0, s0), c0) = (ferry.cpu(), ferry.switches());
             f.add(load(&ferry.plain, n, slice).await);
             let (u1, s1) = ferry.cpu();
             (ferry_user, ferry_sys) = (ferry_user + (u1 - u0), ferry_sys + (s1 - s0));
-            let (u0, s0) = null.cpu();
+            ferry_switches += ferry.switches() - c0;
+            let ((u0, s0), c0) = (null.cpu(), null.switches());
             z.add(load(&null.addr, n, slice).await);
             let (u1, s1) = null.cpu();
             (null_user, null_sys) = (null_user + (u1 - u0), null_sys + (s1 - s0));
+            null_switches += null.switches() - c0;
         }
         let per = |cpu: Duration, l: &Load| us(cpu) / l.commands() as f64;
         println!(
@@ -466,11 +496,13 @@ async fn run(s: Scale) {
             per(null_user + null_sys, &z),
         );
         println!(
-            "{:>8} p99: direct {:.0}µs, Ferry {:.0}µs, null {:.0}µs",
+            "{:>8} p99: direct {:.0}µs, Ferry {:.0}µs, null {:.0}µs; context switches per command: Ferry {:.2}, null {:.2}",
             "",
             us(d.pct(0.99)),
             us(f.pct(0.99)),
-            us(z.pct(0.99))
+            us(z.pct(0.99)),
+            ferry_switches as f64 / f.commands() as f64,
+            null_switches as f64 / z.commands() as f64,
         );
     }
 
