@@ -61,13 +61,13 @@ impl Session {
         let Some(conn) = stores[idx(store)].as_mut() else {
             return;
         };
+        let mut numbered = None;
         let run = conn.framer.take_lines(|line| {
             line.starts_with(b"* ")
                 && match mode {
                     Mode::Pipe(_) => !pipe::is_capability(line),
                     Mode::Merged(m) => {
-                        let forward =
-                            matches!(m.classify(store, line, false), Disposition::Forward);
+                        let forward = m.forwards(store, line, &mut numbered);
                         // What it sees of an `Old/` folder is kept as when
                         // the line is framed alone (`observe_old` does not
                         // change how lines are classified).

@@ -287,6 +287,27 @@ impl Merged {
         }
     }
 
+    /// Whether `line`, a one-line untagged answer, is forwarded as it is.
+    /// `numbered` keeps the verdict for message-number lines (`* 3 EXISTS`,
+    /// `* 7 FETCH (…)`) over a burst: outside a copy, [`classify`](Self::classify)
+    /// judges them all alike (their second word names no response it
+    /// treats apart), so the first one's verdict serves the rest.
+    pub(super) fn forwards(&self, store: Store, line: &[u8], numbered: &mut Option<bool>) -> bool {
+        let memo =
+            !matches!(self.job, Some(Job::Copy(_))) && line.get(2).is_some_and(u8::is_ascii_digit);
+        if memo && let Some(verdict) = *numbered {
+            return verdict;
+        }
+        let verdict = matches!(
+            self.classify(store, line, false),
+            super::Disposition::Forward
+        );
+        if memo {
+            *numbered = Some(verdict);
+        }
+        verdict
+    }
+
     /// How a store's response starting with `line` is handled; `literal` says
     /// whether the line announces one.
     pub(super) fn classify(&self, store: Store, line: &[u8], literal: bool) -> super::Disposition {
