@@ -296,12 +296,10 @@ pub async fn serve(
             },
             // A store at work is not an idle client.
             r = read_opt(old) => {
-                deadline = Instant::now() + Duration::from_secs(timeout);
-                store_read(&mut session, &mut io, Store::Old, r);
+                deadline = store_read(&mut session, &mut io, Store::Old, r) + Duration::from_secs(timeout);
             },
             r = read_opt(new) => {
-                deadline = Instant::now() + Duration::from_secs(timeout);
-                store_read(&mut session, &mut io, Store::New, r);
+                deadline = store_read(&mut session, &mut io, Store::New, r) + Duration::from_secs(timeout);
             },
             r = login_opt(old_login) => { io.logins[0] = None; login_result(&mut session, &mut io, &ctx, Store::Old, r); }
             r = login_opt(new_login) => { io.logins[1] = None; login_result(&mut session, &mut io, &ctx, Store::New, r); }
@@ -365,10 +363,17 @@ fn reloaded(session: &mut Session, live: &Live, id: u64) -> Option<Instant> {
     Some(Instant::now() + spread(id, window))
 }
 
-/// What a store's socket gave: its bytes go to the session, its end closes it.
-fn store_read(session: &mut Session, io: &mut Io, store: Store, read: io::Result<usize>) {
+/// What a store's socket gave: its bytes go to the session, its end closes
+/// it. Returns when it was read.
+fn store_read(
+    session: &mut Session,
+    io: &mut Io,
+    store: Store,
+    read: io::Result<usize>,
+) -> Instant {
     let i = store_idx(store);
-    io.store_active[i] = Instant::now();
+    let now = Instant::now();
+    io.store_active[i] = now;
     match read {
         Ok(0) | Err(_) => {
             io.stores[i] = None;
@@ -379,6 +384,7 @@ fn store_read(session: &mut Session, io: &mut Io, store: Store, read: io::Result
             scratch(n, |b| session.backend_input(store, b));
         }
     }
+    now
 }
 
 fn login_result(
@@ -489,6 +495,10 @@ async fn write_parts(stream: &mut MaybeTls, mut parts: Vec<Bytes>) -> io::Result
         // The slices live only inside one poll: held across the await they
         // would be a kilobyte of every idle session's task.
         let mut written = std::future::poll_fn(|cx| {
+            if first + 1 == parts.len() {
+                // Most writes are one part: no slice array to fill.
+                return Pin::new(&mut *stream).poll_write(cx, &parts[first]);
+            }
             let mut slices = [IoSlice::new(&[]); 64];
             let count = (parts.len() - first).min(slices.len());
             for (slice, part) in slices.iter_mut().zip(&parts[first..first + count]) {
