@@ -18,6 +18,9 @@ use std::{
 pub struct WhenWoken<F> {
     inner: Pin<Box<F>>,
     state: Arc<State>,
+    /// The waker last stored in `state`: while the task's waker stays the
+    /// same (always, for a session), a poll takes no lock.
+    registered: Option<Waker>,
 }
 
 struct State {
@@ -48,6 +51,7 @@ impl<F: Future> WhenWoken<F> {
                 woken: AtomicBool::new(true),
                 task: Mutex::new(None),
             }),
+            registered: None,
         }
     }
 }
@@ -57,11 +61,14 @@ impl<F: Future> Future for WhenWoken<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
+        if !this
+            .registered
+            .as_ref()
+            .is_some_and(|t| t.will_wake(cx.waker()))
         {
-            let mut task = this.state.task.lock().unwrap_or_else(|p| p.into_inner());
-            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-                *task = Some(cx.waker().clone());
-            }
+            let waker = cx.waker().clone();
+            *this.state.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker.clone());
+            this.registered = Some(waker);
         }
         if !this.state.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
@@ -112,9 +119,21 @@ mod tests {
             assert!(f.as_mut().poll(&mut cx).is_pending());
         }
         assert_eq!(polls.load(Ordering::SeqCst), 1, "polled once at first");
+        // Polled from elsewhere: the new waker is the one woken.
+        let moved_woken = Arc::new(Flag::default());
+        let moved = Waker::from(moved_woken.clone());
+        assert!(
+            f.as_mut()
+                .poll(&mut Context::from_waker(&moved))
+                .is_pending()
+        );
         open.store(true, Ordering::SeqCst);
         waker.lock().unwrap().take().unwrap().wake();
-        assert!(task_woken.0.load(Ordering::SeqCst), "the task is woken");
+        assert!(moved_woken.0.load(Ordering::SeqCst), "the task is woken");
+        assert!(
+            !task_woken.0.load(Ordering::SeqCst),
+            "not through its old waker"
+        );
         assert!(f.as_mut().poll(&mut cx).is_ready());
         assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
