@@ -431,27 +431,6 @@ fn store_idx(store: Store) -> usize {
     }
 }
 
-/// Part lists kept for reuse, per worker thread: a burst list holds 64
-/// parts (2 KiB), too big for the allocator's fast path, and two or three
-/// are filled per forwarded command. A few per thread serve every session.
-const SPARE_LISTS: usize = 8;
-
-thread_local! {
-    static SPARE_PARTS: RefCell<Vec<Vec<Bytes>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Gives a sent part list back for reuse.
-fn recycle(mut parts: Vec<Bytes>) {
-    parts.clear();
-    if parts.capacity() > 0 {
-        SPARE_PARTS.with_borrow_mut(|spare| {
-            if spare.len() < SPARE_LISTS {
-                spare.push(parts);
-            }
-        });
-    }
-}
-
 /// Writes queued for one peer, sent together: one system call (and one TLS
 /// record) for a burst of small responses instead of one each.
 #[derive(Default)]
@@ -462,11 +441,6 @@ struct Outbox {
 
 impl Outbox {
     fn push(&mut self, b: Bytes) {
-        if self.parts.capacity() == 0 {
-            self.parts = SPARE_PARTS.with_borrow_mut(Vec::pop).unwrap_or_default();
-            // Growing by doubling would cost five allocations for 50 lines.
-            self.parts.reserve(64);
-        }
         self.len += b.len();
         self.parts.push(b);
     }
@@ -521,7 +495,6 @@ async fn write_parts(stream: &mut MaybeTls, mut parts: Vec<Bytes>) -> io::Result
         }
     }
     stream.flush().await?;
-    recycle(parts);
     Ok(total)
 }
 

@@ -28,14 +28,7 @@ impl Session {
             Frame::Line { bytes, .. } | Frame::LiteralData { bytes, .. } => bytes,
         };
         match &mut conn.disposition {
-            Disposition::Forward => {
-                // A store's burst (50 FETCH lines, say) grows the queue once,
-                // not by doubling from the few slots it keeps between bursts.
-                if self.actions.len() == self.actions.capacity() {
-                    self.actions.reserve(64);
-                }
-                self.actions.push_back(Action::ToClient(bytes))
-            }
+            Disposition::Forward => self.actions.push_back(Action::ToClient(bytes)),
             Disposition::Drop => {}
             Disposition::Assemble(buf) => buf.extend_from_slice(&bytes),
             Disposition::Copy => {}
