@@ -59,7 +59,7 @@ fn register_zeroes() {
     for result in ["ok", "error"] {
         counter!("ferry_config_reloads_total", "result" => result).absolute(0);
     }
-    for result in ["ok", "failed"] {
+    for result in ["ok", "failed", "trycreate"] {
         counter!("ferry_copies_total", "result" => result).absolute(0);
     }
     counter!("ferry_copy_messages_total").absolute(0);

@@ -94,6 +94,9 @@ async fn metrics_move_as_traffic_flows() {
     c.cmd("FETCH 1:* (FLAGS)").await.assert_ok();
     c.cmd("SELECT Old/Copysrc").await.assert_ok();
     c.cmd("UID COPY 1:* Work").await.assert_ok();
+    // A copy into a folder the client has yet to create is not a failure.
+    let r = c.cmd("UID COPY 1:* Notyet").await;
+    assert_eq!(r.code().as_deref(), Some("TRYCREATE"), "{}", r.text());
     c.cmd("STATUS Old/Copysrc (MESSAGES)").await.assert_ok();
     c.cmd("LIST \"\" \"*\"").await.assert_ok();
     let after = scrape(&env).await;
@@ -135,6 +138,8 @@ async fn metrics_move_as_traffic_flows() {
     );
     assert!(delta("ferry_command_duration_seconds_count", &[("store", "new")]) >= 1.0);
     assert!(delta("ferry_copies_total", &[("result", "ok")]) >= 1.0);
+    assert_eq!(delta("ferry_copies_total", &[("result", "trycreate")]), 1.0);
+    assert_eq!(delta("ferry_copies_total", &[("result", "failed")]), 0.0);
     assert!(delta("ferry_copy_messages_total", &[]) >= 1.0);
     assert!(delta("ferry_copy_bytes_total", &[]) > 0.0);
     assert!(

@@ -28,7 +28,7 @@ impl Session {
                 Input::Command => self.assemble(frame),
                 Input::AuthData { tag } => self.auth_data(tag, frame),
                 Input::IdleDone => self.idle_done(frame),
-                Input::Stream(store) => self.stream_frame(store, frame),
+                Input::Stream(store) | Input::Rest(store) => self.stream_frame(store, frame),
                 Input::Discard(reply) => self.discard_frame(reply, frame),
                 Input::Waiting => unreachable_waiting(),
             }
@@ -66,13 +66,11 @@ impl Session {
         if let Mode::Merged(_) = self.mode
             && let Some(append) = merged::append_probe(&self.command)
         {
-            let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+            let mut mode = self.take_mode();
             if let Mode::Merged(m) = &mut mode {
                 self.merged_append(m, append, a);
             }
-            if matches!(self.mode, Mode::Closed) {
-                self.mode = mode;
-            }
+            self.put_mode(mode);
             return;
         }
         let limit = match self.mode {
@@ -136,8 +134,18 @@ impl Session {
             Frame::LiteralData { bytes, .. } => self.send_store(store, bytes),
             Frame::Line { bytes, literal, .. } => {
                 self.send_store(store, bytes);
+                let answered = matches!(self.input, Input::Rest(_));
                 match literal {
+                    None if answered => self.input = Input::Command,
                     None => self.input = Input::Waiting,
+                    Some(a) if answered => {
+                        // A refused store sends no `+`: the client does not
+                        // send what it announced with `{n}`.
+                        if a.sync {
+                            self.client.refuse_literal(a);
+                            self.input = Input::Command;
+                        }
+                    }
                     Some(a) => self.merged_append_literal(a),
                 }
             }
@@ -145,7 +153,7 @@ impl Session {
     }
 
     pub(super) fn command_complete(&mut self, command: Bytes) {
-        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        let mut mode = self.take_mode();
         if let Mode::Merged(m) = &mut mode
             && let Some(route) = m.undecoded(&command)
         {
@@ -153,16 +161,14 @@ impl Session {
         } else {
             self.decoded_command(&mut mode, &command);
         }
-        if matches!(self.mode, Mode::Closed) {
-            self.mode = mode;
-        }
+        self.put_mode(mode);
     }
 
     fn decoded_command(&mut self, mode: &mut Mode, command: &Bytes) {
         match (mode, CommandCodec::new().decode(command)) {
             (mode @ Mode::PreAuth, Ok((_, cmd))) => self.preauth_command(mode, cmd),
             (Mode::Merged(m), Ok((_, cmd))) => self.merged_command(m, cmd, command),
-            (Mode::Closed, _) => {}
+            (Mode::Closed | Mode::Taken, _) => {}
             (_, Ok(_)) | (_, Err(_)) => {
                 debug!("undecodable command");
                 let tag = reply::tag_of(command).to_vec();

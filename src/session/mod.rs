@@ -120,6 +120,10 @@ enum Input {
     IdleDone,
     /// Literal bytes and lines of an APPEND go straight to the store.
     Stream(Store),
+    /// The rest of a command the store has already answered (it refused
+    /// the APPEND early): the store must still read every byte the client
+    /// announced, so they stream on, never read as commands.
+    Rest(Store),
     /// The rest of a refused command is dropped; then `reply` is sent.
     Discard(Bytes),
 }
@@ -134,6 +138,8 @@ enum Mode {
     Pipe(Store),
     Merged(Box<merged::Merged>),
     Closed,
+    /// Stands in while a handler has the mode out of `self` (see `take_mode`).
+    Taken,
 }
 
 struct StoreConn {
@@ -185,6 +191,9 @@ struct PipeState {
     refresh: Refresh,
     /// Ferry sent DONE itself: the client's input waits meanwhile.
     leaving: bool,
+    /// A synchronizing literal the client announced and waits to send
+    /// until the store's `+`, under its command's tag.
+    literal: Option<(Bytes, Announcement)>,
 }
 
 pub struct Session {
@@ -259,7 +268,7 @@ impl Session {
     /// True when the driver should read from the client.
     pub fn wants_client_input(&self) -> bool {
         match self.mode {
-            Mode::Closed => false,
+            Mode::Closed | Mode::Taken => false,
             Mode::Pipe(_) => !self.pipe.leaving,
             _ => self.input != Input::Waiting,
         }
@@ -428,16 +437,14 @@ impl Session {
 
     /// Result of an [`Action::Login`].
     pub fn login_done(&mut self, store: Store, result: Result<BackendInfo, LoginFailure>) {
-        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        let mut mode = self.take_mode();
         match (&mut mode, result) {
             (Mode::LoggingIn { .. }, result) => self.primary_login_done(&mut mode, store, result),
             (Mode::Merged(m), result) => self.old_login_done(m, result),
             (_, Ok(_)) => self.actions.push_back(Action::CloseBackend(store)),
             _ => {}
         }
-        if matches!(self.mode, Mode::Closed) {
-            self.mode = mode;
-        }
+        self.put_mode(mode);
         // A parked command runs now, unless a reconnect still re-opens a folder.
         if let Mode::Merged(m) = &mut self.mode
             && m.ready_for_parked()
@@ -554,10 +561,10 @@ impl Session {
             .is_some_and(|c| c.framer.at_message_start());
         self.stores[idx(store)] = None;
         self.actions.push_back(Action::CloseBackend(store));
-        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        let mut mode = self.take_mode();
         match &mut mode {
             Mode::Merged(m) if store == Store::Old => self.merged_old_lost(m, clean),
-            Mode::Closed => {}
+            Mode::Closed | Mode::Taken => {}
             _ => {
                 tracing::warn!(store = store.as_str(), "store connection lost");
                 if let Mode::Merged(m) = &mode
@@ -575,9 +582,7 @@ impl Session {
                 self.close();
             }
         }
-        if matches!(self.mode, Mode::Closed) {
-            self.mode = mode;
-        }
+        self.put_mode(mode);
     }
 
     fn send_client(&mut self, bytes: Bytes) {
@@ -602,6 +607,19 @@ impl Session {
         // Ferry's own tag space; the session never has a client command in flight
         // on a store at the same time as one of these, so they cannot collide.
         Bytes::from(format!("ferry.{}", self.next_tag))
+    }
+
+    /// Takes the mode out of `self`, so a handler can hold it beside the
+    /// session; [`put_mode`](Self::put_mode) puts it back unless the handler
+    /// set another one (a close, a login).
+    fn take_mode(&mut self) -> Mode {
+        std::mem::replace(&mut self.mode, Mode::Taken)
+    }
+
+    fn put_mode(&mut self, mode: Mode) {
+        if matches!(self.mode, Mode::Taken) {
+            self.mode = mode;
+        }
     }
 
     fn close(&mut self) {
@@ -656,3 +674,5 @@ pub fn decode_command(bytes: &[u8]) -> Option<Command<'_>> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transcript;

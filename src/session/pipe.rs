@@ -45,7 +45,9 @@ impl Session {
                 self.pipe.leaving = false;
                 return Disposition::Drop;
             }
-            if let Some((_, started)) = &mut self.pipe.idle {
+            if self.pipe.literal.take().is_none()
+                && let Some((_, started)) = &mut self.pipe.idle
+            {
                 *started = true;
             }
             Disposition::Forward
@@ -87,21 +89,22 @@ impl Session {
             }
             self.pipe.inflight.push_back(timing);
         }
+        if let Frame::Line {
+            literal: Some(a), ..
+        } = &frame
+            && a.sync
+            && let Some(t) = self.pipe.inflight.back()
+        {
+            self.pipe.literal = Some((t.tag.clone(), *a));
+        }
         let bytes = match frame {
             Frame::Line { bytes, .. } | Frame::LiteralData { bytes, .. } => bytes,
         };
         self.send_store(store, bytes);
     }
 
-    fn pipe_store(&self) -> Store {
-        match self.mode {
-            super::Mode::Pipe(store) => store,
-            _ => Store::New,
-        }
-    }
-
     /// A tagged line or a `* CAPABILITY` line (filtered like the login answer).
-    pub(super) fn pipe_message(&mut self, message: Bytes) {
+    pub(super) fn pipe_message(&mut self, store: Store, message: Bytes) {
         let tag = reply::tag_of(&message);
         if self.pipe.refresh == super::Refresh::AwaitTagged
             && self.pipe.idle.as_ref().is_some_and(|(t, _)| t == tag)
@@ -110,17 +113,30 @@ impl Session {
             self.pipe.refresh = super::Refresh::AwaitPlus;
             let mut line = bytes::BytesMut::from(tag);
             line.extend_from_slice(b" IDLE\r\n");
-            let store = self.pipe_store();
             return self.send_store(store, line.freeze());
         }
         if tag != b"*" {
+            let mut logout = false;
             if let Some(i) = self.pipe.inflight.iter().position(|t| t.tag == tag) {
                 let mut timing = self.pipe.inflight.remove(i).expect("position is in range");
-                timing.stores = 1 << super::idx(self.pipe_store());
+                timing.stores = 1 << super::idx(store);
+                logout = timing.name == "LOGOUT"
+                    && crate::frame::head(&message).1.eq_ignore_ascii_case(b"OK");
                 super::record(timing, &message);
+            }
+            if logout {
+                // The store closes next: that is the end, not a lost store.
+                self.stores[super::idx(store)] = None;
+                self.send_client(message);
+                self.actions.push_back(super::Action::CloseBackend(store));
+                return self.close();
             }
             if self.pipe.idle.as_ref().is_some_and(|(t, _)| t == tag) {
                 self.pipe.idle = None;
+            }
+            if let Some((_, a)) = self.pipe.literal.take_if(|(t, _)| t == tag) {
+                // Refused before its literal: the client will not send it.
+                self.client.refuse_literal(a);
             }
             return self.send_client(message);
         }

@@ -109,7 +109,7 @@ impl Session {
             return;
         };
         self.input = Input::Command;
-        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        let mut mode = self.take_mode();
         match AuthenticateDataCodec::new().decode(&bytes) {
             Ok((_, AuthenticateData::Continue(data))) => {
                 self.sasl_plain(&mut mode, tag.to_vec(), data.declassify())
@@ -119,9 +119,7 @@ impl Session {
             }
             Err(_) => self.send_client(reply::bad(&tag, "Invalid base64 in AUTHENTICATE")),
         }
-        if matches!(self.mode, Mode::Closed) {
-            self.mode = mode;
-        }
+        self.put_mode(mode);
     }
 
     fn sasl_plain(&mut self, mode: &mut Mode, tag: Vec<u8>, data: &[u8]) {

@@ -92,24 +92,20 @@ impl Session {
 
     /// Runs `f` on the merged state, taken out of `self` for the call.
     pub(super) fn with_merged(&mut self, f: impl FnOnce(&mut Self, &mut merged::Merged)) {
-        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        let mut mode = self.take_mode();
         if let Mode::Merged(m) = &mut mode {
             f(self, m);
         }
-        if matches!(self.mode, Mode::Closed) {
-            self.mode = mode;
-        }
+        self.put_mode(mode);
     }
 
     pub(super) fn backend_message(&mut self, store: Store, message: Bytes) {
-        let mut mode = std::mem::replace(&mut self.mode, Mode::Closed);
+        let mut mode = self.take_mode();
         match &mut mode {
-            Mode::Pipe(_) => self.pipe_message(message),
+            Mode::Pipe(_) => self.pipe_message(store, message),
             Mode::Merged(m) => self.merged_message(m, store, message),
             _ => {}
         }
-        if matches!(self.mode, Mode::Closed) {
-            self.mode = mode;
-        }
+        self.put_mode(mode);
     }
 }

@@ -12,7 +12,7 @@ use imap_codec::{
 use super::*;
 use crate::config;
 
-const CONFIG: &str = r#"
+pub(super) const CONFIG: &str = r#"
 [listen]
 imap = "127.0.0.1:0"
 [auth]
@@ -25,6 +25,7 @@ address = "127.0.0.1:2"
 tls = "none"
 [migration.users]
 "olga" = "old"
+"nina" = "new"
 "#;
 
 fn session(allow_plaintext: bool) -> Session {
@@ -39,7 +40,7 @@ fn session(allow_plaintext: bool) -> Session {
     })
 }
 
-fn lossy(b: &[u8]) -> String {
+pub(super) fn lossy(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(b);
     s.strip_suffix("\r\n").unwrap_or(&s).to_string()
 }
@@ -69,6 +70,17 @@ fn out(s: &mut Session) -> Vec<String> {
         v.push(line);
     }
     v
+}
+
+pub(super) fn caps_of(line: &str) -> Vec<Capability<'static>> {
+    caps(line)
+}
+
+pub(super) fn layout_of(store: Store) -> Layout {
+    match store {
+        Store::New => Layout::slash(),
+        Store::Old => Layout::legacy(),
+    }
 }
 
 fn caps(line: &str) -> Vec<Capability<'static>> {

@@ -44,6 +44,10 @@ impl Session {
                 return self
                     .refuse_command(a, refuse(Rfc5530::NoPerm, "Old/ folders are read-only"));
             }
+            Err(MapError::Unrepresentable) if m.map.is_reserved(&probe.mailbox) => {
+                return self
+                    .refuse_command(a, refuse(Rfc5530::NoPerm, "Old/ folders are read-only"));
+            }
             Err(_) => {
                 return self
                     .refuse_command(a, reply::no_code(&tag, Code::TryCreate, "No such mailbox"));

@@ -41,8 +41,25 @@ impl Session {
         let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| mailbox_bytes(mb)) else {
             return;
         };
-        let target = m.map.to_backend(&name);
-        let target = match target {
+        let subscription = matches!(op, NameOp::Subscribe | NameOp::Unsubscribe);
+        let target = match m.map.to_backend(&name) {
+            // OLD's layout is known once it is logged in: until then a
+            // nested `Old/a/b` cannot be mapped (or hidden) as LIST would.
+            Err(MapError::Unrepresentable)
+                if m.old != OldState::Ready && m.map.is_reserved(&name) =>
+            {
+                if subscription {
+                    // Kept by Ferry: OLD need not be asked.
+                    Target::OldRoot
+                } else if matches!(op, NameOp::Select | NameOp::Examine | NameOp::Status) {
+                    match self.need_old(m, raw) {
+                        None => return,
+                        Some(_) => return self.send_client(unavailable(&tag)),
+                    }
+                } else {
+                    return self.send_client(read_only());
+                }
+            }
             Ok(t) => t,
             Err(MapError::BadEncoding) => return self.send_client(bad_name(&tag)),
             Err(MapError::Unrepresentable) => {
@@ -210,6 +227,9 @@ impl Session {
                 };
                 match (m.map.to_backend(&name), store) {
                     (Ok(Target::Old(_) | Target::OldRoot), _) => self.send_client(read_only()),
+                    (Err(MapError::Unrepresentable), _) if m.map.is_reserved(&name) => {
+                        self.send_client(read_only())
+                    }
                     (Err(MapError::BadEncoding), _) => self.send_client(bad_name(&tag)),
                     (Err(MapError::Unrepresentable), _) => {
                         self.send_client(reply::no_code(&tag, Code::TryCreate, "No such mailbox"))

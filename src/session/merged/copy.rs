@@ -87,6 +87,15 @@ enum Failure {
 }
 
 impl Failure {
+    /// The `result` of `ferry_copies_total`: a missing destination is the
+    /// client's cue to CREATE it (RFC 9051 TRYCREATE), not a failure.
+    fn label(&self) -> &'static str {
+        match self {
+            Failure::NoDestination => "trycreate",
+            Failure::Refused(_) | Failure::Unavailable(_) => "failed",
+        }
+    }
+
     fn reply(&self, tag: &[u8]) -> Bytes {
         match self {
             Failure::NoDestination => {
@@ -595,7 +604,7 @@ impl Session {
     fn copy_answer(&mut self, job: &mut CopyJob) {
         let reply = match &job.failure {
             Some(f) => {
-                crate::metrics::copy("failed", 0, 0);
+                crate::metrics::copy(f.label(), 0, 0);
                 f.reply(&job.tag)
             }
             None => {

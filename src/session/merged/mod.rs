@@ -438,13 +438,25 @@ impl Session {
                 store: Store::Old,
                 then,
                 ..
-            }) => {
-                let (next_store, bytes, job) = *then;
-                self.send_store(next_store, bytes);
-                m.job = Some(job);
-            }
+            }) => self.after_leave(m, *then),
             other => m.job = other,
         }
+    }
+
+    /// The store being left is unselected: the command that waited for it
+    /// goes out, unless it is for OLD and OLD went away meanwhile.
+    fn after_leave(&mut self, m: &mut Merged, (store, bytes, job): (Store, Bytes, Job)) {
+        if store == Store::Old && m.old != OldState::Ready {
+            m.old_name = None;
+            m.old_last = None;
+            if let Some(tag) = job.client_tag() {
+                self.send_client(unavailable(&tag));
+            }
+            self.input = Input::Command;
+            return;
+        }
+        self.send_store(store, bytes);
+        m.job = Some(job);
     }
 
     /// Sends a client command to `store` and waits for its tagged response.

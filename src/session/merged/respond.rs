@@ -135,11 +135,7 @@ impl Session {
                 store: s,
                 tag: t,
                 then,
-            } if s == store && t == tag => {
-                let (next_store, bytes, job) = *then;
-                self.send_store(next_store, bytes);
-                m.job = Some(job);
-            }
+            } if s == store && t == tag => self.after_leave(m, *then),
             Job::List(mut l) => {
                 l.answered(store, &tag, msg);
                 self.list_step(m, l);
@@ -177,12 +173,18 @@ impl Session {
                 tag: t,
                 pending,
             } if s == store && t == tag => {
-                if let Some(a) = pending {
-                    // The store refused before the literal: the client must not send it.
-                    self.client.refuse_literal(a);
-                }
                 self.send_client(msg);
-                self.input = Input::Command;
+                self.input = match (pending, &self.input) {
+                    // The store refused before the literal: the client must not send it.
+                    (Some(a), _) => {
+                        self.client.refuse_literal(a);
+                        Input::Command
+                    }
+                    // Refused while the message streams (LITERAL+): the rest
+                    // of what the client announced still goes to the store.
+                    (None, Input::Stream(s)) => Input::Rest(*s),
+                    _ => Input::Command,
+                };
             }
             other => m.job = Some(other),
         }
