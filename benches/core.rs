@@ -111,12 +111,12 @@ fn names(c: &mut Criterion) {
 /// play one command through it: what Ferry's own logic costs per forwarded
 /// command, without sockets, kernel or runtime.
 mod session_bench {
-    use std::sync::Arc;
+    use std::{sync::Arc, time::Instant};
 
     use bytes::Bytes;
     use ferry::{
         namespace::Layout,
-        session::{Action, BackendInfo, Session, SessionConfig, Store},
+        session::{Action, BackendInfo, Event, Session, SessionConfig, Store},
     };
     use imap_codec::{
         ResponseCodec,
@@ -150,13 +150,11 @@ mod session_bench {
                         unreachable!()
                     };
                     let caps: Vec<_> = caps.into_iter().map(|c| c.into_static()).collect();
-                    s.login_done(
-                        store,
-                        Ok(BackendInfo {
-                            capabilities: caps.into(),
-                            layout: Layout::slash(),
-                        }),
-                    );
+                    let info = BackendInfo {
+                        capabilities: caps.into(),
+                        layout: Layout::slash(),
+                    };
+                    s.handle(Instant::now(), Event::LoggedIn(store, Ok(info)));
                 }
                 Action::ToBackend(_, bytes) => to_store = Some(bytes),
                 _ => {}
@@ -171,24 +169,32 @@ mod session_bench {
 
     /// Plays `command` and the store's `answer` (its tagged line follows).
     pub fn round_trip(s: &mut Session, command: &[u8], answer: &[u8]) {
-        s.client_input(command);
+        s.handle(Instant::now(), Event::ClientBytes(command));
         let sent = drain(s).expect("forwarded to the store");
         let mut response = answer.to_vec();
         response.extend_from_slice(tag(&sent));
         response.extend_from_slice(b" OK done\r\n");
-        s.backend_input(Store::New, &response);
+        s.handle(Instant::now(), Event::StoreBytes(Store::New, &response));
         drain(s);
     }
 
     pub fn selected() -> Session {
-        let mut s = Session::new(SessionConfig {
-            config: Arc::new(ferry::config::parse(CONFIG).unwrap()),
-            tls: true,
-            starttls: false,
-            subscriptions: Default::default(),
-        });
+        let mut s = Session::new(
+            SessionConfig {
+                config: Arc::new(ferry::config::parse(CONFIG).unwrap()),
+                tls: true,
+                starttls: false,
+                subscriptions: Default::default(),
+                id: 1,
+            },
+            Instant::now(),
+            Box::new(ferry::metrics::Recorder),
+        );
         drain(&mut s);
-        s.client_input(b"a LOGIN alice secret\r\n");
+        s.handle(
+            Instant::now(),
+            Event::ClientBytes(b"a LOGIN alice secret\r\n"),
+        );
         drain(&mut s);
         round_trip(
             &mut s,

@@ -21,14 +21,14 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::{
     backend::{self, BackendError, Connected},
     config::Config,
     listener::Kind,
     metrics::{self, Flow},
-    session::{Action, Credentials, LoginFailure, LoginPurpose, Session, SessionConfig, Store},
+    session::{Action, Credentials, Event, LoginPurpose, Session, SessionConfig, Store},
     tls::MaybeTls,
     wake::WhenWoken,
 };
@@ -114,17 +114,6 @@ async fn live_changed(
 /// While a command runs, client input beyond this waits in the socket.
 const PIPELINE_BOUND: usize = 16 * 1024;
 
-const SHUTDOWN_TEXT: &str = "Server shutting down, please reconnect.";
-const PHASE_TEXT: &str =
-    "Your mailbox is moving to its next migration phase; please reconnect to continue.";
-
-/// Where in `[0, window)` session `id` is ended when many are: spread evenly
-/// (a multiplicative hash of the id), so reconnects do not come all at once.
-fn spread(id: u64, window: Duration) -> Duration {
-    let unit = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
-    window.mul_f64(unit)
-}
-
 /// The sockets and I/O bookkeeping of one session.
 struct Io {
     client: Option<MaybeTls>,
@@ -133,11 +122,11 @@ struct Io {
     /// Credentials of a primary login in flight, to record its outcome.
     primary: [Option<Arc<Credentials>>; 2],
     peer: IpAddr,
-    /// When each store last sent or was sent something.
-    store_active: [Instant; 2],
 }
 
-/// Runs one client session to its end.
+/// Runs one client session to its end: each readiness becomes one
+/// [`Event`], the session's actions are performed, and the task sleeps until
+/// the next readiness or the session's next deadline.
 pub async fn serve(
     client: MaybeTls,
     peer: IpAddr,
@@ -155,39 +144,28 @@ pub async fn serve(
         tls,
         starttls: !tls && ctx.acceptor.is_some(),
         subscriptions: ctx.subscriptions.clone(),
+        id,
     };
-    let mut session = Session::new(cfg);
+    let mut session = Session::new(cfg, std::time::Instant::now(), Box::new(metrics::Recorder));
     let mut io = Io {
         client: Some(client),
         stores: [None, None],
         logins: [None, None],
         primary: [None, None],
         peer,
-        store_active: [Instant::now(); 2],
     };
-    let limits = live.config.limits.clone();
-    let command_timeout = Duration::from_secs(limits.backend_command_timeout_secs);
-    let idle_refresh = Duration::from_secs(limits.idle_refresh_secs);
-    let mut deadline = Instant::now() + Duration::from_secs(limits.preauth_timeout_secs);
     let mut phase = metrics::phase_label(None);
     metrics::session_phase(listener, None, Some(phase));
-    // Why and when this session is to be ended at its next safe point.
-    let mut ending: Option<&'static str> = None;
-    let mut phase_end_at: Option<Instant> = None;
-    // Since when the client has been in IDLE (renewed toward the store).
-    let mut idle_since: Option<Instant> = None;
-    // One timer serves every deadline. Activity pushes deadlines later without
-    // touching it: it fires early, at most `command_timeout` after it was
-    // armed, and is armed again. It is moved earlier only when a deadline
-    // requires it. (Re-arming a timer per command wakes the runtime's driver
-    // each time; this way a command costs no timer work at all.)
-    let mut timer = std::pin::pin!(tokio::time::sleep_until(
-        deadline.min(Instant::now() + command_timeout)
-    ));
+    // One timer serves every deadline. It is moved only when the session
+    // wants to be woken earlier than it is armed for; when deadlines move
+    // later (activity), it fires early, finds nothing due and is armed again.
+    // (Re-arming a timer per command wakes the runtime's driver each time.)
+    let mut timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
     // Long-lived too, and polled only when they fire: a forwarded command
     // never touches the state all sessions share.
     let mut cancelled = WhenWoken::new(shutdown.cancelled_owned());
     let mut live_changes = WhenWoken::new(live_changed(live_rx));
+    let mut shutting_down = false;
     let mut live_gone = false;
 
     loop {
@@ -207,7 +185,7 @@ pub async fn serve(
                 Err(e) => {
                     debug!(error = %e, "client connection failed");
                     io.client = None;
-                    session.client_closed();
+                    session.handle(now(), Event::ClientClosed);
                 }
             }
         }
@@ -219,61 +197,16 @@ pub async fn serve(
         if !open {
             break;
         }
-        if let Some(text) = ending {
-            if session.is_idle() {
-                if text == PHASE_TEXT {
-                    metrics::phase_disconnect();
-                    info!("ending the session: the user's phase changed");
-                }
-                session.end(text);
-                continue;
-            }
-            // An IDLE is ended with its store first; then the session is idle.
-            if session.leave_idle() {
-                continue;
-            }
+        if let Some(at) = session.poll_timeout().map(Instant::from_std)
+            && (timer.is_elapsed() || at < timer.deadline())
+        {
+            timer.as_mut().reset(at);
         }
-        idle_since = match (session.idle_store(), idle_since) {
-            (Some(_), Some(since)) if since.elapsed() >= idle_refresh => {
-                session.refresh_idle();
-                Some(Instant::now())
-            }
-            (Some(_), since) => since.or_else(|| Some(Instant::now())),
-            (None, _) => None,
-        };
-        if session.has_actions() {
-            continue;
-        }
-        // A store that owes an answer and stays silent is given up.
-        let store_deadline = session
-            .awaiting_store()
-            .map(|s| io.store_active[store_idx(s)] + command_timeout);
-        let want = [
-            Some(deadline),
-            store_deadline,
-            idle_since.map(|s| s + idle_refresh),
-            phase_end_at.filter(|_| ending.is_none()),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(deadline);
-        if timer.is_elapsed() || want < timer.deadline() {
-            timer
-                .as_mut()
-                .reset(want.min(Instant::now() + command_timeout));
-        }
-        let waiting_for_client = io.client.is_some() && session.wants_client_input();
         // While a command runs, keep reading a little: a client that hangs up
         // must be noticed (a copy in flight is then undone), and pipelined
         // commands wait in the session's buffer, which this bounds.
         let read_client = io.client.is_some()
-            && (waiting_for_client || session.client_buffered() < PIPELINE_BOUND);
-        let timeout = if session.is_authenticated() {
-            limits.idle_timeout_secs
-        } else {
-            limits.preauth_timeout_secs
-        };
+            && (session.wants_client_input() || session.client_buffered() < PIPELINE_BOUND);
         let Io {
             client,
             stores,
@@ -286,53 +219,26 @@ pub async fn serve(
             r = read_opt(client), if read_client => match r {
                 Ok(0) | Err(_) => {
                     io.client = None;
-                    session.client_closed();
+                    session.handle(now(), Event::ClientClosed);
                 }
                 Ok(n) => {
                     metrics::count_bytes(Flow::ClientIn, n);
-                    deadline = Instant::now() + Duration::from_secs(timeout);
-                    scratch(n, |b| session.client_input(b));
+                    scratch(n, |b| session.handle(now(), Event::ClientBytes(b)));
                 }
             },
-            // A store at work is not an idle client.
-            r = read_opt(old) => {
-                deadline = store_read(&mut session, &mut io, Store::Old, r) + Duration::from_secs(timeout);
-            },
-            r = read_opt(new) => {
-                deadline = store_read(&mut session, &mut io, Store::New, r) + Duration::from_secs(timeout);
-            },
+            r = read_opt(old) => store_read(&mut session, &mut io, Store::Old, r),
+            r = read_opt(new) => store_read(&mut session, &mut io, Store::New, r),
             r = login_opt(old_login) => { io.logins[0] = None; login_result(&mut session, &mut io, &ctx, Store::Old, r); }
             r = login_opt(new_login) => { io.logins[1] = None; login_result(&mut session, &mut io, &ctx, Store::New, r); }
-            () = &mut timer => {
-                let now = Instant::now();
-                if now >= deadline {
-                    debug!("client timed out");
-                    metrics::limit_hit(if session.is_authenticated() { "idle_timeout" } else { "preauth_timeout" });
-                    session.end("Autologout; idle for too long");
-                    deadline = now + Duration::from_secs(timeout);
-                } else if let Some(store) = session.awaiting_store()
-                    && now >= io.store_active[store_idx(store)] + command_timeout
-                {
-                    warn!(store = store.as_str(), "store did not answer in time; giving it up");
-                    metrics::limit_hit("backend_timeout");
-                    metrics::backend_error(store.as_str(), "timeout");
-                    io.stores[store_idx(store)] = None;
-                    // Never spin on a deadline already past, whatever the session does next.
-                    io.store_active[store_idx(store)] = now;
-                    session.backend_closed(store);
-                }
-                if ending.is_none() && phase_end_at.is_some_and(|at| now >= at) {
-                    phase_end_at = None;
-                    ending = Some(PHASE_TEXT);
-                }
-            }
-            () = &mut cancelled, if ending != Some(SHUTDOWN_TEXT) => {
-                ending = Some(SHUTDOWN_TEXT);
+            () = &mut timer => session.handle(now(), Event::Timeout),
+            () = &mut cancelled, if !shutting_down => {
+                shutting_down = true;
+                session.handle(now(), Event::Shutdown);
             }
             changed = &mut live_changes, if !live_gone => match changed {
                 Some((rx, live)) => {
                     live_changes = WhenWoken::new(live_changed(rx));
-                    phase_end_at = reloaded(&mut session, &live, id);
+                    session.handle(now(), Event::Reload(live.config.clone()));
                 }
                 // Ferry itself is gone; the shutdown token ends the session.
                 None => live_gone = true,
@@ -342,49 +248,23 @@ pub async fn serve(
     metrics::session_phase(listener, Some(phase), None);
 }
 
-/// A new configuration: sessions not logged in yet take it; a logged-in
-/// session whose user's phase changed is scheduled to end (spread over the
-/// drain window).
-fn reloaded(session: &mut Session, live: &Live, id: u64) -> Option<Instant> {
-    let Some((user, phase)) = session.login_info() else {
-        session.set_config(live.config.clone());
-        return None;
-    };
-    let now = live.config.migration.phase_for(user);
-    if now == phase {
-        return None;
-    }
-    let window = Duration::from_secs(live.config.migration.drain_secs);
-    info!(
-        from = phase.as_str(),
-        to = now.as_str(),
-        "phase changed by reload"
-    );
-    Some(Instant::now() + spread(id, window))
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
 }
 
-/// What a store's socket gave: its bytes go to the session, its end closes
-/// it. Returns when it was read.
-fn store_read(
-    session: &mut Session,
-    io: &mut Io,
-    store: Store,
-    read: io::Result<usize>,
-) -> Instant {
+/// What a store's socket gave: its bytes go to the session, its end closes it.
+fn store_read(session: &mut Session, io: &mut Io, store: Store, read: io::Result<usize>) {
     let i = store_idx(store);
-    let now = Instant::now();
-    io.store_active[i] = now;
     match read {
         Ok(0) | Err(_) => {
             io.stores[i] = None;
-            session.backend_closed(store);
+            session.handle(now(), Event::StoreClosed(store));
         }
         Ok(n) => {
             metrics::count_bytes(Flow::store_in(i), n);
-            scratch(n, |b| session.backend_input(store, b));
+            scratch(n, |b| session.handle(now(), Event::StoreBytes(store, b)));
         }
     }
-    now
 }
 
 fn login_result(
@@ -402,10 +282,9 @@ fn login_result(
                 ctx.throttle.succeeded(&c.user);
             }
             io.stores[store_idx(store)] = Some(connected.stream);
-            io.store_active[store_idx(store)] = Instant::now();
-            session.login_done(store, Ok(connected.info));
+            session.handle(now(), Event::LoggedIn(store, Ok(connected.info)));
             if !connected.rest.is_empty() {
-                session.backend_input(store, &connected.rest);
+                session.handle(now(), Event::StoreBytes(store, &connected.rest));
             }
         }
         Err(e) => {
@@ -419,7 +298,7 @@ fn login_result(
                 metrics::backend_connect(store.as_str(), "error");
                 metrics::backend_error(store.as_str(), e.kind());
             }
-            session.login_done(store, Err(e.failure()));
+            session.handle(now(), Event::LoggedIn(store, Err(e.failure())));
         }
     }
 }
@@ -513,13 +392,10 @@ async fn write_store(session: &mut Session, io: &mut Io, store: Store, parts: Ve
         return;
     };
     match write_parts(s, parts).await {
-        Ok(n) => {
-            metrics::count_bytes(Flow::store_out(i), n);
-            io.store_active[i] = Instant::now();
-        }
+        Ok(n) => metrics::count_bytes(Flow::store_out(i), n),
         Err(_) => {
             io.stores[i] = None;
-            session.backend_closed(store);
+            session.handle(now(), Event::StoreClosed(store));
         }
     }
 }
@@ -586,11 +462,11 @@ async fn perform(
             match crate::tls::accept(acceptor, tcp, Duration::from_secs(30)).await {
                 Some(tls) => {
                     io.client = Some(tls);
-                    session.tls_established();
+                    session.handle(now(), Event::TlsEstablished);
                 }
                 None => {
                     metrics::tls_handshake_failed("imap");
-                    session.client_closed();
+                    session.handle(now(), Event::ClientClosed);
                     return Ok(false);
                 }
             }
@@ -601,6 +477,10 @@ async fn perform(
             purpose,
         } => {
             let primary = purpose == LoginPurpose::Primary;
+            if primary {
+                tracing::Span::current()
+                    .record("user", String::from_utf8_lossy(&credentials.user).as_ref());
+            }
             let live = ctx.live.borrow().clone();
             let target = match store {
                 Store::Old => live.old.clone(),
@@ -628,23 +508,7 @@ async fn perform(
                         return Err(BackendError::Rejected);
                     }
                 }
-                if purpose != LoginPurpose::Reconnect {
-                    return backend::connect(&target, &credentials, timeout).await;
-                }
-                // A store that restarts takes a few seconds: back off 0.5, 1, 2, 4 s.
-                let mut wait = Duration::from_millis(500);
-                loop {
-                    tokio::time::sleep(wait).await;
-                    match backend::connect(&target, &credentials, timeout).await {
-                        Err(e)
-                            if wait < Duration::from_secs(4)
-                                && e.failure() == LoginFailure::Unavailable =>
-                        {
-                            wait *= 2;
-                        }
-                        other => return other,
-                    }
-                }
+                backend::connect(&target, &credentials, timeout).await
             }));
         }
         Action::CloseBackend(store) => {

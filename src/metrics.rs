@@ -194,6 +194,32 @@ pub fn auth_throttled(kind: &'static str) {
     counter!("ferry_auth_throttled_total", "kind" => kind).increment(1);
 }
 
+/// Records what sessions report (see [`crate::session::Report`]).
+pub struct Recorder;
+
+impl crate::session::Reporter for Recorder {
+    fn report(&mut self, report: crate::session::Report) {
+        use crate::session::Report;
+        match report {
+            Report::Command {
+                name,
+                store,
+                result,
+                took,
+            } => command(name, store, result, took),
+            Report::LimitHit(what) => limit_hit(what),
+            Report::Login { phase, result } => login(phase, result),
+            Report::Copy {
+                result,
+                messages,
+                bytes,
+            } => copy(result, messages, bytes),
+            Report::BackendTimeout(store) => backend_error(store.as_str(), "timeout"),
+            Report::PhaseDisconnect => phase_disconnect(),
+        }
+    }
+}
+
 pub fn phase_disconnect() {
     counter!("ferry_phase_disconnects_total").increment(1);
 }

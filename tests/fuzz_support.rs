@@ -13,12 +13,15 @@
 #![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use ferry::{
     config::{self, Config, Phase},
     frame::announcement,
     namespace::{self, Layout, NameMap, Target},
-    session::{Action, BackendInfo, LoginFailure, Session, SessionConfig, Store},
+    session::{
+        Action, BackendInfo, Event, LoginFailure, Report, Reporter, Session, SessionConfig, Store,
+    },
 };
 use imap_codec::{
     ResponseCodec,
@@ -52,6 +55,24 @@ fn session_config() -> Arc<Config> {
     CONFIG_PARSED
         .get_or_init(|| Arc::new(config::parse(CONFIG).expect("fuzz CONFIG is valid")))
         .clone()
+}
+
+/// The configuration after a reload that moves `alice` to phase `new`.
+fn moved_config() -> Arc<Config> {
+    static CONFIG_PARSED: OnceLock<Arc<Config>> = OnceLock::new();
+    CONFIG_PARSED
+        .get_or_init(|| {
+            let text = format!("{CONFIG}\"alice\" = \"new\"\n");
+            Arc::new(config::parse(&text).expect("fuzz CONFIG is valid"))
+        })
+        .clone()
+}
+
+/// Reports are dropped: the fuzz targets check behaviour, not counts.
+struct Discard;
+
+impl Reporter for Discard {
+    fn report(&mut self, _: Report) {}
 }
 
 /// `* CAPABILITY …` decoded as the backend module does at login.
@@ -329,6 +350,8 @@ const READ_BUF: usize = 16 * 1024;
 /// told), and nothing happens after `Action::Close`.
 struct Harness {
     s: Session,
+    /// The session's clock: moved only by the timer steps.
+    now: Instant,
     stores: [FakeStore; 2],
     /// The scripted stores answer commands.
     answer: bool,
@@ -353,14 +376,21 @@ struct Harness {
 
 impl Harness {
     fn new(tls: bool, starttls: bool) -> Self {
-        let s = Session::new(SessionConfig {
-            config: session_config(),
-            tls,
-            starttls,
-            subscriptions: Default::default(),
-        });
+        let now = Instant::now();
+        let s = Session::new(
+            SessionConfig {
+                config: session_config(),
+                tls,
+                starttls,
+                subscriptions: Default::default(),
+                id: 1,
+            },
+            now,
+            Box::new(Discard),
+        );
         Harness {
             s,
+            now,
             stores: Default::default(),
             answer: true,
             check_client: false,
@@ -394,7 +424,7 @@ impl Harness {
         if !self.closed && reads && !self.client_pending.is_empty() {
             let data = std::mem::take(&mut self.client_pending);
             trace("C:", &data);
-            self.s.client_input(&data);
+            self.s.handle(self.now, Event::ClientBytes(&data));
             self.drain();
         }
     }
@@ -404,7 +434,7 @@ impl Harness {
             return;
         }
         trace(from_store(store), data);
-        self.s.backend_input(store, data);
+        self.s.handle(self.now, Event::StoreBytes(store, data));
         self.drain();
     }
 
@@ -414,7 +444,7 @@ impl Harness {
         }
         self.stores[idx(store)] = FakeStore::default();
         trace(from_store(store), b"(closed)");
-        self.s.backend_closed(store);
+        self.s.handle(self.now, Event::StoreClosed(store));
         self.drain();
     }
 
@@ -424,7 +454,7 @@ impl Harness {
         }
         self.client_pending.clear();
         trace("C:", b"(closed)");
-        self.s.client_closed();
+        self.s.handle(self.now, Event::ClientClosed);
         self.drain();
     }
 
@@ -461,7 +491,7 @@ impl Harness {
             LoginOutcome::Unavailable => Err(LoginFailure::Unavailable),
         };
         trace(from_store(store), format!("(login {outcome:?})").as_bytes());
-        self.s.login_done(store, result);
+        self.s.handle(self.now, Event::LoggedIn(store, result));
     }
 
     /// What Ferry sends a store, checked against the phase.
@@ -547,7 +577,7 @@ impl Harness {
                 }
             }
             if starttls {
-                self.s.tls_established();
+                self.s.handle(self.now, Event::TlsEstablished);
                 progress = true;
             }
             for store in logins {
@@ -562,7 +592,7 @@ impl Harness {
                 let replies = std::mem::take(&mut self.stores[idx(store)].replies);
                 if !replies.is_empty() && self.stores[idx(store)].open {
                     trace(from_store(store), &replies);
-                    self.s.backend_input(store, &replies);
+                    self.s.handle(self.now, Event::StoreBytes(store, &replies));
                     progress = true;
                 }
             }
@@ -584,34 +614,41 @@ impl Harness {
         }
     }
 
-    /// One of the driver's timers fires (see `src/driver.rs`).
+    /// Time passes for one of the session's deadlines (see
+    /// `src/session/clock.rs`): every deadline on the way fires in turn.
     fn timer(&mut self, timer: Timer) {
         if self.closed {
             return;
         }
         trace("T:", format!("({timer:?})").as_bytes());
-        match timer {
-            Timer::StoreTimeout => {
-                if let Some(store) = self.s.awaiting_store() {
-                    self.store_closed(store);
-                }
+        let limits = &session_config().limits;
+        let secs = match timer {
+            Timer::StoreTimeout => limits.backend_command_timeout_secs,
+            Timer::RefreshIdle => limits.idle_refresh_secs,
+            Timer::Autologout => limits.idle_timeout_secs,
+            Timer::PhaseChange => {
+                self.s.handle(self.now, Event::Reload(moved_config()));
+                self.drain();
+                session_config().migration.drain_secs
+            }
+        };
+        self.advance(Duration::from_secs(secs));
+    }
+
+    fn advance(&mut self, by: Duration) {
+        let target = self.now + by;
+        let mut fired = 0;
+        while let Some(at) = self.s.poll_timeout().filter(|at| *at <= target) {
+            if self.closed {
                 return;
             }
-            Timer::RefreshIdle => {
-                if self.s.idle_store().is_some() {
-                    self.s.refresh_idle();
-                }
-            }
-            Timer::Autologout => self.s.end("Autologout; idle for too long"),
-            Timer::PhaseChange => {
-                if self.s.is_idle() {
-                    self.s.end("Your account has moved; please reconnect.");
-                } else {
-                    self.s.leave_idle();
-                }
-            }
+            fired += 1;
+            assert!(fired < 1000, "the session's deadlines never settle");
+            self.now = self.now.max(at);
+            self.s.handle(self.now, Event::Timeout);
+            self.drain();
         }
-        self.drain();
+        self.now = target;
     }
 
     /// The connection ends (EOF from the client), and the stores answer

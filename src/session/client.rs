@@ -13,7 +13,7 @@ impl Session {
                     return;
                 }
                 Err(e) => {
-                    crate::metrics::limit_hit("line");
+                    self.report(crate::session::Report::LimitHit("line"));
                     self.command.clear();
                     self.input = Input::Command;
                     self.send_client(reply::bad(b"*", &format!("Command {e}")));
@@ -79,7 +79,7 @@ impl Session {
         };
         if a.len as usize > limit || self.command.len() + a.len as usize > 2 * limit {
             let tag = reply::tag_of(&self.command).to_vec();
-            crate::metrics::limit_hit("literal");
+            self.report(crate::session::Report::LimitHit("literal"));
             self.refuse_oversized(a, reply::bad(&tag, "Literal too large"));
         } else if a.sync {
             self.send_client(Bytes::from_static(b"+ Ready for literal data\r\n"));

@@ -10,6 +10,7 @@
 //! assembled and decoded, everything else leaves as it came, literal by literal.
 
 mod client;
+mod clock;
 mod merged;
 mod pipe;
 mod preauth;
@@ -19,7 +20,12 @@ mod timing;
 
 use timing::{Timing, is_tagged_by, record};
 
-use std::{collections::VecDeque, fmt, sync::Arc};
+use std::{
+    collections::VecDeque,
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::{Bytes, BytesMut};
 use imap_codec::{
@@ -35,7 +41,64 @@ use crate::{
     frame::{Announcement, Frame, Framer, Peer},
     namespace::Layout,
 };
+pub use clock::spread;
 pub use merged::rename_data;
+
+/// What happened, as the driver saw it; handed to [`Session::handle`] with
+/// the time it happened.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Bytes from the client.
+    ClientBytes(&'a [u8]),
+    /// The client closed its connection (or it failed).
+    ClientClosed,
+    /// The TLS handshake that [`Action::StartTls`] asked for is done.
+    TlsEstablished,
+    /// Bytes from a store.
+    StoreBytes(Store, &'a [u8]),
+    /// A store closed its connection (or it failed).
+    StoreClosed(Store),
+    /// The outcome of an [`Action::Login`].
+    LoggedIn(Store, Result<BackendInfo, LoginFailure>),
+    /// The time [`Session::poll_timeout`] asked for has come.
+    Timeout,
+    /// A new configuration is in force.
+    Reload(Arc<Config>),
+    /// Ferry is shutting down: end the session at its next safe point.
+    Shutdown,
+}
+
+/// What the session counts, for metrics: handed to the [`Reporter`] the
+/// driver gives it, so the core calls no global recorder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// A client command finished: its label, the stores it used, its result.
+    Command {
+        name: &'static str,
+        store: &'static str,
+        result: &'static str,
+        took: Duration,
+    },
+    /// A configured limit was hit.
+    LimitHit(&'static str),
+    /// A login finished.
+    Login { phase: Phase, result: &'static str },
+    /// A cross-store COPY finished.
+    Copy {
+        result: &'static str,
+        messages: u64,
+        bytes: u64,
+    },
+    /// A store did not answer a command in time.
+    BackendTimeout(Store),
+    /// A session was ended because its user's phase changed.
+    PhaseDisconnect,
+}
+
+/// Takes the session's [`Report`]s.
+pub trait Reporter: Send {
+    fn report(&mut self, report: Report);
+}
 
 /// What a user typed to log in; handed to the driver to log in to a store.
 #[derive(Clone, PartialEq, Eq)]
@@ -168,6 +231,8 @@ pub struct SessionConfig {
     pub starttls: bool,
     /// Where `Old/` subscriptions are kept (shared by all sessions).
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
+    /// Unique per session: places it in the phase-change drain window.
+    pub id: u64,
 }
 
 /// Where Ferry is in renewing a long IDLE toward its store.
@@ -213,6 +278,8 @@ pub struct Session {
     stores: [Option<StoreConn>; 2],
     actions: VecDeque<Action>,
     next_tag: u64,
+    clock: clock::Clock,
+    reporter: Box<dyn Reporter>,
 }
 
 fn idx(store: Store) -> usize {
@@ -226,9 +293,12 @@ fn idx(store: Store) -> usize {
 const PREAUTH_MAX_LITERAL: usize = 8 * 1024;
 
 impl Session {
-    pub fn new(cfg: SessionConfig) -> Self {
+    pub fn new(cfg: SessionConfig, now: Instant, reporter: Box<dyn Reporter>) -> Self {
         let max_line = cfg.config.limits.max_line_bytes;
+        let preauth = Duration::from_secs(cfg.config.limits.preauth_timeout_secs);
         let mut s = Self {
+            clock: clock::Clock::new(now, preauth),
+            reporter,
             cfg,
             client: Framer::new(Peer::Client, max_line),
             input: Input::Command,
@@ -248,6 +318,40 @@ impl Session {
         );
         s.send_client(Bytes::from(greeting));
         s
+    }
+
+    /// Takes in one event at `now` (never earlier than the last one's).
+    pub fn handle(&mut self, now: Instant, event: Event<'_>) {
+        self.clock.now = now.max(self.clock.now);
+        match event {
+            Event::ClientBytes(data) => {
+                self.client_active();
+                self.client_input(data);
+            }
+            Event::ClientClosed => self.client_closed(),
+            Event::TlsEstablished => self.tls_established(),
+            Event::StoreBytes(store, data) => {
+                // A store at work is not an idle client.
+                self.client_active();
+                self.clock.store_active(store);
+                self.backend_input(store, data);
+            }
+            Event::StoreClosed(store) => self.backend_closed(store),
+            Event::LoggedIn(store, result) => {
+                self.clock.store_active(store);
+                self.login_done(store, result);
+                // From now on the idle timeout applies, not the pre-auth one.
+                self.client_active();
+            }
+            Event::Timeout => self.timeout(),
+            Event::Reload(config) => self.reload(config),
+            Event::Shutdown => self.end_soon(clock::Ending::Shutdown),
+        }
+        self.settle();
+    }
+
+    fn report(&mut self, report: Report) {
+        self.reporter.report(report);
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -293,7 +397,7 @@ impl Session {
 
     /// Renews a long IDLE toward its store (DONE, IDLE again) so that the
     /// store's own inactivity timer never ends it; the client sees nothing.
-    pub fn refresh_idle(&mut self) {
+    fn refresh_idle(&mut self) {
         match &self.mode {
             Mode::Pipe(store) => {
                 let store = *store;
@@ -329,17 +433,10 @@ impl Session {
         self.login.as_ref().map(|(_, p)| *p)
     }
 
-    /// A reloaded configuration, for a session that has not logged in yet.
-    pub fn set_config(&mut self, config: Arc<Config>) {
-        if self.login.is_none() {
-            self.cfg.config = config;
-        }
-    }
-
     /// Ends a running IDLE from Ferry's side (DONE to the store), so that the
     /// session reaches a safe point to be ended. Nothing else is interrupted.
     /// True when it sent something.
-    pub fn leave_idle(&mut self) -> bool {
+    fn leave_idle(&mut self) -> bool {
         match &mut self.mode {
             Mode::Pipe(store) => {
                 let store = *store;
@@ -374,12 +471,12 @@ impl Session {
         !running && self.client.at_message_start()
     }
 
-    pub fn client_input(&mut self, data: &[u8]) {
+    fn client_input(&mut self, data: &[u8]) {
         self.client.push(data);
         self.pump_client();
     }
 
-    pub fn client_closed(&mut self) {
+    fn client_closed(&mut self) {
         if matches!(self.mode, Mode::Closed) {
             return;
         }
@@ -397,12 +494,12 @@ impl Session {
     }
 
     /// The client connection is now TLS.
-    pub fn tls_established(&mut self) {
+    fn tls_established(&mut self) {
         self.cfg.tls = true;
         self.pump_client();
     }
 
-    pub fn backend_input(&mut self, store: Store, data: &[u8]) {
+    fn backend_input(&mut self, store: Store, data: &[u8]) {
         let Some(conn) = self.stores[idx(store)].as_mut() else {
             return;
         };
@@ -428,7 +525,7 @@ impl Session {
         self.pump_client();
     }
 
-    pub fn backend_closed(&mut self, store: Store) {
+    fn backend_closed(&mut self, store: Store) {
         if self.stores[idx(store)].is_some() {
             self.store_lost(store);
         }
@@ -436,7 +533,7 @@ impl Session {
     }
 
     /// Result of an [`Action::Login`].
-    pub fn login_done(&mut self, store: Store, result: Result<BackendInfo, LoginFailure>) {
+    fn login_done(&mut self, store: Store, result: Result<BackendInfo, LoginFailure>) {
         let mut mode = self.take_mode();
         match (&mut mode, result) {
             (Mode::LoggingIn { .. }, result) => self.primary_login_done(&mut mode, store, result),
@@ -456,7 +553,7 @@ impl Session {
     }
 
     /// Ends the session with `* BYE text` (shutdown, phase change) at a safe point.
-    pub fn end(&mut self, text: &str) {
+    fn end(&mut self, text: &str) {
         if matches!(self.mode, Mode::Closed) {
             return;
         }
@@ -490,7 +587,10 @@ impl Session {
         let info = match result {
             Ok(info) => info,
             Err(failure) => {
-                crate::metrics::login(phase, failure_label(&failure));
+                self.report(Report::Login {
+                    phase,
+                    result: failure_label(&failure),
+                });
                 let reply = match failure {
                     LoginFailure::Rejected => reply::no(
                         &tag,
@@ -507,14 +607,17 @@ impl Session {
                 if failure == LoginFailure::Rejected {
                     self.failures += 1;
                     if self.failures >= self.cfg.config.auth.max_failures_per_connection {
-                        crate::metrics::limit_hit("login_failures");
+                        self.report(crate::session::Report::LimitHit("login_failures"));
                         self.bye_and_close("Too many failed logins");
                     }
                 }
                 return;
             }
         };
-        crate::metrics::login(phase, "ok");
+        self.report(Report::Login {
+            phase,
+            result: "ok",
+        });
         tracing::info!(phase = phase.as_str(), "logged in");
         self.login = Some((
             String::from_utf8_lossy(&credentials.user).into_owned(),
@@ -590,7 +693,7 @@ impl Session {
             && is_tagged_by(&bytes, &t.tag)
             && let Some(t) = self.timing.take()
         {
-            record(t, &bytes);
+            self.report(record(t, &bytes, self.clock.now));
         }
         self.actions.push_back(Action::ToClient(bytes));
     }
@@ -599,6 +702,7 @@ impl Session {
         if let Some(t) = &mut self.timing {
             t.stores |= 1 << idx(store);
         }
+        self.clock.store_active(store);
         self.actions.push_back(Action::ToBackend(store, bytes));
     }
 

@@ -83,7 +83,7 @@ impl Session {
         } = &frame
             && !bytes.eq_ignore_ascii_case(b"DONE\r\n")
         {
-            let timing = super::Timing::new(bytes);
+            let timing = super::Timing::new(bytes, self.clock.now);
             if timing.name == "IDLE" {
                 self.pipe.idle = Some((timing.tag.clone(), false));
             }
@@ -122,7 +122,8 @@ impl Session {
                 timing.stores = 1 << super::idx(store);
                 logout = timing.name == "LOGOUT"
                     && crate::frame::head(&message).1.eq_ignore_ascii_case(b"OK");
-                super::record(timing, &message);
+                let report = super::record(timing, &message, self.clock.now);
+                self.report(report);
             }
             if logout {
                 // The store closes next: that is the end, not a lost store.

@@ -148,7 +148,6 @@ impl Session {
         }
         let user = String::from_utf8_lossy(&credentials.user).into_owned();
         let phase = self.cfg.config.migration.phase_for(&user);
-        tracing::Span::current().record("user", user.as_str());
         let store = match phase {
             Phase::Old => Store::Old,
             Phase::Merged | Phase::New => Store::New,

@@ -32,12 +32,27 @@ fn session(allow_plaintext: bool) -> Session {
     let mut config = config::parse(CONFIG).unwrap();
     config.auth.allow_plaintext = allow_plaintext;
     let config = Arc::new(config);
-    Session::new(SessionConfig {
-        config,
-        tls: false,
-        starttls: true,
-        subscriptions: Default::default(),
-    })
+    Session::new(
+        SessionConfig {
+            config,
+            tls: false,
+            starttls: true,
+            subscriptions: Default::default(),
+            id: 1,
+        },
+        std::time::Instant::now(),
+        Box::new(Kept::default()),
+    )
+}
+
+/// Keeps the session's reports for a test to look at.
+#[derive(Default, Clone)]
+pub(super) struct Kept(pub(super) Arc<std::sync::Mutex<Vec<Report>>>);
+
+impl Reporter for Kept {
+    fn report(&mut self, report: Report) {
+        self.0.lock().unwrap().push(report);
+    }
 }
 
 pub(super) fn lossy(b: &[u8]) -> String {

@@ -2,7 +2,9 @@
 
 use bytes::Bytes;
 
-use super::{Session, reply};
+use std::time::Instant;
+
+use super::{Report, Session, reply};
 
 /// The client command being timed for `ferry_commands_total` and latency.
 pub(super) struct Timing {
@@ -10,18 +12,18 @@ pub(super) struct Timing {
     pub(super) name: &'static str,
     /// Stores that received bytes for it (bit 0 OLD, bit 1 NEW).
     pub(super) stores: u8,
-    pub(super) started: std::time::Instant,
+    pub(super) started: Instant,
 }
 
 impl Timing {
     /// Timing for the command starting with `line`; its tag is a slice of
     /// `line`, not a copy.
-    pub(super) fn new(line: &Bytes) -> Self {
+    pub(super) fn new(line: &Bytes, now: Instant) -> Self {
         Timing {
             tag: line.slice(..reply::tag_of(line).len()),
             name: command_name(line),
             stores: 0,
-            started: std::time::Instant::now(),
+            started: now,
         }
     }
 }
@@ -31,8 +33,8 @@ pub(super) fn is_tagged_by(bytes: &[u8], tag: &[u8]) -> bool {
     bytes.len() > tag.len() && bytes.starts_with(tag) && bytes[tag.len()] == b' '
 }
 
-/// Records a finished command from its tagged response.
-pub(super) fn record(t: Timing, tagged: &[u8]) {
+/// The report of a command finished at `now` with the tagged response `tagged`.
+pub(super) fn record(t: Timing, tagged: &[u8], now: Instant) -> Report {
     let word = tagged[t.tag.len() + 1..]
         .split(|b| *b == b' ' || *b == b'\r')
         .next()
@@ -50,7 +52,12 @@ pub(super) fn record(t: Timing, tagged: &[u8]) {
         2 => "new",
         _ => "both",
     };
-    crate::metrics::command(t.name, store, result, t.started.elapsed());
+    Report::Command {
+        name: t.name,
+        store,
+        result,
+        took: now.saturating_duration_since(t.started),
+    }
 }
 
 /// IMAP command names as metric labels (a closed set; anything else is
@@ -140,7 +147,7 @@ impl Session {
     /// Starts timing the client command `raw`; returns its tag (a slice of
     /// `raw`, not a copy).
     pub(super) fn time_command(&mut self, raw: &Bytes) -> Bytes {
-        let timing = Timing::new(raw);
+        let timing = Timing::new(raw, self.clock.now);
         let tag = timing.tag.clone();
         self.timing = Some(timing);
         tag

@@ -12,19 +12,29 @@
 //!   driver's login to that store finished (CAPS replace the default list)
 //! - `O! closed`, `N! closed`, `C! closed`: that peer closed its connection
 //! - `C! tls`: the client's TLS handshake completed
-//! - `! end TEXT`: the driver ends the session (shutdown, phase change)
+//! - `T: +30s` (or `+500ms`, `+2m`): time passes; every deadline of the
+//!   session on the way fires in turn, as the driver's timer would
+//! - `! shutdown`: Ferry is shutting down
+//! - `! reload USER=PHASE`: a reload moves USER to PHASE
 //!
 //! Expected outputs:
 //! - `S: text`  to the client; `O: text`, `N: text`  to OLD / NEW
 //! - `-> login old|new`, `-> close old|new`, `-> close`, `-> starttls`
+//! - `M: …` a report for metrics (not for commands), with `@reports` only;
+//!   an event's reports follow its actions
 //!
 //! An expected line ending in `...` matches any line that starts with the
-//! rest. In `text`, `\r`, `\n` and `\\` are escapes. `#` starts a comment
+//! rest. In `text`, `\r` and `\n` stand for CR and LF. `#` starts a comment
 //! line; `@plaintext off` and `@tls` set up the session before it starts.
 
-use std::{fmt::Write as _, path::Path, sync::Arc};
+use std::{
+    fmt::Write as _,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use super::tests::{CONFIG, caps_of, layout_of, lossy};
+use super::tests::{CONFIG, Kept, caps_of, layout_of, lossy};
 use super::*;
 use crate::config;
 
@@ -32,27 +42,14 @@ use crate::config;
 /// trimmed to what the session looks at.
 const DEFAULT_CAPS: &str = "IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MOVE SPECIAL-USE NAMESPACE";
 
-fn unescape(s: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            let mut buf = [0; 4];
-            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            continue;
-        }
-        match chars.next() {
-            Some('r') => out.push(b'\r'),
-            Some('n') => out.push(b'\n'),
-            Some('\\') => out.push(b'\\'),
-            other => panic!("unknown escape \\{other:?}"),
-        }
-    }
-    out
+/// `text` with `\r` and `\n` turned into CR and LF (IMAP flags keep their
+/// backslash: `\Seen` is `\Seen`).
+fn unescape(text: &str) -> Vec<u8> {
+    text.replace("\\r", "\r").replace("\\n", "\n").into_bytes()
 }
 
-/// The session's actions as transcript lines.
-fn drain(s: &mut Session) -> Vec<String> {
+/// The session's actions as transcript lines (and its reports, when kept).
+fn drain(s: &mut Session, reports: Option<&Kept>) -> Vec<String> {
     fn lines(v: &mut Vec<String>, prefix: &str, b: &[u8]) {
         for l in b.split_inclusive(|c| *c == b'\n') {
             v.push(format!("{prefix} {}", lossy(l)));
@@ -70,11 +67,37 @@ fn drain(s: &mut Session) -> Vec<String> {
             Action::Close => v.push("-> close".into()),
         }
     }
+    if let Some(kept) = reports {
+        for r in kept.0.lock().unwrap().drain(..) {
+            let line = match r {
+                Report::Command { .. } => continue,
+                Report::LimitHit(what) => format!("M: limit_hit {what}"),
+                Report::Login { phase, result } => format!("M: login {} {result}", phase.as_str()),
+                Report::Copy {
+                    result,
+                    messages,
+                    bytes,
+                } => format!("M: copy {result} {messages} messages {bytes} bytes"),
+                Report::BackendTimeout(store) => format!("M: backend_timeout {}", store.as_str()),
+                Report::PhaseDisconnect => "M: phase_disconnect".into(),
+            };
+            v.push(line);
+        }
+    }
     v
 }
 
-fn store_of(c: char) -> Store {
-    if c == 'O' { Store::Old } else { Store::New }
+/// `+30s`, `+500ms`, `+2m`.
+fn duration(text: &str) -> Option<Duration> {
+    let text = text.strip_prefix('+')?;
+    let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(60 * n)),
+        _ => None,
+    }
 }
 
 fn login_result(store: Store, rest: &str) -> Result<BackendInfo, LoginFailure> {
@@ -111,6 +134,10 @@ fn run(name: &str, text: &str) -> String {
     let mut errors = String::new();
     let mut tls = false;
     let mut plaintext = true;
+    let mut keep_reports = false;
+    let kept = Kept::default();
+    let start = Instant::now();
+    let mut now = start;
     let mut session: Option<Session> = None;
     let mut pending: Vec<String> = vec![];
     let mut expected: Vec<(usize, String)> = vec![];
@@ -157,69 +184,107 @@ fn run(name: &str, text: &str) -> String {
                 plaintext = false;
                 continue;
             }
+            "@reports" => {
+                keep_reports = true;
+                continue;
+            }
             _ => {}
         }
         let s = session.get_or_insert_with(|| {
             let mut config = config::parse(CONFIG).unwrap();
             config.auth.allow_plaintext = plaintext;
-            Session::new(SessionConfig {
-                config: Arc::new(config),
-                tls,
-                starttls: !tls,
-                subscriptions: Default::default(),
-            })
+            Session::new(
+                SessionConfig {
+                    config: Arc::new(config),
+                    tls,
+                    starttls: !tls,
+                    subscriptions: Default::default(),
+                    id: 1,
+                },
+                start,
+                Box::new(kept.clone()),
+            )
         });
+        let reports = keep_reports.then_some(&kept);
         let (head, rest) = line.split_at(line.find(' ').unwrap_or(line.len()));
         let rest = rest.strip_prefix(' ').unwrap_or(rest);
-        let is_output = matches!(head, "S:" | "O:" | "N:" | "->");
+        let is_output = matches!(head, "S:" | "O:" | "N:" | "->" | "M:");
         if is_output {
             expected.push((n, line.to_string()));
             continue;
         }
         // An input: what came before it must have been what was expected.
-        pending.extend(drain(s));
+        pending.extend(drain(s, reports));
         check(n, &mut pending, &mut expected, &mut errors);
         let with_crlf = |mut b: Vec<u8>| {
             b.extend_from_slice(b"\r\n");
             b
         };
-        match head {
-            "C:" => s.client_input(&with_crlf(unescape(rest))),
-            "C~" => s.client_input(&unescape(rest)),
-            "O<" | "N<" => s.backend_input(
-                store_of(head.chars().next().unwrap()),
-                &with_crlf(unescape(rest)),
-            ),
-            "O~" | "N~" => s.backend_input(store_of(head.chars().next().unwrap()), &unescape(rest)),
-            "O!" | "N!" => {
-                let store = store_of(head.chars().next().unwrap());
-                match rest {
-                    "closed" => s.backend_closed(store),
-                    _ => {
-                        let r = rest
-                            .strip_prefix("login ")
-                            .unwrap_or_else(|| panic!("{name}:{n}: {line}"));
-                        s.login_done(store, login_result(store, r));
-                    }
-                }
+        let store = |h: &str| {
+            if h.starts_with('O') {
+                Store::Old
+            } else {
+                Store::New
             }
+        };
+        match head {
+            "C:" => s.handle(now, Event::ClientBytes(&with_crlf(unescape(rest)))),
+            "C~" => s.handle(now, Event::ClientBytes(&unescape(rest))),
+            "O<" | "N<" => s.handle(
+                now,
+                Event::StoreBytes(store(head), &with_crlf(unescape(rest))),
+            ),
+            "O~" | "N~" => s.handle(now, Event::StoreBytes(store(head), &unescape(rest))),
+            "O!" | "N!" => match rest {
+                "closed" => s.handle(now, Event::StoreClosed(store(head))),
+                _ => {
+                    let r = rest
+                        .strip_prefix("login ")
+                        .unwrap_or_else(|| panic!("{name}:{n}: {line}"));
+                    let result = login_result(store(head), r);
+                    s.handle(now, Event::LoggedIn(store(head), result));
+                }
+            },
             "C!" => match rest {
-                "closed" => s.client_closed(),
-                "tls" => s.tls_established(),
+                "closed" => s.handle(now, Event::ClientClosed),
+                "tls" => s.handle(now, Event::TlsEstablished),
                 _ => panic!("{name}:{n}: unknown client event {rest}"),
             },
+            "T:" => {
+                let by =
+                    duration(rest).unwrap_or_else(|| panic!("{name}:{n}: a time such as +30s"));
+                let target = now + by;
+                while let Some(at) = s.poll_timeout().filter(|at| *at <= target) {
+                    now = now.max(at);
+                    s.handle(now, Event::Timeout);
+                    pending.extend(drain(s, reports));
+                }
+                now = target;
+            }
             "!" => match rest.split_once(' ') {
-                Some(("end", text)) => s.end(text),
+                None if rest == "shutdown" => s.handle(now, Event::Shutdown),
+                Some(("reload", moved)) => {
+                    let (user, phase) = moved.split_once('=').expect("reload USER=PHASE");
+                    let mut text: String = CONFIG
+                        .lines()
+                        .filter(|l| !l.starts_with(&format!("\"{user}\" =")))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    text.push_str(&format!("\"{user}\" = \"{phase}\"\n"));
+                    let mut config = config::parse(&text).unwrap();
+                    config.auth.allow_plaintext = plaintext;
+                    s.handle(now, Event::Reload(Arc::new(config)));
+                }
                 _ => panic!("{name}:{n}: unknown event {rest}"),
             },
             _ => panic!("{name}:{n}: cannot read `{line}`"),
         }
         // Its outputs are compared with the lines after it at the next
         // input (or the end).
-        pending.extend(drain(s));
+        pending.extend(drain(s, reports));
     }
     if let Some(s) = session.as_mut() {
-        pending.extend(drain(s));
+        pending.extend(drain(s, keep_reports.then_some(&kept)));
     }
     check(
         text.lines().count(),

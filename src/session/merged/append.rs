@@ -32,9 +32,10 @@ impl Session {
         a: Announcement,
     ) {
         // The command is still being assembled: its first line is copied.
-        self.timing = Some(crate::session::Timing::new(&Bytes::copy_from_slice(
-            &self.command,
-        )));
+        self.timing = Some(crate::session::Timing::new(
+            &Bytes::copy_from_slice(&self.command),
+            self.clock.now,
+        ));
         let tag = Bytes::copy_from_slice(probe.command.tag.inner().as_bytes());
         let refuse = |code: Rfc5530, text: &str| reply::no(&tag, code, text);
         let target = m.map.to_backend(&probe.mailbox);
@@ -54,7 +55,7 @@ impl Session {
             }
         };
         if a.len > self.cfg.config.limits.max_append_bytes {
-            crate::metrics::limit_hit("append");
+            self.report(crate::session::Report::LimitHit("append"));
             return self
                 .refuse_oversized(a, reply::no_code(&tag, Code::TooBig, "Message too large"));
         }

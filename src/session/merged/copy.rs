@@ -424,7 +424,7 @@ impl Session {
                 // Never announce to NEW more than a client could APPEND: NEW would
                 // refuse it anyway, and an abort must pad what was announced.
                 if a.len > self.cfg.config.limits.max_append_bytes {
-                    crate::metrics::limit_hit("append");
+                    self.report(crate::session::Report::LimitHit("append"));
                     return self.copy_fail(
                         job,
                         Failure::Refused("a message is larger than this server accepts".into()),
@@ -604,11 +604,19 @@ impl Session {
     fn copy_answer(&mut self, job: &mut CopyJob) {
         let reply = match &job.failure {
             Some(f) => {
-                crate::metrics::copy(f.label(), 0, 0);
+                self.report(crate::session::Report::Copy {
+                    result: f.label(),
+                    messages: 0,
+                    bytes: 0,
+                });
                 f.reply(&job.tag)
             }
             None => {
-                crate::metrics::copy("ok", job.copied.len() as u64, job.bytes);
+                self.report(crate::session::Report::Copy {
+                    result: "ok",
+                    messages: job.copied.len() as u64,
+                    bytes: job.bytes,
+                });
                 let code = match (job.validity, uid_set(&job.copied), uid_set(&job.assigned)) {
                     (Some(uid_validity), Some(source), Some(destination))
                         if job.assigned.len() == job.copied.len() =>

@@ -123,7 +123,7 @@ impl Job {
 pub(super) struct Merged {
     map: NameMap,
     caps: Arc<[String]>,
-    credentials: Arc<Credentials>,
+    pub(super) credentials: Arc<Credentials>,
     selected: Option<Store>,
     old: OldState,
     job: Option<Job>,
@@ -393,6 +393,8 @@ impl Session {
                 m.old = OldState::Ready;
                 self.old_reconnected(m, true);
             }
+            Err(super::LoginFailure::Unavailable)
+                if m.old == OldState::Reconnecting && self.reconnect_again() => {}
             Err(e) => {
                 tracing::warn!(failure = ?e, "OLD store login failed; Old/ unavailable");
                 m.old = OldState::Unavailable;

@@ -86,11 +86,7 @@ impl Session {
         m.selected = None;
         m.old = OldState::Reconnecting;
         self.input = Input::Waiting;
-        self.actions.push_back(Action::Login {
-            store: Store::Old,
-            credentials: m.credentials.clone(),
-            purpose: crate::session::LoginPurpose::Reconnect,
-        });
+        self.reconnect_soon();
         true
     }
 

@@ -1,0 +1,262 @@
+//! Every deadline of a session, decided from the `now` each event brings:
+//! the pre-auth and idle timeouts, a store that owes an answer, renewing a
+//! long IDLE, the phase-change drain, shutdown, and OLD's reconnect backoff.
+//! The driver only sleeps until [`Session::poll_timeout`].
+
+use std::time::{Duration, Instant};
+
+use super::{Action, LoginPurpose, Report, Session, Store, idx};
+
+/// Why a session is to be ended at its next safe point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    Shutdown,
+    PhaseChange,
+}
+
+impl Ending {
+    fn text(self) -> &'static str {
+        match self {
+            Ending::Shutdown => "Server shutting down, please reconnect.",
+            Ending::PhaseChange => {
+                "Your mailbox is moving to its next migration phase; please reconnect to continue."
+            }
+        }
+    }
+}
+
+/// OLD's first reconnect attempt waits this long; each failure doubles it.
+const RECONNECT_FIRST: Duration = Duration::from_millis(500);
+/// After a failed attempt at this wait, OLD is given up.
+const RECONNECT_LAST: Duration = Duration::from_secs(4);
+
+pub(super) struct Clock {
+    /// The time of the event being handled.
+    pub(super) now: Instant,
+    /// The client is logged out when silent (and its stores too) past this.
+    client_deadline: Instant,
+    /// When each store last sent or was sent something.
+    store_active: [Instant; 2],
+    /// Since when the client has been in IDLE (renewed toward the store).
+    idle_since: Option<Instant>,
+    ending: Option<Ending>,
+    /// When a session whose phase changed is ended (spread over the drain window).
+    phase_end_at: Option<Instant>,
+    /// OLD's next reconnect attempt, and the wait that led to it.
+    reconnect: Option<(Instant, Duration)>,
+    /// The wait before the reconnect attempt in flight.
+    reconnect_wait: Option<Duration>,
+}
+
+impl Clock {
+    pub(super) fn new(now: Instant, preauth_timeout: Duration) -> Self {
+        Self {
+            now,
+            client_deadline: now + preauth_timeout,
+            store_active: [now; 2],
+            idle_since: None,
+            ending: None,
+            phase_end_at: None,
+            reconnect: None,
+            reconnect_wait: None,
+        }
+    }
+
+    pub(super) fn store_active(&mut self, store: Store) {
+        self.store_active[idx(store)] = self.now;
+    }
+}
+
+/// Where in `[0, window)` session `id` is ended when many are: spread evenly
+/// (a multiplicative hash of the id), so reconnects do not come all at once.
+pub fn spread(id: u64, window: Duration) -> Duration {
+    let unit = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    window.mul_f64(unit)
+}
+
+impl Session {
+    fn limit(&self, secs: impl Fn(&crate::config::Limits) -> u64) -> Duration {
+        Duration::from_secs(secs(&self.cfg.config.limits))
+    }
+
+    /// How long the client may stay silent, before and after logging in.
+    fn client_timeout(&self) -> Duration {
+        if self.is_authenticated() {
+            self.limit(|l| l.idle_timeout_secs)
+        } else {
+            self.limit(|l| l.preauth_timeout_secs)
+        }
+    }
+
+    /// The client (or a store working for it) was heard from.
+    pub(super) fn client_active(&mut self) {
+        self.clock.client_deadline = self.clock.now + self.client_timeout();
+    }
+
+    /// When the session next needs [`Event::Timeout`](super::Event::Timeout),
+    /// if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if matches!(self.mode, super::Mode::Closed) {
+            return None;
+        }
+        let c = &self.clock;
+        let store = self
+            .awaiting_store()
+            .map(|s| c.store_active[idx(s)] + self.limit(|l| l.backend_command_timeout_secs));
+        let refresh = c
+            .idle_since
+            .map(|since| since + self.limit(|l| l.idle_refresh_secs));
+        [
+            Some(c.client_deadline),
+            store,
+            refresh,
+            c.phase_end_at.filter(|_| c.ending.is_none()),
+            c.reconnect.map(|(at, _)| at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Whatever deadline has passed at `self.clock.now`.
+    pub(super) fn timeout(&mut self) {
+        let now = self.clock.now;
+        if now >= self.clock.client_deadline {
+            tracing::debug!("client timed out");
+            self.report(Report::LimitHit(if self.is_authenticated() {
+                "idle_timeout"
+            } else {
+                "preauth_timeout"
+            }));
+            self.end("Autologout; idle for too long");
+            self.clock.client_deadline = now + self.client_timeout();
+        } else if let Some(store) = self.awaiting_store()
+            && now
+                >= self.clock.store_active[idx(store)]
+                    + self.limit(|l| l.backend_command_timeout_secs)
+        {
+            tracing::warn!(
+                store = store.as_str(),
+                "store did not answer in time; giving it up"
+            );
+            self.report(Report::LimitHit("backend_timeout"));
+            self.report(Report::BackendTimeout(store));
+            // Never spin on a deadline already past, whatever comes next.
+            self.clock.store_active[idx(store)] = now;
+            self.backend_closed(store);
+        }
+        if self.clock.ending.is_none() && self.clock.phase_end_at.is_some_and(|at| now >= at) {
+            self.clock.phase_end_at = None;
+            self.clock.ending = Some(Ending::PhaseChange);
+        }
+        if let Some((at, wait)) = self.clock.reconnect
+            && now >= at
+        {
+            self.clock.reconnect = None;
+            self.reconnect_attempt(wait);
+        }
+    }
+
+    /// OLD is to be logged in to again after it went away: first after a
+    /// short wait (a store that restarts takes a few seconds).
+    pub(super) fn reconnect_soon(&mut self) {
+        self.clock.reconnect = Some((self.clock.now + RECONNECT_FIRST, RECONNECT_FIRST));
+    }
+
+    /// A reconnect attempt failed with the store unavailable: `true` when
+    /// another is scheduled (0.5, 1, 2, 4 s apart), `false` to give up.
+    pub(super) fn reconnect_again(&mut self) -> bool {
+        match self.clock.reconnect_wait.take() {
+            Some(wait) if wait < RECONNECT_LAST => {
+                let wait = wait * 2;
+                self.clock.reconnect = Some((self.clock.now + wait, wait));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn reconnect_attempt(&mut self, wait: Duration) {
+        let super::Mode::Merged(m) = &self.mode else {
+            return;
+        };
+        let credentials = m.credentials.clone();
+        self.clock.reconnect_wait = Some(wait);
+        self.actions.push_back(Action::Login {
+            store: Store::Old,
+            credentials,
+            purpose: LoginPurpose::Reconnect,
+        });
+    }
+
+    /// Ends the session at its next safe point.
+    pub(super) fn end_soon(&mut self, why: Ending) {
+        if self.clock.ending != Some(Ending::Shutdown) {
+            self.clock.ending = Some(why);
+        }
+    }
+
+    /// A new configuration: a session not logged in yet takes it; a
+    /// logged-in session whose user's phase changed is ended within the
+    /// drain window.
+    pub(super) fn reload(&mut self, config: std::sync::Arc<crate::config::Config>) {
+        let Some((user, phase)) = self.login_info() else {
+            self.cfg.config = config;
+            return;
+        };
+        let now_phase = config.migration.phase_for(user);
+        if now_phase == phase || self.clock.phase_end_at.is_some() {
+            return;
+        }
+        tracing::info!(
+            from = phase.as_str(),
+            to = now_phase.as_str(),
+            "phase changed by reload"
+        );
+        let window = Duration::from_secs(config.migration.drain_secs);
+        self.clock.phase_end_at = Some(self.clock.now + spread(self.cfg.id, window));
+    }
+
+    /// After every event: end the session if it is to end and at a safe
+    /// point (an IDLE is ended with its store first), and keep a long IDLE
+    /// renewed toward its store.
+    pub(super) fn settle(&mut self) {
+        if let Some(ending) = self.clock.ending
+            && !matches!(self.mode, super::Mode::Closed)
+        {
+            if self.is_idle() {
+                if ending == Ending::PhaseChange {
+                    self.report(Report::PhaseDisconnect);
+                    tracing::info!("ending the session: the user's phase changed");
+                }
+                self.end(ending.text());
+                return;
+            }
+            self.leave_idle();
+        }
+        let now = self.clock.now;
+        let refresh = self.limit(|l| l.idle_refresh_secs);
+        self.clock.idle_since = match (self.idle_store(), self.clock.idle_since) {
+            (Some(_), Some(since)) if now >= since + refresh => {
+                self.refresh_idle();
+                Some(now)
+            }
+            (Some(_), since) => since.or(Some(now)),
+            (None, _) => None,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_stays_in_the_window() {
+        let w = Duration::from_secs(60);
+        for id in 0..1000 {
+            assert!(spread(id, w) < w);
+        }
+        assert_eq!(spread(7, Duration::ZERO), Duration::ZERO);
+    }
+}
