@@ -576,7 +576,7 @@ async fn run(s: Scale) {
 }
 
 fn main() {
-    ferry::listener::raise_open_files_limit();
+    ferry::server::raise_open_files_limit();
     let bench = std::env::args().any(|a| a == "--bench");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -19,42 +19,17 @@ use tokio::{
     sync::watch,
     time::Instant,
 };
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
     backend::{self, BackendError, Connected},
-    config::Config,
-    listener::Kind,
+    context::{Ctx, Live},
     metrics::{self, Flow},
     session::{Action, Credentials, Event, LoginPurpose, Session, SessionConfig, Store},
     tls::MaybeTls,
     wake::WhenWoken,
 };
-
-/// One configuration and what is built from it; replaced whole on reload.
-pub struct Live {
-    pub config: Arc<Config>,
-    pub old: backend::Target,
-    pub new: backend::Target,
-    /// 1 at start, +1 per applied reload.
-    pub generation: u64,
-}
-
-/// What every session of one Ferry instance shares.
-pub struct Ctx {
-    /// The configuration in force; sessions watch it for phase changes.
-    pub live: watch::Receiver<Arc<Live>>,
-    pub acceptor: Option<TlsAcceptor>,
-    pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
-    pub throttle: Arc<crate::throttle::Throttle>,
-    pub connections: Arc<crate::listener::Connections>,
-    /// Session ids, unique across listeners (for logs and the drain spread).
-    pub next_id: std::sync::atomic::AtomicU64,
-    /// Where sessions run.
-    pub workers: crate::workers::Workers,
-}
 
 type Login = Pin<Box<dyn Future<Output = Result<Connected, BackendError>> + Send>>;
 
@@ -130,12 +105,11 @@ struct Io {
 pub async fn serve(
     client: MaybeTls,
     peer: IpAddr,
-    kind: Kind,
+    listener: &'static str,
     id: u64,
     ctx: Arc<Ctx>,
     shutdown: CancellationToken,
 ) {
-    let listener = kind.name();
     let tls = matches!(client, MaybeTls::Tls(_));
     let mut live_rx = ctx.live.clone();
     let live = live_rx.borrow_and_update().clone();

@@ -3,11 +3,13 @@
 //! Data flow (one task per client session, on one of the per-core workers):
 //!
 //! ```text
-//! client ─TLS/STARTTLS─▶ listener ─▶ driver (the only async glue)
-//!                                       │ bytes in/out
-//!                                       ▼
+//! server (Ferry: start, reload, shutdown)
+//!   └─ listener ─TLS/STARTTLS─▶ driver (the only async glue)
+//!                                 │ Event + now   ▲ Action
+//!                                 ▼               │
 //!                        session (sans-IO state machine)
 //!                         ├─ frame:     lines + literals, streamed, both directions
+//!                         ├─ clock:     every deadline, from the time events bring
 //!                         ├─ route:     CommandBody → which store, rewritten how
 //!                         ├─ namespace: client names ↔ (store, backend name), mUTF-7 safe
 //!                         └─ merge:     LIST/LSUB/CAPABILITY/NAMESPACE of both stores
@@ -15,11 +17,13 @@
 //!                        backend (connect, TLS, login) ─▶ OLD store / NEW store
 //! ```
 //!
-//! The session never touches a socket or a clock; the driver feeds it bytes and
-//! performs the actions it returns.
+//! The session never touches a socket, the clock or a global; the driver
+//! hands it events with the time they happened and performs the actions it
+//! returns. `ARCHITECTURE.md` has the map.
 
 pub mod backend;
 pub mod config;
+pub mod context;
 pub mod driver;
 pub mod frame;
 pub mod listener;
@@ -29,11 +33,13 @@ pub mod mutf7;
 pub mod namespace;
 pub mod route;
 pub mod sasl;
+pub mod server;
 pub mod session;
 pub mod subscriptions;
 pub mod throttle;
 pub mod tls;
+pub mod verb;
 pub mod wake;
 pub mod workers;
 
-pub use listener::Ferry;
+pub use server::Ferry;

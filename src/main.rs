@@ -26,7 +26,7 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    ferry::listener::raise_open_files_limit();
+    ferry::server::raise_open_files_limit();
     let cli = Cli::parse();
     if let Some(Cmd::CheckConfig { file }) = cli.command {
         let config = ferry::config::load(&file).with_context(|| format!("{}", file.display()))?;

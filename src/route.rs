@@ -3,6 +3,8 @@
 
 use imap_codec::imap_types::{command::CommandBody, core::Tag};
 
+use crate::verb::Verb;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// Answered by Ferry alone.
@@ -102,26 +104,16 @@ pub fn route(body: &CommandBody<'_>) -> Route {
 /// arguments. `None`: decode the command. The tag must be valid, since the
 /// session matches the store's answer by it.
 pub fn by_name(line: &[u8]) -> Option<Route> {
-    use crate::frame::head;
-    let (tag, name) = head(line);
+    let (tag, name) = crate::frame::head(line);
     if name.is_empty() || Tag::validate(tag).is_err() {
         return None;
     }
-    let (name, next) = head(&line[tag.len() + 1..]);
-    let (name, uid) = if name.eq_ignore_ascii_case(b"UID") {
-        (next, true)
-    } else {
-        (name, false)
-    };
-    let is = |w: &[u8]| name.eq_ignore_ascii_case(w);
-    if is(b"FETCH") || is(b"SEARCH") {
-        Some(Route::Selected(SelectedOp::Read))
-    } else if is(b"STORE") {
-        Some(Route::Selected(SelectedOp::Store))
-    } else if is(b"NOOP") && !uid {
-        Some(Route::Noop)
-    } else {
-        None
+    let verb = Verb::of(line);
+    match verb.name() {
+        "FETCH" | "SEARCH" => Some(Route::Selected(SelectedOp::Read)),
+        "STORE" => Some(Route::Selected(SelectedOp::Store)),
+        "NOOP" if !verb.is_uid() => Some(Route::Noop),
+        _ => None,
     }
 }
 

@@ -286,7 +286,8 @@ impl FakeStore {
     }
 }
 
-/// Timers of the driver that call into the session.
+/// Time passing, by the length of one of the session's deadlines (every
+/// deadline on the way fires in turn, as the driver's timer would).
 #[derive(Debug, Clone, Copy)]
 enum Timer {
     StoreTimeout,
@@ -751,10 +752,11 @@ fn fixed_command(selector: u8) -> Option<&'static [u8]> {
 ///   fresh tag (`DONE` and an APPEND's message go as they are);
 /// - `L`: answer a deferred OLD login now;
 /// - `X` / `Y`: OLD / NEW closes its connection; `Z`: the client does;
-/// - `T`, `R`, `E`, `P`: the driver's timers: the store that owes an answer
-///   is given up; a long IDLE is renewed toward its store; the client idled
-///   too long (`* BYE` at once); the user's phase changed (the session ends at
-///   a safe point, an IDLE is left first);
+/// - `T`, `R`, `E`, `P`: time passes: the store timeout (a store that owes
+///   an answer is given up), the IDLE renewal time (a long IDLE is renewed
+///   toward its store), the idle timeout (`* BYE`); `P` reloads a config
+///   that moves alice to phase `new` first (the session ends at a safe point,
+///   an IDLE is left first);
 /// - anything else: the rest goes to NEW (even selector) or OLD (odd).
 ///
 /// Flag bits: `1|2` NEW's capabilities ([`CAPS`]: all, no MULTIAPPEND, no

@@ -366,7 +366,7 @@ async fn slowloris_connections_do_not_stop_a_real_user() {
 /// 2,000 client sockets here (and as many in Ferry, which inherits the limit
 /// and raises its own): lift the soft open-files limit to the hard one.
 fn raise_open_files_limit() {
-    let limit = ferry::listener::raise_open_files_limit();
+    let limit = ferry::server::raise_open_files_limit();
     assert!(
         limit >= 4200,
         "open-files limit {limit} is too low for this test (ulimit -Hn)"

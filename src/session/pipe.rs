@@ -12,25 +12,11 @@ use imap_codec::{
 };
 
 use super::{Disposition, Session, reply};
-use crate::{frame::Frame, namespace::Store};
-
-/// Commands a pass-through session must not forward.
-const BLOCKED: [&str; 4] = ["STARTTLS", "COMPRESS", "LOGIN", "AUTHENTICATE"];
-
-/// The command name of a command's first line (`tag NAME …`).
-fn command_name(line: &[u8]) -> Option<&[u8]> {
-    let mut words = line.split(|b| matches!(b, b' ' | b'\r' | b'\n'));
-    let _tag = words.next()?;
-    words.next()
-}
+use crate::{frame::Frame, namespace::Store, verb::Verb};
 
 /// `* CAPABILITY …`, which is filtered like the login answer.
 pub(super) fn is_capability(line: &[u8]) -> bool {
     line.len() > 13 && line[..13].eq_ignore_ascii_case(b"* CAPABILITY ")
-}
-
-fn is_blocked(line: &[u8]) -> bool {
-    command_name(line).is_some_and(|n| BLOCKED.iter().any(|b| n.eq_ignore_ascii_case(b.as_bytes())))
 }
 
 impl Session {
@@ -64,7 +50,7 @@ impl Session {
             start: true,
             literal,
         } = &frame
-            && is_blocked(bytes)
+            && Verb::of(bytes).changes_connection()
         {
             let tag = reply::tag_of(bytes).to_vec();
             let answer = reply::bad(&tag, "Command not available in this session");
@@ -84,7 +70,7 @@ impl Session {
             && !bytes.eq_ignore_ascii_case(b"DONE\r\n")
         {
             let timing = super::Timing::new(bytes, self.clock.now);
-            if timing.name == "IDLE" {
+            if timing.verb.is("IDLE") {
                 self.pipe.idle = Some((timing.tag.clone(), false));
             }
             self.pipe.inflight.push_back(timing);
@@ -120,7 +106,7 @@ impl Session {
             if let Some(i) = self.pipe.inflight.iter().position(|t| t.tag == tag) {
                 let mut timing = self.pipe.inflight.remove(i).expect("position is in range");
                 timing.stores = 1 << super::idx(store);
-                logout = timing.name == "LOGOUT"
+                logout = timing.verb.is("LOGOUT")
                     && crate::frame::head(&message).1.eq_ignore_ascii_case(b"OK");
                 let report = super::record(timing, &message, self.clock.now);
                 self.report(report);
@@ -148,18 +134,5 @@ impl Session {
             }
             _ => self.send_client(message),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        assert!(is_blocked(b"a1 compress DEFLATE\r\n"));
-        assert!(is_blocked(b"a1 LOGIN x y\r\n"));
-        assert!(!is_blocked(b"a1 NOOP\r\n"));
-        assert_eq!(command_name(b"DONE\r\n"), Some(&b""[..]));
     }
 }

@@ -1,0 +1,89 @@
+//! What every session of one Ferry instance shares: the configuration in
+//! force (replaced whole on reload), the TLS acceptor, subscriptions, the
+//! login throttle, connection counts and the workers.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::{backend, config::Config};
+
+/// One configuration and what is built from it; replaced whole on reload.
+pub struct Live {
+    pub config: Arc<Config>,
+    pub old: backend::Target,
+    pub new: backend::Target,
+    /// 1 at start, +1 per applied reload.
+    pub generation: u64,
+}
+
+/// What every session of one Ferry instance shares.
+pub struct Ctx {
+    /// The configuration in force; sessions watch it for phase changes.
+    pub live: watch::Receiver<Arc<Live>>,
+    pub acceptor: Option<TlsAcceptor>,
+    pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
+    pub throttle: Arc<crate::throttle::Throttle>,
+    pub connections: Arc<Connections>,
+    /// Session ids, unique across listeners (for logs and the drain spread).
+    pub next_id: std::sync::atomic::AtomicU64,
+    /// Where sessions run.
+    pub workers: crate::workers::Workers,
+}
+
+/// Counts client connections, in total and per address; a slot gives its
+/// place back when the session ends.
+#[derive(Default)]
+pub struct Connections {
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    total: AtomicUsize,
+}
+
+impl Connections {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &crate::config::Limits) -> Option<ConnSlot> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if self.total.load(Ordering::Relaxed) >= limits.max_connections {
+            crate::metrics::limit_hit("connections");
+            return None;
+        }
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= limits.max_connections_per_ip {
+            crate::metrics::limit_hit("connections_per_ip");
+            return None;
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(ConnSlot {
+            connections: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One admitted connection.
+pub struct ConnSlot {
+    connections: Arc<Connections>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let c = &self.connections;
+        let mut per_ip = c.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        c.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,318 @@
+//! One running Ferry instance: built from a configuration, it binds the
+//! listeners, starts the session workers and the metrics listener, applies
+//! reloads (all or nothing) and shuts down within a grace period.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use thiserror::Error;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
+
+use crate::{
+    backend,
+    config::{BackendTls, Config},
+    context::{Ctx, Live},
+    listener::{Kind, accept_loop},
+    tls::{self, CertResolver},
+};
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
+    #[error("cannot start worker threads: {0}")]
+    Workers(std::io::Error),
+}
+
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error(
+        "{0} changed: listeners are bound at start, restart Ferry to apply it (nothing was reloaded)"
+    )]
+    NeedsRestart(&'static str),
+}
+
+/// A running Ferry instance.
+pub struct Ferry {
+    imaps: Option<SocketAddr>,
+    imap: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    resolver: Option<Arc<CertResolver>>,
+    live: watch::Sender<Arc<Live>>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn backend_target(b: &crate::config::Backend) -> Result<backend::Target, tls::TlsError> {
+    let tls = match b.tls {
+        BackendTls::None => None,
+        BackendTls::Implicit | BackendTls::Starttls => Some(tls::client_config(b.ca.as_deref())?),
+    };
+    Ok(backend::Target {
+        backend: b.clone(),
+        tls,
+    })
+}
+
+/// Everything derived from one configuration, built completely before it is used.
+fn live(config: Config, generation: u64) -> Result<Live, tls::TlsError> {
+    Ok(Live {
+        old: backend_target(&config.backends.old)?,
+        new: backend_target(&config.backends.new)?,
+        config: Arc::new(config),
+        generation,
+    })
+}
+
+fn publish(live: &Live) {
+    crate::metrics::config_generation(live.generation);
+    crate::metrics::configured_users(live.config.configured_users());
+}
+
+/// `/readyz`: listeners are bound once Ferry runs; NEW must accept a connection.
+struct Ready {
+    live: watch::Receiver<Arc<Live>>,
+}
+
+impl crate::metrics::Readiness for Ready {
+    async fn ready(&self) -> Result<(), String> {
+        let address = self.live.borrow().new.backend.address.clone();
+        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&address)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("NEW store {address}: {e}")),
+            Err(_) => Err(format!("NEW store {address}: connect timed out")),
+        }
+    }
+}
+
+impl Ferry {
+    /// Binds the configured listeners (port 0 picks a free port) and serves in
+    /// the background, with one session worker per CPU.
+    pub async fn start(config: Config) -> Result<Ferry, StartError> {
+        Ferry::start_with_workers(config, crate::workers::default_count()).await
+    }
+
+    /// [`Ferry::start`] with `workers` session threads.
+    pub async fn start_with_workers(config: Config, workers: usize) -> Result<Ferry, StartError> {
+        let workers = crate::workers::Workers::new(workers).map_err(StartError::Workers)?;
+        tls::install_provider();
+        crate::metrics::install();
+        let (acceptor, resolver) = match &config.tls {
+            Some(t) => {
+                let (server, resolver) = tls::server_config(&t.cert, &t.key)?;
+                (Some(TlsAcceptor::from(server)), Some(resolver))
+            }
+            None => (None, None),
+        };
+        let subscriptions = Arc::new(crate::subscriptions::Subscriptions::new(
+            config.namespace.subscriptions_dir.clone(),
+        ));
+        let first = live(config, 1)?;
+        publish(&first);
+        let (live_tx, live_rx) = watch::channel(Arc::new(first));
+        let throttle = Arc::new(crate::throttle::Throttle::new(
+            &live_rx.borrow().config.auth,
+        ));
+        let ctx = Arc::new(Ctx {
+            live: live_rx.clone(),
+            acceptor,
+            subscriptions,
+            throttle,
+            connections: Arc::default(),
+            next_id: Default::default(),
+            workers,
+        });
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let config = live_rx.borrow().config.clone();
+        let mut ferry = Ferry {
+            imaps: None,
+            imap: None,
+            metrics: None,
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+            resolver,
+            live: live_tx,
+        };
+        for (kind, addr) in [
+            (Kind::Imaps, config.listen.imaps),
+            (Kind::Imap, config.listen.imap),
+        ] {
+            let Some(addr) = addr else { continue };
+            let listener = bind(addr).await?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            info!(listener = kind.name(), addr = %local, "listening");
+            match kind {
+                Kind::Imaps => ferry.imaps = Some(local),
+                Kind::Imap => ferry.imap = Some(local),
+            }
+            tracker.spawn(accept_loop(
+                listener,
+                kind,
+                ctx.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        if let Some(addr) = config.metrics.listen {
+            let ready = Arc::new(Ready { live: live_rx });
+            let local = crate::metrics::serve(addr, ready, shutdown.clone()).await?;
+            info!(addr = %local, "metrics on http://{local}/metrics");
+            ferry.metrics = Some(local);
+        }
+        Ok(ferry)
+    }
+
+    /// Where the implicit-TLS listener is bound.
+    pub fn imaps_addr(&self) -> Option<SocketAddr> {
+        self.imaps
+    }
+
+    /// Where the plaintext/STARTTLS listener is bound.
+    pub fn imap_addr(&self) -> Option<SocketAddr> {
+        self.imap
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+    }
+
+    /// The server certificate, swappable for new handshakes.
+    pub fn cert_resolver(&self) -> Option<&Arc<CertResolver>> {
+        self.resolver.as_ref()
+    }
+
+    /// The configuration generation in force (1 at start).
+    pub fn generation(&self) -> u64 {
+        self.live.borrow().generation
+    }
+
+    /// Re-reads `path` and applies it (see [`Ferry::reload`]).
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<u64, ReloadError> {
+        let result = crate::config::load(path)
+            .map_err(ReloadError::from)
+            .and_then(|config| self.apply(config));
+        self.count(result)
+    }
+
+    /// Replaces the running configuration with `config` once all of it has been
+    /// checked and built: the TLS certificate and key are re-read, new logins
+    /// get the new phases at once, and sessions whose user's phase changed are
+    /// ended at a safe point. On any error nothing changes. Returns the new
+    /// generation.
+    pub fn reload(&self, config: Config) -> Result<u64, ReloadError> {
+        let result = self.apply(config);
+        self.count(result)
+    }
+
+    fn count(&self, result: Result<u64, ReloadError>) -> Result<u64, ReloadError> {
+        match &result {
+            Ok(generation) => {
+                crate::metrics::config_reload("ok");
+                info!(generation, "configuration reloaded");
+            }
+            Err(e) => {
+                crate::metrics::config_reload("error");
+                warn!(error = %e, "configuration reload refused; the running configuration stays");
+            }
+        }
+        result
+    }
+
+    fn apply(&self, config: Config) -> Result<u64, ReloadError> {
+        let current = self.live.borrow().config.clone();
+        if config.listen.imaps != current.listen.imaps || config.listen.imap != current.listen.imap
+        {
+            return Err(ReloadError::NeedsRestart("listen"));
+        }
+        if config.metrics.listen != current.metrics.listen {
+            return Err(ReloadError::NeedsRestart("metrics.listen"));
+        }
+        if config.tls.is_some() != current.tls.is_some() {
+            return Err(ReloadError::NeedsRestart("tls"));
+        }
+        if config.namespace.subscriptions_dir != current.namespace.subscriptions_dir {
+            return Err(ReloadError::NeedsRestart("namespace.subscriptions_dir"));
+        }
+        let generation = self.generation() + 1;
+        let next = live(config, generation)?;
+        // The certificate last: everything before it can still fail without effect.
+        if let (Some(t), Some(resolver)) = (&next.config.tls, &self.resolver) {
+            resolver.reload(&t.cert, &t.key)?;
+        }
+        publish(&next);
+        self.live.send_replace(Arc::new(next));
+        Ok(generation)
+    }
+
+    /// Stops accepting, ends idle sessions with `* BYE`, and waits up to
+    /// `grace` for the others (a copy in flight included).
+    pub async fn shutdown_within(self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
+    }
+
+    /// [`Ferry::shutdown_within`] with the configured grace period.
+    pub async fn shutdown(self) {
+        let grace = self.live.borrow().config.limits.shutdown_grace_secs;
+        self.shutdown_within(Duration::from_secs(grace)).await;
+    }
+
+    /// Resolves when shutdown has been requested.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.shutdown.cancelled()
+    }
+}
+
+/// Every session needs up to three sockets: lifts the soft open-files limit to
+/// the hard one (as nginx's `worker_rlimit_nofile` does), so 1024 is not the
+/// cap. Returns the soft limit now in force.
+pub fn raise_open_files_limit() -> libc::rlim_t {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0
+            && lim.rlim_cur < lim.rlim_max
+            && libc::setrlimit(
+                libc::RLIMIT_NOFILE,
+                &libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                },
+            ) == 0
+        {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    lim.rlim_cur
+}
