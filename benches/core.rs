@@ -151,7 +151,7 @@ mod session_bench {
                     };
                     let caps: Vec<_> = caps.into_iter().map(|c| c.into_static()).collect();
                     let info = BackendInfo {
-                        capabilities: caps.into(),
+                        capabilities: ferry::caps::Caps::from_decoded(&caps),
                         layout: Layout::slash(),
                     };
                     s.handle(Instant::now(), Event::LoggedIn(store, Ok(info)));

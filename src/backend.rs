@@ -27,6 +27,7 @@ use tokio::{
 use tokio_rustls::{TlsConnector, rustls::ClientConfig};
 
 use crate::{
+    caps::{Cap, Caps},
     config::{Backend, BackendTls},
     frame::{Frame, Framer, Peer},
     namespace::Layout,
@@ -212,11 +213,6 @@ fn ok(status: &Status<'_>) -> bool {
     matches!(status, Status::Tagged(t) if t.body.kind == StatusKind::Ok)
 }
 
-fn has(caps: &[Capability<'_>], name: &str) -> bool {
-    caps.iter()
-        .any(|c| c.to_string().eq_ignore_ascii_case(name))
-}
-
 async fn tls(target: &Target, tcp: TcpStream) -> Result<MaybeTls, BackendError> {
     let config = target
         .tls
@@ -285,7 +281,7 @@ async fn connect_inner(
     }
     let (untagged, status) = c.run(CommandBody::Capability).await?;
     let caps = capabilities(&untagged, &status).unwrap_or_default();
-    if has(&caps, "LOGINDISABLED") {
+    if Caps::from_decoded(&caps).has(Cap::LoginDisabled) {
         return Err(BackendError::Protocol(
             "store disables LOGIN on this connection",
         ));
@@ -307,14 +303,13 @@ async fn connect_inner(
             capabilities(&untagged, &status).unwrap_or_default()
         }
     };
+    let capabilities = Caps::from_decoded(&capabilities);
     let layout = layout(&mut c, &capabilities).await?;
     let rest = c.framer.take_rest();
-    static SHARED: std::sync::Mutex<Vec<Arc<[Capability<'static>]>>> =
-        std::sync::Mutex::new(Vec::new());
     Ok(Connected {
         stream: c.stream,
         info: BackendInfo {
-            capabilities: crate::merge::shared(&SHARED, capabilities),
+            capabilities,
             layout,
         },
         rest,
@@ -335,8 +330,8 @@ fn astring(bytes: &[u8]) -> AString<'static> {
 }
 
 /// The personal namespace: NAMESPACE when offered, else the delimiter of `LIST "" ""`.
-async fn layout(c: &mut Client, caps: &[Capability<'_>]) -> Result<Layout, BackendError> {
-    if has(caps, "NAMESPACE") {
+async fn layout(c: &mut Client, caps: &Caps) -> Result<Layout, BackendError> {
+    if caps.has(Cap::Namespace) {
         let (untagged, _) = c.run(CommandBody::Namespace).await?;
         for m in &untagged {
             if let Ok((_, Response::Data(Data::Namespace { personal, .. }))) =

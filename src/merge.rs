@@ -1,13 +1,13 @@
 //! Pure merging of what the two stores report: LIST/LSUB trees and capabilities.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
+use std::collections::BTreeMap;
+
+use imap_codec::imap_types::{core::Atom, flag::FlagNameAttribute};
+
+use crate::{
+    caps::Caps,
+    namespace::{NameMap, matches},
 };
-
-use imap_codec::imap_types::{core::Atom, flag::FlagNameAttribute, response::Capability};
-
-use crate::namespace::{NameMap, matches};
 
 /// One LIST/LSUB entry as a store reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,63 +177,25 @@ const MERGED_ALLOWED: [&str; 8] = [
     "I18NLEVEL=1",
 ];
 
-fn cap_name(c: &Capability<'_>) -> String {
-    c.to_string().to_ascii_uppercase()
-}
-
-/// One shared copy of `list` per distinct value: thousands of sessions see
-/// the same few capability lists, and each copy would cost a session about a
-/// kilobyte. Up to 32 distinct lists are kept.
-pub fn shared<T: PartialEq>(cache: &Mutex<Vec<Arc<[T]>>>, list: Vec<T>) -> Arc<[T]> {
-    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(known) = cache.iter().find(|known| known[..] == list[..]) {
-        return known.clone();
-    }
-    let list: Arc<[T]> = list.into();
-    if cache.len() < 32 {
-        cache.push(list.clone());
-    }
-    list
-}
-
-/// Post-login capabilities in the merged phase (shared between sessions).
-pub fn merged_capabilities(new: &[Capability<'_>]) -> Arc<[String]> {
-    static SHARED: Mutex<Vec<Arc<[String]>>> = Mutex::new(Vec::new());
-    shared(&SHARED, merged_capability_list(new))
-}
-
-fn merged_capability_list(new: &[Capability<'_>]) -> Vec<String> {
-    let mut out = vec![
-        "IMAP4rev1".to_string(),
-        "ID".into(),
-        "NAMESPACE".into(),
-        "CHILDREN".into(),
-    ];
-    for c in new {
-        let n = cap_name(c);
-        if MERGED_ALLOWED.contains(&n.as_str()) || n.starts_with("THREAD=") || n == "SORT=DISPLAY" {
-            out.push(c.to_string());
-        }
-    }
-    out
+/// Post-login capabilities in the merged phase: what NEW offers that Ferry
+/// carries across both stores.
+pub fn merged_capabilities(new: &Caps) -> Caps {
+    let mut out = vec!["IMAP4rev1", "ID", "NAMESPACE", "CHILDREN"];
+    out.extend(new.names().filter(|c| {
+        let n = c.to_ascii_uppercase();
+        MERGED_ALLOWED.contains(&n.as_str()) || n.starts_with("THREAD=") || n == "SORT=DISPLAY"
+    }));
+    Caps::from_names(out)
 }
 
 /// Post-login capabilities when one store is passed through: its own, minus what
 /// a proxy in the middle cannot carry (compression, TLS and login mechanisms).
-pub fn passthrough_capabilities(store: &[Capability<'_>]) -> Arc<[String]> {
-    static SHARED: Mutex<Vec<Arc<[String]>>> = Mutex::new(Vec::new());
-    let list = store
-        .iter()
-        .filter(|c| {
-            let n = cap_name(c);
-            !(n.starts_with("AUTH=")
-                || n.starts_with("COMPRESS")
-                || ["STARTTLS", "LOGINDISABLED", "SASL-IR", "LOGIN-REFERRALS"]
-                    .contains(&n.as_str()))
-        })
-        .map(|c| c.to_string())
-        .collect();
-    shared(&SHARED, list)
+pub fn passthrough_capabilities(store: &Caps) -> Caps {
+    store.filter(|n| {
+        !(n.starts_with("AUTH=")
+            || n.starts_with("COMPRESS")
+            || ["STARTTLS", "LOGINDISABLED", "SASL-IR", "LOGIN-REFERRALS"].contains(&n))
+    })
 }
 
 #[cfg(test)]

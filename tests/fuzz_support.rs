@@ -103,7 +103,7 @@ fn caps_variant(i: usize) -> Vec<Capability<'static>> {
 
 fn info(caps: usize, layout: Layout) -> BackendInfo {
     BackendInfo {
-        capabilities: caps_variant(caps).into(),
+        capabilities: ferry::caps::Caps::from_decoded(&caps_variant(caps)),
         layout,
     }
 }

@@ -31,12 +31,13 @@ use bytes::{Bytes, BytesMut};
 use imap_codec::{
     CommandCodec,
     decode::Decoder,
-    imap_types::{command::Command, response::Capability},
+    imap_types::command::{Command, CommandBody},
 };
 use tracing::debug;
 
 pub use crate::namespace::Store;
 use crate::{
+    caps::{Cap, Caps},
     config::{Config, Phase},
     frame::{Announcement, Frame, Framer, Peer},
     namespace::Layout,
@@ -119,17 +120,8 @@ impl fmt::Debug for Credentials {
 /// What a store told Ferry at login.
 #[derive(Debug, Clone)]
 pub struct BackendInfo {
-    /// Shared by all sessions that got the same list (see [`crate::merge::shared`]).
-    pub capabilities: Arc<[Capability<'static>]>,
+    pub capabilities: Caps,
     pub layout: Layout,
-}
-
-impl BackendInfo {
-    pub fn has(&self, name: &str) -> bool {
-        self.capabilities
-            .iter()
-            .any(|c| c.to_string().eq_ignore_ascii_case(name))
-    }
 }
 
 /// Why a store login did not succeed.
@@ -312,11 +304,8 @@ impl Session {
             timing: None,
             pipe: PipeState::default(),
         };
-        let greeting = format!(
-            "* OK [CAPABILITY {}] Ferry ready.\r\n",
-            s.preauth_capabilities().join(" ")
-        );
-        s.send_client(Bytes::from(greeting));
+        let greeting = reply::greeting(&s.preauth_capabilities());
+        s.send_client(greeting);
         s
     }
 
@@ -637,11 +626,7 @@ impl Session {
             ))),
             Phase::Old | Phase::New => Mode::Pipe(store),
         };
-        self.send_client(Bytes::from(format!(
-            "{} OK [CAPABILITY {}] Logged in\r\n",
-            String::from_utf8_lossy(&tag),
-            caps.join(" ")
-        )));
+        self.send_client(reply::logged_in(&tag, &caps));
     }
 
     fn attach_store(&mut self, store: Store, info: BackendInfo) {
@@ -651,6 +636,11 @@ impl Session {
             info,
             disposition: Disposition::Forward,
         });
+    }
+
+    fn store_has(&self, store: Store, cap: Cap) -> bool {
+        self.store_info(store)
+            .is_some_and(|i| i.capabilities.has(cap))
     }
 
     fn store_info(&self, store: Store) -> Option<&BackendInfo> {
@@ -736,15 +726,14 @@ impl Session {
         for store in [Store::Old, Store::New] {
             if self.stores[idx(store)].take().is_some() {
                 let tag = self.ferry_tag();
-                let mut line = BytesMut::from(&tag[..]);
-                line.extend_from_slice(b" LOGOUT\r\n");
-                self.send_store(store, line.freeze());
+                let line = reply::command(&tag, CommandBody::Logout);
+                self.send_store(store, line);
                 self.actions.push_back(Action::CloseBackend(store));
             }
         }
     }
 
-    fn preauth_capabilities(&self) -> Vec<String> {
+    fn preauth_capabilities(&self) -> Caps {
         let mut caps = vec!["IMAP4rev1", "SASL-IR", "LITERAL+", "ID"];
         if self.cfg.starttls && !self.cfg.tls {
             caps.push("STARTTLS");
@@ -754,7 +743,7 @@ impl Session {
         } else {
             caps.push("LOGINDISABLED");
         }
-        caps.into_iter().map(String::from).collect()
+        Caps::from_names(caps)
     }
 }
 

@@ -97,9 +97,7 @@ impl Session {
         {
             // Ferry's own DONE was answered: IDLE again under the client's tag.
             self.pipe.refresh = super::Refresh::AwaitPlus;
-            let mut line = bytes::BytesMut::from(tag);
-            line.extend_from_slice(b" IDLE\r\n");
-            return self.send_store(store, line.freeze());
+            return self.send_store(store, reply::idle_again(tag));
         }
         if tag != b"*" {
             let mut logout = false;
@@ -129,7 +127,9 @@ impl Session {
         }
         match ResponseCodec::new().decode(&message) {
             Ok((_, Response::Data(Data::Capability(caps)))) => {
-                let caps = crate::merge::passthrough_capabilities(caps.as_ref());
+                let caps = crate::merge::passthrough_capabilities(
+                    &crate::caps::Caps::from_decoded(caps.as_ref()),
+                );
                 self.send_client(reply::capability_line(&caps));
             }
             _ => self.send_client(message),

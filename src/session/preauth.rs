@@ -33,7 +33,7 @@ impl Session {
                 self.close();
             }
             CommandBody::Id { .. } => {
-                self.send_client(id_response());
+                self.send_client(reply::id());
                 self.send_client(reply::ok(&tag, "ID completed"));
             }
             CommandBody::StartTLS => self.starttls(&tag),
@@ -165,11 +165,4 @@ impl Session {
             credentials,
         };
     }
-}
-
-pub(super) fn id_response() -> Bytes {
-    Bytes::from(format!(
-        "* ID (\"name\" \"Ferry\" \"version\" \"{}\")\r\n",
-        env!("CARGO_PKG_VERSION")
-    ))
 }

@@ -1,12 +1,21 @@
-//! Responses Ferry writes itself, built from imap-types values.
+//! The lines Ferry writes itself, to the client and to the stores: built from
+//! imap-types values and encoded by imap-codec, or, for the few whose
+//! content imap-types cannot hold (capability names as the store spelled
+//! them), from parts here, each tested below.
 
 use bytes::Bytes;
+
+use crate::caps::Caps;
 use imap_codec::{
-    ResponseCodec,
+    CommandCodec, ResponseCodec,
     encode::Encoder,
     imap_types::{
-        core::Tag,
-        response::{Code, CodeOther, Response, Status},
+        command::{Command, CommandBody},
+        core::{IString, NString, QuotedChar, Tag},
+        extensions::namespace::Namespace,
+        flag::FlagNameAttribute,
+        mailbox::Mailbox,
+        response::{Code, CodeOther, Data, Response, Status},
     },
 };
 
@@ -89,9 +98,111 @@ pub fn bye(text: &str) -> Bytes {
     ))
 }
 
-/// `* CAPABILITY …` or the code form `[CAPABILITY …]` is built by callers from this.
-pub fn capability_line(caps: &[String]) -> Bytes {
-    Bytes::from(format!("* CAPABILITY {}\r\n", caps.join(" ")))
+/// A command of Ferry's own (`tag` is Ferry's or the client's, already
+/// checked), encoded as imap-codec writes it.
+pub fn command(tag: &[u8], body: CommandBody<'_>) -> Bytes {
+    // Invariant: tags here were decoded from the client or made by ferry_tag().
+    let tag = Tag::try_from(tag).expect("valid tag");
+    Bytes::from(CommandCodec::new().encode(&Command { tag, body }).dump())
+}
+
+/// `tag IDLE`: a renewed IDLE toward the store, under the client's tag as
+/// the client sent it (in phases old/new tags are passed on unchecked).
+pub fn idle_again(tag: &[u8]) -> Bytes {
+    line(&[tag, b" IDLE"])
+}
+
+/// `* ID ("name" "Ferry" "version" "…")`
+pub fn id() -> Bytes {
+    let field = |s: &'static str| IString::try_from(s).expect("static ASCII text");
+    let parameters = vec![
+        (field("name"), NString(Some(field("Ferry")))),
+        (
+            field("version"),
+            NString(Some(field(env!("CARGO_PKG_VERSION")))),
+        ),
+    ];
+    encode(&Response::Data(Data::Id {
+        parameters: Some(parameters),
+    }))
+}
+
+/// `* NAMESPACE (("" "/")) NIL NIL`: one personal namespace, Ferry's view.
+pub fn namespace(delimiter: u8) -> Bytes {
+    let personal = Namespace::new(
+        IString::try_from("").expect("empty"),
+        quoted_char(delimiter),
+    );
+    encode(&Response::Data(Data::Namespace {
+        personal: vec![personal],
+        other: vec![],
+        shared: vec![],
+    }))
+}
+
+/// `* LIST (\Noselect) "/" ""`: the delimiter and root (RFC 3501 6.3.8).
+pub fn list_root(delimiter: u8) -> Bytes {
+    encode(&Response::Data(Data::List {
+        items: vec![FlagNameAttribute::Noselect],
+        delimiter: quoted_char(delimiter),
+        mailbox: Mailbox::try_from("").expect("empty name"),
+    }))
+}
+
+fn quoted_char(delimiter: u8) -> Option<QuotedChar> {
+    // Invariant: the configured delimiter is a printable ASCII character.
+    QuotedChar::try_from(delimiter as char).ok()
+}
+
+/// `* CAPABILITY …`
+pub fn capability_line(caps: &Caps) -> Bytes {
+    line(&[b"* CAPABILITY ", caps.joined().as_bytes()])
+}
+
+/// The greeting: `* OK [CAPABILITY …] Ferry ready.`
+pub fn greeting(caps: &Caps) -> Bytes {
+    line(&[
+        b"* OK [CAPABILITY ",
+        caps.joined().as_bytes(),
+        b"] Ferry ready.",
+    ])
+}
+
+/// A login's answer: `tag OK [CAPABILITY …] Logged in`.
+pub fn logged_in(tag: &[u8], caps: &Caps) -> Bytes {
+    line(&[
+        tag,
+        b" OK [CAPABILITY ",
+        caps.joined().as_bytes(),
+        b"] Logged in",
+    ])
+}
+
+/// A store's tagged line under another tag: `tag` and the rest of `message`
+/// after the store's tag.
+pub fn retag(tag: &[u8], message: &[u8]) -> Bytes {
+    let rest = &message[tag_of(message).len()..];
+    let mut out = Vec::with_capacity(tag.len() + rest.len());
+    out.extend_from_slice(tag);
+    out.extend_from_slice(rest);
+    Bytes::from(out)
+}
+
+/// The end of a line that announces a literal: ` {n}` CRLF (synchronizing)
+/// or `{n+}` CRLF.
+pub fn literal_announcement(len: u64, sync: bool) -> Bytes {
+    let plus: &[u8] = if sync { b"" } else { b"+" };
+    line(&[b"{", len.to_string().as_bytes(), plus, b"}"])
+}
+
+/// `parts` and CRLF, as one line.
+fn line(parts: &[&[u8]]) -> Bytes {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 2);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
 }
 
 /// The first token of a command line: its tag, if it has one.
@@ -113,5 +224,52 @@ mod tests {
         assert_eq!(&bad(b"a{b", "bad")[..], b"* BAD bad\r\n");
         assert_eq!(&bye("bye")[..], b"* BYE bye\r\n");
         assert_eq!(tag_of(b"a1 NOOP\r\n"), b"a1");
+    }
+
+    #[test]
+    fn lines_of_ferrys_own() {
+        assert_eq!(
+            &id()[..],
+            format!(
+                "* ID (\"name\" \"Ferry\" \"version\" \"{}\")\r\n",
+                env!("CARGO_PKG_VERSION")
+            )
+            .as_bytes()
+        );
+        assert_eq!(
+            &namespace(b'/')[..],
+            b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n"
+        );
+        assert_eq!(&list_root(b'.')[..], b"* LIST (\\Noselect) \".\" \"\"\r\n");
+        assert_eq!(
+            &command(b"ferry.1", CommandBody::Logout)[..],
+            b"ferry.1 LOGOUT\r\n"
+        );
+        assert_eq!(&command(b"a", CommandBody::Idle)[..], b"a IDLE\r\n");
+        assert_eq!(&idle_again(b"a")[..], b"a IDLE\r\n");
+        assert_eq!(
+            &retag(b"a7", b"ferry.3 NO [X] y\r\n")[..],
+            b"a7 NO [X] y\r\n"
+        );
+        assert_eq!(&literal_announcement(12, true)[..], b"{12}\r\n");
+        assert_eq!(&literal_announcement(0, false)[..], b"{0+}\r\n");
+        assert_eq!(&command(b"t", CommandBody::Unselect)[..], b"t UNSELECT\r\n");
+    }
+
+    #[test]
+    fn capability_lines() {
+        let caps = Caps::from_names(["IMAP4rev1", "IDLE"]);
+        assert_eq!(
+            &capability_line(&caps)[..],
+            b"* CAPABILITY IMAP4rev1 IDLE\r\n"
+        );
+        assert_eq!(
+            &greeting(&caps)[..],
+            b"* OK [CAPABILITY IMAP4rev1 IDLE] Ferry ready.\r\n"
+        );
+        assert_eq!(
+            &logged_in(b"a1", &caps)[..],
+            b"a1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n"
+        );
     }
 }

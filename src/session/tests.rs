@@ -6,7 +6,7 @@ use std::sync::Arc;
 use imap_codec::{
     ResponseCodec,
     decode::Decoder,
-    imap_types::response::{Data, Response},
+    imap_types::response::{Capability, Data, Response},
 };
 
 use super::*;
@@ -87,8 +87,8 @@ fn out(s: &mut Session) -> Vec<String> {
     v
 }
 
-pub(super) fn caps_of(line: &str) -> Vec<Capability<'static>> {
-    caps(line)
+pub(super) fn caps_of(line: &str) -> Caps {
+    Caps::from_decoded(&caps(line))
 }
 
 pub(super) fn layout_of(store: Store) -> Layout {
@@ -116,7 +116,7 @@ fn info(store: Store) -> BackendInfo {
 
 fn info_with(store: Store, capabilities: &str) -> BackendInfo {
     BackendInfo {
-        capabilities: caps(capabilities).into(),
+        capabilities: caps_of(capabilities),
         layout: match store {
             Store::New => Layout::slash(),
             Store::Old => Layout::legacy(),

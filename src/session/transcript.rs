@@ -111,7 +111,7 @@ fn login_result(store: Store, rest: &str) -> Result<BackendInfo, LoginFailure> {
                 listed.join(" ")
             };
             Ok(BackendInfo {
-                capabilities: caps_of(&format!("* CAPABILITY {caps}\r\n")).into(),
+                capabilities: caps_of(&format!("* CAPABILITY {caps}\r\n")),
                 layout: layout_of(store),
             })
         }

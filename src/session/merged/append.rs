@@ -79,9 +79,7 @@ impl Session {
             BytesMut::from(&line[..open])
         };
         self.command.clear();
-        head.extend_from_slice(
-            format!("{{{}{}}}\r\n", a.len, if a.sync { "" } else { "+" }).as_bytes(),
-        );
+        head.extend_from_slice(&reply::literal_announcement(a.len, a.sync));
         let pending = a.sync.then_some(a);
         self.start(
             m,

@@ -137,7 +137,13 @@ impl Session {
                 } else {
                     After::Select(Store::Old)
                 };
-                self.forward(m, Store::Old, tag.clone(), encode(&tag, body), after);
+                self.forward(
+                    m,
+                    Store::Old,
+                    tag.clone(),
+                    reply::command(&tag, body),
+                    after,
+                );
             }
         }
     }
@@ -196,7 +202,7 @@ impl Session {
                     ]),
                     uid,
                 };
-                let bytes = encode(&ferry_tag, body);
+                let bytes = reply::command(&ferry_tag, body);
                 self.start(m, None, Store::Old, bytes, Job::FlagEcho { tag, ferry_tag });
             }
             (SelectedOp::Expunge, Store::Old) => self.send_client(reply::ok(
@@ -204,20 +210,12 @@ impl Session {
                 "Nothing expunged: Old/ folders are read-only",
             )),
             (SelectedOp::Close | SelectedOp::Unselect, Store::Old) => {
-                let has_unselect = self
-                    .store_info(Store::Old)
-                    .is_some_and(|i| i.has("UNSELECT"));
-                // CLOSE on a mailbox opened with EXAMINE expunges nothing.
-                let body = if has_unselect {
-                    CommandBody::Unselect
-                } else {
-                    CommandBody::Close
-                };
+                let body = self.unselect_body(Store::Old);
                 self.forward(
                     m,
                     Store::Old,
                     tag.clone(),
-                    encode(&tag, body),
+                    reply::command(&tag, body),
                     After::Deselect,
                 );
             }

@@ -17,7 +17,7 @@ use imap_codec::imap_types::{
     core::Vec1,
     extensions::uidplus::{UidElement, UidSet},
     fetch::{MessageDataItem, Section},
-    flag::{Flag, FlagFetch},
+    flag::{Flag, FlagFetch, StoreResponse, StoreType},
     sequence::{Sequence, SequenceSet},
 };
 
@@ -242,7 +242,7 @@ impl CopyJob {
             }
         }
         let head = |flags, date| {
-            encode(
+            reply::command(
                 b"t",
                 CommandBody::Append {
                     mailbox: self.dest.clone(),
@@ -301,8 +301,9 @@ impl Session {
         let Some(new) = self.store_info(Store::New) else {
             return self.send_client(unavailable(&tag));
         };
-        let multi = new.has("MULTIAPPEND");
-        if !new.has("LITERAL+") || !(multi || new.has("UIDPLUS")) {
+        let multi = new.capabilities.has(Cap::Multiappend);
+        if !new.capabilities.has(Cap::LiteralPlus) || !(multi || new.capabilities.has(Cap::UidPlus))
+        {
             return self.send_client(reply::no(
                 &tag,
                 Rfc5530::Cannot,
@@ -311,7 +312,7 @@ impl Session {
         }
         let dest = mailbox(dest);
         let old_tag = self.ferry_tag();
-        let meta = encode(
+        let meta = reply::command(
             &old_tag,
             CommandBody::Fetch {
                 sequence_set,
@@ -324,7 +325,7 @@ impl Session {
             },
         );
         let new_tag = self.ferry_tag();
-        let status = encode(
+        let status = reply::command(
             &new_tag,
             CommandBody::Status {
                 mailbox: dest.clone(),
@@ -441,7 +442,7 @@ impl Session {
                 }
                 head.extend_from_slice(b" ");
                 head.extend_from_slice(&args);
-                head.extend_from_slice(format!("{{{}+}}\r\n", a.len).as_bytes());
+                head.extend_from_slice(&reply::literal_announcement(a.len, false));
                 self.send_store(Store::New, head.freeze());
                 job.remaining = a.len;
                 job.copied.push(uid);
@@ -552,7 +553,7 @@ impl Session {
                     return;
                 };
                 let t = self.ferry_tag();
-                let body = encode(
+                let body = reply::command(
                     &t,
                     CommandBody::Fetch {
                         sequence_set: set,
@@ -582,21 +583,22 @@ impl Session {
         let Some(set) = sequence_set(&job.assigned) else {
             return self.copy_answer(job);
         };
-        let set = String::from_utf8_lossy(&encode_sequence_set(&set)).into_owned();
-        let dest = encode_mailbox(&job.dest);
-        let dest = String::from_utf8_lossy(&dest);
-        for cmd in [
-            format!("SELECT {dest}"),
-            format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
-            format!("UID EXPUNGE {set}"),
-            "UNSELECT".to_string(),
+        for body in [
+            CommandBody::Select {
+                mailbox: job.dest.clone(),
+            },
+            CommandBody::Store {
+                sequence_set: set.clone(),
+                kind: StoreType::Add,
+                response: StoreResponse::Silent,
+                flags: vec![Flag::Deleted],
+                uid: true,
+            },
+            CommandBody::ExpungeUid { sequence_set: set },
+            CommandBody::Unselect,
         ] {
             let t = self.ferry_tag();
-            let mut line = BytesMut::from(&t[..]);
-            line.extend_from_slice(b" ");
-            line.extend_from_slice(cmd.as_bytes());
-            line.extend_from_slice(b"\r\n");
-            self.send_store(Store::New, line.freeze());
+            self.send_store(Store::New, reply::command(&t, body));
             job.new_wait.push(t);
         }
     }
@@ -681,28 +683,9 @@ fn sequence_set(uids: &[NonZeroU32]) -> Option<SequenceSet> {
     Vec1::try_from(seqs).ok().map(SequenceSet)
 }
 
-fn encode_sequence_set(set: &SequenceSet) -> Vec<u8> {
-    // The set's wire form is what a FETCH carries after `FETCH `.
-    let line = encode(
-        b"t",
-        CommandBody::Fetch {
-            sequence_set: set.clone(),
-            macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(vec![
-                MessageDataItemName::Uid,
-            ]),
-            uid: false,
-        },
-    );
-    line[b"t FETCH ".len()..]
-        .split(|b| *b == b' ')
-        .next()
-        .unwrap_or_default()
-        .to_vec()
-}
-
 /// A mailbox name as it goes on the wire (atom, quoted string).
 fn encode_mailbox(mailbox: &Mailbox<'_>) -> Bytes {
-    let line = encode(
+    let line = reply::command(
         b"t",
         CommandBody::Create {
             mailbox: mailbox.clone(),
@@ -743,7 +726,10 @@ mod tests {
             ]
         );
         let s = sequence_set(&[nz(4), nz(5), nz(9)]).unwrap();
-        assert_eq!(encode_sequence_set(&s), b"4:5,9");
+        assert_eq!(
+            &reply::command(b"t", CommandBody::ExpungeUid { sequence_set: s })[..],
+            b"t UID EXPUNGE 4:5,9\r\n"
+        );
     }
 
     #[test]

@@ -126,10 +126,7 @@ impl Session {
         };
         if pattern_raw.is_empty() && !lsub {
             // RFC 3501: the hierarchy delimiter and root of the reference.
-            self.send_client(Bytes::from(format!(
-                "* LIST (\\Noselect) \"{}\" \"\"\r\n",
-                delim as char
-            )));
+            self.send_client(reply::list_root(delim));
             return self.send_client(reply::ok(&tag, "LIST completed"));
         }
         let pattern = join_reference(&mailbox_bytes(reference), pattern_raw, delim);
@@ -193,7 +190,7 @@ impl Session {
         }
         self.input = Input::Command;
         if let Some(failure) = job.new_failure {
-            return self.send_client(retag(&job.tag, &failure));
+            return self.send_client(reply::retag(&job.tag, &failure));
         }
         let old = job.old_asked.then_some(job.old.as_slice());
         let kept = if job.lsub {
@@ -257,7 +254,7 @@ pub(in crate::session) fn list_command(tag: &[u8], lsub: bool, pattern: Vec<u8>)
             mailbox_wildcard: wildcard,
         }
     };
-    encode(tag, body)
+    reply::command(tag, body)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use imap_codec::{
     imap_types::{
         IntoStatic,
         command::{Command, CommandBody},
-        core::{Literal, QuotedChar, Tag},
+        core::{Literal, QuotedChar},
         extensions::binary::LiteralOrLiteral8,
         fetch::{MacroOrMessageDataItemNames, MessageDataItemName},
         mailbox::{ListMailbox, Mailbox},
@@ -26,6 +26,7 @@ use imap_codec::{
 
 use super::{Action, Credentials, Input, Session, reply, reply::Rfc5530};
 use crate::{
+    caps::{Cap, Caps},
     config::Config,
     frame::Announcement,
     merge::{self, RawEntry},
@@ -122,7 +123,7 @@ impl Job {
 
 pub(super) struct Merged {
     map: NameMap,
-    caps: Arc<[String]>,
+    caps: Caps,
     pub(super) credentials: Arc<Credentials>,
     selected: Option<Store>,
     old: OldState,
@@ -151,12 +152,6 @@ fn mailbox(name: Vec<u8>) -> Mailbox<'static> {
     Mailbox::try_from(name).expect("mapped names are valid astrings")
 }
 
-fn encode(tag: &[u8], body: CommandBody<'_>) -> Bytes {
-    // Invariant: tags here were decoded from the client or made by ferry_tag().
-    let tag = Tag::try_from(tag).expect("valid tag");
-    Bytes::from(CommandCodec::new().encode(&Command { tag, body }).dump())
-}
-
 fn status_word(message: &[u8]) -> &[u8] {
     message
         .split(|b| *b == b' ')
@@ -167,14 +162,6 @@ fn status_word(message: &[u8]) -> &[u8] {
 
 fn is_ok(message: &[u8]) -> bool {
     status_word(message).eq_ignore_ascii_case(b"OK")
-}
-
-/// `tag` + the rest of a store's tagged line after the store's tag.
-fn retag(tag: &[u8], message: &[u8]) -> Bytes {
-    let rest = &message[reply::tag_of(message).len()..];
-    let mut out = BytesMut::from(tag);
-    out.extend_from_slice(rest);
-    out.freeze()
 }
 
 /// `* n FETCH …`
@@ -193,7 +180,7 @@ impl Merged {
     pub(super) fn new(
         config: &Config,
         new_layout: Layout,
-        caps: Arc<[String]>,
+        caps: Caps,
         credentials: Arc<Credentials>,
     ) -> Self {
         let ns = &config.namespace;
@@ -493,19 +480,8 @@ impl Session {
             Some(old_store) => {
                 m.selected = None;
                 let tag = self.ferry_tag();
-                let has_unselect = self
-                    .store_info(old_store)
-                    .is_some_and(|i| i.has("UNSELECT"));
-                // Never CLOSE a writable mailbox: CLOSE expunges. OLD is only ever
-                // opened with EXAMINE, where CLOSE removes nothing.
-                let cmd: &[u8] = match (has_unselect, old_store) {
-                    (true, _) => b" UNSELECT\r\n",
-                    (false, Store::Old) => b" CLOSE\r\n",
-                    (false, Store::New) => b" EXAMINE INBOX\r\n",
-                };
-                let mut line = BytesMut::from(&tag[..]);
-                line.extend_from_slice(cmd);
-                self.send_store(old_store, line.freeze());
+                let body = self.unselect_body(old_store);
+                self.send_store(old_store, reply::command(&tag, body));
                 m.job = Some(Job::Leave {
                     store: old_store,
                     tag,
@@ -516,6 +492,19 @@ impl Session {
                 self.send_store(store, bytes);
                 m.job = Some(job);
             }
+        }
+    }
+
+    /// How the mailbox open on `store` is left without expunging: UNSELECT;
+    /// without it, CLOSE only where the mailbox is read-only (OLD's are
+    /// opened with EXAMINE), else EXAMINE INBOX (which CLOSEs nothing).
+    fn unselect_body(&self, store: Store) -> CommandBody<'static> {
+        match (self.store_has(store, Cap::Unselect), store) {
+            (true, _) => CommandBody::Unselect,
+            (false, Store::Old) => CommandBody::Close,
+            (false, Store::New) => CommandBody::Examine {
+                mailbox: Mailbox::Inbox,
+            },
         }
     }
 
@@ -580,14 +569,11 @@ impl Session {
                 self.send_client(reply::ok(tag, "CAPABILITY completed"));
             }
             Local::Id => {
-                self.send_client(super::preauth::id_response());
+                self.send_client(reply::id());
                 self.send_client(reply::ok(tag, "ID completed"));
             }
             Local::Namespace => {
-                let d = m.map.delimiter() as char;
-                self.send_client(Bytes::from(format!(
-                    "* NAMESPACE ((\"\" \"{d}\")) NIL NIL\r\n"
-                )));
+                self.send_client(reply::namespace(m.map.delimiter()));
                 self.send_client(reply::ok(tag, "NAMESPACE completed"));
             }
             Local::Logout => {
@@ -609,14 +595,13 @@ impl Session {
         rewritten: Option<CommandBody<'_>>,
     ) -> Option<Bytes> {
         let Some(body) = rewritten else {
-            // Checked only for commands with a literal: `has` formats capabilities.
             let has_literal = memchr::memmem::find(raw, b"+}\r").is_some();
-            if has_literal && !self.store_info(store).is_some_and(|i| i.has("LITERAL+")) {
+            if has_literal && !self.store_has(store, Cap::LiteralPlus) {
                 return None;
             }
             return Some(raw.clone());
         };
-        Some(encode(tag, body))
+        Some(reply::command(tag, body))
     }
 
     /// Sends `raw`, or `rewritten` under the client's tag, to `store`; refuses

@@ -102,7 +102,7 @@ impl Session {
         let body = CommandBody::Examine {
             mailbox: mailbox(resume.name.clone()),
         };
-        self.send_store(Store::Old, encode(&tag, body));
+        self.send_store(Store::Old, reply::command(&tag, body));
         m.old_view = OldView::default();
         m.job = Some(Job::Reopen(tag, resume));
     }

@@ -144,7 +144,7 @@ impl Session {
                 self.send_client(if is_ok(&msg) {
                     reply::ok(&t, "Flags unchanged: Old/ folders are read-only")
                 } else {
-                    retag(&t, &msg)
+                    reply::retag(&t, &msg)
                 });
                 self.input = Input::Command;
             }
@@ -153,9 +153,7 @@ impl Session {
                 tag: t,
                 refresh: super::super::Refresh::AwaitTagged,
             } if s == store && t == tag && is_ok(&msg) => {
-                let mut line = BytesMut::from(&t[..]);
-                line.extend_from_slice(b" IDLE\r\n");
-                self.send_store(store, line.freeze());
+                self.send_store(store, reply::idle_again(&t));
                 m.job = Some(Job::Idle {
                     store,
                     tag: t,

@@ -1,0 +1,136 @@
+//! Capabilities: what a store offers, and what Ferry shows its clients.
+//!
+//! A list is kept as its names on the wire (written as they are in
+//! `* CAPABILITY` and `[CAPABILITY …]`) with the few capabilities Ferry acts
+//! on found once, when the list is made, as bits: asking costs no string
+//! comparison. Thousands of sessions see the same few lists, so equal lists
+//! share one allocation.
+
+use std::sync::{Arc, Mutex};
+
+use imap_codec::imap_types::response::Capability;
+
+/// A capability Ferry acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Cap {
+    LiteralPlus,
+    Unselect,
+    Multiappend,
+    UidPlus,
+    Namespace,
+    LoginDisabled,
+    Idle,
+}
+
+impl Cap {
+    const ALL: [(Cap, &'static str); 7] = [
+        (Cap::LiteralPlus, "LITERAL+"),
+        (Cap::Unselect, "UNSELECT"),
+        (Cap::Multiappend, "MULTIAPPEND"),
+        (Cap::UidPlus, "UIDPLUS"),
+        (Cap::Namespace, "NAMESPACE"),
+        (Cap::LoginDisabled, "LOGINDISABLED"),
+        (Cap::Idle, "IDLE"),
+    ];
+
+    fn bit(self) -> u32 {
+        1 << self as u8
+    }
+}
+
+/// A capability list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caps {
+    /// The names, space-separated, as they go on the wire.
+    names: Arc<str>,
+    known: u32,
+}
+
+impl Caps {
+    /// The list of these names, in this order.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Caps {
+        let mut joined = String::new();
+        let mut known = 0;
+        for name in names {
+            if !joined.is_empty() {
+                joined.push(' ');
+            }
+            joined.push_str(name);
+            known |= Cap::ALL
+                .iter()
+                .filter(|(_, n)| n.eq_ignore_ascii_case(name))
+                .fold(0, |k, (c, _)| k | c.bit());
+        }
+        static SHARED: Mutex<Vec<Arc<str>>> = Mutex::new(Vec::new());
+        Caps {
+            names: shared(&SHARED, joined),
+            known,
+        }
+    }
+
+    /// A store's list as imap-codec decoded it.
+    pub fn from_decoded(caps: &[Capability<'_>]) -> Caps {
+        let names: Vec<String> = caps.iter().map(ToString::to_string).collect();
+        Caps::from_names(names.iter().map(String::as_str))
+    }
+
+    pub fn has(&self, cap: Cap) -> bool {
+        self.known & cap.bit() != 0
+    }
+
+    /// Each name as it is on the wire.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.split(' ').filter(|n| !n.is_empty())
+    }
+
+    /// The names, space-separated.
+    pub fn joined(&self) -> &str {
+        &self.names
+    }
+
+    /// The names for which `keep` says yes (given in upper case).
+    pub fn filter(&self, mut keep: impl FnMut(&str) -> bool) -> Caps {
+        let kept: Vec<&str> = self
+            .names()
+            .filter(|n| keep(&n.to_ascii_uppercase()))
+            .collect();
+        Caps::from_names(kept)
+    }
+}
+
+/// One shared copy of `value` per distinct value (up to 32 are kept).
+fn shared(cache: &Mutex<Vec<Arc<str>>>, value: String) -> Arc<str> {
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = cache.iter().find(|known| ***known == *value) {
+        return known.clone();
+    }
+    let value: Arc<str> = value.into();
+    if cache.len() < 32 {
+        cache.push(value.clone());
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_capabilities_are_found_once_in_any_case() {
+        let c = Caps::from_names(["IMAP4rev1", "literal+", "UNSELECT", "THREAD=REFS"]);
+        assert!(c.has(Cap::LiteralPlus) && c.has(Cap::Unselect));
+        assert!(!c.has(Cap::Multiappend) && !c.has(Cap::UidPlus));
+        assert_eq!(c.joined(), "IMAP4rev1 literal+ UNSELECT THREAD=REFS");
+        let f = c.filter(|n| n != "UNSELECT");
+        assert_eq!(f.joined(), "IMAP4rev1 literal+ THREAD=REFS");
+        assert!(!f.has(Cap::Unselect));
+    }
+
+    #[test]
+    fn equal_lists_share_one_allocation() {
+        let a = Caps::from_names(["IMAP4rev1", "IDLE"]);
+        let b = Caps::from_names(["IMAP4rev1", "IDLE"]);
+        assert!(Arc::ptr_eq(&a.names, &b.names));
+    }
+}
