@@ -20,6 +20,12 @@ impl Session {
                     continue;
                 }
             };
+            if std::mem::take(&mut self.done_owed)
+                && matches!(&frame, Frame::Line { bytes, start: true, .. } if bytes.eq_ignore_ascii_case(b"DONE\r\n"))
+            {
+                // The client's DONE for an IDLE Ferry had ended already.
+                continue;
+            }
             if let Mode::Pipe(store) = self.mode {
                 self.pipe_client_frame(store, frame);
                 continue;

@@ -11,6 +11,7 @@
 
 mod client;
 mod clock;
+mod idle;
 mod merged;
 mod pipe;
 mod preauth;
@@ -227,27 +228,13 @@ pub struct SessionConfig {
     pub id: u64,
 }
 
-/// Where Ferry is in renewing a long IDLE toward its store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Refresh {
-    #[default]
-    Off,
-    /// DONE sent; the IDLE's tagged OK is Ferry's to swallow.
-    AwaitTagged,
-    /// IDLE sent again; its `+` is Ferry's to swallow.
-    AwaitPlus,
-}
-
 /// Pass-through bookkeeping: which client commands are still running, so the
 /// session is only ended between commands.
 #[derive(Default)]
 struct PipeState {
     inflight: VecDeque<Timing>,
-    /// Tag of a running IDLE, and whether the store has said `+`.
-    idle: Option<(Bytes, bool)>,
-    refresh: Refresh,
-    /// Ferry sent DONE itself: the client's input waits meanwhile.
-    leaving: bool,
+    /// A running IDLE.
+    idle: Option<idle::Idle>,
     /// A synchronizing literal the client announced and waits to send
     /// until the store's `+`, under its command's tag.
     literal: Option<(Bytes, Announcement)>,
@@ -261,6 +248,9 @@ pub struct Session {
     failures: u32,
     /// Metrics for the command in flight (merged phase; one at a time).
     timing: Option<Timing>,
+    /// Ferry ended the client's IDLE itself: a DONE the client sends for it
+    /// is dropped.
+    done_owed: bool,
     pipe: PipeState,
     client: Framer,
     input: Input,
@@ -302,6 +292,7 @@ impl Session {
             login: None,
             failures: 0,
             timing: None,
+            done_owed: false,
             pipe: PipeState::default(),
         };
         let greeting = reply::greeting(&s.preauth_capabilities());
@@ -362,7 +353,11 @@ impl Session {
     pub fn wants_client_input(&self) -> bool {
         match self.mode {
             Mode::Closed | Mode::Taken => false,
-            Mode::Pipe(_) => !self.pipe.leaving,
+            Mode::Pipe(_) => !self
+                .pipe
+                .idle
+                .as_ref()
+                .is_some_and(idle::Idle::holds_client),
             _ => self.input != Input::Waiting,
         }
     }
@@ -375,10 +370,12 @@ impl Session {
     /// The store a client IDLE is running on (not while Ferry renews it).
     pub fn idle_store(&self) -> Option<Store> {
         match &self.mode {
-            Mode::Pipe(store) => match (&self.pipe.idle, self.pipe.refresh) {
-                (Some((_, true)), Refresh::Off) if !self.pipe.leaving => Some(*store),
-                _ => None,
-            },
+            Mode::Pipe(_) => self
+                .pipe
+                .idle
+                .as_ref()
+                .filter(|i| i.is_running())
+                .map(|i| i.store),
             Mode::Merged(m) if self.input == Input::IdleDone => m.idle_store(),
             _ => None,
         }
@@ -388,12 +385,12 @@ impl Session {
     /// store's own inactivity timer never ends it; the client sees nothing.
     fn refresh_idle(&mut self) {
         match &self.mode {
-            Mode::Pipe(store) => {
-                let store = *store;
-                if self.idle_store().is_some() {
-                    self.pipe.refresh = Refresh::AwaitTagged;
-                    self.pipe.leaving = true;
-                    self.send_store(store, Bytes::from_static(b"DONE\r\n"));
+            Mode::Pipe(_) => {
+                if let Some(i) = &mut self.pipe.idle
+                    && let Some(done) = i.renew()
+                {
+                    let store = i.store;
+                    self.send_store(store, done);
                 }
             }
             Mode::Merged(_) => self.with_merged(|s, m| s.merged_refresh_idle(m)),
@@ -405,8 +402,8 @@ impl Session {
     pub fn awaiting_store(&self) -> Option<Store> {
         match &self.mode {
             Mode::Pipe(store) => {
-                let idle = self.pipe.idle.is_some() && self.pipe.refresh == Refresh::Off;
-                (!self.pipe.inflight.is_empty() && !idle).then_some(*store)
+                let idling = self.pipe.idle.as_ref().is_some_and(|i| !i.is_renewing());
+                (!self.pipe.inflight.is_empty() && !idling).then_some(*store)
             }
             Mode::Merged(m) => m.awaiting(),
             _ => None,
@@ -427,19 +424,20 @@ impl Session {
     /// True when it sent something.
     fn leave_idle(&mut self) -> bool {
         match &mut self.mode {
-            Mode::Pipe(store) => {
-                let store = *store;
-                if let Some((_, true)) = self.pipe.idle
-                    && !self.pipe.leaving
+            Mode::Pipe(_) => {
+                if let Some(i) = &mut self.pipe.idle
+                    && let Some(done) = i.end(true)
                 {
-                    self.pipe.leaving = true;
-                    self.send_store(store, Bytes::from_static(b"DONE\r\n"));
+                    let store = i.store;
+                    self.send_store(store, done);
+                    self.done_owed = true;
                     return true;
                 }
                 false
             }
             Mode::Merged(_) if self.input == Input::IdleDone => {
                 self.with_merged(|s, m| s.merged_leave_idle(m));
+                self.done_owed = true;
                 true
             }
             _ => false,

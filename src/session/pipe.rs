@@ -25,16 +25,12 @@ impl Session {
     pub(super) fn pipe_classify(&mut self, line: &[u8]) -> Disposition {
         let capability = is_capability(line);
         if line.starts_with(b"+") {
-            if self.pipe.refresh == super::Refresh::AwaitPlus {
-                // The renewed IDLE runs again; the client never saw it stop.
-                self.pipe.refresh = super::Refresh::Off;
-                self.pipe.leaving = false;
-                return Disposition::Drop;
-            }
+            // A `+` for a literal the client waits to send, else the IDLE's.
             if self.pipe.literal.take().is_none()
-                && let Some((_, started)) = &mut self.pipe.idle
+                && let Some(idle) = &mut self.pipe.idle
+                && !idle.continued()
             {
-                *started = true;
+                return Disposition::Drop;
             }
             Disposition::Forward
         } else if capability || !line.starts_with(b"* ") {
@@ -67,11 +63,19 @@ impl Session {
         if let Frame::Line {
             bytes, start: true, ..
         } = &frame
+            && bytes.eq_ignore_ascii_case(b"DONE\r\n")
+            && let Some(idle) = &mut self.pipe.idle
+        {
+            // The client's own DONE goes on as it came.
+            idle.end(false);
+        } else if let Frame::Line {
+            bytes, start: true, ..
+        } = &frame
             && !bytes.eq_ignore_ascii_case(b"DONE\r\n")
         {
             let timing = super::Timing::new(bytes, self.clock.now);
             if timing.verb.is("IDLE") {
-                self.pipe.idle = Some((timing.tag.clone(), false));
+                self.pipe.idle = Some(super::idle::Idle::new(timing.tag.clone(), store));
             }
             self.pipe.inflight.push_back(timing);
         }
@@ -92,12 +96,13 @@ impl Session {
     /// A tagged line or a `* CAPABILITY` line (filtered like the login answer).
     pub(super) fn pipe_message(&mut self, store: Store, message: Bytes) {
         let tag = reply::tag_of(&message);
-        if self.pipe.refresh == super::Refresh::AwaitTagged
-            && self.pipe.idle.as_ref().is_some_and(|(t, _)| t == tag)
-        {
-            // Ferry's own DONE was answered: IDLE again under the client's tag.
-            self.pipe.refresh = super::Refresh::AwaitPlus;
-            return self.send_store(store, reply::idle_again(tag));
+        if let Some(idle) = self.pipe.idle.as_mut().filter(|i| i.tag == tag) {
+            let ok = crate::frame::head(&message).1.eq_ignore_ascii_case(b"OK");
+            match idle.tagged(ok) {
+                // Ferry's own DONE was answered: IDLE again under the client's tag.
+                super::idle::Tagged::IdleAgain(again) => return self.send_store(store, again),
+                super::idle::Tagged::Over => self.pipe.idle = None,
+            }
         }
         if tag != b"*" {
             let mut logout = false;
@@ -115,9 +120,6 @@ impl Session {
                 self.send_client(message);
                 self.actions.push_back(super::Action::CloseBackend(store));
                 return self.close();
-            }
-            if self.pipe.idle.as_ref().is_some_and(|(t, _)| t == tag) {
-                self.pipe.idle = None;
             }
             if let Some((_, a)) = self.pipe.literal.take_if(|(t, _)| t == tag) {
                 // Refused before its literal: the client will not send it.

@@ -87,12 +87,8 @@ enum Job {
         tag: Bytes,
         ferry_tag: Bytes,
     },
-    Idle {
-        store: Store,
-        tag: Bytes,
-        /// Ferry renewing the IDLE toward the store, unseen by the client.
-        refresh: super::Refresh,
-    },
+    /// The client's IDLE on one store.
+    Idle(super::idle::Idle),
     Append {
         store: Store,
         tag: Bytes,
@@ -109,10 +105,10 @@ impl Job {
     /// The client's tag this job answers (Ferry's own jobs have none).
     fn client_tag(&self) -> Option<Bytes> {
         match self {
-            Job::Forward { tag, .. }
-            | Job::FlagEcho { tag, .. }
-            | Job::Idle { tag, .. }
-            | Job::Append { tag, .. } => Some(tag.clone()),
+            Job::Forward { tag, .. } | Job::FlagEcho { tag, .. } | Job::Append { tag, .. } => {
+                Some(tag.clone())
+            }
+            Job::Idle(i) => Some(i.tag.clone()),
             Job::List(l) => Some(l.client_tag().clone()),
             Job::Copy(c) => Some(c.client_tag().clone()),
             Job::Reopen(..) => None,
@@ -214,7 +210,7 @@ impl Merged {
             Job::Forward { store, .. } | Job::Leave { store, .. } | Job::Append { store, .. } => {
                 Some(*store)
             }
-            Job::Idle { store, refresh, .. } => (*refresh != super::Refresh::Off).then_some(*store),
+            Job::Idle(i) => i.is_renewing().then_some(i.store),
             Job::FlagEcho { .. } => Some(Store::Old),
             Job::List(l) => [Store::New, Store::Old]
                 .into_iter()
@@ -227,20 +223,15 @@ impl Merged {
     /// The store of a running IDLE that the client is in.
     pub(super) fn idle_store(&self) -> Option<Store> {
         match self.job.as_ref()? {
-            Job::Idle {
-                store,
-                refresh: super::Refresh::Off,
-                ..
-            } => Some(*store),
+            Job::Idle(i) if i.is_running() => Some(i.store),
             _ => None,
         }
     }
 
     fn job_store(&self) -> Option<Store> {
         match &self.job {
-            Some(
-                Job::Forward { store, .. } | Job::Idle { store, .. } | Job::Append { store, .. },
-            ) => Some(*store),
+            Some(Job::Forward { store, .. } | Job::Append { store, .. }) => Some(*store),
+            Some(Job::Idle(i)) => Some(i.store),
             Some(Job::FlagEcho { .. } | Job::Copy(_)) => Some(Store::Old),
             _ => None,
         }
@@ -530,11 +521,7 @@ impl Session {
             Route::Noop => self.noop(m, raw, tag),
             Route::Idle => {
                 let store = m.selected.unwrap_or(Store::New);
-                let job = Job::Idle {
-                    store,
-                    tag,
-                    refresh: super::Refresh::Off,
-                };
+                let job = Job::Idle(super::idle::Idle::new(tag, store));
                 self.start(m, None, store, raw.clone(), job);
             }
             Route::List { lsub } => self.list(m, cmd, raw, tag, lsub),

@@ -8,41 +8,44 @@ impl Session {
         let crate::frame::Frame::Line { bytes, .. } = frame else {
             return;
         };
-        let store = match &self.mode {
-            crate::session::Mode::Merged(m) => match &m.job {
-                Some(Job::Idle { store, .. }) => *store,
-                _ => return,
-            },
-            _ => return,
+        if imap_codec::IdleDoneCodec::new().decode(&bytes).is_err() {
+            return self.send_client(reply::bad(b"*", "Expected DONE"));
+        }
+        let crate::session::Mode::Merged(m) = &mut self.mode else {
+            return;
         };
-        if imap_codec::IdleDoneCodec::new().decode(&bytes).is_ok() {
-            self.input = Input::Waiting;
-            self.send_store(store, Bytes::from_static(b"DONE\r\n"));
-        } else {
-            self.send_client(reply::bad(b"*", "Expected DONE"));
+        let Some(Job::Idle(i)) = &mut m.job else {
+            return;
+        };
+        let store = i.store;
+        let done = i.end(false);
+        self.input = Input::Waiting;
+        if let Some(done) = done {
+            self.send_store(store, done);
         }
     }
 
     /// Renews the client's IDLE toward the store: DONE, then IDLE again once
     /// it is answered; the client's input waits meanwhile.
     pub(in crate::session) fn merged_refresh_idle(&mut self, m: &mut Merged) {
-        if let Some(Job::Idle { store, refresh, .. }) = &mut m.job
-            && *refresh == super::super::Refresh::Off
-            && self.input == Input::IdleDone
+        if self.input == Input::IdleDone
+            && let Some(Job::Idle(i)) = &mut m.job
+            && let Some(done) = i.renew()
         {
-            *refresh = super::super::Refresh::AwaitTagged;
-            let store = *store;
+            let store = i.store;
             self.input = Input::Waiting;
-            self.send_store(store, Bytes::from_static(b"DONE\r\n"));
+            self.send_store(store, done);
         }
     }
 
     /// Ferry ends the client's IDLE itself (the session is about to end).
     pub(in crate::session) fn merged_leave_idle(&mut self, m: &mut Merged) {
-        if let Some(Job::Idle { store, .. }) = &m.job {
-            let store = *store;
+        if let Some(Job::Idle(i)) = &mut m.job
+            && let Some(done) = i.end(true)
+        {
+            let store = i.store;
             self.input = Input::Waiting;
-            self.send_store(store, Bytes::from_static(b"DONE\r\n"));
+            self.send_store(store, done);
         }
     }
 
@@ -74,15 +77,11 @@ impl Session {
 
     pub(in crate::session) fn continuation(&mut self, m: &mut Merged, store: Store, msg: Bytes) {
         match &mut m.job {
-            Some(Job::Idle {
-                store: s, refresh, ..
-            }) if *s == store && *refresh == super::super::Refresh::AwaitPlus => {
-                // The renewed IDLE is running again: the client never saw it stop.
-                *refresh = super::super::Refresh::Off;
-                self.input = Input::IdleDone;
-            }
-            Some(Job::Idle { store: s, .. }) if *s == store => {
-                self.send_client(msg);
+            Some(Job::Idle(i)) if i.store == store => {
+                // The `+` of a renewed IDLE is Ferry's: the client never saw it stop.
+                if i.continued() {
+                    self.send_client(msg);
+                }
                 self.input = Input::IdleDone;
             }
             Some(Job::Append {
@@ -148,24 +147,16 @@ impl Session {
                 });
                 self.input = Input::Command;
             }
-            Job::Idle {
-                store: s,
-                tag: t,
-                refresh: super::super::Refresh::AwaitTagged,
-            } if s == store && t == tag && is_ok(&msg) => {
-                self.send_store(store, reply::idle_again(&t));
-                m.job = Some(Job::Idle {
-                    store,
-                    tag: t,
-                    refresh: super::super::Refresh::AwaitPlus,
-                });
-            }
-            Job::Idle {
-                store: s, tag: t, ..
-            } if s == store && t == tag => {
-                self.send_client(msg);
-                self.input = Input::Command;
-            }
+            Job::Idle(mut i) if i.store == store && i.tag == tag => match i.tagged(is_ok(&msg)) {
+                super::super::idle::Tagged::IdleAgain(again) => {
+                    self.send_store(store, again);
+                    m.job = Some(Job::Idle(i));
+                }
+                super::super::idle::Tagged::Over => {
+                    self.send_client(msg);
+                    self.input = Input::Command;
+                }
+            },
             Job::Append {
                 store: s,
                 tag: t,
