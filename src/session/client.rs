@@ -26,16 +26,21 @@ impl Session {
                 // The client's DONE for an IDLE Ferry had ended already.
                 continue;
             }
-            if let Mode::Pipe(store) = self.mode {
-                self.pipe_client_frame(store, frame);
+            let Session { shared, mode } = self;
+            if let Mode::Pipe(p) = mode {
+                shared.pipe_client_frame(p, frame);
                 continue;
             }
-            match self.input.clone() {
+            match shared.input.clone() {
                 Input::Command => self.assemble(frame),
-                Input::AuthData { tag } => self.auth_data(tag, frame),
-                Input::IdleDone => self.idle_done(frame),
+                Input::AuthData { tag } => shared.auth_data(mode, tag, frame),
+                Input::IdleDone => {
+                    if let Mode::Merged(m) = mode {
+                        shared.idle_done(m, frame);
+                    }
+                }
                 Input::Stream(store) | Input::Rest(store) => self.stream_frame(store, frame),
-                Input::Discard(reply) => self.discard_frame(reply, frame),
+                Input::Discard(reply) => shared.discard_frame(reply, frame),
                 Input::Waiting => unreachable_waiting(),
             }
         }
@@ -69,15 +74,11 @@ impl Session {
     }
 
     pub(super) fn literal_announced(&mut self, a: Announcement) {
-        if let Mode::Merged(_) = self.mode
-            && let Some(append) = merged::append_probe(&self.command)
+        let Session { shared, mode } = self;
+        if let Mode::Merged(m) = mode
+            && let Some(append) = merged::append_probe(&shared.command)
         {
-            let mut mode = self.take_mode();
-            if let Mode::Merged(m) = &mut mode {
-                self.merged_append(m, append, a);
-            }
-            self.put_mode(mode);
-            return;
+            return shared.merged_append(m, append, a);
         }
         let limit = match self.mode {
             Mode::PreAuth => PREAUTH_MAX_LITERAL,
@@ -89,6 +90,61 @@ impl Session {
             self.refuse_oversized(a, reply::bad(&tag, "Literal too large"));
         } else if a.sync {
             self.send_client(Bytes::from_static(b"+ Ready for literal data\r\n"));
+        }
+    }
+
+    pub(super) fn stream_frame(&mut self, store: Store, frame: Frame) {
+        match frame {
+            Frame::LiteralData { bytes, .. } => self.send_store(store, bytes),
+            Frame::Line { bytes, literal, .. } => {
+                self.send_store(store, bytes);
+                let answered = matches!(self.input, Input::Rest(_));
+                match literal {
+                    None if answered => self.input = Input::Command,
+                    None => self.input = Input::Waiting,
+                    Some(a) if answered => {
+                        // A refused store sends no `+`: the client does not
+                        // send what it announced with `{n}`.
+                        if a.sync {
+                            self.client.refuse_literal(a);
+                            self.input = Input::Command;
+                        }
+                    }
+                    Some(a) => {
+                        if let Mode::Merged(m) = &mut self.mode {
+                            self.shared.merged_append_literal(m, a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn command_complete(&mut self, command: Bytes) {
+        if self.closed {
+            return;
+        }
+        let Session { shared, mode } = self;
+        if let Mode::Merged(m) = mode
+            && let Some(route) = m.undecoded(&command)
+        {
+            shared.merged_undecoded(m, route, &command);
+        } else {
+            shared.decoded_command(mode, &command);
+        }
+    }
+}
+
+impl Shared {
+    fn decoded_command(&mut self, mode: &mut Mode, command: &Bytes) {
+        match (mode, CommandCodec::new().decode(command)) {
+            (mode @ Mode::PreAuth, Ok((_, cmd))) => self.preauth_command(mode, cmd),
+            (Mode::Merged(m), Ok((_, cmd))) => self.merged_command(m, cmd, command),
+            (_, Ok(_)) | (_, Err(_)) => {
+                debug!("undecodable command");
+                let tag = reply::tag_of(command).to_vec();
+                self.send_client(reply::bad(&tag, "Unknown command or invalid syntax"));
+            }
         }
     }
 
@@ -131,54 +187,6 @@ impl Session {
                         self.input = Input::Command;
                     }
                 }
-            }
-        }
-    }
-
-    pub(super) fn stream_frame(&mut self, store: Store, frame: Frame) {
-        match frame {
-            Frame::LiteralData { bytes, .. } => self.send_store(store, bytes),
-            Frame::Line { bytes, literal, .. } => {
-                self.send_store(store, bytes);
-                let answered = matches!(self.input, Input::Rest(_));
-                match literal {
-                    None if answered => self.input = Input::Command,
-                    None => self.input = Input::Waiting,
-                    Some(a) if answered => {
-                        // A refused store sends no `+`: the client does not
-                        // send what it announced with `{n}`.
-                        if a.sync {
-                            self.client.refuse_literal(a);
-                            self.input = Input::Command;
-                        }
-                    }
-                    Some(a) => self.merged_append_literal(a),
-                }
-            }
-        }
-    }
-
-    pub(super) fn command_complete(&mut self, command: Bytes) {
-        let mut mode = self.take_mode();
-        if let Mode::Merged(m) = &mut mode
-            && let Some(route) = m.undecoded(&command)
-        {
-            self.merged_undecoded(m, route, &command);
-        } else {
-            self.decoded_command(&mut mode, &command);
-        }
-        self.put_mode(mode);
-    }
-
-    fn decoded_command(&mut self, mode: &mut Mode, command: &Bytes) {
-        match (mode, CommandCodec::new().decode(command)) {
-            (mode @ Mode::PreAuth, Ok((_, cmd))) => self.preauth_command(mode, cmd),
-            (Mode::Merged(m), Ok((_, cmd))) => self.merged_command(m, cmd, command),
-            (Mode::Closed | Mode::Taken, _) => {}
-            (_, Ok(_)) | (_, Err(_)) => {
-                debug!("undecodable command");
-                let tag = reply::tag_of(command).to_vec();
-                self.send_client(reply::bad(&tag, "Unknown command or invalid syntax"));
             }
         }
     }

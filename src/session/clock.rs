@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Action, LoginPurpose, Report, Session, Store, idx};
+use super::{Action, LoginPurpose, Report, Session, Shared, Store, idx};
 
 /// Why a session is to be ended at its next safe point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +96,7 @@ impl Session {
     /// When the session next needs [`Event::Timeout`](super::Event::Timeout),
     /// if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if matches!(self.mode, super::Mode::Closed) {
+        if self.closed {
             return None;
         }
         let c = &self.clock;
@@ -123,11 +123,12 @@ impl Session {
         let now = self.clock.now;
         if now >= self.clock.client_deadline {
             tracing::debug!("client timed out");
-            self.report(Report::LimitHit(if self.is_authenticated() {
+            let limit = if self.is_authenticated() {
                 "idle_timeout"
             } else {
                 "preauth_timeout"
-            }));
+            };
+            self.report(Report::LimitHit(limit));
             self.end("Autologout; idle for too long");
             self.clock.client_deadline = now + self.client_timeout();
         } else if let Some(store) = self.awaiting_store()
@@ -154,25 +155,6 @@ impl Session {
         {
             self.clock.reconnect = None;
             self.reconnect_attempt(wait);
-        }
-    }
-
-    /// OLD is to be logged in to again after it went away: first after a
-    /// short wait (a store that restarts takes a few seconds).
-    pub(super) fn reconnect_soon(&mut self) {
-        self.clock.reconnect = Some((self.clock.now + RECONNECT_FIRST, RECONNECT_FIRST));
-    }
-
-    /// A reconnect attempt failed with the store unavailable: `true` when
-    /// another is scheduled (0.5, 1, 2, 4 s apart), `false` to give up.
-    pub(super) fn reconnect_again(&mut self) -> bool {
-        match self.clock.reconnect_wait.take() {
-            Some(wait) if wait < RECONNECT_LAST => {
-                let wait = wait * 2;
-                self.clock.reconnect = Some((self.clock.now + wait, wait));
-                true
-            }
-            _ => false,
         }
     }
 
@@ -222,7 +204,7 @@ impl Session {
     /// renewed toward its store.
     pub(super) fn settle(&mut self) {
         if let Some(ending) = self.clock.ending
-            && !matches!(self.mode, super::Mode::Closed)
+            && !self.closed
         {
             if self.is_idle() {
                 if ending == Ending::PhaseChange {
@@ -244,6 +226,27 @@ impl Session {
             (Some(_), since) => since.or(Some(now)),
             (None, _) => None,
         };
+    }
+}
+
+impl Shared {
+    /// OLD is to be logged in to again after it went away: first after a
+    /// short wait (a store that restarts takes a few seconds).
+    pub(super) fn reconnect_soon(&mut self) {
+        self.clock.reconnect = Some((self.clock.now + RECONNECT_FIRST, RECONNECT_FIRST));
+    }
+
+    /// A reconnect attempt failed with the store unavailable: `true` when
+    /// another is scheduled (0.5, 1, 2, 4 s apart), `false` to give up.
+    pub(super) fn reconnect_again(&mut self) -> bool {
+        match self.clock.reconnect_wait.take() {
+            Some(wait) if wait < RECONNECT_LAST => {
+                let wait = wait * 2;
+                self.clock.reconnect = Some((self.clock.now + wait, wait));
+                true
+            }
+            _ => false,
+        }
     }
 }
 

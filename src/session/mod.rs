@@ -191,11 +191,8 @@ enum Mode {
         phase: Phase,
         credentials: Arc<Credentials>,
     },
-    Pipe(Store),
+    Pipe(PipeState),
     Merged(Box<merged::Merged>),
-    Closed,
-    /// Stands in while a handler has the mode out of `self` (see `take_mode`).
-    Taken,
 }
 
 struct StoreConn {
@@ -230,8 +227,9 @@ pub struct SessionConfig {
 
 /// Pass-through bookkeeping: which client commands are still running, so the
 /// session is only ended between commands.
-#[derive(Default)]
 struct PipeState {
+    /// The one store of the session.
+    store: Store,
     inflight: VecDeque<Timing>,
     /// A running IDLE.
     idle: Option<idle::Idle>,
@@ -240,7 +238,17 @@ struct PipeState {
     literal: Option<(Bytes, Announcement)>,
 }
 
+/// A client session: the state every phase shares, and the phase's own.
+/// Handlers of a phase are methods of [`Shared`] that take their phase's
+/// state beside it, so neither is ever moved out of the other.
 pub struct Session {
+    shared: Shared,
+    mode: Mode,
+}
+
+/// What a session keeps whatever its phase (its fields are the session's
+/// own; a [`Session`] reads through to them).
+pub struct Shared {
     cfg: SessionConfig,
     /// Who logged in, and their phase.
     login: Option<(String, Phase)>,
@@ -251,17 +259,30 @@ pub struct Session {
     /// Ferry ended the client's IDLE itself: a DONE the client sends for it
     /// is dropped.
     done_owed: bool,
-    pipe: PipeState,
+    /// The session is over (`Action::Close` is queued).
+    closed: bool,
     client: Framer,
     input: Input,
     /// The command being assembled, literals normalised to `{n+}`.
     command: BytesMut,
-    mode: Mode,
     stores: [Option<StoreConn>; 2],
     actions: VecDeque<Action>,
     next_tag: u64,
     clock: clock::Clock,
     reporter: Box<dyn Reporter>,
+}
+
+impl std::ops::Deref for Session {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut Shared {
+        &mut self.shared
+    }
 }
 
 fn idx(store: Store) -> usize {
@@ -278,22 +299,24 @@ impl Session {
     pub fn new(cfg: SessionConfig, now: Instant, reporter: Box<dyn Reporter>) -> Self {
         let max_line = cfg.config.limits.max_line_bytes;
         let preauth = Duration::from_secs(cfg.config.limits.preauth_timeout_secs);
-        let mut s = Self {
-            clock: clock::Clock::new(now, preauth),
-            reporter,
-            cfg,
-            client: Framer::new(Peer::Client, max_line),
-            input: Input::Command,
-            command: BytesMut::new(),
+        let mut s = Session {
+            shared: Shared {
+                clock: clock::Clock::new(now, preauth),
+                reporter,
+                cfg,
+                client: Framer::new(Peer::Client, max_line),
+                input: Input::Command,
+                command: BytesMut::new(),
+                stores: [None, None],
+                actions: VecDeque::new(),
+                next_tag: 0,
+                login: None,
+                failures: 0,
+                timing: None,
+                done_owed: false,
+                closed: false,
+            },
             mode: Mode::PreAuth,
-            stores: [None, None],
-            actions: VecDeque::new(),
-            next_tag: 0,
-            login: None,
-            failures: 0,
-            timing: None,
-            done_owed: false,
-            pipe: PipeState::default(),
         };
         let greeting = reply::greeting(&s.preauth_capabilities());
         s.send_client(greeting);
@@ -330,10 +353,6 @@ impl Session {
         self.settle();
     }
 
-    fn report(&mut self, report: Report) {
-        self.reporter.report(report);
-    }
-
     pub fn poll_action(&mut self) -> Option<Action> {
         let action = self.actions.pop_front();
         if action.is_none() && self.actions.capacity() > 16 {
@@ -351,13 +370,11 @@ impl Session {
 
     /// True when the driver should read from the client.
     pub fn wants_client_input(&self) -> bool {
-        match self.mode {
-            Mode::Closed | Mode::Taken => false,
-            Mode::Pipe(_) => !self
-                .pipe
-                .idle
-                .as_ref()
-                .is_some_and(idle::Idle::holds_client),
+        if self.closed {
+            return false;
+        }
+        match &self.mode {
+            Mode::Pipe(p) => !p.idle.as_ref().is_some_and(idle::Idle::holds_client),
             _ => self.input != Input::Waiting,
         }
     }
@@ -370,12 +387,7 @@ impl Session {
     /// The store a client IDLE is running on (not while Ferry renews it).
     pub fn idle_store(&self) -> Option<Store> {
         match &self.mode {
-            Mode::Pipe(_) => self
-                .pipe
-                .idle
-                .as_ref()
-                .filter(|i| i.is_running())
-                .map(|i| i.store),
+            Mode::Pipe(p) => p.idle.as_ref().filter(|i| i.is_running()).map(|i| i.store),
             Mode::Merged(m) if self.input == Input::IdleDone => m.idle_store(),
             _ => None,
         }
@@ -384,16 +396,16 @@ impl Session {
     /// Renews a long IDLE toward its store (DONE, IDLE again) so that the
     /// store's own inactivity timer never ends it; the client sees nothing.
     fn refresh_idle(&mut self) {
-        match &self.mode {
-            Mode::Pipe(_) => {
-                if let Some(i) = &mut self.pipe.idle
+        let Session { shared, mode } = self;
+        match mode {
+            Mode::Pipe(p) => {
+                if let Some(i) = &mut p.idle
                     && let Some(done) = i.renew()
                 {
-                    let store = i.store;
-                    self.send_store(store, done);
+                    shared.send_store(i.store, done);
                 }
             }
-            Mode::Merged(_) => self.with_merged(|s, m| s.merged_refresh_idle(m)),
+            Mode::Merged(m) => shared.merged_refresh_idle(m),
             _ => {}
         }
     }
@@ -401,47 +413,36 @@ impl Session {
     /// The store that owes Ferry an answer right now, if any (IDLE excepted).
     pub fn awaiting_store(&self) -> Option<Store> {
         match &self.mode {
-            Mode::Pipe(store) => {
-                let idling = self.pipe.idle.as_ref().is_some_and(|i| !i.is_renewing());
-                (!self.pipe.inflight.is_empty() && !idling).then_some(*store)
+            Mode::Pipe(p) => {
+                let idling = p.idle.as_ref().is_some_and(|i| !i.is_renewing());
+                (!p.inflight.is_empty() && !idling).then_some(p.store)
             }
             Mode::Merged(m) => m.awaiting(),
             _ => None,
         }
     }
 
-    /// The user and phase of a logged-in session.
-    pub fn login_info(&self) -> Option<(&str, Phase)> {
-        self.login.as_ref().map(|(u, p)| (u.as_str(), *p))
-    }
-
-    pub fn phase(&self) -> Option<Phase> {
-        self.login.as_ref().map(|(_, p)| *p)
-    }
-
     /// Ends a running IDLE from Ferry's side (DONE to the store), so that the
     /// session reaches a safe point to be ended. Nothing else is interrupted.
     /// True when it sent something.
     fn leave_idle(&mut self) -> bool {
-        match &mut self.mode {
-            Mode::Pipe(_) => {
-                if let Some(i) = &mut self.pipe.idle
-                    && let Some(done) = i.end(true)
-                {
-                    let store = i.store;
-                    self.send_store(store, done);
-                    self.done_owed = true;
-                    return true;
-                }
-                false
-            }
-            Mode::Merged(_) if self.input == Input::IdleDone => {
-                self.with_merged(|s, m| s.merged_leave_idle(m));
-                self.done_owed = true;
+        let Session { shared, mode } = self;
+        let sent = match mode {
+            Mode::Pipe(p) => match &mut p.idle {
+                Some(i) => i
+                    .end(true)
+                    .map(|done| shared.send_store(i.store, done))
+                    .is_some(),
+                None => false,
+            },
+            Mode::Merged(m) if shared.input == Input::IdleDone => {
+                shared.merged_leave_idle(m);
                 true
             }
             _ => false,
-        }
+        };
+        shared.done_owed |= sent;
+        sent
     }
 
     /// True while logged in (for the idle timeout vs the pre-auth one).
@@ -451,8 +452,8 @@ impl Session {
 
     /// True when no command is in progress: a safe point to end the session.
     pub fn is_idle(&self) -> bool {
-        let running = match self.mode {
-            Mode::Pipe(_) => !self.pipe.inflight.is_empty(),
+        let running = match &self.mode {
+            Mode::Pipe(p) => !p.inflight.is_empty(),
             _ => self.input != Input::Command || !self.command.is_empty(),
         };
         !running && self.client.at_message_start()
@@ -464,14 +465,17 @@ impl Session {
     }
 
     fn client_closed(&mut self) {
-        if matches!(self.mode, Mode::Closed) {
+        if self.closed {
             return;
         }
-        let mut going_on = false;
-        self.with_merged(|s, m| going_on = s.merged_client_gone(m));
+        let Session { shared, mode } = self;
+        let going_on = match mode {
+            Mode::Merged(m) => shared.merged_client_gone(m),
+            _ => false,
+        };
         if !going_on {
-            self.logout_stores();
-            self.close();
+            shared.logout_stores();
+            shared.close();
         }
     }
 
@@ -521,14 +525,17 @@ impl Session {
 
     /// Result of an [`Action::Login`].
     fn login_done(&mut self, store: Store, result: Result<BackendInfo, LoginFailure>) {
-        let mut mode = self.take_mode();
-        match (&mut mode, result) {
-            (Mode::LoggingIn { .. }, result) => self.primary_login_done(&mut mode, store, result),
-            (Mode::Merged(m), result) => self.old_login_done(m, result),
-            (_, Ok(_)) => self.actions.push_back(Action::CloseBackend(store)),
+        let Session { shared, mode } = self;
+        match (&mut *mode, result) {
+            (Mode::LoggingIn { .. }, result) => {
+                if let Some(next) = shared.primary_login_done(mode, store, result) {
+                    *mode = next;
+                }
+            }
+            (Mode::Merged(m), result) => shared.old_login_done(m, result),
+            (_, Ok(_)) => shared.actions.push_back(Action::CloseBackend(store)),
             _ => {}
         }
-        self.put_mode(mode);
         // A parked command runs now, unless a reconnect still re-opens a folder.
         if let Mode::Merged(m) = &mut self.mode
             && m.ready_for_parked()
@@ -541,12 +548,59 @@ impl Session {
 
     /// Ends the session with `* BYE text` (shutdown, phase change) at a safe point.
     fn end(&mut self, text: &str) {
-        if matches!(self.mode, Mode::Closed) {
+        if self.closed {
             return;
         }
         self.send_client(reply::bye(text));
         // As if the client had left: a copy in flight is undone first.
         self.client_closed();
+    }
+
+    fn store_lost(&mut self, store: Store) {
+        // Whether the store's last response ended cleanly (nothing half-forwarded).
+        let clean = self.stores[idx(store)]
+            .as_ref()
+            .is_some_and(|c| c.framer.at_message_start());
+        self.stores[idx(store)] = None;
+        self.actions.push_back(Action::CloseBackend(store));
+        if self.closed {
+            return;
+        }
+        let Session { shared, mode } = self;
+        match mode {
+            Mode::Merged(m) if store == Store::Old => shared.merged_old_lost(m, clean),
+            _ => {
+                tracing::warn!(store = store.as_str(), "store connection lost");
+                if let Mode::Merged(m) = mode
+                    && let Some(tag) = m.client_tag()
+                {
+                    shared.send_client(reply::no(
+                        &tag,
+                        reply::Rfc5530::Unavailable,
+                        "The mail store went away before this command completed",
+                    ));
+                }
+                shared.send_client(reply::bye(
+                    "Connection to the mail store was lost, please reconnect.",
+                ));
+                shared.close();
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn report(&mut self, report: Report) {
+        self.reporter.report(report);
+    }
+
+    /// The user and phase of a logged-in session.
+    pub fn login_info(&self) -> Option<(&str, Phase)> {
+        self.login.as_ref().map(|(u, p)| (u.as_str(), *p))
+    }
+
+    pub fn phase(&self) -> Option<Phase> {
+        self.login.as_ref().map(|(_, p)| *p)
     }
 
     /// `* BYE text`, LOGOUT to the stores, close (from inside the machine).
@@ -556,19 +610,21 @@ impl Session {
         self.close();
     }
 
+    /// The primary store's login answered: the session's phase state, or
+    /// `None` when the login failed (the session stays before login).
     fn primary_login_done(
         &mut self,
         mode: &mut Mode,
         store: Store,
         result: Result<BackendInfo, LoginFailure>,
-    ) {
+    ) -> Option<Mode> {
         let Mode::LoggingIn {
             tag,
             phase,
             credentials,
         } = std::mem::replace(mode, Mode::PreAuth)
         else {
-            return;
+            return None;
         };
         self.input = Input::Command;
         let info = match result {
@@ -594,11 +650,11 @@ impl Session {
                 if failure == LoginFailure::Rejected {
                     self.failures += 1;
                     if self.failures >= self.cfg.config.auth.max_failures_per_connection {
-                        self.report(crate::session::Report::LimitHit("login_failures"));
+                        self.report(Report::LimitHit("login_failures"));
                         self.bye_and_close("Too many failed logins");
                     }
                 }
-                return;
+                return None;
             }
         };
         self.report(Report::Login {
@@ -615,16 +671,21 @@ impl Session {
             Phase::Old | Phase::New => crate::merge::passthrough_capabilities(&info.capabilities),
         };
         self.attach_store(store, info.clone());
-        *mode = match phase {
+        self.send_client(reply::logged_in(&tag, &caps));
+        Some(match phase {
             Phase::Merged => Mode::Merged(Box::new(merged::Merged::new(
                 &self.cfg.config,
                 info.layout,
-                caps.clone(),
+                caps,
                 credentials,
             ))),
-            Phase::Old | Phase::New => Mode::Pipe(store),
-        };
-        self.send_client(reply::logged_in(&tag, &caps));
+            Phase::Old | Phase::New => Mode::Pipe(PipeState {
+                store,
+                inflight: VecDeque::new(),
+                idle: None,
+                literal: None,
+            }),
+        })
     }
 
     fn attach_store(&mut self, store: Store, info: BackendInfo) {
@@ -643,37 +704,6 @@ impl Session {
 
     fn store_info(&self, store: Store) -> Option<&BackendInfo> {
         self.stores[idx(store)].as_ref().map(|c| &c.info)
-    }
-
-    fn store_lost(&mut self, store: Store) {
-        // Whether the store's last response ended cleanly (nothing half-forwarded).
-        let clean = self.stores[idx(store)]
-            .as_ref()
-            .is_some_and(|c| c.framer.at_message_start());
-        self.stores[idx(store)] = None;
-        self.actions.push_back(Action::CloseBackend(store));
-        let mut mode = self.take_mode();
-        match &mut mode {
-            Mode::Merged(m) if store == Store::Old => self.merged_old_lost(m, clean),
-            Mode::Closed | Mode::Taken => {}
-            _ => {
-                tracing::warn!(store = store.as_str(), "store connection lost");
-                if let Mode::Merged(m) = &mode
-                    && let Some(tag) = m.client_tag()
-                {
-                    self.send_client(reply::no(
-                        &tag,
-                        reply::Rfc5530::Unavailable,
-                        "The mail store went away before this command completed",
-                    ));
-                }
-                self.send_client(reply::bye(
-                    "Connection to the mail store was lost, please reconnect.",
-                ));
-                self.close();
-            }
-        }
-        self.put_mode(mode);
     }
 
     fn send_client(&mut self, bytes: Bytes) {
@@ -701,21 +731,8 @@ impl Session {
         Bytes::from(format!("ferry.{}", self.next_tag))
     }
 
-    /// Takes the mode out of `self`, so a handler can hold it beside the
-    /// session; [`put_mode`](Self::put_mode) puts it back unless the handler
-    /// set another one (a close, a login).
-    fn take_mode(&mut self) -> Mode {
-        std::mem::replace(&mut self.mode, Mode::Taken)
-    }
-
-    fn put_mode(&mut self, mode: Mode) {
-        if matches!(self.mode, Mode::Taken) {
-            self.mode = mode;
-        }
-    }
-
     fn close(&mut self) {
-        self.mode = Mode::Closed;
+        self.closed = true;
         self.input = Input::Waiting;
         self.actions.push_back(Action::Close);
     }

@@ -11,7 +11,7 @@ use imap_codec::{
     imap_types::response::{Data, Response},
 };
 
-use super::{Disposition, Session, reply};
+use super::{Disposition, PipeState, Shared, reply};
 use crate::{frame::Frame, namespace::Store, verb::Verb};
 
 /// `* CAPABILITY …`, which is filtered like the login answer.
@@ -19,15 +19,15 @@ pub(super) fn is_capability(line: &[u8]) -> bool {
     line.len() > 13 && line[..13].eq_ignore_ascii_case(b"* CAPABILITY ")
 }
 
-impl Session {
+impl PipeState {
     /// Store responses pass through; CAPABILITY is filtered and tagged lines
     /// are looked at to know which commands are still running.
-    pub(super) fn pipe_classify(&mut self, line: &[u8]) -> Disposition {
+    pub(super) fn classify(&mut self, line: &[u8]) -> Disposition {
         let capability = is_capability(line);
         if line.starts_with(b"+") {
             // A `+` for a literal the client waits to send, else the IDLE's.
-            if self.pipe.literal.take().is_none()
-                && let Some(idle) = &mut self.pipe.idle
+            if self.literal.take().is_none()
+                && let Some(idle) = &mut self.idle
                 && !idle.continued()
             {
                 return Disposition::Drop;
@@ -39,8 +39,11 @@ impl Session {
             Disposition::Forward
         }
     }
+}
 
-    pub(super) fn pipe_client_frame(&mut self, store: Store, frame: Frame) {
+impl Shared {
+    pub(super) fn pipe_client_frame(&mut self, p: &mut PipeState, frame: Frame) {
+        let store = p.store;
         if let Frame::Line {
             bytes,
             start: true,
@@ -64,7 +67,7 @@ impl Session {
             bytes, start: true, ..
         } = &frame
             && bytes.eq_ignore_ascii_case(b"DONE\r\n")
-            && let Some(idle) = &mut self.pipe.idle
+            && let Some(idle) = &mut p.idle
         {
             // The client's own DONE goes on as it came.
             idle.end(false);
@@ -75,17 +78,17 @@ impl Session {
         {
             let timing = super::Timing::new(bytes, self.clock.now);
             if timing.verb.is("IDLE") {
-                self.pipe.idle = Some(super::idle::Idle::new(timing.tag.clone(), store));
+                p.idle = Some(super::idle::Idle::new(timing.tag.clone(), store));
             }
-            self.pipe.inflight.push_back(timing);
+            p.inflight.push_back(timing);
         }
         if let Frame::Line {
             literal: Some(a), ..
         } = &frame
             && a.sync
-            && let Some(t) = self.pipe.inflight.back()
+            && let Some(t) = p.inflight.back()
         {
-            self.pipe.literal = Some((t.tag.clone(), *a));
+            p.literal = Some((t.tag.clone(), *a));
         }
         let bytes = match frame {
             Frame::Line { bytes, .. } | Frame::LiteralData { bytes, .. } => bytes,
@@ -94,20 +97,20 @@ impl Session {
     }
 
     /// A tagged line or a `* CAPABILITY` line (filtered like the login answer).
-    pub(super) fn pipe_message(&mut self, store: Store, message: Bytes) {
+    pub(super) fn pipe_message(&mut self, p: &mut PipeState, store: Store, message: Bytes) {
         let tag = reply::tag_of(&message);
-        if let Some(idle) = self.pipe.idle.as_mut().filter(|i| i.tag == tag) {
+        if let Some(idle) = p.idle.as_mut().filter(|i| i.tag == tag) {
             let ok = crate::frame::head(&message).1.eq_ignore_ascii_case(b"OK");
             match idle.tagged(ok) {
                 // Ferry's own DONE was answered: IDLE again under the client's tag.
                 super::idle::Tagged::IdleAgain(again) => return self.send_store(store, again),
-                super::idle::Tagged::Over => self.pipe.idle = None,
+                super::idle::Tagged::Over => p.idle = None,
             }
         }
         if tag != b"*" {
             let mut logout = false;
-            if let Some(i) = self.pipe.inflight.iter().position(|t| t.tag == tag) {
-                let mut timing = self.pipe.inflight.remove(i).expect("position is in range");
+            if let Some(i) = p.inflight.iter().position(|t| t.tag == tag) {
+                let mut timing = p.inflight.remove(i).expect("position is in range");
                 timing.stores = 1 << super::idx(store);
                 logout = timing.verb.is("LOGOUT")
                     && crate::frame::head(&message).1.eq_ignore_ascii_case(b"OK");
@@ -121,7 +124,7 @@ impl Session {
                 self.actions.push_back(super::Action::CloseBackend(store));
                 return self.close();
             }
-            if let Some((_, a)) = self.pipe.literal.take_if(|(t, _)| t == tag) {
+            if let Some((_, a)) = p.literal.take_if(|(t, _)| t == tag) {
                 // Refused before its literal: the client will not send it.
                 self.client.refuse_literal(a);
             }

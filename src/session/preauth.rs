@@ -14,10 +14,10 @@ use imap_codec::{
     },
 };
 
-use super::{Action, Credentials, Input, Mode, Session, reply};
+use super::{Action, Credentials, Input, Mode, Shared, reply};
 use crate::{config::Phase, frame::Frame, namespace::Store};
 
-impl Session {
+impl Shared {
     pub(super) fn preauth_command(&mut self, mode: &mut Mode, cmd: Command<'_>) {
         let tag = cmd.tag.inner().as_bytes().to_vec();
         match cmd.body {
@@ -104,22 +104,20 @@ impl Session {
         false
     }
 
-    pub(super) fn auth_data(&mut self, tag: Bytes, frame: Frame) {
+    pub(super) fn auth_data(&mut self, mode: &mut Mode, tag: Bytes, frame: Frame) {
         let Frame::Line { bytes, .. } = frame else {
             return;
         };
         self.input = Input::Command;
-        let mut mode = self.take_mode();
         match AuthenticateDataCodec::new().decode(&bytes) {
             Ok((_, AuthenticateData::Continue(data))) => {
-                self.sasl_plain(&mut mode, tag.to_vec(), data.declassify())
+                self.sasl_plain(mode, tag.to_vec(), data.declassify())
             }
             Ok((_, AuthenticateData::Cancel)) => {
                 self.send_client(reply::bad(&tag, "AUTHENTICATE cancelled"))
             }
             Err(_) => self.send_client(reply::bad(&tag, "Invalid base64 in AUTHENTICATE")),
         }
-        self.put_mode(mode);
     }
 
     fn sasl_plain(&mut self, mode: &mut Mode, tag: Vec<u8>, data: &[u8]) {

@@ -15,20 +15,27 @@ impl Session {
                 conn.disposition = disposition;
             }
         }
-        let Some(conn) = self.stores[idx(store)].as_mut() else {
+        let Shared {
+            stores, actions, ..
+        } = &mut self.shared;
+        let Some(conn) = stores[idx(store)].as_mut() else {
             return;
         };
         if let Disposition::Copy = conn.disposition {
             if !more {
                 conn.disposition = Disposition::Forward;
             }
-            return self.with_merged(|s, m| s.merged_copy_frame(m, frame));
+            let Session { shared, mode } = self;
+            if let Mode::Merged(m) = mode {
+                shared.merged_copy_frame(m, frame);
+            }
+            return;
         }
         let bytes = match frame {
             Frame::Line { bytes, .. } | Frame::LiteralData { bytes, .. } => bytes,
         };
         match &mut conn.disposition {
-            Disposition::Forward => self.actions.push_back(Action::ToClient(bytes)),
+            Disposition::Forward => actions.push_back(Action::ToClient(bytes)),
             Disposition::Drop => {}
             Disposition::Assemble(buf) => buf.extend_from_slice(&bytes),
             Disposition::Copy => {}
@@ -45,12 +52,10 @@ impl Session {
     /// of `store`'s input that [`classify`](Self::classify) would forward one
     /// by one: the usual answer to a command is a burst of them.
     pub(super) fn forward_run(&mut self, store: Store) {
-        let Session {
-            stores,
-            mode,
-            actions,
-            ..
-        } = self;
+        let Session { shared, mode } = self;
+        let Shared {
+            stores, actions, ..
+        } = shared;
         let Some(conn) = stores[idx(store)].as_mut() else {
             return;
         };
@@ -79,7 +84,7 @@ impl Session {
 
     pub(super) fn classify(&mut self, store: Store, line: &[u8], literal: bool) -> Disposition {
         match &mut self.mode {
-            Mode::Pipe(_) => self.pipe_classify(line),
+            Mode::Pipe(p) => p.classify(line),
             Mode::Merged(m) => {
                 if store == Store::Old {
                     m.observe_old(line, literal);
@@ -90,22 +95,12 @@ impl Session {
         }
     }
 
-    /// Runs `f` on the merged state, taken out of `self` for the call.
-    pub(super) fn with_merged(&mut self, f: impl FnOnce(&mut Self, &mut merged::Merged)) {
-        let mut mode = self.take_mode();
-        if let Mode::Merged(m) = &mut mode {
-            f(self, m);
-        }
-        self.put_mode(mode);
-    }
-
     pub(super) fn backend_message(&mut self, store: Store, message: Bytes) {
-        let mut mode = self.take_mode();
-        match &mut mode {
-            Mode::Pipe(_) => self.pipe_message(store, message),
-            Mode::Merged(m) => self.merged_message(m, store, message),
+        let Session { shared, mode } = self;
+        match mode {
+            Mode::Pipe(p) => shared.pipe_message(p, store, message),
+            Mode::Merged(m) => shared.merged_message(m, store, message),
             _ => {}
         }
-        self.put_mode(mode);
     }
 }

@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use std::time::Instant;
 
-use super::{Report, Session, reply};
+use super::{Report, Shared, reply};
 use crate::verb::Verb;
 
 /// The client command being timed for `ferry_commands_total` and latency.
@@ -61,7 +61,7 @@ pub(super) fn record(t: Timing, tagged: &[u8], now: Instant) -> Report {
     }
 }
 
-impl Session {
+impl Shared {
     /// Starts timing the client command `raw`; returns its tag (a slice of
     /// `raw`, not a copy).
     pub(super) fn time_command(&mut self, raw: &Bytes) -> Bytes {

@@ -24,7 +24,7 @@ pub(in crate::session) fn append_probe(command: &[u8]) -> Option<AppendProbe> {
     })
 }
 
-impl Session {
+impl Shared {
     pub(in crate::session) fn merged_append(
         &mut self,
         m: &mut Merged,
@@ -98,14 +98,12 @@ impl Session {
     }
 
     /// A further literal in a streamed APPEND (MULTIAPPEND-style continuation).
-    pub(in crate::session) fn merged_append_literal(&mut self, a: Announcement) {
+    pub(in crate::session) fn merged_append_literal(&mut self, m: &mut Merged, a: Announcement) {
         if !a.sync {
             return;
         }
         self.input = Input::Waiting;
-        if let crate::session::Mode::Merged(m) = &mut self.mode
-            && let Some(Job::Append { pending, .. }) = &mut m.job
-        {
+        if let Some(Job::Append { pending, .. }) = &mut m.job {
             *pending = Some(a);
         }
     }

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Session {
+impl Shared {
     pub(in crate::session) fn by_name(
         &mut self,
         m: &mut Merged,

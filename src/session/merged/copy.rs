@@ -261,7 +261,7 @@ impl CopyJob {
     }
 }
 
-impl Session {
+impl Shared {
     /// A frame of a body FETCH response on OLD (see [`super::Merged::classify`]).
     pub(in crate::session) fn merged_copy_frame(&mut self, m: &mut Merged, frame: Frame) {
         if let Some(Job::Copy(c)) = &mut m.job {

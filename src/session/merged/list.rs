@@ -99,7 +99,7 @@ pub(in crate::session) fn may_continue(pattern: &[u8], text: &[u8], delim: u8) -
     set.iter().any(|s| *s)
 }
 
-impl Session {
+impl Shared {
     pub(in crate::session) fn list(
         &mut self,
         m: &mut Merged,

@@ -24,7 +24,7 @@ use imap_codec::{
     },
 };
 
-use super::{Action, Credentials, Input, Session, reply, reply::Rfc5530};
+use super::{Action, Credentials, Input, Shared, reply, reply::Rfc5530};
 use crate::{
     caps::{Cap, Caps},
     config::Config,
@@ -335,7 +335,7 @@ impl Merged {
     }
 }
 
-impl Session {
+impl Shared {
     fn need_old(&mut self, m: &mut Merged, raw: &Bytes) -> Option<bool> {
         match m.old {
             OldState::Ready => Some(true),

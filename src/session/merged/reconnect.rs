@@ -49,7 +49,7 @@ pub(in crate::session) struct Resume {
 const CHANGED: &str = "The Old/ folder store restarted and the folder changed; please reconnect.";
 const GONE: &str = "The Old/ folder store went away, please reconnect.";
 
-impl Session {
+impl Shared {
     /// OLD went away while the client had an `Old/` folder open. `clean`: no
     /// response was cut in the middle. Returns false when the session cannot
     /// go on that way (the caller ends it).

@@ -3,17 +3,14 @@
 
 use super::*;
 
-impl Session {
-    pub(in crate::session) fn idle_done(&mut self, frame: crate::frame::Frame) {
+impl Shared {
+    pub(in crate::session) fn idle_done(&mut self, m: &mut Merged, frame: crate::frame::Frame) {
         let crate::frame::Frame::Line { bytes, .. } = frame else {
             return;
         };
         if imap_codec::IdleDoneCodec::new().decode(&bytes).is_err() {
             return self.send_client(reply::bad(b"*", "Expected DONE"));
         }
-        let crate::session::Mode::Merged(m) = &mut self.mode else {
-            return;
-        };
         let Some(Job::Idle(i)) = &mut m.job else {
             return;
         };
