@@ -39,13 +39,19 @@ pub(super) struct Clock {
     store_active: [Instant; 2],
     /// Since when the client has been in IDLE (renewed toward the store).
     idle_since: Option<Instant>,
-    ending: Option<Ending>,
-    /// When a session whose phase changed is ended (spread over the drain window).
-    phase_end_at: Option<Instant>,
-    /// OLD's next reconnect attempt, and the wait that led to it.
-    reconnect: Option<(Instant, Duration)>,
-    /// The wait before the reconnect attempt in flight.
-    reconnect_wait: Option<Duration>,
+    /// Why and from when the session is to end at its next safe point
+    /// (a phase change is spread over the drain window).
+    ending: Option<(Ending, Instant)>,
+    /// OLD reconnecting under an open folder (rare: boxed, idle sessions
+    /// are thousands).
+    reconnect: Option<Box<Reconnect>>,
+}
+
+struct Reconnect {
+    /// When the next attempt is made; `None` while one is under way.
+    at: Option<Instant>,
+    /// The wait before that attempt.
+    wait: Duration,
 }
 
 impl Clock {
@@ -56,10 +62,13 @@ impl Clock {
             store_active: [now; 2],
             idle_since: None,
             ending: None,
-            phase_end_at: None,
             reconnect: None,
-            reconnect_wait: None,
         }
+    }
+
+    /// OLD is back: no more attempts.
+    pub(super) fn reconnected(&mut self) {
+        self.reconnect = None;
     }
 
     pub(super) fn store_active(&mut self, store: Store) {
@@ -110,8 +119,9 @@ impl Session {
             Some(c.client_deadline),
             store,
             refresh,
-            c.phase_end_at.filter(|_| c.ending.is_none()),
-            c.reconnect.map(|(at, _)| at),
+            // Once due, the session waits for a safe point, not the clock.
+            c.ending.map(|(_, at)| at).filter(|at| *at > c.now),
+            c.reconnect.as_ref().and_then(|r| r.at),
         ]
         .into_iter()
         .flatten()
@@ -146,24 +156,19 @@ impl Session {
             self.clock.store_active[idx(store)] = now;
             self.backend_closed(store);
         }
-        if self.clock.ending.is_none() && self.clock.phase_end_at.is_some_and(|at| now >= at) {
-            self.clock.phase_end_at = None;
-            self.clock.ending = Some(Ending::PhaseChange);
-        }
-        if let Some((at, wait)) = self.clock.reconnect
-            && now >= at
+        if let Some(r) = &mut self.clock.reconnect
+            && r.at.is_some_and(|at| now >= at)
         {
-            self.clock.reconnect = None;
-            self.reconnect_attempt(wait);
+            r.at = None;
+            self.reconnect_attempt();
         }
     }
 
-    fn reconnect_attempt(&mut self, wait: Duration) {
+    fn reconnect_attempt(&mut self) {
         let super::Mode::Merged(m) = &self.mode else {
             return;
         };
         let credentials = m.credentials.clone();
-        self.clock.reconnect_wait = Some(wait);
         self.actions.push_back(Action::Login {
             store: Store::Old,
             credentials,
@@ -173,8 +178,8 @@ impl Session {
 
     /// Ends the session at its next safe point.
     pub(super) fn end_soon(&mut self, why: Ending) {
-        if self.clock.ending != Some(Ending::Shutdown) {
-            self.clock.ending = Some(why);
+        if !matches!(self.clock.ending, Some((Ending::Shutdown, _))) {
+            self.clock.ending = Some((why, self.clock.now));
         }
     }
 
@@ -187,7 +192,7 @@ impl Session {
             return;
         };
         let now_phase = config.migration.phase_for(user);
-        if now_phase == phase || self.clock.phase_end_at.is_some() {
+        if now_phase == phase || self.clock.ending.is_some() {
             return;
         }
         tracing::info!(
@@ -196,14 +201,16 @@ impl Session {
             "phase changed by reload"
         );
         let window = Duration::from_secs(config.migration.drain_secs);
-        self.clock.phase_end_at = Some(self.clock.now + spread(self.cfg.id, window));
+        let at = self.clock.now + spread(self.cfg.id, window);
+        self.clock.ending = Some((Ending::PhaseChange, at));
     }
 
     /// After every event: end the session if it is to end and at a safe
     /// point (an IDLE is ended with its store first), and keep a long IDLE
     /// renewed toward its store.
     pub(super) fn settle(&mut self) {
-        if let Some(ending) = self.clock.ending
+        if let Some((ending, at)) = self.clock.ending
+            && self.clock.now >= at
             && !self.closed
         {
             if self.is_idle() {
@@ -233,19 +240,25 @@ impl Shared {
     /// OLD is to be logged in to again after it went away: first after a
     /// short wait (a store that restarts takes a few seconds).
     pub(super) fn reconnect_soon(&mut self) {
-        self.clock.reconnect = Some((self.clock.now + RECONNECT_FIRST, RECONNECT_FIRST));
+        self.clock.reconnect = Some(Box::new(Reconnect {
+            at: Some(self.clock.now + RECONNECT_FIRST),
+            wait: RECONNECT_FIRST,
+        }));
     }
 
     /// A reconnect attempt failed with the store unavailable: `true` when
     /// another is scheduled (0.5, 1, 2, 4 s apart), `false` to give up.
     pub(super) fn reconnect_again(&mut self) -> bool {
-        match self.clock.reconnect_wait.take() {
-            Some(wait) if wait < RECONNECT_LAST => {
-                let wait = wait * 2;
-                self.clock.reconnect = Some((self.clock.now + wait, wait));
+        match &mut self.clock.reconnect {
+            Some(r) if r.wait < RECONNECT_LAST => {
+                r.wait *= 2;
+                r.at = Some(self.clock.now + r.wait);
                 true
             }
-            _ => false,
+            _ => {
+                self.clock.reconnect = None;
+                false
+            }
         }
     }
 }

@@ -366,6 +366,7 @@ impl Shared {
     ) {
         match result {
             Ok(info) => {
+                self.clock.reconnected();
                 m.map.set_layout(Store::Old, info.layout.clone());
                 self.attach_store(Store::Old, info);
                 m.old = OldState::Ready;
