@@ -35,10 +35,6 @@ pub(super) struct Clock {
     pub(super) now: Instant,
     /// The client is logged out when silent (and its stores too) past this.
     client_deadline: Instant,
-    /// When each store last sent or was sent something.
-    store_active: [Instant; 2],
-    /// Since when the client has been in IDLE (renewed toward the store).
-    idle_since: Option<Instant>,
     /// Why and from when the session is to end at its next safe point
     /// (a phase change is spread over the drain window).
     ending: Option<(Ending, Instant)>,
@@ -59,8 +55,6 @@ impl Clock {
         Self {
             now,
             client_deadline: now + preauth_timeout,
-            store_active: [now; 2],
-            idle_since: None,
             ending: None,
             reconnect: None,
         }
@@ -69,10 +63,6 @@ impl Clock {
     /// OLD is back: no more attempts.
     pub(super) fn reconnected(&mut self) {
         self.reconnect = None;
-    }
-
-    pub(super) fn store_active(&mut self, store: Store) {
-        self.store_active[idx(store)] = self.now;
     }
 }
 
@@ -111,10 +101,11 @@ impl Session {
         let c = &self.clock;
         let store = self
             .awaiting_store()
-            .map(|s| c.store_active[idx(s)] + self.limit(|l| l.backend_command_timeout_secs));
-        let refresh = c
-            .idle_since
-            .map(|since| since + self.limit(|l| l.idle_refresh_secs));
+            .and_then(|s| self.stores[idx(s)].as_ref())
+            .map(|conn| conn.active + self.limit(|l| l.backend_command_timeout_secs));
+        let refresh = self
+            .running_idle()
+            .map(|i| i.since + self.limit(|l| l.idle_refresh_secs));
         [
             Some(c.client_deadline),
             store,
@@ -142,9 +133,8 @@ impl Session {
             self.end("Autologout; idle for too long");
             self.clock.client_deadline = now + self.client_timeout();
         } else if let Some(store) = self.awaiting_store()
-            && now
-                >= self.clock.store_active[idx(store)]
-                    + self.limit(|l| l.backend_command_timeout_secs)
+            && let Some(conn) = self.stores[idx(store)].as_ref()
+            && now >= conn.active + self.limit(|l| l.backend_command_timeout_secs)
         {
             tracing::warn!(
                 store = store.as_str(),
@@ -152,8 +142,6 @@ impl Session {
             );
             self.report(Report::LimitHit("backend_timeout"));
             self.report(Report::BackendTimeout(store));
-            // Never spin on a deadline already past, whatever comes next.
-            self.clock.store_active[idx(store)] = now;
             self.backend_closed(store);
         }
         if let Some(r) = &mut self.clock.reconnect
@@ -223,16 +211,13 @@ impl Session {
             }
             self.leave_idle();
         }
-        let now = self.clock.now;
         let refresh = self.limit(|l| l.idle_refresh_secs);
-        self.clock.idle_since = match (self.idle_store(), self.clock.idle_since) {
-            (Some(_), Some(since)) if now >= since + refresh => {
-                self.refresh_idle();
-                Some(now)
-            }
-            (Some(_), since) => since.or(Some(now)),
-            (None, _) => None,
-        };
+        if self
+            .running_idle()
+            .is_some_and(|i| self.clock.now >= i.since + refresh)
+        {
+            self.refresh_idle();
+        }
     }
 }
 

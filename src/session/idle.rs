@@ -4,6 +4,8 @@
 //! unseen by the client), and its end — by the client's DONE, or by Ferry's
 //! when the session is to end at a safe point.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 use super::{Store, reply};
@@ -30,6 +32,8 @@ pub(super) struct Idle {
     pub(super) tag: Bytes,
     pub(super) store: Store,
     state: State,
+    /// Since when the store has idled (again): the renewal is due from it.
+    pub(super) since: Instant,
 }
 
 /// What to do with the store's tagged answer to the IDLE.
@@ -44,11 +48,12 @@ pub(super) enum Tagged {
 const DONE: &[u8] = b"DONE\r\n";
 
 impl Idle {
-    pub(super) fn new(tag: Bytes, store: Store) -> Self {
+    pub(super) fn new(tag: Bytes, store: Store, now: Instant) -> Self {
         Idle {
             tag,
             store,
             state: State::Starting,
+            since: now,
         }
     }
 
@@ -70,16 +75,18 @@ impl Idle {
         self.is_renewing() || self.state == State::Ending { by_ferry: true }
     }
 
-    /// The store said `+`: true when the client is to see it.
-    pub(super) fn continued(&mut self) -> bool {
+    /// The store said `+` at `now`: true when the client is to see it.
+    pub(super) fn continued(&mut self, now: Instant) -> bool {
         match self.state {
             State::Starting => {
                 self.state = State::Running;
+                self.since = now;
                 true
             }
             State::Resuming => {
                 // The renewed IDLE runs again; the client never saw it stop.
                 self.state = State::Running;
+                self.since = now;
                 false
             }
             _ => true,
@@ -123,9 +130,9 @@ mod tests {
 
     #[test]
     fn renewal_is_unseen_and_done_ends_it() {
-        let mut i = Idle::new(Bytes::from_static(b"a2"), Store::New);
+        let mut i = Idle::new(Bytes::from_static(b"a2"), Store::New, Instant::now());
         assert_eq!(i.renew(), None, "not before the store idles");
-        assert!(i.continued(), "the first + is the client's");
+        assert!(i.continued(Instant::now()), "the first + is the client's");
         assert!(i.is_running());
         assert_eq!(i.renew().as_deref(), Some(DONE));
         assert!(i.is_renewing() && i.holds_client());
@@ -133,7 +140,10 @@ mod tests {
             i.tagged(true),
             Tagged::IdleAgain(Bytes::from_static(b"a2 IDLE\r\n"))
         );
-        assert!(!i.continued(), "the renewed IDLE's + is Ferry's");
+        assert!(
+            !i.continued(Instant::now()),
+            "the renewed IDLE's + is Ferry's"
+        );
         assert!(i.is_running() && !i.holds_client());
         assert_eq!(i.end(false).as_deref(), Some(DONE));
         assert_eq!(i.end(true), None, "one DONE only");
@@ -143,13 +153,13 @@ mod tests {
 
     #[test]
     fn a_refused_renewal_ends_the_idle() {
-        let mut i = Idle::new(Bytes::from_static(b"t"), Store::Old);
-        i.continued();
+        let mut i = Idle::new(Bytes::from_static(b"t"), Store::Old, Instant::now());
+        i.continued(Instant::now());
         i.renew();
         assert_eq!(i.tagged(false), Tagged::Over);
-        let mut i = Idle::new(Bytes::from_static(b"t"), Store::Old);
+        let mut i = Idle::new(Bytes::from_static(b"t"), Store::Old, Instant::now());
         assert_eq!(i.end(true), None, "Ferry waits for the store to idle");
-        i.continued();
+        i.continued(Instant::now());
         assert!(i.end(true).is_some() && i.holds_client());
     }
 }

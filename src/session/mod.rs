@@ -191,12 +191,16 @@ enum Mode {
         phase: Phase,
         credentials: Arc<Credentials>,
     },
-    Pipe(PipeState),
+    /// Boxed: the merged phase is the common one while a migration runs,
+    /// and an idle session should not carry the pass-through state inline.
+    Pipe(Box<PipeState>),
     Merged(Box<merged::Merged>),
 }
 
 struct StoreConn {
     framer: Framer,
+    /// When the store last sent or was sent something.
+    active: Instant,
     info: BackendInfo,
     /// How the rest of the current response is handled.
     disposition: Disposition,
@@ -265,7 +269,9 @@ pub struct Shared {
     input: Input,
     /// The command being assembled, literals normalised to `{n+}`.
     command: BytesMut,
-    stores: [Option<StoreConn>; 2],
+    /// Boxed: most sessions have one store connected, and idle sessions
+    /// are thousands.
+    stores: [Option<Box<StoreConn>>; 2],
     actions: VecDeque<Action>,
     next_tag: u64,
     clock: clock::Clock,
@@ -336,12 +342,11 @@ impl Session {
             Event::StoreBytes(store, data) => {
                 // A store at work is not an idle client.
                 self.client_active();
-                self.clock.store_active(store);
+                self.store_active(store);
                 self.backend_input(store, data);
             }
             Event::StoreClosed(store) => self.backend_closed(store),
             Event::LoggedIn(store, result) => {
-                self.clock.store_active(store);
                 self.login_done(store, result);
                 // From now on the idle timeout applies, not the pre-auth one.
                 self.client_active();
@@ -386,9 +391,14 @@ impl Session {
 
     /// The store a client IDLE is running on (not while Ferry renews it).
     pub fn idle_store(&self) -> Option<Store> {
+        self.running_idle().map(|i| i.store)
+    }
+
+    /// The client's IDLE, while the store idles and Ferry is not renewing it.
+    fn running_idle(&self) -> Option<&idle::Idle> {
         match &self.mode {
-            Mode::Pipe(p) => p.idle.as_ref().filter(|i| i.is_running()).map(|i| i.store),
-            Mode::Merged(m) if self.input == Input::IdleDone => m.idle_store(),
+            Mode::Pipe(p) => p.idle.as_ref().filter(|i| i.is_running()),
+            Mode::Merged(m) if self.input == Input::IdleDone => m.running_idle(),
             _ => None,
         }
     }
@@ -679,22 +689,30 @@ impl Shared {
                 caps,
                 credentials,
             ))),
-            Phase::Old | Phase::New => Mode::Pipe(PipeState {
+            Phase::Old | Phase::New => Mode::Pipe(Box::new(PipeState {
                 store,
                 inflight: VecDeque::new(),
                 idle: None,
                 literal: None,
-            }),
+            })),
         })
     }
 
     fn attach_store(&mut self, store: Store, info: BackendInfo) {
-        self.stores[idx(store)] = Some(StoreConn {
+        self.stores[idx(store)] = Some(Box::new(StoreConn {
             // Store responses are bounded like client lines; literals stream.
             framer: Framer::new(Peer::Server, self.cfg.config.limits.max_line_bytes),
+            active: self.clock.now,
             info,
             disposition: Disposition::Forward,
-        });
+        }));
+    }
+
+    /// The store was heard from or written to just now.
+    fn store_active(&mut self, store: Store) {
+        if let Some(c) = self.stores[idx(store)].as_mut() {
+            c.active = self.clock.now;
+        }
     }
 
     fn store_has(&self, store: Store, cap: Cap) -> bool {
@@ -720,7 +738,7 @@ impl Shared {
         if let Some(t) = &mut self.timing {
             t.stores |= 1 << idx(store);
         }
-        self.clock.store_active(store);
+        self.store_active(store);
         self.actions.push_back(Action::ToBackend(store, bytes));
     }
 

@@ -22,13 +22,13 @@ pub(super) fn is_capability(line: &[u8]) -> bool {
 impl PipeState {
     /// Store responses pass through; CAPABILITY is filtered and tagged lines
     /// are looked at to know which commands are still running.
-    pub(super) fn classify(&mut self, line: &[u8]) -> Disposition {
+    pub(super) fn classify(&mut self, line: &[u8], now: std::time::Instant) -> Disposition {
         let capability = is_capability(line);
         if line.starts_with(b"+") {
             // A `+` for a literal the client waits to send, else the IDLE's.
             if self.literal.take().is_none()
                 && let Some(idle) = &mut self.idle
-                && !idle.continued()
+                && !idle.continued(now)
             {
                 return Disposition::Drop;
             }
@@ -78,7 +78,11 @@ impl Shared {
         {
             let timing = super::Timing::new(bytes, self.clock.now);
             if timing.verb.is("IDLE") {
-                p.idle = Some(super::idle::Idle::new(timing.tag.clone(), store));
+                p.idle = Some(super::idle::Idle::new(
+                    timing.tag.clone(),
+                    store,
+                    self.clock.now,
+                ));
             }
             p.inflight.push_back(timing);
         }

@@ -84,7 +84,7 @@ impl Session {
 
     pub(super) fn classify(&mut self, store: Store, line: &[u8], literal: bool) -> Disposition {
         match &mut self.mode {
-            Mode::Pipe(p) => p.classify(line),
+            Mode::Pipe(p) => p.classify(line, self.shared.clock.now),
             Mode::Merged(m) => {
                 if store == Store::Old {
                     m.observe_old(line, literal);

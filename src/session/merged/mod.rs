@@ -220,10 +220,10 @@ impl Merged {
         }
     }
 
-    /// The store of a running IDLE that the client is in.
-    pub(super) fn idle_store(&self) -> Option<Store> {
+    /// The running IDLE that the client is in.
+    pub(super) fn running_idle(&self) -> Option<&super::idle::Idle> {
         match self.job.as_ref()? {
-            Job::Idle(i) if i.is_running() => Some(i.store),
+            Job::Idle(i) if i.is_running() => Some(i),
             _ => None,
         }
     }
@@ -522,7 +522,7 @@ impl Shared {
             Route::Noop => self.noop(m, raw, tag),
             Route::Idle => {
                 let store = m.selected.unwrap_or(Store::New);
-                let job = Job::Idle(super::idle::Idle::new(tag, store));
+                let job = Job::Idle(super::idle::Idle::new(tag, store, self.clock.now));
                 self.start(m, None, store, raw.clone(), job);
             }
             Route::List { lsub } => self.list(m, cmd, raw, tag, lsub),

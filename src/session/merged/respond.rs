@@ -76,7 +76,7 @@ impl Shared {
         match &mut m.job {
             Some(Job::Idle(i)) if i.store == store => {
                 // The `+` of a renewed IDLE is Ferry's: the client never saw it stop.
-                if i.continued() {
+                if i.continued(self.clock.now) {
                     self.send_client(msg);
                 }
                 self.input = Input::IdleDone;
