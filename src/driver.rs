@@ -1,24 +1,10 @@
 //! The only async glue: moves bytes between the client, the stores and the
 //! sans-IO [`Session`], and performs its actions.
 
-use std::{
-    cell::RefCell,
-    future::Future,
-    io::{self, IoSlice},
-    net::IpAddr,
-    pin::Pin,
-    sync::Arc,
-    task::Poll,
-    time::Duration,
-};
+use std::{future::Future, io, net::IpAddr, pin::Pin, sync::Arc, time::Duration};
 
-use bytes::{Buf, Bytes, BytesMut};
-
-use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
-    sync::watch,
-    time::Instant,
-};
+use bytes::Bytes;
+use tokio::{io::AsyncWriteExt, sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -29,45 +15,10 @@ use crate::{
     session::{Action, Credentials, Event, LoginPurpose, Session, SessionConfig, Store},
     tls::MaybeTls,
     wake::WhenWoken,
+    wire::{Outbox, read_opt, scratch, write_parts},
 };
 
 type Login = Pin<Box<dyn Future<Output = Result<Connected, BackendError>> + Send>>;
-
-/// Every read of a worker thread lands in its one scratch buffer and is
-/// handed to the session at once (the session keeps only what it needs), so
-/// a session holds no read buffer of its own: idle sessions stay small, and
-/// a read takes up to 64 KiB, whatever the session read before.
-const READ_BUF: usize = 64 * 1024;
-
-thread_local! {
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUF].into_boxed_slice());
-}
-
-/// Reads from an optional stream into this thread's scratch buffer (pends
-/// forever when there is none). The caller takes the bytes with [`scratch`]
-/// before it next awaits: `select!` runs a branch's handler in the same poll
-/// that completed the read, so no other session can overwrite them.
-async fn read_opt(stream: &mut Option<MaybeTls>) -> io::Result<usize> {
-    let Some(stream) = stream else {
-        return std::future::pending().await;
-    };
-    std::future::poll_fn(|cx| {
-        SCRATCH.with_borrow_mut(|buf| {
-            let mut read = ReadBuf::new(buf);
-            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-    })
-    .await
-}
-
-/// The `n` bytes the last [`read_opt`] on this thread left.
-fn scratch<R>(n: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-    SCRATCH.with_borrow(|buf| f(&buf[..n]))
-}
 
 async fn login_opt(login: &mut Option<Login>) -> Result<Connected, BackendError> {
     match login {
@@ -228,7 +179,7 @@ fn now() -> std::time::Instant {
 
 /// What a store's socket gave: its bytes go to the session, its end closes it.
 fn store_read(session: &mut Session, io: &mut Io, store: Store, read: io::Result<usize>) {
-    let i = store_idx(store);
+    let i = store.index();
     match read {
         Ok(0) | Err(_) => {
             io.stores[i] = None;
@@ -248,14 +199,14 @@ fn login_result(
     store: Store,
     result: Result<Connected, BackendError>,
 ) {
-    let primary = io.primary[store_idx(store)].take();
+    let primary = io.primary[store.index()].take();
     match result {
         Ok(connected) => {
             metrics::backend_connect(store.as_str(), "ok");
             if let Some(c) = &primary {
                 ctx.throttle.succeeded(&c.user);
             }
-            io.stores[store_idx(store)] = Some(connected.stream);
+            io.stores[store.index()] = Some(connected.stream);
             session.handle(now(), Event::LoggedIn(store, Ok(connected.info)));
             if !connected.rest.is_empty() {
                 session.handle(now(), Event::StoreBytes(store, &connected.rest));
@@ -277,80 +228,6 @@ fn login_result(
     }
 }
 
-fn store_idx(store: Store) -> usize {
-    match store {
-        Store::Old => 0,
-        Store::New => 1,
-    }
-}
-
-/// Writes queued for one peer, sent together: one system call (and one TLS
-/// record) for a burst of small responses instead of one each.
-#[derive(Default)]
-struct Outbox {
-    parts: Vec<Bytes>,
-    len: usize,
-}
-
-impl Outbox {
-    fn push(&mut self, b: Bytes) {
-        self.len += b.len();
-        self.parts.push(b);
-    }
-
-    fn take(&mut self) -> Option<Vec<Bytes>> {
-        self.len = 0;
-        (!self.parts.is_empty()).then(|| std::mem::take(&mut self.parts))
-    }
-}
-
-/// Writes `parts` in order and returns how many bytes that was. Plain TCP
-/// gets them in one `writev` (no copy); over TLS they are joined first, so
-/// a burst is one record rather than one per line.
-async fn write_parts(stream: &mut MaybeTls, mut parts: Vec<Bytes>) -> io::Result<usize> {
-    parts.retain(|p| !p.is_empty());
-    let total = parts.iter().map(Bytes::len).sum();
-    if parts.len() > 1 && !matches!(stream, MaybeTls::Plain(_)) {
-        let mut all = BytesMut::with_capacity(total);
-        for p in parts.drain(..) {
-            all.extend_from_slice(&p);
-        }
-        parts.push(all.freeze());
-    }
-    let mut first = 0;
-    while first < parts.len() {
-        // The slices live only inside one poll: held across the await they
-        // would be a kilobyte of every idle session's task.
-        let mut written = std::future::poll_fn(|cx| {
-            if first + 1 == parts.len() {
-                // Most writes are one part: no slice array to fill.
-                return Pin::new(&mut *stream).poll_write(cx, &parts[first]);
-            }
-            let mut slices = [IoSlice::new(&[]); 64];
-            let count = (parts.len() - first).min(slices.len());
-            for (slice, part) in slices.iter_mut().zip(&parts[first..first + count]) {
-                *slice = IoSlice::new(part);
-            }
-            Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count])
-        })
-        .await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let part = &mut parts[first];
-            let n = written.min(part.len());
-            part.advance(n);
-            written -= n;
-            if part.is_empty() {
-                first += 1;
-            }
-        }
-    }
-    stream.flush().await?;
-    Ok(total)
-}
-
 async fn write_client(io: &mut Io, parts: Vec<Bytes>) -> io::Result<()> {
     if let Some(c) = io.client.as_mut() {
         let n = write_parts(c, parts).await?;
@@ -361,7 +238,7 @@ async fn write_client(io: &mut Io, parts: Vec<Bytes>) -> io::Result<()> {
 
 /// A store that cannot be written to is gone for the session.
 async fn write_store(session: &mut Session, io: &mut Io, store: Store, parts: Vec<Bytes>) {
-    let i = store_idx(store);
+    let i = store.index();
     let Some(s) = io.stores[i].as_mut() else {
         return;
     };
@@ -392,7 +269,7 @@ async fn next_action(session: &mut Session, io: &mut Io) -> Option<Step> {
         let full = client.len >= BATCH || stores.iter().any(|s| s.len >= BATCH);
         match (full, session.poll_action()) {
             (false, Some(Action::ToClient(b))) => client.push(b),
-            (false, Some(Action::ToBackend(s, b))) => stores[store_idx(s)].push(b),
+            (false, Some(Action::ToBackend(s, b))) => stores[s.index()].push(b),
             (full, other) => {
                 // Flush the batch first, then hand over the action that ended it.
                 for (i, store) in [Store::Old, Store::New].into_iter().enumerate() {
@@ -473,8 +350,8 @@ async fn perform(
                     metrics::auth_throttled("known_failure");
                 }
             }
-            io.primary[store_idx(store)] = primary.then(|| credentials.clone());
-            io.logins[store_idx(store)] = Some(Box::pin(async move {
+            io.primary[store.index()] = primary.then(|| credentials.clone());
+            io.logins[store.index()] = Some(Box::pin(async move {
                 if let Some(v) = verdict {
                     tokio::time::sleep(v.delay).await;
                     if v.known_failure {
@@ -486,7 +363,7 @@ async fn perform(
             }));
         }
         Action::CloseBackend(store) => {
-            if let Some(mut s) = io.stores[store_idx(store)].take() {
+            if let Some(mut s) = io.stores[store.index()].take() {
                 // Let the store see our LOGOUT, but never wait long for it.
                 let _ = tokio::time::timeout(Duration::from_millis(200), s.shutdown()).await;
             }

@@ -41,6 +41,7 @@ pub mod throttle;
 pub mod tls;
 pub mod verb;
 pub mod wake;
+pub mod wire;
 pub mod workers;
 
 pub use server::Ferry;

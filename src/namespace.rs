@@ -27,6 +27,14 @@ pub enum Store {
 }
 
 impl Store {
+    /// 0 for OLD, 1 for NEW: the store's place in per-store arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Store::Old => 0,
+            Store::New => 1,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Store::Old => "old",

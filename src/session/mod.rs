@@ -292,10 +292,7 @@ impl std::ops::DerefMut for Session {
 }
 
 fn idx(store: Store) -> usize {
-    match store {
-        Store::Old => 0,
-        Store::New => 1,
-    }
+    store.index()
 }
 
 /// Pre-login literals are capped low: nobody has authenticated yet.

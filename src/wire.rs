@@ -1,0 +1,118 @@
+//! Socket reads and writes for the driver: every read lands in one scratch
+//! buffer per worker thread, and a burst of writes to one peer leaves as one
+//! system call (one TLS record).
+
+use std::{
+    cell::RefCell,
+    io::{self, IoSlice},
+    pin::Pin,
+    task::Poll,
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::tls::MaybeTls;
+
+/// Every read of a worker thread lands in its one scratch buffer and is
+/// handed to the session at once (the session keeps only what it needs), so
+/// a session holds no read buffer of its own: idle sessions stay small, and
+/// a read takes up to 64 KiB, whatever the session read before.
+const READ_BUF: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUF].into_boxed_slice());
+}
+
+/// Reads from an optional stream into this thread's scratch buffer (pends
+/// forever when there is none). The caller takes the bytes with [`scratch`]
+/// before it next awaits: `select!` runs a branch's handler in the same poll
+/// that completed the read, so no other session can overwrite them.
+pub async fn read_opt(stream: &mut Option<MaybeTls>) -> io::Result<usize> {
+    let Some(stream) = stream else {
+        return std::future::pending().await;
+    };
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|buf| {
+            let mut read = ReadBuf::new(buf);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
+    .await
+}
+
+/// The `n` bytes the last [`read_opt`] on this thread left.
+pub fn scratch<R>(n: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+    SCRATCH.with_borrow(|buf| f(&buf[..n]))
+}
+
+/// Writes queued for one peer, sent together: one system call (and one TLS
+/// record) for a burst of small responses instead of one each.
+#[derive(Default)]
+pub struct Outbox {
+    parts: Vec<Bytes>,
+    pub len: usize,
+}
+
+impl Outbox {
+    pub fn push(&mut self, b: Bytes) {
+        self.len += b.len();
+        self.parts.push(b);
+    }
+
+    pub fn take(&mut self) -> Option<Vec<Bytes>> {
+        self.len = 0;
+        (!self.parts.is_empty()).then(|| std::mem::take(&mut self.parts))
+    }
+}
+
+/// Writes `parts` in order and returns how many bytes that was. Plain TCP
+/// gets them in one `writev` (no copy); over TLS they are joined first, so
+/// a burst is one record rather than one per line.
+pub async fn write_parts(stream: &mut MaybeTls, mut parts: Vec<Bytes>) -> io::Result<usize> {
+    parts.retain(|p| !p.is_empty());
+    let total = parts.iter().map(Bytes::len).sum();
+    if parts.len() > 1 && !matches!(stream, MaybeTls::Plain(_)) {
+        let mut all = BytesMut::with_capacity(total);
+        for p in parts.drain(..) {
+            all.extend_from_slice(&p);
+        }
+        parts.push(all.freeze());
+    }
+    let mut first = 0;
+    while first < parts.len() {
+        // The slices live only inside one poll: held across the await they
+        // would be a kilobyte of every idle session's task.
+        let mut written = std::future::poll_fn(|cx| {
+            if first + 1 == parts.len() {
+                // Most writes are one part: no slice array to fill.
+                return Pin::new(&mut *stream).poll_write(cx, &parts[first]);
+            }
+            let mut slices = [IoSlice::new(&[]); 64];
+            let count = (parts.len() - first).min(slices.len());
+            for (slice, part) in slices.iter_mut().zip(&parts[first..first + count]) {
+                *slice = IoSlice::new(part);
+            }
+            Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let part = &mut parts[first];
+            let n = written.min(part.len());
+            part.advance(n);
+            written -= n;
+            if part.is_empty() {
+                first += 1;
+            }
+        }
+    }
+    stream.flush().await?;
+    Ok(total)
+}
