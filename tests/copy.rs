@@ -441,30 +441,7 @@ async fn without_multiappend_copies_and_rolls_back_by_uid() {
 async fn python_imaplib_drags_mail_out_of_old() {
     let env = TestEnv::start().await;
     seed_source(&env).await;
-    let addr = env.ferry.imaps_addr().expect("imaps listener");
-    let ca = write_file(env.dir(), "witness-ca.pem", pem_of(&env.ca).as_bytes());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/witness_copy.py"
-            ))
-            .arg(addr.ip().to_string())
-            .arg(addr.port().to_string())
-            .arg(ca)
-            .arg("alice")
-            .arg(PASSWORD)
-            .output()
-            .expect("run python3 (apt-get install -y python3)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "witness failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_witness(&env, "witness_copy.py", "alice", &[]).await;
     let source = read_mailbox(&env.old, "alice", SOURCE).await;
     let dragged = read_mailbox(&env.new, "alice", "From old").await;
     assert_eq!(contents(&source), contents(&dragged), "{stdout}");

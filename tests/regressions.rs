@@ -98,6 +98,20 @@ async fn nested_old_folders_open_as_the_first_command() {
     env.shutdown().await;
 }
 
+/// The same through Python's imaplib, an independent client.
+#[tokio::test]
+async fn imaplib_reopens_nested_old_folders_first() {
+    let env = TestEnv::start().await;
+    run_witness(
+        &env,
+        "witness_reopen.py",
+        "alice",
+        &["Old/Archive/2019", CLIENT_JP_WIRE, "Old/Sent"],
+    )
+    .await;
+    env.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_clean_logout_in_a_pass_through_phase_ends_with_its_ok() {
     let env = TestEnv::start().await;

@@ -10,10 +10,10 @@ with `UID COPY 1:* "From old"`, and checks the tagged OK carries
 messages. Prints each step; exit status 0 only if all went as expected.
 """
 
-import imaplib
 import re
-import ssl
 import sys
+
+from witness_tls import connect
 
 COPYUID = re.compile(rb"\[COPYUID (\d+) ([0-9:,]+) ([0-9:,]+)\]")
 
@@ -26,16 +26,9 @@ def count(uid_set):
     return n
 
 
-class Client(imaplib.IMAP4_SSL):
-    def _create_socket(self, timeout):
-        sock = imaplib.IMAP4._create_socket(self, timeout)
-        return self.ssl_context.wrap_socket(sock, server_hostname="localhost")
-
-
 def main():
     host, port, cafile, user, password = sys.argv[1:6]
-    ctx = ssl.create_default_context(cafile=cafile)
-    m = Client(host, int(port), ssl_context=ctx, timeout=60)
+    m = connect(host, port, cafile)
     print("login", m.login(user, password)[0])
     print("create", m.create('"From old"'))
     typ, data = m.select('"Old/Copysrc"', readonly=True)

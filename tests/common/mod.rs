@@ -1913,6 +1913,40 @@ impl TestEnv {
     }
 }
 
+/// Runs the Python imaplib witness `script` (in `tests/`) against Ferry's
+/// implicit-TLS listener as `user`, with `args` after the usual
+/// `HOST PORT CAFILE USER PASSWORD`; panics with its output unless it exits 0.
+pub async fn run_witness(env: &TestEnv, script: &str, user: &str, args: &[&str]) -> String {
+    let addr = env.ferry.imaps_addr().expect("imaps listener");
+    let ca = write_file(env.dir(), "witness-ca.pem", pem_of(&env.ca).as_bytes());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let mut command = std::process::Command::new("python3");
+    command
+        .arg(script)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(ca)
+        .arg(user)
+        .arg(password_for(user))
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || {
+        command
+            .output()
+            .expect("run python3 (apt-get install -y python3)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "witness failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Writes `bytes` to a file in `dir` and returns its path (handy for configs).
 pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
