@@ -1,7 +1,8 @@
 //! The sans-IO session: one client, up to two stores.
 //!
-//! The driver feeds bytes in ([`Session::client_input`], [`Session::backend_input`])
-//! and performs what [`Session::poll_action`] returns. No sockets, no clock.
+//! The driver hands in each [`Event`] with the time it happened
+//! ([`Session::handle`]), performs what [`Session::poll_action`] returns, and
+//! sleeps until [`Session::poll_timeout`]. No sockets, no clock, no globals.
 //!
 //! Client bytes are framed ([`crate::frame`]) and assembled into whole commands,
 //! except APPEND messages, which stream to the store. Commands are handled one at
@@ -151,7 +152,7 @@ pub enum Action {
     ToBackend(Store, Bytes),
     /// Start the TLS handshake on the client connection (after the queued OK).
     StartTls,
-    /// Connect and log in to a store; report with [`Session::login_done`].
+    /// Connect and log in to a store; report with [`Event::LoggedIn`].
     Login {
         store: Store,
         credentials: Arc<Credentials>,
