@@ -20,18 +20,16 @@ pub enum Cap {
     UidPlus,
     Namespace,
     LoginDisabled,
-    Idle,
 }
 
 impl Cap {
-    const ALL: [(Cap, &'static str); 7] = [
+    const ALL: [(Cap, &'static str); 6] = [
         (Cap::LiteralPlus, "LITERAL+"),
         (Cap::Unselect, "UNSELECT"),
         (Cap::Multiappend, "MULTIAPPEND"),
         (Cap::UidPlus, "UIDPLUS"),
         (Cap::Namespace, "NAMESPACE"),
         (Cap::LoginDisabled, "LOGINDISABLED"),
-        (Cap::Idle, "IDLE"),
     ];
 
     fn bit(self) -> u32 {

@@ -102,13 +102,12 @@ pub fn route(body: &CommandBody<'_>) -> Route {
 /// commands the merged phase may forward without decoding them: NOOP and
 /// FETCH, SEARCH, STORE (also under UID), whose routes never depend on their
 /// arguments. `None`: decode the command. The tag must be valid, since the
-/// session matches the store's answer by it.
-pub fn by_name(line: &[u8]) -> Option<Route> {
+/// session matches the store's answer by it. `verb` is `line`'s.
+pub fn by_name(line: &[u8], verb: Verb) -> Option<Route> {
     let (tag, name) = crate::frame::head(line);
     if name.is_empty() || Tag::validate(tag).is_err() {
         return None;
     }
-    let verb = Verb::of(line);
     match verb.name() {
         "FETCH" | "SEARCH" => Some(Route::Selected(SelectedOp::Read)),
         "STORE" => Some(Route::Selected(SelectedOp::Store)),
@@ -182,7 +181,11 @@ mod tests {
             "a STORE 1 +FLAGS (\\Seen)\r\n",
             "t]1 UID STORE 1:3 -FLAGS.SILENT (\\Deleted)\r\n",
         ] {
-            assert_eq!(by_name(line.as_bytes()), Some(route_of(line)), "{line}");
+            assert_eq!(
+                by_name(line.as_bytes(), Verb::of(line.as_bytes())),
+                Some(route_of(line)),
+                "{line}"
+            );
         }
     }
 
@@ -205,7 +208,11 @@ mod tests {
             "{1} NOOP\r\n",
             "a\"b NOOP\r\n",
         ] {
-            assert_eq!(by_name(line.as_bytes()), None, "{line}");
+            assert_eq!(
+                by_name(line.as_bytes(), Verb::of(line.as_bytes())),
+                None,
+                "{line}"
+            );
         }
     }
 

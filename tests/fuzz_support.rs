@@ -122,13 +122,6 @@ fn from_store(store: Store) -> &'static str {
     }
 }
 
-fn idx(store: Store) -> usize {
-    match store {
-        Store::Old => 0,
-        Store::New => 1,
-    }
-}
-
 /// Commands that change a mailbox or the mail in it. Ferry must never send one
 /// of them to OLD in the merged phase; `SELECT` is in the list because OLD is
 /// only ever opened with `EXAMINE` (a read-write OLD mailbox would let `CLOSE`
@@ -431,7 +424,7 @@ impl Harness {
     }
 
     fn store(&mut self, store: Store, data: &[u8]) {
-        if self.closed || !self.stores[idx(store)].open {
+        if self.closed || !self.stores[store.index()].open {
             return;
         }
         trace(from_store(store), data);
@@ -440,10 +433,10 @@ impl Harness {
     }
 
     fn store_closed(&mut self, store: Store) {
-        if self.closed || !self.stores[idx(store)].open {
+        if self.closed || !self.stores[store.index()].open {
             return;
         }
-        self.stores[idx(store)] = FakeStore::default();
+        self.stores[store.index()] = FakeStore::default();
         trace(from_store(store), b"(closed)");
         self.s.handle(self.now, Event::StoreClosed(store));
         self.drain();
@@ -479,7 +472,7 @@ impl Harness {
         self.primary_tried = true;
         let result = match outcome {
             LoginOutcome::Ok => {
-                self.stores[idx(store)] = FakeStore {
+                self.stores[store.index()] = FakeStore {
                     open: true,
                     ..FakeStore::default()
                 };
@@ -543,7 +536,7 @@ impl Harness {
                     Action::ToBackend(store, bytes) => {
                         trace(to_store(store), &bytes);
                         self.check_to_store(store, &bytes);
-                        if !self.stores[idx(store)].open {
+                        if !self.stores[store.index()].open {
                             // The driver drops them: whatever they ask is
                             // never answered.
                             assert!(
@@ -554,7 +547,7 @@ impl Harness {
                             );
                             continue;
                         }
-                        let starts = self.stores[idx(store)].feed(&bytes, self.answer);
+                        let starts = self.stores[store.index()].feed(&bytes, self.answer);
                         for line in starts {
                             self.check_to_store(store, &line);
                         }
@@ -567,7 +560,7 @@ impl Harness {
                         logins.push(store);
                     }
                     Action::CloseBackend(store) => {
-                        self.stores[idx(store)] = FakeStore::default();
+                        self.stores[store.index()] = FakeStore::default();
                     }
                     Action::Close => {
                         trace("S:", b"(close)");
@@ -590,8 +583,8 @@ impl Harness {
                 }
             }
             for store in [Store::Old, Store::New] {
-                let replies = std::mem::take(&mut self.stores[idx(store)].replies);
-                if !replies.is_empty() && self.stores[idx(store)].open {
+                let replies = std::mem::take(&mut self.stores[store.index()].replies);
+                if !replies.is_empty() && self.stores[store.index()].open {
                     trace(from_store(store), &replies);
                     self.s.handle(self.now, Event::StoreBytes(store, &replies));
                     progress = true;
@@ -605,7 +598,7 @@ impl Harness {
         // on: the driver's store timeout cannot close that store again.
         if let Some(store) = self.s.awaiting_store() {
             assert!(
-                self.stores[idx(store)].open || tolerated(STORE_GONE),
+                self.stores[store.index()].open || tolerated(STORE_GONE),
                 "the session waits for the {} store, which is not connected",
                 store.as_str()
             );

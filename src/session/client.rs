@@ -2,6 +2,7 @@
 //! to `{n+}`), streamed for APPEND, refused when over a limit.
 
 use super::*;
+use crate::verb::Verb;
 
 impl Session {
     pub(super) fn pump_client(&mut self) {
@@ -125,21 +126,24 @@ impl Session {
             return;
         }
         let Session { shared, mode } = self;
-        if let Mode::Merged(m) = mode
-            && let Some(route) = m.undecoded(&command)
-        {
-            shared.merged_undecoded(m, route, &command);
-        } else {
-            shared.decoded_command(mode, &command);
+        // A merged command's verb is told once: for its route by name and
+        // for its metrics.
+        let verb = matches!(mode, Mode::Merged(_)).then(|| Verb::of(&command));
+        match (&mut *mode, verb) {
+            (Mode::Merged(m), Some(verb)) => match m.undecoded(&command, verb) {
+                Some(route) => shared.merged_undecoded(m, route, &command, verb),
+                None => shared.decoded_command(mode, &command, verb),
+            },
+            _ => shared.decoded_command(mode, &command, Verb::OTHER),
         }
     }
 }
 
 impl Shared {
-    fn decoded_command(&mut self, mode: &mut Mode, command: &Bytes) {
+    fn decoded_command(&mut self, mode: &mut Mode, command: &Bytes, verb: Verb) {
         match (mode, CommandCodec::new().decode(command)) {
             (mode @ Mode::PreAuth, Ok((_, cmd))) => self.preauth_command(mode, cmd),
-            (Mode::Merged(m), Ok((_, cmd))) => self.merged_command(m, cmd, command),
+            (Mode::Merged(m), Ok((_, cmd))) => self.merged_command(m, cmd, command, verb),
             (_, Ok(_)) | (_, Err(_)) => {
                 debug!("undecodable command");
                 let tag = reply::tag_of(command).to_vec();

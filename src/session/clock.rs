@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Action, LoginPurpose, Report, Session, Shared, Store, idx};
+use super::{Action, LoginPurpose, Report, Session, Shared, Store};
 
 /// Why a session is to be ended at its next safe point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ending {
+enum Ending {
     Shutdown,
     PhaseChange,
 }
@@ -68,7 +68,7 @@ impl Clock {
 
 /// Where in `[0, window)` session `id` is ended when many are: spread evenly
 /// (a multiplicative hash of the id), so reconnects do not come all at once.
-pub fn spread(id: u64, window: Duration) -> Duration {
+fn spread(id: u64, window: Duration) -> Duration {
     let unit = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
     window.mul_f64(unit)
 }
@@ -101,7 +101,7 @@ impl Session {
         let c = &self.clock;
         let store = self
             .awaiting_store()
-            .and_then(|s| self.stores[idx(s)].as_ref())
+            .and_then(|s| self.stores[s.index()].as_ref())
             .map(|conn| conn.active + self.limit(|l| l.backend_command_timeout_secs));
         let refresh = self
             .running_idle()
@@ -133,7 +133,7 @@ impl Session {
             self.end("Autologout; idle for too long");
             self.clock.client_deadline = now + self.client_timeout();
         } else if let Some(store) = self.awaiting_store()
-            && let Some(conn) = self.stores[idx(store)].as_ref()
+            && let Some(conn) = self.stores[store.index()].as_ref()
             && now >= conn.active + self.limit(|l| l.backend_command_timeout_secs)
         {
             tracing::warn!(
@@ -164,11 +164,10 @@ impl Session {
         });
     }
 
-    /// Ends the session at its next safe point.
-    pub(super) fn end_soon(&mut self, why: Ending) {
-        if !matches!(self.clock.ending, Some((Ending::Shutdown, _))) {
-            self.clock.ending = Some((why, self.clock.now));
-        }
+    /// Ferry shuts down: the session ends at its next safe point (before
+    /// any phase-change end still to come).
+    pub(super) fn shut_down(&mut self) {
+        self.clock.ending = Some((Ending::Shutdown, self.clock.now));
     }
 
     /// A new configuration: a session not logged in yet takes it; a

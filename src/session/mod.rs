@@ -44,7 +44,6 @@ use crate::{
     frame::{Announcement, Frame, Framer, Peer},
     namespace::Layout,
 };
-pub use clock::spread;
 pub use merged::rename_data;
 
 /// What happened, as the driver saw it; handed to [`Session::handle`] with
@@ -292,10 +291,6 @@ impl std::ops::DerefMut for Session {
     }
 }
 
-fn idx(store: Store) -> usize {
-    store.index()
-}
-
 /// Pre-login literals are capped low: nobody has authenticated yet.
 const PREAUTH_MAX_LITERAL: usize = 8 * 1024;
 
@@ -351,7 +346,7 @@ impl Session {
             }
             Event::Timeout => self.timeout(),
             Event::Reload(config) => self.reload(config),
-            Event::Shutdown => self.end_soon(clock::Ending::Shutdown),
+            Event::Shutdown => self.shut_down(),
         }
         self.settle();
     }
@@ -380,11 +375,6 @@ impl Session {
             Mode::Pipe(p) => !p.idle.as_ref().is_some_and(idle::Idle::holds_client),
             _ => self.input != Input::Waiting,
         }
-    }
-
-    /// True while actions are queued for the driver.
-    pub fn has_actions(&self) -> bool {
-        !self.actions.is_empty()
     }
 
     /// The store a client IDLE is running on (not while Ferry renews it).
@@ -499,13 +489,13 @@ impl Session {
     }
 
     fn backend_input(&mut self, store: Store, data: &[u8]) {
-        let Some(conn) = self.stores[idx(store)].as_mut() else {
+        let Some(conn) = self.stores[store.index()].as_mut() else {
             return;
         };
         conn.framer.push(data);
         loop {
             self.forward_run(store);
-            let Some(conn) = self.stores[idx(store)].as_mut() else {
+            let Some(conn) = self.stores[store.index()].as_mut() else {
                 return;
             };
             match conn.framer.next_frame() {
@@ -525,7 +515,7 @@ impl Session {
     }
 
     fn backend_closed(&mut self, store: Store) {
-        if self.stores[idx(store)].is_some() {
+        if self.stores[store.index()].is_some() {
             self.store_lost(store);
         }
         self.pump_client();
@@ -566,10 +556,10 @@ impl Session {
 
     fn store_lost(&mut self, store: Store) {
         // Whether the store's last response ended cleanly (nothing half-forwarded).
-        let clean = self.stores[idx(store)]
+        let clean = self.stores[store.index()]
             .as_ref()
             .is_some_and(|c| c.framer.at_message_start());
-        self.stores[idx(store)] = None;
+        self.stores[store.index()] = None;
         self.actions.push_back(Action::CloseBackend(store));
         if self.closed {
             return;
@@ -697,7 +687,7 @@ impl Shared {
     }
 
     fn attach_store(&mut self, store: Store, info: BackendInfo) {
-        self.stores[idx(store)] = Some(Box::new(StoreConn {
+        self.stores[store.index()] = Some(Box::new(StoreConn {
             // Store responses are bounded like client lines; literals stream.
             framer: Framer::new(Peer::Server, self.cfg.config.limits.max_line_bytes),
             active: self.clock.now,
@@ -708,7 +698,7 @@ impl Shared {
 
     /// The store was heard from or written to just now.
     fn store_active(&mut self, store: Store) {
-        if let Some(c) = self.stores[idx(store)].as_mut() {
+        if let Some(c) = self.stores[store.index()].as_mut() {
             c.active = self.clock.now;
         }
     }
@@ -719,7 +709,7 @@ impl Shared {
     }
 
     fn store_info(&self, store: Store) -> Option<&BackendInfo> {
-        self.stores[idx(store)].as_ref().map(|c| &c.info)
+        self.stores[store.index()].as_ref().map(|c| &c.info)
     }
 
     fn send_client(&mut self, bytes: Bytes) {
@@ -734,7 +724,7 @@ impl Shared {
 
     fn send_store(&mut self, store: Store, bytes: Bytes) {
         if let Some(t) = &mut self.timing {
-            t.stores |= 1 << idx(store);
+            t.stores |= 1 << store.index();
         }
         self.store_active(store);
         self.actions.push_back(Action::ToBackend(store, bytes));
@@ -755,7 +745,7 @@ impl Shared {
 
     fn logout_stores(&mut self) {
         for store in [Store::Old, Store::New] {
-            if self.stores[idx(store)].take().is_some() {
+            if self.stores[store.index()].take().is_some() {
                 let tag = self.ferry_tag();
                 let line = reply::command(&tag, CommandBody::Logout);
                 self.send_store(store, line);

@@ -44,12 +44,19 @@ impl PipeState {
 impl Shared {
     pub(super) fn pipe_client_frame(&mut self, p: &mut PipeState, frame: Frame) {
         let store = p.store;
+        // A command's first line: what it is, told once.
+        let verb = match &frame {
+            Frame::Line {
+                bytes, start: true, ..
+            } => Verb::of(bytes),
+            _ => Verb::OTHER,
+        };
         if let Frame::Line {
             bytes,
             start: true,
             literal,
         } = &frame
-            && Verb::of(bytes).changes_connection()
+            && verb.changes_connection()
         {
             let tag = reply::tag_of(bytes).to_vec();
             let answer = reply::bad(&tag, "Command not available in this session");
@@ -76,7 +83,7 @@ impl Shared {
         } = &frame
             && !bytes.eq_ignore_ascii_case(b"DONE\r\n")
         {
-            let timing = super::Timing::new(bytes, self.clock.now);
+            let timing = super::Timing::new(bytes, verb, self.clock.now);
             if timing.verb.is("IDLE") {
                 p.idle = Some(super::idle::Idle::new(
                     timing.tag.clone(),
@@ -115,7 +122,7 @@ impl Shared {
             let mut logout = false;
             if let Some(i) = p.inflight.iter().position(|t| t.tag == tag) {
                 let mut timing = p.inflight.remove(i).expect("position is in range");
-                timing.stores = 1 << super::idx(store);
+                timing.stores = 1 << store.index();
                 logout = timing.verb.is("LOGOUT")
                     && crate::frame::head(&message).1.eq_ignore_ascii_case(b"OK");
                 let report = super::record(timing, &message, self.clock.now);
@@ -123,7 +130,7 @@ impl Shared {
             }
             if logout {
                 // The store closes next: that is the end, not a lost store.
-                self.stores[super::idx(store)] = None;
+                self.stores[store.index()] = None;
                 self.send_client(message);
                 self.actions.push_back(super::Action::CloseBackend(store));
                 return self.close();

@@ -11,14 +11,14 @@ impl Session {
         };
         if start && let Frame::Line { bytes, .. } = &frame {
             let disposition = self.classify(store, bytes, more);
-            if let Some(conn) = self.stores[idx(store)].as_mut() {
+            if let Some(conn) = self.stores[store.index()].as_mut() {
                 conn.disposition = disposition;
             }
         }
         let Shared {
             stores, actions, ..
         } = &mut self.shared;
-        let Some(conn) = stores[idx(store)].as_mut() else {
+        let Some(conn) = stores[store.index()].as_mut() else {
             return;
         };
         if let Disposition::Copy = conn.disposition {
@@ -56,7 +56,7 @@ impl Session {
         let Shared {
             stores, actions, ..
         } = shared;
-        let Some(conn) = stores[idx(store)].as_mut() else {
+        let Some(conn) = stores[store.index()].as_mut() else {
             return;
         };
         let mut numbered = None;

@@ -17,12 +17,12 @@ pub(super) struct Timing {
 }
 
 impl Timing {
-    /// Timing for the command starting with `line`; its tag is a slice of
-    /// `line`, not a copy.
-    pub(super) fn new(line: &Bytes, now: Instant) -> Self {
+    /// Timing for the command starting with `line`, whose verb the caller
+    /// has told already; its tag is a slice of `line`, not a copy.
+    pub(super) fn new(line: &Bytes, verb: Verb, now: Instant) -> Self {
         Timing {
             tag: line.slice(..reply::tag_of(line).len()),
-            verb: Verb::of(line),
+            verb,
             stores: 0,
             started: now,
         }
@@ -64,8 +64,8 @@ pub(super) fn record(t: Timing, tagged: &[u8], now: Instant) -> Report {
 impl Shared {
     /// Starts timing the client command `raw`; returns its tag (a slice of
     /// `raw`, not a copy).
-    pub(super) fn time_command(&mut self, raw: &Bytes) -> Bytes {
-        let timing = Timing::new(raw, self.clock.now);
+    pub(super) fn time_command(&mut self, raw: &Bytes, verb: Verb) -> Bytes {
+        let timing = Timing::new(raw, verb, self.clock.now);
         let tag = timing.tag.clone();
         self.timing = Some(timing);
         tag

@@ -32,10 +32,9 @@ impl Shared {
         a: Announcement,
     ) {
         // The command is still being assembled: its first line is copied.
-        self.timing = Some(crate::session::Timing::new(
-            &Bytes::copy_from_slice(&self.command),
-            self.clock.now,
-        ));
+        let head = Bytes::copy_from_slice(&self.command);
+        let verb = crate::verb::Verb::of(&head);
+        self.timing = Some(crate::session::Timing::new(&head, verb, self.clock.now));
         let tag = Bytes::copy_from_slice(probe.command.tag.inner().as_bytes());
         let refuse = |code: Rfc5530, text: &str| reply::no(&tag, code, text);
         let target = m.map.to_backend(&probe.mailbox);

@@ -32,6 +32,7 @@ use crate::{
     merge::{self, RawEntry},
     namespace::{Layout, MapError, NameMap, Store, Target, join_reference, matches},
     route::{self, Local, NameOp, Route, SelectedOp},
+    verb::Verb,
 };
 
 mod append;
@@ -241,8 +242,8 @@ impl Merged {
     /// its name alone: NOOP, and FETCH, SEARCH and STORE on a selected NEW
     /// mailbox. Such a command is not decoded: NEW judges its arguments. A
     /// command for OLD is always decoded, so only what may reach OLD does.
-    pub(super) fn undecoded(&self, raw: &[u8]) -> Option<Route> {
-        let route = route::by_name(raw)?;
+    pub(super) fn undecoded(&self, raw: &[u8], verb: Verb) -> Option<Route> {
+        let route = route::by_name(raw, verb)?;
         let store = match route {
             Route::Noop => self.selected.unwrap_or(Store::New),
             _ => self.selected?,
@@ -502,18 +503,24 @@ impl Shared {
 
     /// Takes up the client command `raw`; its tag, or `None` when the command
     /// must wait until the open `Old/` folder is back.
-    fn begin(&mut self, m: &mut Merged, raw: &Bytes) -> Option<Bytes> {
+    fn begin(&mut self, m: &mut Merged, raw: &Bytes, verb: Verb) -> Option<Bytes> {
         if m.old == OldState::Reconnecting || matches!(m.job, Some(Job::Reopen(..))) {
             m.parked = Some(raw.clone());
             self.input = Input::Waiting;
             return None;
         }
         self.input = Input::Command;
-        Some(self.time_command(raw))
+        Some(self.time_command(raw, verb))
     }
 
-    pub(super) fn merged_command(&mut self, m: &mut Merged, cmd: Command<'_>, raw: &Bytes) {
-        let Some(tag) = self.begin(m, raw) else {
+    pub(super) fn merged_command(
+        &mut self,
+        m: &mut Merged,
+        cmd: Command<'_>,
+        raw: &Bytes,
+        verb: Verb,
+    ) {
+        let Some(tag) = self.begin(m, raw, verb) else {
             return;
         };
         match route::route(&cmd.body) {
@@ -533,8 +540,14 @@ impl Shared {
 
     /// A command that goes to NEW as the client sent it, known by its name
     /// alone (see [`Merged::undecoded`]): no decoding needed.
-    pub(super) fn merged_undecoded(&mut self, m: &mut Merged, route: Route, raw: &Bytes) {
-        let Some(tag) = self.begin(m, raw) else {
+    pub(super) fn merged_undecoded(
+        &mut self,
+        m: &mut Merged,
+        route: Route,
+        raw: &Bytes,
+        verb: Verb,
+    ) {
+        let Some(tag) = self.begin(m, raw, verb) else {
             return;
         };
         match route {

@@ -131,7 +131,7 @@ impl Shared {
                 if let Some(parked) = m.parked.take()
                     && let Ok((_, cmd)) = CommandCodec::new().decode(&parked)
                 {
-                    self.merged_command(m, cmd, &parked);
+                    self.merged_command(m, cmd, &parked, Verb::of(&parked));
                 }
             }
         }
