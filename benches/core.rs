@@ -186,9 +186,11 @@ mod session_bench {
                 starttls: false,
                 subscriptions: Default::default(),
                 id: 1,
+                peer: std::net::Ipv4Addr::LOCALHOST.into(),
+                throttle: Arc::new(ferry::throttle::Throttle::new(&Default::default())),
             },
             Instant::now(),
-            Box::new(ferry::metrics::Recorder),
+            Box::new(ferry::metrics::Recorder { listener: "imaps" }),
         );
         drain(&mut s);
         s.handle(

@@ -55,7 +55,10 @@ impl BackendError {
     pub fn failure(&self) -> LoginFailure {
         match self {
             BackendError::Rejected => LoginFailure::Rejected,
-            _ => LoginFailure::Unavailable,
+            e => LoginFailure::Unavailable {
+                kind: e.kind(),
+                detail: e.to_string(),
+            },
         }
     }
 

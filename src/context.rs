@@ -25,6 +25,16 @@ pub struct Live {
     pub generation: u64,
 }
 
+/// The next configuration, with the receiver to wait for the one after it;
+/// `None` once Ferry has dropped the sender.
+pub async fn live_changed(
+    mut rx: watch::Receiver<Arc<Live>>,
+) -> Option<(watch::Receiver<Arc<Live>>, Arc<Live>)> {
+    rx.changed().await.ok()?;
+    let live = rx.borrow_and_update().clone();
+    Some((rx, live))
+}
+
 /// What every session of one Ferry instance shares.
 pub struct Ctx {
     /// The configuration in force; sessions watch it for phase changes.

@@ -4,38 +4,21 @@
 use std::{future::Future, io, net::IpAddr, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use tokio::{io::AsyncWriteExt, sync::watch, time::Instant};
+use tokio::{io::AsyncWriteExt, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{
     backend::{self, BackendError, Connected},
-    context::{Ctx, Live},
+    context::{Ctx, live_changed},
     metrics::{self, Flow},
-    session::{Action, Credentials, Event, LoginPurpose, Session, SessionConfig, Store},
+    session::{Action, Event, Session, SessionConfig, Store},
     tls::MaybeTls,
     wake::WhenWoken,
-    wire::{Outbox, read_opt, scratch, write_parts},
+    wire::{Outbox, if_some, read_opt, scratch, write_parts},
 };
 
 type Login = Pin<Box<dyn Future<Output = Result<Connected, BackendError>> + Send>>;
-
-async fn login_opt(login: &mut Option<Login>) -> Result<Connected, BackendError> {
-    match login {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next configuration, with the receiver to wait for the one after it;
-/// `None` once Ferry has dropped the sender.
-async fn live_changed(
-    mut rx: watch::Receiver<Arc<Live>>,
-) -> Option<(watch::Receiver<Arc<Live>>, Arc<Live>)> {
-    rx.changed().await.ok()?;
-    let live = rx.borrow_and_update().clone();
-    Some((rx, live))
-}
 
 /// While a command runs, client input beyond this waits in the socket.
 const PIPELINE_BOUND: usize = 16 * 1024;
@@ -45,9 +28,6 @@ struct Io {
     client: Option<MaybeTls>,
     stores: [Option<MaybeTls>; 2],
     logins: [Option<Login>; 2],
-    /// Credentials of a primary login in flight, to record its outcome.
-    primary: [Option<Arc<Credentials>>; 2],
-    peer: IpAddr,
 }
 
 /// Runs one client session to its end: each readiness becomes one
@@ -70,17 +50,16 @@ pub async fn serve(
         starttls: !tls && ctx.acceptor.is_some(),
         subscriptions: ctx.subscriptions.clone(),
         id,
+        peer,
+        throttle: ctx.throttle.clone(),
     };
-    let mut session = Session::new(cfg, std::time::Instant::now(), Box::new(metrics::Recorder));
+    let reporter = Box::new(metrics::Recorder { listener });
+    let mut session = Session::new(cfg, now(), reporter);
     let mut io = Io {
         client: Some(client),
         stores: [None, None],
         logins: [None, None],
-        primary: [None, None],
-        peer,
     };
-    let mut phase = metrics::phase_label(None);
-    metrics::session_phase(listener, None, Some(phase));
     // One timer serves every deadline. It is moved only when the session
     // wants to be woken earlier than it is armed for; when deadlines move
     // later (activity), it fires early, finds nothing due and is armed again.
@@ -93,9 +72,8 @@ pub async fn serve(
     let mut shutting_down = false;
     let mut live_gone = false;
 
-    loop {
+    'session: loop {
         // Perform everything the session asked for.
-        let mut open = true;
         while let Some(step) = next_action(&mut session, &mut io).await {
             let done = match step {
                 Step::ToClient(parts) => write_client(&mut io, parts).await.map(|()| true),
@@ -103,24 +81,13 @@ pub async fn serve(
             };
             match done {
                 Ok(true) => {}
-                Ok(false) => {
-                    open = false;
-                    break;
-                }
+                Ok(false) => break 'session,
                 Err(e) => {
                     debug!(error = %e, "client connection failed");
                     io.client = None;
                     session.handle(now(), Event::ClientClosed);
                 }
             }
-        }
-        let now_phase = metrics::phase_label(session.phase());
-        if now_phase != phase {
-            metrics::session_phase(listener, Some(phase), Some(now_phase));
-            phase = now_phase;
-        }
-        if !open {
-            break;
         }
         if let Some(at) = session.poll_timeout().map(Instant::from_std)
             && (timer.is_elapsed() || at < timer.deadline())
@@ -153,8 +120,8 @@ pub async fn serve(
             },
             r = read_opt(old) => store_read(&mut session, &mut io, Store::Old, r),
             r = read_opt(new) => store_read(&mut session, &mut io, Store::New, r),
-            r = login_opt(old_login) => { io.logins[0] = None; login_result(&mut session, &mut io, &ctx, Store::Old, r); }
-            r = login_opt(new_login) => { io.logins[1] = None; login_result(&mut session, &mut io, &ctx, Store::New, r); }
+            r = if_some(old_login) => login_result(&mut session, &mut io, Store::Old, r),
+            r = if_some(new_login) => login_result(&mut session, &mut io, Store::New, r),
             () = &mut timer => session.handle(now(), Event::Timeout),
             () = &mut cancelled, if !shutting_down => {
                 shutting_down = true;
@@ -170,7 +137,6 @@ pub async fn serve(
             },
         }
     }
-    metrics::session_phase(listener, Some(phase), None);
 }
 
 fn now() -> std::time::Instant {
@@ -195,36 +161,19 @@ fn store_read(session: &mut Session, io: &mut Io, store: Store, read: io::Result
 fn login_result(
     session: &mut Session,
     io: &mut Io,
-    ctx: &Ctx,
     store: Store,
     result: Result<Connected, BackendError>,
 ) {
-    let primary = io.primary[store.index()].take();
+    io.logins[store.index()] = None;
     match result {
         Ok(connected) => {
-            metrics::backend_connect(store.as_str(), "ok");
-            if let Some(c) = &primary {
-                ctx.throttle.succeeded(&c.user);
-            }
             io.stores[store.index()] = Some(connected.stream);
             session.handle(now(), Event::LoggedIn(store, Ok(connected.info)));
             if !connected.rest.is_empty() {
                 session.handle(now(), Event::StoreBytes(store, &connected.rest));
             }
         }
-        Err(e) => {
-            if matches!(e, BackendError::Rejected) {
-                metrics::backend_connect(store.as_str(), "rejected");
-                if let Some(c) = &primary {
-                    ctx.throttle.failed(io.peer, &c.user, &c.password);
-                }
-            } else {
-                warn!(store = store.as_str(), error = %e, "store login failed");
-                metrics::backend_connect(store.as_str(), "error");
-                metrics::backend_error(store.as_str(), e.kind());
-            }
-            session.handle(now(), Event::LoggedIn(store, Err(e.failure())));
-        }
+        Err(e) => session.handle(now(), Event::LoggedIn(store, Err(e.failure()))),
     }
 }
 
@@ -322,43 +271,14 @@ async fn perform(
                 }
             }
         }
-        Action::Login {
-            store,
-            credentials,
-            purpose,
-        } => {
-            let primary = purpose == LoginPurpose::Primary;
-            if primary {
-                tracing::Span::current()
-                    .record("user", String::from_utf8_lossy(&credentials.user).as_ref());
-            }
+        Action::Login { store, credentials } => {
             let live = ctx.live.borrow().clone();
             let target = match store {
                 Store::Old => live.old.clone(),
                 Store::New => live.new.clone(),
             };
             let timeout = Duration::from_secs(live.config.limits.backend_connect_timeout_secs);
-            let verdict = primary.then(|| {
-                ctx.throttle
-                    .check(io.peer, &credentials.user, &credentials.password)
-            });
-            if let Some(v) = verdict {
-                if !v.delay.is_zero() {
-                    metrics::auth_throttled("delayed");
-                }
-                if v.known_failure {
-                    metrics::auth_throttled("known_failure");
-                }
-            }
-            io.primary[store.index()] = primary.then(|| credentials.clone());
             io.logins[store.index()] = Some(Box::pin(async move {
-                if let Some(v) = verdict {
-                    tokio::time::sleep(v.delay).await;
-                    if v.known_failure {
-                        // The same wrong password again: the stores never see it.
-                        return Err(BackendError::Rejected);
-                    }
-                }
                 backend::connect(&target, &credentials, timeout).await
             }));
         }

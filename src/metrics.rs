@@ -84,10 +84,6 @@ fn register_zeroes() {
 
 // ---- recording -------------------------------------------------------------
 
-pub fn phase_label(phase: Option<Phase>) -> &'static str {
-    phase.map_or("preauth", Phase::as_str)
-}
-
 pub fn session_started(listener: &'static str) {
     counter!("ferry_sessions_total", "listener" => listener).increment(1);
 }
@@ -195,7 +191,10 @@ pub fn auth_throttled(kind: &'static str) {
 }
 
 /// Records what sessions report (see [`crate::session::Report`]).
-pub struct Recorder;
+pub struct Recorder {
+    /// The listener label of the session's `ferry_sessions_active` series.
+    pub listener: &'static str,
+}
 
 impl crate::session::Reporter for Recorder {
     fn report(&mut self, report: crate::session::Report) {
@@ -214,8 +213,15 @@ impl crate::session::Reporter for Recorder {
                 messages,
                 bytes,
             } => copy(result, messages, bytes),
-            Report::BackendTimeout(store) => backend_error(store.as_str(), "timeout"),
+            Report::BackendError(store, kind) => backend_error(store.as_str(), kind),
+            Report::StoreLogin(store, result) => backend_connect(store.as_str(), result),
+            Report::Throttled(kind) => auth_throttled(kind),
+            Report::Phase { from, to } => session_phase(self.listener, from, to),
             Report::PhaseDisconnect => phase_disconnect(),
+            // Called inside the session's task, so this is its span.
+            Report::User(user) => {
+                tracing::Span::current().record("user", user.as_str());
+            }
         }
     }
 }

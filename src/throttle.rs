@@ -59,6 +59,13 @@ pub struct Verdict {
     pub known_failure: bool,
 }
 
+impl std::fmt::Debug for Throttle {
+    /// The tables are not shown: they hold who failed to log in.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Throttle").finish_non_exhaustive()
+    }
+}
+
 impl Throttle {
     pub fn new(auth: &Auth) -> Self {
         Self {
@@ -86,8 +93,7 @@ impl Throttle {
         self.base.saturating_mul(factor).min(self.max)
     }
 
-    pub fn check(&self, ip: IpAddr, user: &[u8], password: &[u8]) -> Verdict {
-        let now = Instant::now();
+    pub fn check(&self, now: Instant, ip: IpAddr, user: &[u8], password: &[u8]) -> Verdict {
         let name = normalise(user);
         let key = self.pair(user, password);
         let t = self.lock();
@@ -102,8 +108,7 @@ impl Throttle {
         }
     }
 
-    pub fn failed(&self, ip: IpAddr, user: &[u8], password: &[u8]) {
-        let now = Instant::now();
+    pub fn failed(&self, now: Instant, ip: IpAddr, user: &[u8], password: &[u8]) {
         let key = self.pair(user, password);
         let mut t = self.lock();
         bump(&mut t.ips, ip, now);
@@ -164,6 +169,10 @@ mod tests {
         Throttle::new(&Auth::default())
     }
 
+    fn now() -> Instant {
+        Instant::now()
+    }
+
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
 
     #[test]
@@ -171,8 +180,8 @@ mod tests {
         let t = throttle();
         let secs: Vec<u64> = (0..6)
             .map(|_| {
-                let d = t.check(IP, b"alice", b"x").delay.as_secs();
-                t.failed(IP, b"alice", b"x");
+                let d = t.check(now(), IP, b"alice", b"x").delay.as_secs();
+                t.failed(now(), IP, b"alice", b"x");
                 d
             })
             .collect();
@@ -182,17 +191,17 @@ mod tests {
     #[test]
     fn same_wrong_password_is_known_other_passwords_are_not() {
         let t = throttle();
-        t.failed(IP, b"Carol", b"old-password");
-        assert!(t.check(IP, b"Carol", b"old-password").known_failure);
-        assert!(!t.check(IP, b"Carol", b"new-password").known_failure);
+        t.failed(now(), IP, b"Carol", b"old-password");
+        assert!(t.check(now(), IP, b"Carol", b"old-password").known_failure);
+        assert!(!t.check(now(), IP, b"Carol", b"new-password").known_failure);
         // The user name's delay counts from any address.
         let other: IpAddr = "198.51.100.1".parse().unwrap();
         assert_eq!(
-            t.check(other, b"carol", b"new-password").delay,
+            t.check(now(), other, b"carol", b"new-password").delay,
             Duration::from_secs(2)
         );
         t.succeeded(b"carol");
-        assert_eq!(t.check(other, b"carol", b"x").delay, Duration::ZERO);
+        assert_eq!(t.check(now(), other, b"carol", b"x").delay, Duration::ZERO);
     }
 
     #[test]
@@ -200,7 +209,7 @@ mod tests {
         let t = throttle();
         for i in 0..(CAP as u32 + 5_000) {
             let ip = IpAddr::V4(i.into());
-            t.failed(ip, format!("user{i}").as_bytes(), b"pw");
+            t.failed(now(), ip, format!("user{i}").as_bytes(), b"pw");
         }
         let (ips, users, pairs) = t.sizes();
         assert!(

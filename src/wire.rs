@@ -24,6 +24,15 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUF].into_boxed_slice());
 }
 
+/// The output of a future that may not be there; never, when it is not
+/// (a `select!` branch for a login that may be in flight).
+pub async fn if_some<F: std::future::Future + Unpin>(f: &mut Option<F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Reads from an optional stream into this thread's scratch buffer (pends
 /// forever when there is none). The caller takes the bytes with [`scratch`]
 /// before it next awaits: `select!` runs a branch's handler in the same poll

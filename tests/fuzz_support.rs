@@ -378,6 +378,9 @@ impl Harness {
                 starttls,
                 subscriptions: Default::default(),
                 id: 1,
+                peer: std::net::Ipv4Addr::LOCALHOST.into(),
+                // Per input, so that runs are reproducible.
+                throttle: Arc::new(ferry::throttle::Throttle::new(&session_config().auth)),
             },
             now,
             Box::new(Discard),
@@ -482,7 +485,10 @@ impl Harness {
                 })
             }
             LoginOutcome::Rejected => Err(LoginFailure::Rejected),
-            LoginOutcome::Unavailable => Err(LoginFailure::Unavailable),
+            LoginOutcome::Unavailable => Err(LoginFailure::Unavailable {
+                kind: "connect",
+                detail: "fuzz".into(),
+            }),
         };
         trace(from_store(store), format!("(login {outcome:?})").as_bytes());
         self.s.handle(self.now, Event::LoggedIn(store, result));
@@ -513,6 +519,7 @@ impl Harness {
     /// the scripted stores nothing more to answer.
     fn drain(&mut self) {
         let mut actions = 0usize;
+        let mut due = 0;
         loop {
             let mut progress = false;
             let mut starttls = false;
@@ -589,6 +596,14 @@ impl Harness {
                     self.s.handle(self.now, Event::StoreBytes(store, &replies));
                     progress = true;
                 }
+            }
+            // What is due now fires now (a known-bad login is refused at
+            // once); bounded, so that a deadline that never clears is seen.
+            if self.s.poll_timeout().is_some_and(|at| at <= self.now) {
+                due += 1;
+                assert!(due < 8, "a deadline stays due after it fired");
+                self.s.handle(self.now, Event::Timeout);
+                progress = true;
             }
             if !progress {
                 break;

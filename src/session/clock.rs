@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Action, LoginPurpose, Report, Session, Shared, Store};
+use super::{Action, Report, Session, Shared, Store};
 
 /// Why a session is to be ended at its next safe point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +113,7 @@ impl Session {
             // Once due, the session waits for a safe point, not the clock.
             c.ending.map(|(_, at)| at).filter(|at| *at > c.now),
             c.reconnect.as_ref().and_then(|r| r.at),
+            self.held_login(),
         ]
         .into_iter()
         .flatten()
@@ -141,7 +142,7 @@ impl Session {
                 "store did not answer in time; giving it up"
             );
             self.report(Report::LimitHit("backend_timeout"));
-            self.report(Report::BackendTimeout(store));
+            self.report(Report::BackendError(store, "timeout"));
             self.backend_closed(store);
         }
         if let Some(r) = &mut self.clock.reconnect
@@ -149,6 +150,9 @@ impl Session {
         {
             r.at = None;
             self.reconnect_attempt();
+        }
+        if self.held_login().is_some_and(|at| now >= at) {
+            self.release_login();
         }
     }
 
@@ -160,7 +164,6 @@ impl Session {
         self.actions.push_back(Action::Login {
             store: Store::Old,
             credentials,
-            purpose: LoginPurpose::Reconnect,
         });
     }
 
@@ -196,6 +199,11 @@ impl Session {
     /// point (an IDLE is ended with its store first), and keep a long IDLE
     /// renewed toward its store.
     pub(super) fn settle(&mut self) {
+        self.settle_ending();
+        self.report_phase();
+    }
+
+    fn settle_ending(&mut self) {
         if let Some((ending, at)) = self.clock.ending
             && self.clock.now >= at
             && !self.closed

@@ -91,13 +91,27 @@ pub enum Report {
         messages: u64,
         bytes: u64,
     },
-    /// A store did not answer a command in time.
-    BackendTimeout(Store),
+    /// A store connection failed; `kind` is a [`LoginFailure`] kind or
+    /// `timeout` (a command not answered in time).
+    BackendError(Store, &'static str),
+    /// A store login finished: `ok`, `rejected` or `error`.
+    StoreLogin(Store, &'static str),
+    /// A login was slowed (`delayed`) or answered without asking the stores
+    /// (`known_failure`) by the brute-force throttle.
+    Throttled(&'static str),
+    /// The session moved between phase labels (`None`: not counted: before
+    /// its start, after its end).
+    Phase {
+        from: Option<&'static str>,
+        to: Option<&'static str>,
+    },
     /// A session was ended because its user's phase changed.
     PhaseDisconnect,
+    /// The user a login is for, for the session's log span (not a metric).
+    User(String),
 }
 
-/// Takes the session's [`Report`]s.
+/// Takes the session's [`Report`]s: metrics, and the log span's user.
 pub trait Reporter: Send {
     fn report(&mut self, report: Report);
 }
@@ -130,19 +144,10 @@ pub struct BackendInfo {
 pub enum LoginFailure {
     /// The store said NO: wrong user or password.
     Rejected,
-    /// The store could not be reached or misbehaved.
-    Unavailable,
-}
-
-/// Why a store is being logged in to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginPurpose {
-    /// The user's login itself: throttled, and counted when it fails.
-    Primary,
-    /// The second store, when first needed.
-    Second,
-    /// The store went away under an open folder: retry with backoff.
-    Reconnect,
+    /// The store could not be reached or misbehaved: `kind` is a closed
+    /// label for metrics (`connect`, `tls`, `timeout`, …), `detail` is for
+    /// the log.
+    Unavailable { kind: &'static str, detail: String },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -155,7 +160,6 @@ pub enum Action {
     Login {
         store: Store,
         credentials: Arc<Credentials>,
-        purpose: LoginPurpose,
     },
     /// Close a store connection (after the queued bytes).
     CloseBackend(Store),
@@ -190,6 +194,8 @@ enum Mode {
         tag: Bytes,
         phase: Phase,
         credentials: Arc<Credentials>,
+        /// The throttle holds the login back until then.
+        held: Option<preauth::Held>,
     },
     /// Boxed: the merged phase is the common one while a migration runs,
     /// and an idle session should not carry the pass-through state inline.
@@ -227,6 +233,10 @@ pub struct SessionConfig {
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
     /// Unique per session: places it in the phase-change drain window.
     pub id: u64,
+    /// The client's address, for the login throttle.
+    pub peer: std::net::IpAddr,
+    /// Failed-login bookkeeping shared by all sessions.
+    pub throttle: Arc<crate::throttle::Throttle>,
 }
 
 /// Pass-through bookkeeping: which client commands are still running, so the
@@ -258,6 +268,8 @@ pub struct Shared {
     login: Option<(String, Phase)>,
     /// Failed logins on this connection.
     failures: u32,
+    /// The phase label the session is counted under (see [`Report::Phase`]).
+    counted: Option<&'static str>,
     /// Metrics for the command in flight (merged phase; one at a time).
     timing: Option<Timing>,
     /// Ferry ended the client's IDLE itself: a DONE the client sends for it
@@ -311,6 +323,7 @@ impl Session {
                 next_tag: 0,
                 login: None,
                 failures: 0,
+                counted: None,
                 timing: None,
                 done_owed: false,
                 closed: false,
@@ -319,6 +332,7 @@ impl Session {
         };
         let greeting = reply::greeting(&s.preauth_capabilities());
         s.send_client(greeting);
+        s.report_phase();
         s
     }
 
@@ -340,6 +354,7 @@ impl Session {
             }
             Event::StoreClosed(store) => self.backend_closed(store),
             Event::LoggedIn(store, result) => {
+                self.report_store_login(store, &result);
                 self.login_done(store, result);
                 // From now on the idle timeout applies, not the pre-auth one.
                 self.client_active();
@@ -592,6 +607,29 @@ impl Shared {
         self.reporter.report(report);
     }
 
+    /// Every store login's outcome, whatever it was for.
+    fn report_store_login(&mut self, store: Store, result: &Result<BackendInfo, LoginFailure>) {
+        let label = match result {
+            Ok(_) => "ok",
+            Err(LoginFailure::Rejected) => "rejected",
+            Err(LoginFailure::Unavailable { kind, detail }) => {
+                tracing::warn!(store = store.as_str(), error = %detail, "store login failed");
+                self.report(Report::BackendError(store, kind));
+                "error"
+            }
+        };
+        self.report(Report::StoreLogin(store, label));
+    }
+
+    /// Moves the session's count to its current phase label.
+    fn report_phase(&mut self) {
+        let now = (!self.closed).then(|| self.phase().map_or("preauth", Phase::as_str));
+        if now != self.counted {
+            let from = std::mem::replace(&mut self.counted, now);
+            self.report(Report::Phase { from, to: now });
+        }
+    }
+
     /// The user and phase of a logged-in session.
     pub fn login_info(&self) -> Option<(&str, Phase)> {
         self.login.as_ref().map(|(u, p)| (u.as_str(), *p))
@@ -620,11 +658,21 @@ impl Shared {
             tag,
             phase,
             credentials,
+            ..
         } = std::mem::replace(mode, Mode::PreAuth)
         else {
             return None;
         };
         self.input = Input::Command;
+        let (now, peer) = (self.clock.now, self.cfg.peer);
+        let throttle = &self.cfg.throttle;
+        match &result {
+            Ok(_) => throttle.succeeded(&credentials.user),
+            Err(LoginFailure::Rejected) => {
+                throttle.failed(now, peer, &credentials.user, &credentials.password)
+            }
+            Err(LoginFailure::Unavailable { .. }) => {}
+        }
         let info = match result {
             Ok(info) => info,
             Err(failure) => {
@@ -638,7 +686,7 @@ impl Shared {
                         reply::Rfc5530::AuthenticationFailed,
                         "Authentication failed.",
                     ),
-                    LoginFailure::Unavailable => reply::no(
+                    LoginFailure::Unavailable { .. } => reply::no(
                         &tag,
                         reply::Rfc5530::Unavailable,
                         "Mail store temporarily unavailable, try again later.",
@@ -771,7 +819,7 @@ impl Shared {
 fn failure_label(f: &LoginFailure) -> &'static str {
     match f {
         LoginFailure::Rejected => "rejected",
-        LoginFailure::Unavailable => "unavailable",
+        LoginFailure::Unavailable { .. } => "unavailable",
     }
 }
 
@@ -779,6 +827,15 @@ fn failure_label(f: &LoginFailure) -> &'static str {
 fn unreachable_waiting() {
     // Invariant: pump_client only pulls frames when input is not Waiting.
     debug_assert!(false, "client frame while waiting");
+}
+
+impl Drop for Session {
+    /// A session dropped without closing (its task was cancelled) is no
+    /// longer counted as active.
+    fn drop(&mut self) {
+        self.closed = true;
+        self.report_phase();
+    }
 }
 
 /// Decodes a complete command (used by tests and fuzzing).

@@ -2,7 +2,7 @@
 //! AUTHENTICATE PLAIN. Ferry answers all of these itself; the stores only see a
 //! login once the client has proven it has TLS (or plaintext is allowed).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use imap_codec::{
@@ -14,7 +14,7 @@ use imap_codec::{
     },
 };
 
-use super::{Action, Credentials, Input, Mode, Shared, reply};
+use super::{Action, Credentials, Input, LoginFailure, Mode, Report, Session, Shared, reply};
 use crate::{config::Phase, frame::Frame, namespace::Store};
 
 impl Shared {
@@ -146,21 +146,87 @@ impl Shared {
         }
         let user = String::from_utf8_lossy(&credentials.user).into_owned();
         let phase = self.cfg.config.migration.phase_for(&user);
-        let store = match phase {
-            Phase::Old => Store::Old,
-            Phase::Merged | Phase::New => Store::New,
-        };
+        let store = primary_store(phase);
+        self.report(Report::User(user));
+        let verdict = self.cfg.throttle.check(
+            self.clock.now,
+            self.cfg.peer,
+            &credentials.user,
+            &credentials.password,
+        );
+        if !verdict.delay.is_zero() {
+            self.report(Report::Throttled("delayed"));
+        }
+        if verdict.known_failure {
+            self.report(Report::Throttled("known_failure"));
+        }
         let credentials = Arc::new(credentials);
-        self.actions.push_back(Action::Login {
-            store,
-            credentials: credentials.clone(),
-            purpose: super::LoginPurpose::Primary,
+        let held = (verdict.known_failure || !verdict.delay.is_zero()).then(|| Held {
+            until: self.clock.now + verdict.delay,
+            known_failure: verdict.known_failure,
         });
+        if held.is_none() {
+            self.actions.push_back(Action::Login {
+                store,
+                credentials: credentials.clone(),
+            });
+        }
         self.input = Input::Waiting;
         *mode = Mode::LoggingIn {
             tag: Bytes::from(tag),
             phase,
             credentials,
+            held,
         };
+    }
+}
+
+/// The store that checks the user's password in `phase`.
+fn primary_store(phase: Phase) -> Store {
+    match phase {
+        Phase::Old => Store::Old,
+        Phase::Merged | Phase::New => Store::New,
+    }
+}
+
+/// A login the throttle holds back.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Held {
+    until: Instant,
+    /// This user and password just failed: at `until` the answer is NO
+    /// without asking the stores.
+    known_failure: bool,
+}
+
+impl Session {
+    /// When a held login is due.
+    pub(super) fn held_login(&self) -> Option<Instant> {
+        match &self.mode {
+            Mode::LoggingIn { held: Some(h), .. } => Some(h.until),
+            _ => None,
+        }
+    }
+
+    /// A held login is due: to the store, or refused as the same failure.
+    pub(super) fn release_login(&mut self) {
+        let Mode::LoggingIn {
+            phase,
+            credentials,
+            held,
+            ..
+        } = &mut self.mode
+        else {
+            return;
+        };
+        let Some(h) = held.take() else {
+            return;
+        };
+        let store = primary_store(*phase);
+        if h.known_failure {
+            self.login_done(store, Err(LoginFailure::Rejected));
+        } else {
+            let credentials = credentials.clone();
+            self.actions.push_back(Action::Login { store, credentials });
+        }
     }
 }

@@ -29,19 +29,24 @@ tls = "none"
 "#;
 
 fn session(allow_plaintext: bool) -> Session {
+    session_reporting(allow_plaintext, Kept::default())
+}
+
+fn session_reporting(allow_plaintext: bool, kept: Kept) -> Session {
     let mut config = config::parse(CONFIG).unwrap();
     config.auth.allow_plaintext = allow_plaintext;
-    let config = Arc::new(config);
     Session::new(
         SessionConfig {
-            config,
+            throttle: Arc::new(crate::throttle::Throttle::new(&config.auth)),
+            config: Arc::new(config),
             tls: false,
             starttls: true,
             subscriptions: Default::default(),
             id: 1,
+            peer: std::net::Ipv4Addr::LOCALHOST.into(),
         },
         std::time::Instant::now(),
-        Box::new(Kept::default()),
+        Box::new(kept),
     )
 }
 
@@ -524,6 +529,49 @@ fn unknown_and_unadvertised_commands_get_bad_and_never_reach_old() {
         o.iter()
             .all(|l| l.starts_with("S: x") && l.contains(" BAD ")),
         "{o:?}"
+    );
+}
+
+/// `ferry_sessions_active{phase}` follows each session: preauth from its
+/// start, its phase once logged in, nothing once over — also when the driver
+/// drops a session that never closed (its task was cancelled).
+#[test]
+fn sessions_are_counted_under_their_phase() {
+    let phases = |kept: &Kept| -> Vec<(Option<&str>, Option<&str>)> {
+        let mut r = kept.0.lock().unwrap();
+        let v = r
+            .iter()
+            .filter_map(|r| match r {
+                Report::Phase { from, to } => Some((*from, *to)),
+                _ => None,
+            })
+            .collect();
+        r.clear();
+        v
+    };
+    let now = std::time::Instant::now();
+    let kept = Kept::default();
+    let mut s = session_reporting(true, kept.clone());
+    assert_eq!(phases(&kept), [(None, Some("preauth"))]);
+    s.handle(now, Event::ClientBytes(b"a1 LOGIN nina pw\r\n"));
+    assert_eq!(phases(&kept), []);
+    s.handle(now, Event::LoggedIn(Store::New, Ok(info(Store::New))));
+    assert_eq!(phases(&kept), [(Some("preauth"), Some("new"))]);
+    s.handle(now, Event::ClientBytes(b"a2 LOGOUT\r\n"));
+    s.handle(
+        now,
+        Event::StoreBytes(Store::New, b"* BYE\r\na2 OK bye\r\n"),
+    );
+    assert_eq!(phases(&kept), [(Some("new"), None)]);
+    drop(s);
+    assert_eq!(phases(&kept), []);
+
+    let kept = Kept::default();
+    let s = session_reporting(true, kept.clone());
+    drop(s);
+    assert_eq!(
+        phases(&kept),
+        [(None, Some("preauth")), (Some("preauth"), None)]
     );
 }
 

@@ -36,7 +36,10 @@ use std::{
 
 use super::tests::{CONFIG, Kept, caps_of, layout_of, lossy};
 use super::*;
-use crate::config;
+use crate::{config, throttle::Throttle};
+
+/// Every transcript's client comes from this address.
+const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
 
 /// The capabilities a store reports by default: what Dovecot 2.3 says,
 /// trimmed to what the session looks at.
@@ -78,7 +81,16 @@ fn drain(s: &mut Session, reports: Option<&Kept>) -> Vec<String> {
                     messages,
                     bytes,
                 } => format!("M: copy {result} {messages} messages {bytes} bytes"),
-                Report::BackendTimeout(store) => format!("M: backend_timeout {}", store.as_str()),
+                Report::BackendError(store, kind) => {
+                    format!("M: backend_error {} {kind}", store.as_str())
+                }
+                Report::StoreLogin(store, result) => {
+                    format!("M: store_login {} {result}", store.as_str())
+                }
+                Report::Throttled(kind) => format!("M: throttled {kind}"),
+                // Counted per event; `tests::sessions_are_counted_under_their_phase`.
+                Report::Phase { .. } => continue,
+                Report::User(user) => format!("M: user {user}"),
                 Report::PhaseDisconnect => "M: phase_disconnect".into(),
             };
             v.push(line);
@@ -116,7 +128,10 @@ fn login_result(store: Store, rest: &str) -> Result<BackendInfo, LoginFailure> {
             })
         }
         Some("rejected") => Err(LoginFailure::Rejected),
-        Some("unavailable") => Err(LoginFailure::Unavailable),
+        Some("unavailable") => Err(LoginFailure::Unavailable {
+            kind: "connect",
+            detail: "connection refused (transcript)".into(),
+        }),
         other => panic!("login result {other:?}"),
     }
 }
@@ -195,11 +210,13 @@ fn run(name: &str, text: &str) -> String {
             config.auth.allow_plaintext = plaintext;
             Session::new(
                 SessionConfig {
+                    throttle: Arc::new(Throttle::new(&config.auth)),
                     config: Arc::new(config),
                     tls,
                     starttls: !tls,
                     subscriptions: Default::default(),
                     id: 1,
+                    peer: PEER,
                 },
                 start,
                 Box::new(kept.clone()),

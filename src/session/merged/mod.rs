@@ -353,7 +353,6 @@ impl Shared {
                 self.actions.push_back(Action::Login {
                     store: Store::Old,
                     credentials: m.credentials.clone(),
-                    purpose: super::LoginPurpose::Second,
                 });
                 None
             }
@@ -373,7 +372,7 @@ impl Shared {
                 m.old = OldState::Ready;
                 self.old_reconnected(m, true);
             }
-            Err(super::LoginFailure::Unavailable)
+            Err(super::LoginFailure::Unavailable { .. })
                 if m.old == OldState::Reconnecting && self.reconnect_again() => {}
             Err(e) => {
                 tracing::warn!(failure = ?e, "OLD store login failed; Old/ unavailable");
