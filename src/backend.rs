@@ -6,11 +6,12 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use imap_codec::{
-    CommandCodec, ResponseCodec,
+    AuthenticateDataCodec, CommandCodec, ResponseCodec,
     decode::Decoder,
     encode::{Encoder, Fragment},
     imap_types::{
         IntoStatic,
+        auth::{AuthMechanism, AuthenticateData},
         command::{Command, CommandBody},
         core::{AString, LiteralMode, Tag},
         mailbox::Mailbox,
@@ -30,8 +31,9 @@ use crate::{
     caps::{Cap, Caps},
     config::{Backend, BackendTls},
     frame::{Frame, Framer, Peer},
+    identity::StoreAuth,
     namespace::Layout,
-    session::{BackendInfo, Credentials, LoginFailure},
+    session::{BackendInfo, LoginFailure},
     tls::MaybeTls,
 };
 
@@ -179,6 +181,54 @@ impl Client {
     }
 }
 
+impl Client {
+    /// AUTHENTICATE with a one-message mechanism: the message goes as the
+    /// initial response (SASL-IR) or after the first `+`; a further `+`
+    /// (an error report, RFC 7628) is answered empty so the store can say NO.
+    async fn authenticate(
+        &mut self,
+        mechanism: AuthMechanism<'static>,
+        message: &[u8],
+        sasl_ir: bool,
+    ) -> Result<(Vec<Bytes>, Status<'static>), BackendError> {
+        let tag = self.tag();
+        let body = CommandBody::Authenticate {
+            mechanism,
+            initial_response: sasl_ir.then(|| Secret::new(message.to_vec().into())),
+        };
+        let line = CommandCodec::new()
+            .encode(&Command {
+                tag: tag.clone(),
+                body,
+            })
+            .dump();
+        self.stream.write_all(&line).await?;
+        self.stream.flush().await?;
+        let mut sent = sasl_ir;
+        let mut untagged = vec![];
+        loop {
+            let m = self.message().await?;
+            if m.starts_with(b"+") {
+                let reply = if sent {
+                    b"\r\n".to_vec()
+                } else {
+                    let data = AuthenticateData::Continue(Secret::new(message.to_vec().into()));
+                    AuthenticateDataCodec::new().encode(&data).dump()
+                };
+                sent = true;
+                self.stream.write_all(&reply).await?;
+                self.stream.flush().await?;
+            } else if m.starts_with(tag.inner().as_bytes())
+                && m.get(tag.inner().len()) == Some(&b' ')
+            {
+                return Ok((untagged, parse_status(&m)?));
+            } else {
+                untagged.push(m);
+            }
+        }
+    }
+}
+
 fn parse_status(m: &[u8]) -> Result<Status<'static>, BackendError> {
     match ResponseCodec::new().decode(m) {
         Ok((_, Response::Status(s))) => Ok(s.into_static()),
@@ -235,21 +285,19 @@ async fn tls(target: &Target, tcp: TcpStream) -> Result<MaybeTls, BackendError> 
     Ok(MaybeTls::Tls(Box::new(tls.into())))
 }
 
-/// Connects to a store and logs in with the user's credentials, byte for byte.
+/// Connects to a store and logs in as `auth` says (names and passwords byte
+/// for byte).
 pub async fn connect(
     target: &Target,
-    credentials: &Credentials,
+    auth: &StoreAuth,
     timeout: Duration,
 ) -> Result<Connected, BackendError> {
-    tokio::time::timeout(timeout, connect_inner(target, credentials))
+    tokio::time::timeout(timeout, connect_inner(target, auth))
         .await
         .map_err(|_| BackendError::Timeout)?
 }
 
-async fn connect_inner(
-    target: &Target,
-    credentials: &Credentials,
-) -> Result<Connected, BackendError> {
+async fn connect_inner(target: &Target, auth: &StoreAuth) -> Result<Connected, BackendError> {
     let tcp = TcpStream::connect(&target.backend.address)
         .await
         .map_err(BackendError::Connect)?;
@@ -283,17 +331,30 @@ async fn connect_inner(
         c.framer = Framer::new(Peer::Server, MAX_LINE);
     }
     let (untagged, status) = c.run(CommandBody::Capability).await?;
-    let caps = capabilities(&untagged, &status).unwrap_or_default();
-    if Caps::from_decoded(&caps).has(Cap::LoginDisabled) {
-        return Err(BackendError::Protocol(
-            "store disables LOGIN on this connection",
-        ));
-    }
-    let login = CommandBody::Login {
-        username: astring(&credentials.user),
-        password: Secret::new(astring(&credentials.password)),
+    let caps = Caps::from_decoded(&capabilities(&untagged, &status).unwrap_or_default());
+    let (untagged, status) = match auth {
+        StoreAuth::Login { user, password } => {
+            if caps.has(Cap::LoginDisabled) {
+                return Err(BackendError::Protocol(
+                    "store disables LOGIN on this connection",
+                ));
+            }
+            let login = CommandBody::Login {
+                username: astring(user),
+                password: Secret::new(astring(password.expose())),
+            };
+            c.run(login).await?
+        }
+        StoreAuth::Plain {
+            user,
+            master,
+            password,
+        } => {
+            let message = crate::sasl::plain_message(user, master, password.expose());
+            c.authenticate(AuthMechanism::Plain, &message, caps.has(Cap::SaslIr))
+                .await?
+        }
     };
-    let (untagged, status) = c.run(login).await?;
     match &status {
         Status::Tagged(t) if t.body.kind == StatusKind::Ok => {}
         Status::Tagged(t) if t.body.kind == StatusKind::No => return Err(BackendError::Rejected),

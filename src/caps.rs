@@ -20,16 +20,18 @@ pub enum Cap {
     UidPlus,
     Namespace,
     LoginDisabled,
+    SaslIr,
 }
 
 impl Cap {
-    const ALL: [(Cap, &'static str); 6] = [
+    const ALL: [(Cap, &'static str); 7] = [
         (Cap::LiteralPlus, "LITERAL+"),
         (Cap::Unselect, "UNSELECT"),
         (Cap::Multiappend, "MULTIAPPEND"),
         (Cap::UidPlus, "UIDPLUS"),
         (Cap::Namespace, "NAMESPACE"),
         (Cap::LoginDisabled, "LOGINDISABLED"),
+        (Cap::SaslIr, "SASL-IR"),
     ];
 
     fn bit(self) -> u32 {

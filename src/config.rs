@@ -10,6 +10,8 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::{identity::StoreLogin, namespace::Store};
+
 /// Why a configuration was rejected. The text always names the offending key.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -21,12 +23,12 @@ pub enum ConfigError {
     #[error("{0}")]
     Syntax(String),
     #[error("{key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid { key: String, reason: String },
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         reason: reason.into(),
     }
 }
@@ -97,6 +99,11 @@ pub struct Auth {
     /// Failed logins after which a connection is closed.
     #[serde(default = "default_max_failures")]
     pub max_failures_per_connection: u32,
+    /// The store that checks the client's password (it must log in with the
+    /// client's credentials); by default the phase's own store: OLD in phase
+    /// `old`, NEW in `merged` and `new`.
+    #[serde(default)]
+    pub verify: Option<Store>,
 }
 
 fn default_throttle_base() -> u64 {
@@ -120,6 +127,7 @@ impl Default for Auth {
             throttle_max_ms: default_throttle_max(),
             failure_cache_secs: default_failure_cache(),
             max_failures_per_connection: default_max_failures(),
+            verify: None,
         }
     }
 }
@@ -149,6 +157,9 @@ pub struct Backend {
     pub ca: Option<PathBuf>,
     /// Name used for SNI and certificate verification; default: the host of `address`.
     pub server_name: Option<String>,
+    /// Who Ferry is at this store (`[backends.*.login]`).
+    #[serde(default)]
+    pub login: StoreLogin,
 }
 
 impl Backend {
@@ -208,6 +219,14 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The store a session in this phase is served by.
+    pub fn store(self) -> Store {
+        match self {
+            Phase::Old => Store::Old,
+            Phase::Merged | Phase::New => Store::New,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Old => "old",
@@ -380,7 +399,7 @@ impl Default for Limits {
 /// paths stay relative; [`load`] anchors them at the file's directory.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let mut config = parse_text(text)?;
-    config.read_users_file()?;
+    config.read_files()?;
     Ok(config)
 }
 
@@ -397,7 +416,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     if let Some(dir) = path.parent() {
         config.anchor_paths(dir);
     }
-    config.read_users_file()?;
+    config.read_files()?;
     Ok(config)
 }
 
@@ -419,10 +438,58 @@ fn parse_users(text: &str) -> Result<HashMap<String, Phase>, ConfigError> {
 }
 
 impl Config {
-    fn read_users_file(&mut self) -> Result<(), ConfigError> {
+    /// Reads the files the configuration names (users, user maps, master
+    /// passwords), then checks what needs them.
+    fn read_files(&mut self) -> Result<(), ConfigError> {
         if let Some(path) = &self.migration.users_file {
             let text = read(path).map_err(|e| invalid("migration.users_file", e.to_string()))?;
             self.migration.file_users = parse_users(&text)?;
+        }
+        self.backends.old.login.read_files("old")?;
+        self.backends.new.login.read_files("new")?;
+        self.check_verifier()
+    }
+
+    pub fn backend(&self, store: Store) -> &Backend {
+        match store {
+            Store::Old => &self.backends.old,
+            Store::New => &self.backends.new,
+        }
+    }
+
+    /// The store that checks the password of a client in `phase`.
+    pub fn verifier(&self, phase: Phase) -> Store {
+        self.auth.verify.unwrap_or(phase.store())
+    }
+
+    /// Something must check every client's password: the verifying store of
+    /// each phase in use logs in with the client's credentials.
+    fn check_verifier(&self) -> Result<(), ConfigError> {
+        let m = &self.migration;
+        let phases = std::iter::once(m.default_phase)
+            .chain(m.domains.values().copied())
+            .chain(m.users.values().copied())
+            .chain(m.file_users.values().copied());
+        for phase in phases {
+            let store = self.verifier(phase);
+            if self.backend(store).login.mode != crate::identity::LoginMode::Client {
+                let by = match self.auth.verify {
+                    Some(_) => String::new(),
+                    None => format!(
+                        "unset, so phase {} is verified by its own store; ",
+                        phase.as_str()
+                    ),
+                };
+                return Err(invalid(
+                    "auth.verify",
+                    format!(
+                        "{by}the {s} store does not log in with the client's credentials \
+                         (backends.{s}.login.mode), so nothing would check the client's \
+                         password; set auth.verify to a store whose login mode is \"client\"",
+                        s = store.as_str()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -456,6 +523,11 @@ impl Config {
             if let Some(ca) = &mut b.ca {
                 anchor(ca);
             }
+            let login = &mut b.login;
+            [&mut login.user_map_file, &mut login.master_password_file]
+                .into_iter()
+                .flatten()
+                .for_each(anchor);
         }
         if let Some(dir) = &mut self.namespace.subscriptions_dir {
             anchor(dir);
@@ -516,6 +588,8 @@ impl Config {
                 _ => return Err(invalid(key, format!("{:?} is not host:port", b.address))),
             }
         }
+        self.backends.old.login.validate("old")?;
+        self.backends.new.login.validate("new")?;
         let l = &self.limits;
         if l.max_line_bytes < 1024 {
             return Err(invalid("limits.max_line_bytes", "must be at least 1024"));

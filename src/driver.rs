@@ -271,7 +271,7 @@ async fn perform(
                 }
             }
         }
-        Action::Login { store, credentials } => {
+        Action::Login { store, auth } => {
             let live = ctx.live.borrow().clone();
             let target = match store {
                 Store::Old => live.old.clone(),
@@ -279,7 +279,7 @@ async fn perform(
             };
             let timeout = Duration::from_secs(live.config.limits.backend_connect_timeout_secs);
             io.logins[store.index()] = Some(Box::pin(async move {
-                backend::connect(&target, &credentials, timeout).await
+                backend::connect(&target, &auth, timeout).await
             }));
         }
         Action::CloseBackend(store) => {

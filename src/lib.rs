@@ -27,6 +27,7 @@ pub mod config;
 pub mod context;
 pub mod driver;
 pub mod frame;
+pub mod identity;
 pub mod listener;
 pub mod merge;
 pub mod metrics;

@@ -20,7 +20,8 @@ use thiserror::Error;
 use crate::mutf7;
 
 /// Which store a name lives on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Store {
     Old,
     New,

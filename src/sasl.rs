@@ -1,4 +1,4 @@
-//! SASL PLAIN (RFC 4616) message parsing.
+//! SASL PLAIN (RFC 4616) messages: parsing the client's, building Ferry's.
 
 use std::fmt;
 
@@ -45,6 +45,12 @@ pub fn parse_plain(raw: &[u8]) -> Option<Plain<'_>> {
         authcid,
         password,
     })
+}
+
+/// `authzid NUL authcid NUL passwd`: `authcid` logs in, acting as `authzid`
+/// (a master user for a user). The result holds a secret: never log it.
+pub fn plain_message(authzid: &[u8], authcid: &[u8], password: &[u8]) -> Vec<u8> {
+    [authzid, authcid, password].join(&0u8)
 }
 
 /// The assertions of the `sasl_plain` fuzz target, shared with the

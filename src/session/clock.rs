@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Action, Report, Session, Shared, Store};
+use super::{Report, Session, Shared, Store};
 
 /// Why a session is to be ended at its next safe point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,10 +161,7 @@ impl Session {
             return;
         };
         let credentials = m.credentials.clone();
-        self.actions.push_back(Action::Login {
-            store: Store::Old,
-            credentials,
-        });
+        self.store_login(Store::Old, &credentials);
     }
 
     /// Ferry shuts down: the session ends at its next safe point (before

@@ -159,7 +159,7 @@ pub enum Action {
     /// Connect and log in to a store; report with [`Event::LoggedIn`].
     Login {
         store: Store,
-        credentials: Arc<Credentials>,
+        auth: Arc<crate::identity::StoreAuth>,
     },
     /// Close a store connection (after the queued bytes).
     CloseBackend(Store),
@@ -190,13 +190,8 @@ enum Input {
 
 enum Mode {
     PreAuth,
-    LoggingIn {
-        tag: Bytes,
-        phase: Phase,
-        credentials: Arc<Credentials>,
-        /// The throttle holds the login back until then.
-        held: Option<preauth::Held>,
-    },
+    /// Boxed: a session spends a moment here, and idle sessions are many.
+    LoggingIn(Box<preauth::LoggingIn>),
     /// Boxed: the merged phase is the common one while a migration runs,
     /// and an idle session should not carry the pass-through state inline.
     Pipe(Box<PipeState>),
@@ -540,7 +535,7 @@ impl Session {
     fn login_done(&mut self, store: Store, result: Result<BackendInfo, LoginFailure>) {
         let Session { shared, mode } = self;
         match (&mut *mode, result) {
-            (Mode::LoggingIn { .. }, result) => {
+            (Mode::LoggingIn(_), result) => {
                 if let Some(next) = shared.primary_login_done(mode, store, result) {
                     *mode = next;
                 }
@@ -646,94 +641,6 @@ impl Shared {
         self.close();
     }
 
-    /// The primary store's login answered: the session's phase state, or
-    /// `None` when the login failed (the session stays before login).
-    fn primary_login_done(
-        &mut self,
-        mode: &mut Mode,
-        store: Store,
-        result: Result<BackendInfo, LoginFailure>,
-    ) -> Option<Mode> {
-        let Mode::LoggingIn {
-            tag,
-            phase,
-            credentials,
-            ..
-        } = std::mem::replace(mode, Mode::PreAuth)
-        else {
-            return None;
-        };
-        self.input = Input::Command;
-        let (now, peer) = (self.clock.now, self.cfg.peer);
-        let throttle = &self.cfg.throttle;
-        match &result {
-            Ok(_) => throttle.succeeded(&credentials.user),
-            Err(LoginFailure::Rejected) => {
-                throttle.failed(now, peer, &credentials.user, &credentials.password)
-            }
-            Err(LoginFailure::Unavailable { .. }) => {}
-        }
-        let info = match result {
-            Ok(info) => info,
-            Err(failure) => {
-                self.report(Report::Login {
-                    phase,
-                    result: failure_label(&failure),
-                });
-                let reply = match failure {
-                    LoginFailure::Rejected => reply::no(
-                        &tag,
-                        reply::Rfc5530::AuthenticationFailed,
-                        "Authentication failed.",
-                    ),
-                    LoginFailure::Unavailable { .. } => reply::no(
-                        &tag,
-                        reply::Rfc5530::Unavailable,
-                        "Mail store temporarily unavailable, try again later.",
-                    ),
-                };
-                self.send_client(reply);
-                if failure == LoginFailure::Rejected {
-                    self.failures += 1;
-                    if self.failures >= self.cfg.config.auth.max_failures_per_connection {
-                        self.report(Report::LimitHit("login_failures"));
-                        self.bye_and_close("Too many failed logins");
-                    }
-                }
-                return None;
-            }
-        };
-        self.report(Report::Login {
-            phase,
-            result: "ok",
-        });
-        tracing::info!(phase = phase.as_str(), "logged in");
-        self.login = Some((
-            String::from_utf8_lossy(&credentials.user).into_owned(),
-            phase,
-        ));
-        let caps = match phase {
-            Phase::Merged => crate::merge::merged_capabilities(&info.capabilities),
-            Phase::Old | Phase::New => crate::merge::passthrough_capabilities(&info.capabilities),
-        };
-        self.attach_store(store, info.clone());
-        self.send_client(reply::logged_in(&tag, &caps));
-        Some(match phase {
-            Phase::Merged => Mode::Merged(Box::new(merged::Merged::new(
-                &self.cfg.config,
-                info.layout,
-                caps,
-                credentials,
-            ))),
-            Phase::Old | Phase::New => Mode::Pipe(Box::new(PipeState {
-                store,
-                inflight: VecDeque::new(),
-                idle: None,
-                literal: None,
-            })),
-        })
-    }
-
     fn attach_store(&mut self, store: Store, info: BackendInfo) {
         self.stores[store.index()] = Some(Box::new(StoreConn {
             // Store responses are bounded like client lines; literals stream.
@@ -793,12 +700,17 @@ impl Shared {
 
     fn logout_stores(&mut self) {
         for store in [Store::Old, Store::New] {
-            if self.stores[store.index()].take().is_some() {
-                let tag = self.ferry_tag();
-                let line = reply::command(&tag, CommandBody::Logout);
-                self.send_store(store, line);
-                self.actions.push_back(Action::CloseBackend(store));
-            }
+            self.logout_store(store);
+        }
+    }
+
+    /// LOGOUT to a connected store, then close it.
+    fn logout_store(&mut self, store: Store) {
+        if self.stores[store.index()].take().is_some() {
+            let tag = self.ferry_tag();
+            let line = reply::command(&tag, CommandBody::Logout);
+            self.send_store(store, line);
+            self.actions.push_back(Action::CloseBackend(store));
         }
     }
 

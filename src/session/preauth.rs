@@ -14,7 +14,12 @@ use imap_codec::{
     },
 };
 
-use super::{Action, Credentials, Input, LoginFailure, Mode, Report, Session, Shared, reply};
+use std::collections::VecDeque;
+
+use super::{
+    Action, BackendInfo, Credentials, Input, LoginFailure, Mode, PipeState, Report, Session,
+    Shared, failure_label, reply,
+};
 use crate::{config::Phase, frame::Frame, namespace::Store};
 
 impl Shared {
@@ -146,7 +151,7 @@ impl Shared {
         }
         let user = String::from_utf8_lossy(&credentials.user).into_owned();
         let phase = self.cfg.config.migration.phase_for(&user);
-        let store = primary_store(phase);
+        let verifier = self.cfg.config.verifier(phase);
         self.report(Report::User(user));
         let verdict = self.cfg.throttle.check(
             self.clock.now,
@@ -160,33 +165,185 @@ impl Shared {
         if verdict.known_failure {
             self.report(Report::Throttled("known_failure"));
         }
-        let credentials = Arc::new(credentials);
         let held = (verdict.known_failure || !verdict.delay.is_zero()).then(|| Held {
             until: self.clock.now + verdict.delay,
             known_failure: verdict.known_failure,
         });
+        let credentials = Arc::new(credentials);
         if held.is_none() {
-            self.actions.push_back(Action::Login {
-                store,
-                credentials: credentials.clone(),
-            });
+            self.store_login(verifier, &credentials);
         }
         self.input = Input::Waiting;
-        *mode = Mode::LoggingIn {
+        *mode = Mode::LoggingIn(Box::new(LoggingIn {
             tag: Bytes::from(tag),
             phase,
+            verifier,
             credentials,
             held,
+            verified: None,
+        }));
+    }
+
+    /// Asks the driver to log in to `store` for this client, as that
+    /// store's `[backends.*.login]` says.
+    pub(super) fn store_login(&mut self, store: Store, credentials: &Credentials) {
+        let auth = self.cfg.config.backend(store).login.auth_for(credentials);
+        self.actions.push_back(Action::Login {
+            store,
+            auth: Arc::new(auth),
+        });
+    }
+
+    /// A login of the client's answered: the session's phase state, the
+    /// same state waiting for the phase's own store (after the verifier
+    /// accepted the client), or `None` when it failed.
+    pub(super) fn primary_login_done(
+        &mut self,
+        mode: &mut Mode,
+        store: Store,
+        result: Result<BackendInfo, LoginFailure>,
+    ) -> Option<Mode> {
+        let Mode::LoggingIn(mut l) = std::mem::replace(mode, Mode::PreAuth) else {
+            return None;
         };
+        let verifying = l.verified.is_none();
+        if verifying {
+            let (now, peer, c) = (self.clock.now, self.cfg.peer, &l.credentials);
+            match &result {
+                Ok(_) => self.cfg.throttle.succeeded(&c.user),
+                Err(LoginFailure::Rejected) => {
+                    self.cfg.throttle.failed(now, peer, &c.user, &c.password)
+                }
+                Err(LoginFailure::Unavailable { .. }) => {}
+            }
+        }
+        let info = match result {
+            Ok(info) => info,
+            Err(failure) => {
+                self.login_failed(&l, store, failure, verifying);
+                return None;
+            }
+        };
+        let own = l.phase.store();
+        if store == own {
+            return Some(self.logged_in(*l, store, info));
+        }
+        // The verifier accepted the client. The merged view keeps it as its
+        // OLD connection; otherwise it has done its part.
+        self.attach_store(store, info.clone());
+        if l.phase != Phase::Merged {
+            self.logout_store(store);
+        }
+        l.verified = Some(info);
+        self.store_login(own, &l.credentials);
+        Some(Mode::LoggingIn(l))
+    }
+
+    fn login_failed(
+        &mut self,
+        l: &LoggingIn,
+        store: Store,
+        failure: LoginFailure,
+        verifying: bool,
+    ) {
+        self.report(Report::Login {
+            phase: l.phase,
+            result: failure_label(&failure),
+        });
+        if !verifying && failure == LoginFailure::Rejected {
+            // The client's password was right; the store refused Ferry's own
+            // identity for this user (not provisioned, or a wrong master
+            // secret). The client is told no more than for a wrong password.
+            tracing::warn!(
+                store = store.as_str(),
+                "store refused Ferry's login on the user's behalf"
+            );
+        }
+        let reply = match failure {
+            LoginFailure::Rejected => reply::no(
+                &l.tag,
+                reply::Rfc5530::AuthenticationFailed,
+                "Authentication failed.",
+            ),
+            LoginFailure::Unavailable { .. } => reply::no(
+                &l.tag,
+                reply::Rfc5530::Unavailable,
+                "Mail store temporarily unavailable, try again later.",
+            ),
+        };
+        self.input = Input::Command;
+        self.send_client(reply);
+        self.logout_stores();
+        if verifying && failure == LoginFailure::Rejected {
+            self.failures += 1;
+            if self.failures >= self.cfg.config.auth.max_failures_per_connection {
+                self.report(Report::LimitHit("login_failures"));
+                self.bye_and_close("Too many failed logins");
+            }
+        }
+    }
+
+    /// The phase's own store accepted: the client is logged in.
+    fn logged_in(&mut self, l: LoggingIn, store: Store, info: BackendInfo) -> Mode {
+        let LoggingIn {
+            tag,
+            phase,
+            credentials,
+            verified,
+            ..
+        } = l;
+        self.input = Input::Command;
+        self.report(Report::Login {
+            phase,
+            result: "ok",
+        });
+        tracing::info!(phase = phase.as_str(), "logged in");
+        self.login = Some((
+            String::from_utf8_lossy(&credentials.user).into_owned(),
+            phase,
+        ));
+        let caps = match phase {
+            Phase::Merged => crate::merge::merged_capabilities(&info.capabilities),
+            Phase::Old | Phase::New => crate::merge::passthrough_capabilities(&info.capabilities),
+        };
+        self.attach_store(store, info.clone());
+        self.send_client(reply::logged_in(&tag, &caps));
+        match phase {
+            Phase::Merged => {
+                let mut m = Box::new(super::merged::Merged::new(
+                    &self.cfg.config,
+                    info.layout,
+                    caps,
+                    credentials,
+                ));
+                if let Some(old) = verified {
+                    // OLD checked the password: its connection serves `Old/`.
+                    self.old_login_done(&mut m, Ok(old));
+                }
+                Mode::Merged(m)
+            }
+            Phase::Old | Phase::New => Mode::Pipe(Box::new(PipeState {
+                store,
+                inflight: VecDeque::new(),
+                idle: None,
+                literal: None,
+            })),
+        }
     }
 }
 
-/// The store that checks the user's password in `phase`.
-fn primary_store(phase: Phase) -> Store {
-    match phase {
-        Phase::Old => Store::Old,
-        Phase::Merged | Phase::New => Store::New,
-    }
+/// A client's login in progress.
+pub(super) struct LoggingIn {
+    tag: Bytes,
+    phase: Phase,
+    /// The store that checks the client's password (`auth.verify`).
+    verifier: Store,
+    credentials: Arc<Credentials>,
+    /// The throttle holds the login back until then.
+    held: Option<Held>,
+    /// The verifier accepted the client, and it is not the phase's own
+    /// store: what it told Ferry at login.
+    verified: Option<BackendInfo>,
 }
 
 /// A login the throttle holds back.
@@ -202,31 +359,26 @@ impl Session {
     /// When a held login is due.
     pub(super) fn held_login(&self) -> Option<Instant> {
         match &self.mode {
-            Mode::LoggingIn { held: Some(h), .. } => Some(h.until),
+            Mode::LoggingIn(l) => l.held.map(|h| h.until),
             _ => None,
         }
     }
 
-    /// A held login is due: to the store, or refused as the same failure.
+    /// A held login is due: to the verifying store, or refused as the same
+    /// failure.
     pub(super) fn release_login(&mut self) {
-        let Mode::LoggingIn {
-            phase,
-            credentials,
-            held,
-            ..
-        } = &mut self.mode
-        else {
+        let Session { shared, mode } = self;
+        let Mode::LoggingIn(l) = mode else {
             return;
         };
-        let Some(h) = held.take() else {
+        let Some(h) = l.held.take() else {
             return;
         };
-        let store = primary_store(*phase);
         if h.known_failure {
-            self.login_done(store, Err(LoginFailure::Rejected));
+            let verifier = l.verifier;
+            self.login_done(verifier, Err(LoginFailure::Rejected));
         } else {
-            let credentials = credentials.clone();
-            self.actions.push_back(Action::Login { store, credentials });
+            shared.store_login(l.verifier, &l.credentials);
         }
     }
 }

@@ -19,13 +19,16 @@
 //!
 //! Expected outputs:
 //! - `S: text`  to the client; `O: text`, `N: text`  to OLD / NEW
-//! - `-> login old|new`, `-> close old|new`, `-> close`, `-> starttls`
+//! - `-> login old|new USER` (LOGIN as USER), `-> login old|new USER by
+//!   MASTER` (a master user's SASL PLAIN), `-> close old|new`, `-> close`,
+//!   `-> starttls`
 //! - `M: …` a report for metrics (not for commands), with `@reports` only;
 //!   an event's reports follow its actions
 //!
 //! An expected line ending in `...` matches any line that starts with the
 //! rest. In `text`, `\r` and `\n` stand for CR and LF. `#` starts a comment
-//! line; `@plaintext off` and `@tls` set up the session before it starts.
+//! line; `@plaintext off`, `@tls` and `@config a.b.c = TOML value` (e.g.
+//! `@config auth.verify = "old"`) set up the session before it starts.
 
 use std::{
     fmt::Write as _,
@@ -65,7 +68,7 @@ fn drain(s: &mut Session, reports: Option<&Kept>) -> Vec<String> {
             Action::ToBackend(Store::New, b) => lines(&mut v, "N:", &b),
             Action::ToBackend(Store::Old, b) => lines(&mut v, "O:", &b),
             Action::StartTls => v.push("-> starttls".into()),
-            Action::Login { store, .. } => v.push(format!("-> login {}", store.as_str())),
+            Action::Login { store, auth } => v.push(login_line(store, &auth)),
             Action::CloseBackend(store) => v.push(format!("-> close {}", store.as_str())),
             Action::Close => v.push("-> close".into()),
         }
@@ -97,6 +100,50 @@ fn drain(s: &mut Session, reports: Option<&Kept>) -> Vec<String> {
         }
     }
     v
+}
+
+/// `-> login new alice` (LOGIN), `-> login new alice@new.test by ferry`
+/// (a master user's SASL PLAIN).
+fn login_line(store: Store, auth: &crate::identity::StoreAuth) -> String {
+    use crate::identity::StoreAuth;
+    let name = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match auth {
+        StoreAuth::Login { user, .. } => format!("-> login {} {}", store.as_str(), name(user)),
+        StoreAuth::Plain { user, master, .. } => {
+            format!(
+                "-> login {} {} by {}",
+                store.as_str(),
+                name(user),
+                name(master)
+            )
+        }
+    }
+}
+
+/// The test configuration with `@config a.b.c = VALUE` settings applied;
+/// `{secret_file}` in a value names a file whose first line is
+/// `master-secret`.
+fn config_text(overrides: &[String]) -> String {
+    let mut root: toml::Table = CONFIG.parse().unwrap();
+    for setting in overrides {
+        let secret = std::env::temp_dir().join("ferry-transcript-master.secret");
+        std::fs::write(&secret, "master-secret\n").unwrap();
+        let setting = setting.replace("{secret_file}", &secret.display().to_string());
+        let (path, value) = setting.split_once(" = ").expect("@config a.b = value");
+        let value: toml::Table = format!("v = {value}").parse().expect("a TOML value");
+        let mut keys: Vec<&str> = path.split('.').collect();
+        let last = keys.pop().unwrap();
+        let mut table = &mut root;
+        for key in keys {
+            table = table
+                .entry(key)
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .expect("a table");
+        }
+        table.insert(last.into(), value["v"].clone());
+    }
+    toml::to_string(&root).unwrap()
 }
 
 /// `+30s`, `+500ms`, `+2m`.
@@ -184,6 +231,7 @@ fn run(name: &str, text: &str) -> String {
         pending.clear();
         expected.clear();
     };
+    let mut overrides = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
         let line = raw.trim_end();
@@ -205,8 +253,12 @@ fn run(name: &str, text: &str) -> String {
             }
             _ => {}
         }
+        if let Some(setting) = line.strip_prefix("@config ") {
+            overrides.push(setting.to_string());
+            continue;
+        }
         let s = session.get_or_insert_with(|| {
-            let mut config = config::parse(CONFIG).unwrap();
+            let mut config = config::parse(&config_text(&overrides)).unwrap();
             config.auth.allow_plaintext = plaintext;
             Session::new(
                 SessionConfig {

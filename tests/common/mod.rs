@@ -61,6 +61,41 @@ pub const USERS: &[(&str, &str)] = &[
     ("dave", WEIRD_PASSWORD),
 ];
 
+/// A store that knows every test user under another name and password
+/// ([`Naming::Renamed`]) admits this master user (Dovecot `master = yes`,
+/// separator `*`) with this password.
+pub const MASTER_USER: &str = "ferry";
+pub const MASTER_PASSWORD: &str = "master-secret";
+
+/// How a Dovecot knows the test users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// As in [`USERS`]: the same name and password as on the other store.
+    Same,
+    /// As `user@new.test` with the password `new-` + the usual one, plus the
+    /// master user [`MASTER_USER`]: a NEW store that does not know OLD's
+    /// credentials.
+    Renamed,
+}
+
+impl Naming {
+    /// The store-side name of test user `user`.
+    pub fn user(self, user: &str) -> String {
+        match self {
+            Naming::Same => user.to_string(),
+            Naming::Renamed => format!("{user}@new.test"),
+        }
+    }
+
+    /// The store-side password of test user `user`.
+    pub fn password(self, user: &str) -> String {
+        match self {
+            Naming::Same => password_for(user).to_string(),
+            Naming::Renamed => format!("new-{}", password_for(user)),
+        }
+    }
+}
+
 /// The password of a test user (panics for unknown users).
 pub fn password_for(user: &str) -> &'static str {
     USERS
@@ -249,6 +284,7 @@ pub struct Dovecot {
     running: Option<Running>,
     /// Appended to the generated dovecot.conf.
     extra_conf: String,
+    naming: Naming,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -265,6 +301,16 @@ impl Dovecot {
     /// [`Dovecot::start`] with `extra_conf` appended to dovecot.conf (e.g. an
     /// `imap_capability` that hides an extension).
     pub async fn start_with(layout: Layout, tls: bool, extra_conf: &str) -> Dovecot {
+        Self::start_named(layout, tls, extra_conf, Naming::Same).await
+    }
+
+    /// [`Dovecot::start_with`] knowing the test users as `naming` says.
+    pub async fn start_named(
+        layout: Layout,
+        tls: bool,
+        extra_conf: &str,
+        naming: Naming,
+    ) -> Dovecot {
         init();
         let binary = dovecot_binary();
         // /tmp explicitly: unix socket paths under base_dir must stay under 108 bytes.
@@ -276,14 +322,20 @@ impl Dovecot {
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod 755 temp dir");
         fs::create_dir(root.join("mail")).expect("create mail dir");
         let mut passwd = String::new();
-        for (user, pass) in USERS {
+        for (user, _) in USERS {
+            let pass = naming.password(user);
             assert!(
                 !pass.contains([':', '\n']),
                 "passwd-file cannot hold {pass:?}"
             );
-            passwd.push_str(&format!("{user}:{pass}\n"));
+            passwd.push_str(&format!("{}:{pass}\n", naming.user(user)));
         }
         fs::write(root.join("passwd"), passwd).expect("write passwd file");
+        fs::write(
+            root.join("master-passwd"),
+            format!("{MASTER_USER}:{MASTER_PASSWORD}\n"),
+        )
+        .expect("write master-passwd file");
         let status = Command::new("chown")
             .arg("-R")
             .arg("dovecot:dovecot")
@@ -312,6 +364,7 @@ impl Dovecot {
             tls,
             running: None,
             extra_conf: extra_conf.to_string(),
+            naming,
         };
         const ATTEMPTS: usize = 5;
         for attempt in 1..=ATTEMPTS {
@@ -348,6 +401,15 @@ impl Dovecot {
              userdb {{\n  driver = static\n  args = uid=dovecot gid=dovecot home={root}/mail/%u\n}}\n\
              service anvil {{\n  unix_listener anvil-auth-penalty {{\n    mode = 0\n  }}\n}}\n"
         );
+        if self.naming == Naming::Renamed {
+            // Master logins: SASL PLAIN with an authzid, or LOGIN "user*ferry";
+            // `pass = yes` then checks that the user exists.
+            c.push_str(&format!(
+                "auth_master_user_separator = *\n\
+                 passdb {{\n  driver = passwd-file\n  master = yes\n  pass = yes\n  \
+                 args = scheme=PLAIN {root}/master-passwd\n}}\n"
+            ));
+        }
         match &self.tls {
             Some(t) => c.push_str(&format!(
                 "ssl = yes\nssl_cert = <{}\nssl_key = <{}\n",
@@ -578,7 +640,9 @@ impl Dovecot {
         let mut c = TestClient::plain(self.addr()).await;
         let g = c.greeting().await;
         assert!(g.starts_with(b"* OK"), "Dovecot greeting: {}", lossy(&g));
-        let r = c.login(user, password_for(user)).await;
+        let r = c
+            .login(&self.naming.user(user), self.naming.password(user))
+            .await;
         if !r.is_ok() {
             panic!(
                 "direct login of {user} to Dovecot failed:\n{}\n--- log ---\n{}",
@@ -1706,6 +1770,8 @@ pub struct TestEnvBuilder {
     new_tls: BackendTls,
     seed: bool,
     new_conf: String,
+    new_naming: Naming,
+    auth_toml: String,
 }
 
 impl TestEnvBuilder {
@@ -1735,6 +1801,16 @@ impl TestEnvBuilder {
         self.seed = yes;
         self
     }
+    /// Added to the generated `[auth]` table (e.g. `verify = "old"`).
+    pub fn auth_toml(mut self, toml: &str) -> Self {
+        self.auth_toml.push_str(toml);
+        self
+    }
+    /// How the NEW store knows the test users (see [`Naming`]).
+    pub fn new_naming(mut self, naming: Naming) -> Self {
+        self.new_naming = naming;
+        self
+    }
 
     /// The Ferry configuration [`TestEnvBuilder::start`] uses, for these stores and
     /// server certificate/key files.
@@ -1749,10 +1825,12 @@ impl TestEnvBuilder {
              [auth]\n\
              allow_plaintext = {}\n\
              throttle_base_ms = 100\n\
-             throttle_max_ms = 400\n",
+             throttle_max_ms = 400\n\
+             {}",
             toml_str(&cert.display().to_string()),
             toml_str(&key.display().to_string()),
-            self.allow_plaintext
+            self.allow_plaintext,
+            self.auth_toml,
         );
         toml.push_str(&backend_toml("old", old, self.old_tls));
         toml.push_str(&backend_toml("new", new, self.new_tls));
@@ -1787,10 +1865,11 @@ impl TestEnvBuilder {
         init();
         let (old, new) = tokio::join!(
             Dovecot::start(Layout::Old, self.old_tls != BackendTls::None),
-            Dovecot::start_with(
+            Dovecot::start_named(
                 Layout::New,
                 self.new_tls != BackendTls::None,
-                &self.new_conf
+                &self.new_conf,
+                self.new_naming
             )
         );
         if self.seed {
@@ -1854,6 +1933,8 @@ impl TestEnv {
             new_tls: BackendTls::None,
             seed: true,
             new_conf: String::new(),
+            new_naming: Naming::Same,
+            auth_toml: String::new(),
         }
     }
 

@@ -24,7 +24,7 @@ use imap_codec::{
     },
 };
 
-use super::{Action, Credentials, Input, Shared, reply, reply::Rfc5530};
+use super::{Credentials, Input, Shared, reply, reply::Rfc5530};
 use crate::{
     caps::{Cap, Caps},
     config::Config,
@@ -350,10 +350,7 @@ impl Shared {
                 m.old = OldState::Connecting;
                 m.parked = Some(raw.clone());
                 self.input = Input::Waiting;
-                self.actions.push_back(Action::Login {
-                    store: Store::Old,
-                    credentials: m.credentials.clone(),
-                });
+                self.store_login(Store::Old, &m.credentials);
                 None
             }
         }
