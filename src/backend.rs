@@ -31,8 +31,10 @@ use crate::{
     caps::{Cap, Caps},
     config::{Backend, BackendTls},
     frame::{Frame, Framer, Peer},
-    identity::StoreAuth,
+    identity::{Secret as StoreSecret, StoreAuth},
     namespace::Layout,
+    namespace::Store,
+    oauth::{Mechanism, TokenError, Tokens},
     session::{BackendInfo, LoginFailure},
     tls::MaybeTls,
 };
@@ -51,6 +53,8 @@ pub enum BackendError {
     Protocol(&'static str),
     #[error("login rejected")]
     Rejected,
+    #[error("{0}")]
+    Token(#[from] TokenError),
 }
 
 impl BackendError {
@@ -72,6 +76,7 @@ impl BackendError {
             BackendError::Timeout => "timeout",
             BackendError::Protocol(_) => "protocol",
             BackendError::Rejected => "rejected",
+            BackendError::Token(_) => "token",
         }
     }
 }
@@ -285,6 +290,47 @@ async fn tls(target: &Target, tcp: TcpStream) -> Result<MaybeTls, BackendError> 
     Ok(MaybeTls::Tls(Box::new(tls.into())))
 }
 
+/// Connects to a store and logs in as `auth` says, first obtaining the
+/// token it names, if any. A cached token the store refuses is forgotten,
+/// and the login is tried once more with a new one (it may have been
+/// revoked, or expired before its time).
+pub async fn log_in(
+    target: &Target,
+    store: Store,
+    auth: &StoreAuth,
+    tokens: &Tokens,
+    timeout: Duration,
+) -> Result<Connected, BackendError> {
+    let StoreAuth::Token {
+        user,
+        mechanism,
+        source,
+    } = auth
+    else {
+        if *auth == StoreAuth::Unusable {
+            return Err(BackendError::Protocol("no credentials for this store"));
+        }
+        return connect(target, auth, timeout).await;
+    };
+    let with = |token: &StoreSecret| StoreAuth::Client {
+        user: user.clone(),
+        mechanism: *mechanism,
+        message: StoreSecret::new(&mechanism.message(user, token.expose())),
+    };
+    let (token, fresh) = tokens.get(store, user, source).await?;
+    match connect(target, &with(&token), timeout).await {
+        Err(BackendError::Rejected) => {
+            tokens.forget(store, user);
+            if fresh {
+                return Err(BackendError::Rejected);
+            }
+            let (token, _) = tokens.get(store, user, source).await?;
+            connect(target, &with(&token), timeout).await
+        }
+        other => other,
+    }
+}
+
 /// Connects to a store and logs in as `auth` says (names and passwords byte
 /// for byte).
 pub async fn connect(
@@ -354,6 +400,18 @@ async fn connect_inner(target: &Target, auth: &StoreAuth) -> Result<Connected, B
             c.authenticate(AuthMechanism::Plain, &message, caps.has(Cap::SaslIr))
                 .await?
         }
+        StoreAuth::Client {
+            mechanism, message, ..
+        } => {
+            let mechanism = match mechanism {
+                Mechanism::XOAuth2 => AuthMechanism::XOAuth2,
+                Mechanism::OAuthBearer => AuthMechanism::OAuthBearer,
+            };
+            c.authenticate(mechanism, message.expose(), caps.has(Cap::SaslIr))
+                .await?
+        }
+        StoreAuth::Token { .. } => return Err(BackendError::Protocol("no token obtained")),
+        StoreAuth::Unusable => return Err(BackendError::Protocol("no credentials for this store")),
     };
     match &status {
         Status::Tagged(t) if t.body.kind == StatusKind::Ok => {}

@@ -104,6 +104,11 @@ pub struct Auth {
     /// `old`, NEW in `merged` and `new`.
     #[serde(default)]
     pub verify: Option<Store>,
+    /// Offer AUTH=XOAUTH2 and AUTH=OAUTHBEARER and pass the client's token
+    /// to this store, which checks it; the other store is reached with its
+    /// own login mode.
+    #[serde(default)]
+    pub oauth: Option<Store>,
 }
 
 fn default_throttle_base() -> u64 {
@@ -128,6 +133,7 @@ impl Default for Auth {
             failure_cache_secs: default_failure_cache(),
             max_failures_per_connection: default_max_failures(),
             verify: None,
+            oauth: None,
         }
     }
 }
@@ -590,6 +596,22 @@ impl Config {
         }
         self.backends.old.login.validate("old")?;
         self.backends.new.login.validate("new")?;
+        if let Some(store) = self.auth.oauth {
+            let other = match store {
+                Store::Old => Store::New,
+                Store::New => Store::Old,
+            };
+            if self.backend(other).login.mode == crate::identity::LoginMode::Client {
+                return Err(invalid(
+                    "auth.oauth",
+                    format!(
+                        "a client that signs in with a token has no password for the {o} store: \
+                         set backends.{o}.login.mode to \"master\" or \"oauth2\"",
+                        o = other.as_str()
+                    ),
+                ));
+            }
+        }
         let l = &self.limits;
         if l.max_line_bytes < 1024 {
             return Err(invalid("limits.max_line_bytes", "must be at least 1024"));

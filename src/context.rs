@@ -42,6 +42,8 @@ pub struct Ctx {
     pub acceptor: Option<TlsAcceptor>,
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
     pub throttle: Arc<crate::throttle::Throttle>,
+    /// OAuth2 tokens Ferry obtained for store logins.
+    pub tokens: Arc<crate::oauth::Tokens>,
     pub connections: Arc<Connections>,
     /// Session ids, unique across listeners (for logs and the drain spread).
     pub next_id: std::sync::atomic::AtomicU64,

@@ -278,8 +278,9 @@ async fn perform(
                 Store::New => live.new.clone(),
             };
             let timeout = Duration::from_secs(live.config.limits.backend_connect_timeout_secs);
+            let tokens = ctx.tokens.clone();
             io.logins[store.index()] = Some(Box::pin(async move {
-                backend::connect(&target, &auth, timeout).await
+                backend::log_in(&target, store, &auth, &tokens, timeout).await
             }));
         }
         Action::CloseBackend(store) => {

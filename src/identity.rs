@@ -1,17 +1,19 @@
 //! Who Ferry is at each store: the store-side user name (a template, with a
-//! map of exceptions) and how Ferry proves it — the client's own password, or
-//! a master user logging in on the user's behalf.
+//! map of exceptions) and how Ferry proves it — the client's own password, a
+//! master user logging in on the user's behalf, or an OAuth2 token Ferry
+//! obtains.
 //!
 //! `[backends.old.login]` and `[backends.new.login]` configure it; the
 //! session turns a client's [`Credentials`] into one [`StoreAuth`] per store
 //! with [`StoreLogin::auth_for`], and `backend::connect` performs it.
 
-use std::{collections::HashMap, fmt, path::PathBuf, sync::Arc};
+use std::{collections::HashMap, fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 
 use crate::{
     config::{ConfigError, invalid},
+    oauth::{Mechanism, TokenSource},
     session::Credentials,
 };
 
@@ -25,6 +27,9 @@ pub enum LoginMode {
     /// A master user, on the user's behalf: the client's password never
     /// reaches this store.
     Master,
+    /// XOAUTH2/OAUTHBEARER with a token from `token_command`.
+    #[serde(rename = "oauth2")]
+    OAuth2,
 }
 
 /// How a master user names the user it acts for.
@@ -58,6 +63,17 @@ pub struct StoreLogin {
     pub master_style: MasterStyle,
     #[serde(default = "default_separator")]
     pub master_separator: String,
+    /// argv of a helper that prints a token for `{user}` (the store-side
+    /// name): the token alone, or an OAuth2 token response with `expires_in`.
+    pub token_command: Option<Vec<String>>,
+    #[serde(default)]
+    pub mechanism: Mechanism,
+    /// A token command that has not answered by then fails the login.
+    #[serde(default = "default_token_timeout")]
+    pub token_timeout_secs: u64,
+    /// How long a token without `expires_in` is used.
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime_secs: u64,
     /// Read from `user_map_file` at load; client names lower-cased.
     #[serde(skip)]
     pub user_map: Arc<HashMap<String, String>>,
@@ -74,6 +90,14 @@ fn default_separator() -> String {
     "*".into()
 }
 
+fn default_token_timeout() -> u64 {
+    10
+}
+
+fn default_token_lifetime() -> u64 {
+    300
+}
+
 impl Default for StoreLogin {
     fn default() -> Self {
         Self {
@@ -84,6 +108,10 @@ impl Default for StoreLogin {
             master_password_file: None,
             master_style: MasterStyle::default(),
             master_separator: default_separator(),
+            token_command: None,
+            mechanism: Mechanism::default(),
+            token_timeout_secs: default_token_timeout(),
+            token_lifetime_secs: default_token_lifetime(),
             user_map: Arc::default(),
             master_password: None,
         }
@@ -122,13 +150,33 @@ pub enum StoreAuth {
         master: Vec<u8>,
         password: Secret,
     },
+    /// `AUTHENTICATE mechanism` with a token the driver obtains from `source`.
+    Token {
+        user: Vec<u8>,
+        mechanism: Mechanism,
+        source: TokenSource,
+    },
+    /// `AUTHENTICATE mechanism` with the client's own message, unchanged.
+    Client {
+        user: Vec<u8>,
+        mechanism: Mechanism,
+        message: Secret,
+    },
+    /// Nothing to log in with: the store takes the client's password, and
+    /// the client signed in with a token for the other store (the
+    /// configuration check refuses this; it fails as unavailable).
+    Unusable,
 }
 
 impl StoreAuth {
     /// The store-side user name (for logs and transcripts).
     pub fn user(&self) -> &[u8] {
         match self {
-            StoreAuth::Login { user, .. } | StoreAuth::Plain { user, .. } => user,
+            StoreAuth::Login { user, .. }
+            | StoreAuth::Plain { user, .. }
+            | StoreAuth::Token { user, .. }
+            | StoreAuth::Client { user, .. } => user,
+            StoreAuth::Unusable => b"",
         }
     }
 }
@@ -145,19 +193,53 @@ impl fmt::Debug for StoreAuth {
                 .field("user", &String::from_utf8_lossy(user))
                 .field("master", &String::from_utf8_lossy(master))
                 .finish_non_exhaustive(),
+            StoreAuth::Token {
+                user,
+                mechanism,
+                source,
+            } => f
+                .debug_struct("Token")
+                .field("user", &String::from_utf8_lossy(user))
+                .field("mechanism", mechanism)
+                .field("command", &source.command)
+                .finish(),
+            StoreAuth::Client {
+                user, mechanism, ..
+            } => f
+                .debug_struct("Client")
+                .field("user", &String::from_utf8_lossy(user))
+                .field("mechanism", mechanism)
+                .finish_non_exhaustive(),
+            StoreAuth::Unusable => f.write_str("Unusable"),
         }
     }
 }
 
 impl StoreLogin {
-    /// How Ferry logs in to this store for a client who typed `client`.
-    pub fn auth_for(&self, client: &Credentials) -> StoreAuth {
+    /// How Ferry logs in to this store for `client`; `None` when it cannot
+    /// (the store takes the client's password, and the client signed in
+    /// with a token meant for the other store).
+    pub fn auth_for(&self, client: &Credentials) -> Option<StoreAuth> {
         let user = self.store_user(&client.user);
-        match (self.mode, self.master_style) {
+        Some(match (self.mode, self.master_style) {
+            (LoginMode::Client, _) if client.bearer.is_some() => return None,
             (LoginMode::Client, _) => StoreAuth::Login {
                 user,
                 password: Secret::new(&client.password),
             },
+            (LoginMode::OAuth2, _) => {
+                let name = String::from_utf8_lossy(&user).into_owned();
+                let command = self.token_command.iter().flatten();
+                StoreAuth::Token {
+                    source: TokenSource {
+                        command: command.map(|arg| arg.replace("{user}", &name)).collect(),
+                        timeout: Duration::from_secs(self.token_timeout_secs),
+                        lifetime: Duration::from_secs(self.token_lifetime_secs),
+                    },
+                    user,
+                    mechanism: self.mechanism,
+                }
+            }
             (LoginMode::Master, style) => {
                 // Validated at load: master mode has both.
                 let master = self.master_user.clone().unwrap_or_default().into_bytes();
@@ -182,7 +264,7 @@ impl StoreLogin {
                     }
                 }
             }
-        }
+        })
     }
 
     /// The store-side name: an exception from the map, else the template.
@@ -212,10 +294,35 @@ impl StoreLogin {
             ("master_user", self.master_user.is_some()),
             ("master_password_file", self.master_password_file.is_some()),
         ];
+        let oauth_keys = [("token_command", self.token_command.is_some())];
+        let unused = |keys: &[(&str, bool)], mode: &str| match keys.iter().find(|(_, set)| *set) {
+            Some((k, _)) => Err(invalid(
+                key(k),
+                format!("is only used with mode = \"{mode}\""),
+            )),
+            None => Ok(()),
+        };
+        if self.mode != LoginMode::Master {
+            unused(&master_keys, "master")?;
+        }
+        if self.mode != LoginMode::OAuth2 {
+            unused(&oauth_keys, "oauth2")?;
+        }
         match self.mode {
-            LoginMode::Client => {
-                if let Some((k, _)) = master_keys.iter().find(|(_, set)| *set) {
-                    return Err(invalid(key(k), "is only used with mode = \"master\""));
+            LoginMode::Client => {}
+            LoginMode::OAuth2 => {
+                if self
+                    .token_command
+                    .as_ref()
+                    .is_none_or(|c| c.is_empty() || c[0].is_empty())
+                {
+                    return Err(invalid(
+                        key("token_command"),
+                        "is required with mode = \"oauth2\": a program and its arguments, e.g. [\"/usr/local/libexec/ferry-token\", \"{user}\"]",
+                    ));
+                }
+                if self.token_timeout_secs == 0 {
+                    return Err(invalid(key("token_timeout_secs"), "must be at least 1"));
                 }
             }
             LoginMode::Master => {
@@ -322,6 +429,7 @@ mod tests {
         Credentials {
             user: user.as_bytes().to_vec(),
             password: password.as_bytes().to_vec(),
+            bearer: None,
         }
     }
 
@@ -368,19 +476,19 @@ mod tests {
         let alice = creds("alice", "client-pw");
         assert_eq!(
             l.auth_for(&alice),
-            StoreAuth::Plain {
+            Some(StoreAuth::Plain {
                 user: b"alice@new.test".to_vec(),
                 master: b"ferry".to_vec(),
                 password: Secret::new(b"m-secret"),
-            }
+            })
         );
         l.master_style = MasterStyle::Separator;
         assert_eq!(
             l.auth_for(&alice),
-            StoreAuth::Login {
+            Some(StoreAuth::Login {
                 user: b"alice@new.test*ferry".to_vec(),
                 password: Secret::new(b"m-secret"),
-            }
+            })
         );
         // The client's own password never appears, nor the master's in Debug.
         let shown = format!("{:?}", l.auth_for(&alice));
@@ -390,6 +498,39 @@ mod tests {
         );
         let client = login("").auth_for(&alice);
         assert!(!format!("{client:?}").contains("client-pw"));
+    }
+
+    #[test]
+    fn oauth2_tokens_are_asked_for_under_the_store_side_name() {
+        let l = login(
+            r#"mode = "oauth2"
+               user = "{local}@g.example.edu"
+               token_command = ["/usr/local/libexec/ferry-token", "--user", "{user}"]
+               mechanism = "OAUTHBEARER""#,
+        );
+        let Some(StoreAuth::Token {
+            user,
+            mechanism,
+            source,
+        }) = l.auth_for(&creds("kt1@mail.example.edu", "pw"))
+        else {
+            panic!("not a token login");
+        };
+        assert_eq!(user, b"kt1@g.example.edu");
+        assert_eq!(mechanism, Mechanism::OAuthBearer);
+        assert_eq!(
+            source.command,
+            [
+                "/usr/local/libexec/ferry-token",
+                "--user",
+                "kt1@g.example.edu"
+            ]
+        );
+        // A client mode store has nothing to offer a client that signed in
+        // with a token for the other store.
+        let mut bearer = creds("alice", "user=alice\x01auth=Bearer t\x01\x01");
+        bearer.bearer = Some(Mechanism::XOAuth2);
+        assert_eq!(login("").auth_for(&bearer), None);
     }
 
     #[test]
@@ -406,5 +547,10 @@ mod tests {
         assert!(err(r#"user = "{name}@x""#).contains("unknown placeholder {name}"));
         assert!(err(r#"user = "{local""#).contains("never closed"));
         assert!(err(r#"user = "a}""#).contains("lone"));
+        assert_eq!(
+            err(r#"mode = "oauth2""#),
+            "backends.old.login.token_command: is required with mode = \"oauth2\": a program and its arguments, e.g. [\"/usr/local/libexec/ferry-token\", \"{user}\"]"
+        );
+        assert!(err(r#"token_command = ["x"]"#).contains("only used with mode = \"oauth2\""));
     }
 }

@@ -33,6 +33,7 @@ pub mod merge;
 pub mod metrics;
 pub mod mutf7;
 pub mod namespace;
+pub mod oauth;
 pub mod route;
 pub mod sasl;
 pub mod server;

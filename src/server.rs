@@ -141,6 +141,7 @@ impl Ferry {
             acceptor,
             subscriptions,
             throttle,
+            tokens: Arc::default(),
             connections: Arc::default(),
             next_id: Default::default(),
             workers,

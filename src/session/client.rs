@@ -34,7 +34,7 @@ impl Session {
             }
             match shared.input.clone() {
                 Input::Command => self.assemble(frame),
-                Input::AuthData { tag } => shared.auth_data(mode, tag, frame),
+                Input::AuthData { tag, bearer } => shared.auth_data(mode, tag, bearer, frame),
                 Input::IdleDone => {
                     if let Mode::Merged(m) = mode {
                         shared.idle_done(m, frame);

@@ -116,11 +116,13 @@ pub trait Reporter: Send {
     fn report(&mut self, report: Report);
 }
 
-/// What a user typed to log in; handed to the driver to log in to a store.
+/// What a user typed to log in: a name and password, or (`bearer`) the
+/// name an OAuth2 SASL message gives and that whole message as `password`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub user: Vec<u8>,
     pub password: Vec<u8>,
+    pub bearer: Option<crate::oauth::Mechanism>,
 }
 
 impl fmt::Debug for Credentials {
@@ -128,6 +130,7 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("user", &String::from_utf8_lossy(&self.user))
             .field("password", &"<redacted>")
+            .field("bearer", &self.bearer)
             .finish()
     }
 }
@@ -175,7 +178,11 @@ enum Input {
     /// Nothing: a command is running; later input stays queued.
     Waiting,
     /// The base64 line of AUTHENTICATE PLAIN.
-    AuthData { tag: Bytes },
+    /// `None`: PLAIN; else an OAuth2 mechanism's message.
+    AuthData {
+        tag: Bytes,
+        bearer: Option<crate::oauth::Mechanism>,
+    },
     /// `DONE` ends an IDLE.
     IdleDone,
     /// Literal bytes and lines of an APPEND go straight to the store.
@@ -721,6 +728,9 @@ impl Shared {
         }
         if self.cfg.tls || self.cfg.config.auth.allow_plaintext {
             caps.push("AUTH=PLAIN");
+            if self.cfg.config.auth.oauth.is_some() {
+                caps.extend(["AUTH=XOAUTH2", "AUTH=OAUTHBEARER"]);
+            }
         } else {
             caps.push("LOGINDISABLED");
         }

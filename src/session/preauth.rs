@@ -16,6 +16,11 @@ use imap_codec::{
 
 use std::collections::VecDeque;
 
+use crate::{
+    identity::{Secret, StoreAuth},
+    oauth::Mechanism,
+};
+
 use super::{
     Action, BackendInfo, Credentials, Input, LoginFailure, Mode, PipeState, Report, Session,
     Shared, failure_label, reply,
@@ -46,6 +51,7 @@ impl Shared {
                 let credentials = Credentials {
                     user: username.as_ref().to_vec(),
                     password: password.declassify().as_ref().to_vec(),
+                    bearer: None,
                 };
                 self.login(mode, tag, credentials);
             }
@@ -58,13 +64,23 @@ impl Shared {
                 }
                 match initial_response {
                     Some(ir) => self.sasl_plain(mode, tag, ir.declassify()),
-                    None => {
-                        // RFC 4959: an empty challenge.
-                        self.send_client(Bytes::from_static(b"+ \r\n"));
-                        self.input = Input::AuthData {
-                            tag: Bytes::from(tag),
-                        };
-                    }
+                    None => self.challenge(tag, None),
+                }
+            }
+            CommandBody::Authenticate {
+                mechanism: m @ (AuthMechanism::XOAuth2 | AuthMechanism::OAuthBearer),
+                initial_response,
+            } if self.cfg.config.auth.oauth.is_some() => {
+                if !self.may_authenticate(&tag) {
+                    return;
+                }
+                let bearer = match m {
+                    AuthMechanism::XOAuth2 => Mechanism::XOAuth2,
+                    _ => Mechanism::OAuthBearer,
+                };
+                match initial_response {
+                    Some(ir) => self.sasl_bearer(mode, tag, bearer, ir.declassify()),
+                    None => self.challenge(tag, Some(bearer)),
                 }
             }
             CommandBody::Authenticate { .. } => self.send_client(reply::no(
@@ -109,15 +125,31 @@ impl Shared {
         false
     }
 
-    pub(super) fn auth_data(&mut self, mode: &mut Mode, tag: Bytes, frame: Frame) {
+    /// RFC 4959: an empty challenge, for a client that sent no initial response.
+    fn challenge(&mut self, tag: Vec<u8>, bearer: Option<Mechanism>) {
+        self.send_client(Bytes::from_static(b"+ \r\n"));
+        self.input = Input::AuthData {
+            tag: Bytes::from(tag),
+            bearer,
+        };
+    }
+
+    pub(super) fn auth_data(
+        &mut self,
+        mode: &mut Mode,
+        tag: Bytes,
+        bearer: Option<Mechanism>,
+        frame: Frame,
+    ) {
         let Frame::Line { bytes, .. } = frame else {
             return;
         };
         self.input = Input::Command;
         match AuthenticateDataCodec::new().decode(&bytes) {
-            Ok((_, AuthenticateData::Continue(data))) => {
-                self.sasl_plain(mode, tag.to_vec(), data.declassify())
-            }
+            Ok((_, AuthenticateData::Continue(data))) => match bearer {
+                None => self.sasl_plain(mode, tag.to_vec(), data.declassify()),
+                Some(b) => self.sasl_bearer(mode, tag.to_vec(), b, data.declassify()),
+            },
             Ok((_, AuthenticateData::Cancel)) => {
                 self.send_client(reply::bad(&tag, "AUTHENTICATE cancelled"))
             }
@@ -141,6 +173,25 @@ impl Shared {
         let credentials = Credentials {
             user: plain.authcid.to_vec(),
             password: plain.password.to_vec(),
+            bearer: None,
+        };
+        self.login(mode, tag, credentials);
+    }
+
+    /// An OAuth2 message for the store named by `auth.oauth`: the name in it
+    /// picks the phase; the store that takes the token decides.
+    fn sasl_bearer(&mut self, mode: &mut Mode, tag: Vec<u8>, bearer: Mechanism, data: &[u8]) {
+        let Some(user) = bearer.user(data) else {
+            self.send_client(reply::bad(
+                &tag,
+                &format!("Malformed SASL {} message", bearer.as_str()),
+            ));
+            return;
+        };
+        let credentials = Credentials {
+            user,
+            password: data.to_vec(),
+            bearer: Some(bearer),
         };
         self.login(mode, tag, credentials);
     }
@@ -151,7 +202,11 @@ impl Shared {
         }
         let user = String::from_utf8_lossy(&credentials.user).into_owned();
         let phase = self.cfg.config.migration.phase_for(&user);
-        let verifier = self.cfg.config.verifier(phase);
+        // A token is checked by the store it is for.
+        let verifier = match (credentials.bearer, self.cfg.config.auth.oauth) {
+            (Some(_), Some(store)) => store,
+            _ => self.cfg.config.verifier(phase),
+        };
         self.report(Report::User(user));
         let verdict = self.cfg.throttle.check(
             self.clock.now,
@@ -187,7 +242,20 @@ impl Shared {
     /// Asks the driver to log in to `store` for this client, as that
     /// store's `[backends.*.login]` says.
     pub(super) fn store_login(&mut self, store: Store, credentials: &Credentials) {
-        let auth = self.cfg.config.backend(store).login.auth_for(credentials);
+        let auth = match credentials.bearer {
+            Some(mechanism) if self.cfg.config.auth.oauth == Some(store) => StoreAuth::Client {
+                user: credentials.user.clone(),
+                mechanism,
+                message: Secret::new(&credentials.password),
+            },
+            _ => self
+                .cfg
+                .config
+                .backend(store)
+                .login
+                .auth_for(credentials)
+                .unwrap_or(StoreAuth::Unusable),
+        };
         self.actions.push_back(Action::Login {
             store,
             auth: Arc::new(auth),

@@ -580,6 +580,7 @@ fn credentials_never_print() {
     let c = Credentials {
         user: b"alice".to_vec(),
         password: b"p(w)*%".to_vec(),
+        bearer: None,
     };
     assert!(!format!("{c:?}").contains("p(w)"));
 }

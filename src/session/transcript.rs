@@ -103,21 +103,23 @@ fn drain(s: &mut Session, reports: Option<&Kept>) -> Vec<String> {
 }
 
 /// `-> login new alice` (LOGIN), `-> login new alice@new.test by ferry`
-/// (a master user's SASL PLAIN).
+/// (a master user's SASL PLAIN), `… with a XOAUTH2 token` (from the token
+/// command), `… with the client's OAUTHBEARER` (the client's own message).
 fn login_line(store: Store, auth: &crate::identity::StoreAuth) -> String {
     use crate::identity::StoreAuth;
     let name = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    match auth {
-        StoreAuth::Login { user, .. } => format!("-> login {} {}", store.as_str(), name(user)),
-        StoreAuth::Plain { user, master, .. } => {
-            format!(
-                "-> login {} {} by {}",
-                store.as_str(),
-                name(user),
-                name(master)
-            )
-        }
-    }
+    let how = match auth {
+        StoreAuth::Login { user, .. } => name(user),
+        StoreAuth::Plain { user, master, .. } => format!("{} by {}", name(user), name(master)),
+        StoreAuth::Token {
+            user, mechanism, ..
+        } => format!("{} with a {} token", name(user), mechanism.as_str()),
+        StoreAuth::Client {
+            user, mechanism, ..
+        } => format!("{} with the client's {}", name(user), mechanism.as_str()),
+        StoreAuth::Unusable => "without credentials".into(),
+    };
+    format!("-> login {} {how}", store.as_str())
 }
 
 /// The test configuration with `@config a.b.c = VALUE` settings applied;

@@ -61,8 +61,7 @@ pub const USERS: &[(&str, &str)] = &[
     ("dave", WEIRD_PASSWORD),
 ];
 
-/// A store that knows every test user under another name and password
-/// ([`Naming::Renamed`]) admits this master user (Dovecot `master = yes`,
+/// Every test Dovecot admits this master user (Dovecot `master = yes`,
 /// separator `*`) with this password.
 pub const MASTER_USER: &str = "ferry";
 pub const MASTER_PASSWORD: &str = "master-secret";
@@ -401,7 +400,7 @@ impl Dovecot {
              userdb {{\n  driver = static\n  args = uid=dovecot gid=dovecot home={root}/mail/%u\n}}\n\
              service anvil {{\n  unix_listener anvil-auth-penalty {{\n    mode = 0\n  }}\n}}\n"
         );
-        if self.naming == Naming::Renamed {
+        {
             // Master logins: SASL PLAIN with an authzid, or LOGIN "user*ferry";
             // `pass = yes` then checks that the user exists.
             c.push_str(&format!(
@@ -2106,4 +2105,105 @@ pub fn send_signal(pid: &str, signal: &str) -> bool {
         .args([signal, pid])
         .status()
         .is_ok_and(|s| s.success())
+}
+
+// ───────────────────────────── OAuth2 token introspection ─────────────────────────────
+
+/// The tests' token-introspection endpoint (`tests/oauth_introspect.py`),
+/// for a Dovecot whose oauth2 passdb asks it whether a token is good.
+pub struct Introspection {
+    child: Child,
+    dir: TempDir,
+    port: u16,
+}
+
+impl Introspection {
+    pub async fn start() -> Introspection {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-oauth-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        // Dovecot's auth process reads the passdb file in here.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let tokens = dir.path().join("tokens.json");
+        fs::write(&tokens, "{}").unwrap();
+        let port_file = dir.path().join("port");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oauth_introspect.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(&tokens)
+            .arg(&port_file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect(
+                "python3 is needed for the introspection endpoint (apt-get install -y python3)",
+            );
+        let deadline = Instant::now() + START_TIMEOUT;
+        let port = loop {
+            if let Ok(p) = fs::read_to_string(&port_file) {
+                break p.trim().parse().expect("port number");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "introspection endpoint did not start"
+            );
+            tokio::time::sleep(POLL).await;
+        };
+        Introspection { child, dir, port }
+    }
+
+    /// Makes `token` good for `user` (Dovecot's name for the user).
+    pub fn grant(&self, token: &str, user: &str) {
+        self.edit(|t| {
+            t.insert(token.into(), user.into());
+        });
+    }
+
+    /// Makes `token` no good any more (expired or revoked).
+    pub fn revoke(&self, token: &str) {
+        self.edit(|t| {
+            t.remove(token);
+        });
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+        let path = self.dir.path().join("tokens.json");
+        let mut tokens: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        f(&mut tokens);
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, serde_json::to_string(&tokens).unwrap()).unwrap();
+        fs::rename(tmp, path).unwrap();
+    }
+
+    /// Configuration for a Dovecot that takes XOAUTH2 and OAUTHBEARER
+    /// tokens this endpoint vouches for (passwords still work as before).
+    pub fn dovecot_conf(&self) -> String {
+        let ext = self.dir.path().join("dovecot-oauth2.conf.ext");
+        fs::write(
+            &ext,
+            format!(
+                "introspection_mode = post\n\
+                 introspection_url = http://127.0.0.1:{}/introspect\n\
+                 username_attribute = username\n\
+                 active_attribute = active\n\
+                 active_value = true\n",
+                self.port
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&ext, fs::Permissions::from_mode(0o644)).unwrap();
+        format!(
+            "auth_mechanisms = plain login xoauth2 oauthbearer\n\
+             passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {}\n}}\n",
+            ext.display()
+        )
+    }
+}
+
+impl Drop for Introspection {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
