@@ -39,13 +39,13 @@ mod append;
 mod commands;
 mod copy;
 mod list;
-mod reconnect;
+mod old;
 mod respond;
 
 pub(super) use append::append_probe;
 use copy::CopyJob;
 use list::ListJob;
-use reconnect::{OldView, Resume};
+use old::{OldView, Resume};
 pub use respond::rename_data;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,90 +337,6 @@ impl Merged {
 }
 
 impl Shared {
-    fn need_old(&mut self, m: &mut Merged, raw: &Bytes) -> Option<bool> {
-        match m.old {
-            OldState::Ready => Some(true),
-            OldState::Unavailable => Some(false),
-            OldState::Reconnecting => {
-                m.parked = Some(raw.clone());
-                self.input = Input::Waiting;
-                None
-            }
-            OldState::Absent | OldState::Connecting => {
-                m.old = OldState::Connecting;
-                m.parked = Some(raw.clone());
-                self.input = Input::Waiting;
-                self.store_login(Store::Old, &m.credentials);
-                None
-            }
-        }
-    }
-
-    pub(super) fn old_login_done(
-        &mut self,
-        m: &mut Merged,
-        result: Result<super::BackendInfo, super::LoginFailure>,
-    ) {
-        match result {
-            Ok(info) => {
-                self.clock.reconnected();
-                m.map.set_layout(Store::Old, info.layout.clone());
-                self.attach_store(Store::Old, info);
-                m.old = OldState::Ready;
-                self.old_reconnected(m, true);
-            }
-            Err(super::LoginFailure::Unavailable { .. })
-                if m.old == OldState::Reconnecting && self.reconnect_again() => {}
-            Err(e) => {
-                tracing::warn!(failure = ?e, "OLD store login failed; Old/ unavailable");
-                m.old = OldState::Unavailable;
-                self.old_reconnected(m, false);
-            }
-        }
-    }
-
-    /// OLD's connection is gone; `clean`: not in the middle of a response.
-    pub(super) fn merged_old_lost(&mut self, m: &mut Merged, clean: bool) {
-        tracing::warn!("OLD store connection lost");
-        m.old = OldState::Unavailable;
-        if let Some(Job::Copy(c)) = &mut m.job {
-            // The copy is answered (and the session ended) once NEW has let go.
-            m.selected = None;
-            self.copy_old_lost(c);
-            if c.answered() {
-                m.job = None;
-            }
-            return;
-        }
-        if m.selected == Some(Store::Old) || matches!(m.job, Some(Job::Reopen(..))) {
-            if !self.old_reconnect(m, clean) {
-                self.bye_and_close("The Old/ folder store went away, please reconnect.");
-            }
-            return;
-        }
-        match m.job.take() {
-            Some(Job::List(mut l)) if l.waits_on(Store::Old) => {
-                l.old_lost();
-                self.list_step(m, l);
-            }
-            Some(Job::Forward {
-                store: Store::Old,
-                tag,
-                ..
-            }) => {
-                self.send_client(unavailable(&tag));
-                self.input = Input::Command;
-            }
-            // Leaving OLD for NEW: nothing to unselect any more, go on.
-            Some(Job::Leave {
-                store: Store::Old,
-                then,
-                ..
-            }) => self.after_leave(m, *then),
-            other => m.job = other,
-        }
-    }
-
     /// The store being left is unselected: the command that waited for it
     /// goes out, unless it is for OLD and OLD went away meanwhile.
     fn after_leave(&mut self, m: &mut Merged, (store, bytes, job): (Store, Bytes, Job)) {

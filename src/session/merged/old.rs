@@ -1,4 +1,5 @@
-//! OLD going away under an open `Old/` folder.
+//! OLD's connection in the merged view: logged in when a command first needs
+//! it, lost, and got back under an open `Old/` folder.
 //!
 //! OLD is only ever read, so nothing is lost by reconnecting: Ferry logs in
 //! again (with backoff), re-opens the folder, and if its UIDVALIDITY and
@@ -50,6 +51,90 @@ const CHANGED: &str = "The Old/ folder store restarted and the folder changed; p
 const GONE: &str = "The Old/ folder store went away, please reconnect.";
 
 impl Shared {
+    pub(super) fn need_old(&mut self, m: &mut Merged, raw: &Bytes) -> Option<bool> {
+        match m.old {
+            OldState::Ready => Some(true),
+            OldState::Unavailable => Some(false),
+            OldState::Reconnecting => {
+                m.parked = Some(raw.clone());
+                self.input = Input::Waiting;
+                None
+            }
+            OldState::Absent | OldState::Connecting => {
+                m.old = OldState::Connecting;
+                m.parked = Some(raw.clone());
+                self.input = Input::Waiting;
+                self.store_login(Store::Old, &m.credentials);
+                None
+            }
+        }
+    }
+
+    pub(in crate::session) fn old_login_done(
+        &mut self,
+        m: &mut Merged,
+        result: Result<crate::session::BackendInfo, crate::session::LoginFailure>,
+    ) {
+        match result {
+            Ok(info) => {
+                self.clock.reconnected();
+                m.map.set_layout(Store::Old, info.layout.clone());
+                self.attach_store(Store::Old, info);
+                m.old = OldState::Ready;
+                self.old_reconnected(m, true);
+            }
+            Err(crate::session::LoginFailure::Unavailable { .. })
+                if m.old == OldState::Reconnecting && self.reconnect_again() => {}
+            Err(e) => {
+                tracing::warn!(failure = ?e, "OLD store login failed; Old/ unavailable");
+                m.old = OldState::Unavailable;
+                self.old_reconnected(m, false);
+            }
+        }
+    }
+
+    /// OLD's connection is gone; `clean`: not in the middle of a response.
+    pub(in crate::session) fn merged_old_lost(&mut self, m: &mut Merged, clean: bool) {
+        tracing::warn!("OLD store connection lost");
+        m.old = OldState::Unavailable;
+        if let Some(Job::Copy(c)) = &mut m.job {
+            // The copy is answered (and the session ended) once NEW has let go.
+            m.selected = None;
+            self.copy_old_lost(c);
+            if c.answered() {
+                m.job = None;
+            }
+            return;
+        }
+        if m.selected == Some(Store::Old) || matches!(m.job, Some(Job::Reopen(..))) {
+            if !self.old_reconnect(m, clean) {
+                self.bye_and_close("The Old/ folder store went away, please reconnect.");
+            }
+            return;
+        }
+        match m.job.take() {
+            Some(Job::List(mut l)) if l.waits_on(Store::Old) => {
+                l.old_lost();
+                self.list_step(m, l);
+            }
+            Some(Job::Forward {
+                store: Store::Old,
+                tag,
+                ..
+            }) => {
+                self.send_client(unavailable(&tag));
+                self.input = Input::Command;
+            }
+            // Leaving OLD for NEW: nothing to unselect any more, go on.
+            Some(Job::Leave {
+                store: Store::Old,
+                then,
+                ..
+            }) => self.after_leave(m, *then),
+            other => m.job = other,
+        }
+    }
+
     /// OLD went away while the client had an `Old/` folder open. `clean`: no
     /// response was cut in the middle. Returns false when the session cannot
     /// go on that way (the caller ends it).
