@@ -13,7 +13,7 @@ use imap_codec::{
         IntoStatic,
         auth::{AuthMechanism, AuthenticateData},
         command::{Command, CommandBody},
-        core::{AString, LiteralMode, Tag},
+        core::{AString, IString, LiteralMode, NString, Tag},
         mailbox::Mailbox,
         response::{Capability, Code, Data, Response, Status, StatusKind},
         secret::Secret,
@@ -35,7 +35,7 @@ use crate::{
     namespace::Layout,
     namespace::Store,
     oauth::{Mechanism, TokenError, Tokens},
-    session::{BackendInfo, LoginFailure},
+    session::{BackendInfo, IdFields, LoginFailure},
     tls::MaybeTls,
 };
 
@@ -298,6 +298,7 @@ pub async fn log_in(
     target: &Target,
     store: Store,
     auth: &StoreAuth,
+    id: Option<&IdFields>,
     tokens: &Tokens,
     timeout: Duration,
 ) -> Result<Connected, BackendError> {
@@ -310,7 +311,7 @@ pub async fn log_in(
         if *auth == StoreAuth::Unusable {
             return Err(BackendError::Protocol("no credentials for this store"));
         }
-        return connect(target, auth, timeout).await;
+        return connect(target, auth, id, timeout).await;
     };
     let with = |token: &StoreSecret| StoreAuth::Client {
         user: user.clone(),
@@ -318,14 +319,14 @@ pub async fn log_in(
         message: StoreSecret::new(&mechanism.message(user, token.expose())),
     };
     let (token, fresh) = tokens.get(store, user, source).await?;
-    match connect(target, &with(&token), timeout).await {
+    match connect(target, &with(&token), id, timeout).await {
         Err(BackendError::Rejected) => {
             tokens.forget(store, user);
             if fresh {
                 return Err(BackendError::Rejected);
             }
             let (token, _) = tokens.get(store, user, source).await?;
-            connect(target, &with(&token), timeout).await
+            connect(target, &with(&token), id, timeout).await
         }
         other => other,
     }
@@ -336,14 +337,19 @@ pub async fn log_in(
 pub async fn connect(
     target: &Target,
     auth: &StoreAuth,
+    id: Option<&IdFields>,
     timeout: Duration,
 ) -> Result<Connected, BackendError> {
-    tokio::time::timeout(timeout, connect_inner(target, auth))
+    tokio::time::timeout(timeout, connect_inner(target, auth, id))
         .await
         .map_err(|_| BackendError::Timeout)?
 }
 
-async fn connect_inner(target: &Target, auth: &StoreAuth) -> Result<Connected, BackendError> {
+async fn connect_inner(
+    target: &Target,
+    auth: &StoreAuth,
+    id: Option<&IdFields>,
+) -> Result<Connected, BackendError> {
     let tcp = TcpStream::connect(&target.backend.address)
         .await
         .map_err(BackendError::Connect)?;
@@ -378,6 +384,19 @@ async fn connect_inner(target: &Target, auth: &StoreAuth) -> Result<Connected, B
     }
     let (untagged, status) = c.run(CommandBody::Capability).await?;
     let caps = Caps::from_decoded(&capabilities(&untagged, &status).unwrap_or_default());
+    if let Some(fields) = id
+        && caps.has(Cap::Id)
+    {
+        // The store's own ID answer, and even a NO, change nothing.
+        let parameters = fields
+            .iter()
+            .map(|(name, value)| (istring(name), NString(value.as_deref().map(istring))))
+            .collect();
+        c.run(CommandBody::Id {
+            parameters: Some(parameters),
+        })
+        .await?;
+    }
     let (untagged, status) = match auth {
         StoreAuth::Login { user, password } => {
             if caps.has(Cap::LoginDisabled) {
@@ -435,6 +454,16 @@ async fn connect_inner(target: &Target, auth: &StoreAuth) -> Result<Connected, B
             layout,
         },
         rest,
+    })
+}
+
+/// ID field names and values as strings: quoted, or literals for bytes a
+/// quoted string cannot hold.
+fn istring(bytes: &[u8]) -> IString<'static> {
+    IString::try_from(bytes.to_vec()).unwrap_or_else(|_| {
+        IString::from(imap_codec::imap_types::core::Literal::unvalidated(
+            bytes.to_vec(),
+        ))
     })
 }
 

@@ -21,10 +21,11 @@ pub enum Cap {
     Namespace,
     LoginDisabled,
     SaslIr,
+    Id,
 }
 
 impl Cap {
-    const ALL: [(Cap, &'static str); 7] = [
+    const ALL: [(Cap, &'static str); 8] = [
         (Cap::LiteralPlus, "LITERAL+"),
         (Cap::Unselect, "UNSELECT"),
         (Cap::Multiappend, "MULTIAPPEND"),
@@ -32,6 +33,7 @@ impl Cap {
         (Cap::Namespace, "NAMESPACE"),
         (Cap::LoginDisabled, "LOGINDISABLED"),
         (Cap::SaslIr, "SASL-IR"),
+        (Cap::Id, "ID"),
     ];
 
     fn bit(self) -> u32 {

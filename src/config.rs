@@ -66,6 +66,15 @@ pub struct Listen {
     pub imaps: Option<SocketAddr>,
     /// Plaintext with STARTTLS, usually port 143.
     pub imap: Option<SocketAddr>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as
+    /// HAProxy's `send-proxy`/`send-proxy-v2` write it) giving the client's
+    /// address; a connection without one is closed before any IMAP byte.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Who may send those headers (`"10.0.0.0/8"`, `"192.0.2.7/32"`); any
+    /// other sender is closed at once.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +175,14 @@ pub struct Backend {
     /// Who Ferry is at this store (`[backends.*.login]`).
     #[serde(default)]
     pub login: StoreLogin,
+    /// Send IMAP ID with the client's address (`x-originating-ip`, …) and
+    /// the client's own ID fields before logging in, when the store offers ID.
+    #[serde(default = "yes")]
+    pub forward_id: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Backend {
@@ -555,6 +572,24 @@ impl Config {
                 "tls",
                 "listen.imap without [tls] offers no STARTTLS; add [tls] or set auth.allow_plaintext = true",
             ));
+        }
+        match (
+            self.listen.proxy_protocol,
+            self.listen.trusted_proxies.is_empty(),
+        ) {
+            (true, true) => {
+                return Err(invalid(
+                    "listen.trusted_proxies",
+                    "is required with listen.proxy_protocol = true: the load balancers' addresses, e.g. [\"10.0.0.0/8\"]",
+                ));
+            }
+            (false, false) => {
+                return Err(invalid(
+                    "listen.trusted_proxies",
+                    "is only used with listen.proxy_protocol = true",
+                ));
+            }
+            _ => {}
         }
         let d = self.namespace.delimiter;
         if !d.is_ascii_graphic() || matches!(d, '%' | '*' | '"' | '\\' | '&' | '(' | ')' | '{') {

@@ -1,7 +1,7 @@
 //! The only async glue: moves bytes between the client, the stores and the
 //! sans-IO [`Session`], and performs its actions.
 
-use std::{future::Future, io, net::IpAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, io, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use tokio::{io::AsyncWriteExt, time::Instant};
@@ -12,6 +12,7 @@ use crate::{
     backend::{self, BackendError, Connected},
     context::{Ctx, live_changed},
     metrics::{self, Flow},
+    proxy::Addresses,
     session::{Action, Event, Session, SessionConfig, Store},
     tls::MaybeTls,
     wake::WhenWoken,
@@ -35,7 +36,7 @@ struct Io {
 /// the next readiness or the session's next deadline.
 pub async fn serve(
     client: MaybeTls,
-    peer: IpAddr,
+    addrs: Addresses,
     listener: &'static str,
     id: u64,
     ctx: Arc<Ctx>,
@@ -50,7 +51,8 @@ pub async fn serve(
         starttls: !tls && ctx.acceptor.is_some(),
         subscriptions: ctx.subscriptions.clone(),
         id,
-        peer,
+        client: addrs.client,
+        local: addrs.local,
         throttle: ctx.throttle.clone(),
     };
     let reporter = Box::new(metrics::Recorder { listener });
@@ -271,7 +273,7 @@ async fn perform(
                 }
             }
         }
-        Action::Login { store, auth } => {
+        Action::Login { store, auth, id } => {
             let live = ctx.live.borrow().clone();
             let target = match store {
                 Store::Old => live.old.clone(),
@@ -280,7 +282,7 @@ async fn perform(
             let timeout = Duration::from_secs(live.config.limits.backend_connect_timeout_secs);
             let tokens = ctx.tokens.clone();
             io.logins[store.index()] = Some(Box::pin(async move {
-                backend::log_in(&target, store, &auth, &tokens, timeout).await
+                backend::log_in(&target, store, &auth, id.as_deref(), &tokens, timeout).await
             }));
         }
         Action::CloseBackend(store) => {

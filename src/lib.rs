@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod mutf7;
 pub mod namespace;
 pub mod oauth;
+pub mod proxy;
 pub mod route;
 pub mod sasl;
 pub mod server;

@@ -1,7 +1,8 @@
 //! Accept loops for the imaps (implicit TLS) and imap (STARTTLS) listeners:
-//! a connection is admitted (connection limits), gets its own task on a
-//! worker and its tracing span, and is handed to the driver. An error in one
-//! session never reaches the accept loop.
+//! a connection gets its own task on a worker and its tracing span, its
+//! PROXY header is read (behind a load balancer), it is admitted by the
+//! client's address (connection limits), and handed to the driver. An error
+//! in one session never reaches the accept loop.
 
 use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration};
 
@@ -13,8 +14,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, info_span, warn};
 
 use crate::{
-    context::{ConnSlot, Ctx},
+    config::Config,
+    context::Ctx,
     driver,
+    proxy::{self, Addresses},
     tls::MaybeTls,
 };
 
@@ -54,13 +57,6 @@ pub(crate) async fn accept_loop(
             _ = shutdown.cancelled() => return,
         };
         let id = ctx.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let Some(slot) = ctx
-            .connections
-            .admit(peer.ip(), &ctx.live.borrow().config.limits)
-        else {
-            tracker.spawn(refuse(tcp, kind));
-            continue;
-        };
         // The socket moves to the worker's own I/O driver.
         let tcp = match tcp.into_std() {
             Ok(tcp) => tcp,
@@ -69,9 +65,18 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let span = info_span!("session", id, listener = kind.name(), client.addr = %peer, user = tracing::field::Empty);
+        // Behind a load balancer the client's address is known only once the
+        // PROXY header is read (`client.addr`); `peer.addr` is who connected.
+        let span = info_span!(
+            "session",
+            id,
+            listener = kind.name(),
+            client.addr = tracing::field::Empty,
+            peer.addr = %peer,
+            user = tracing::field::Empty
+        );
         ctx.workers.spawn(tracker.track_future(
-            handle(tcp, peer, kind, id, ctx.clone(), shutdown.clone(), slot).instrument(span),
+            handle(tcp, peer, kind, id, ctx.clone(), shutdown.clone()).instrument(span),
         ));
     }
 }
@@ -94,15 +99,21 @@ async fn handle(
     id: u64,
     ctx: Arc<Ctx>,
     shutdown: CancellationToken,
-    _slot: ConnSlot,
 ) {
-    let Ok(tcp) = TcpStream::from_std(tcp) else {
+    let Ok(mut tcp) = TcpStream::from_std(tcp) else {
         return;
+    };
+    let config = ctx.live.borrow().config.clone();
+    let Some(addrs) = addresses(&mut tcp, peer, &config).await else {
+        return;
+    };
+    tracing::Span::current().record("client.addr", tracing::field::display(addrs.client));
+    let Some(_slot) = ctx.connections.admit(addrs.client.ip(), &config.limits) else {
+        return refuse(tcp, kind).await;
     };
     let _ = tcp.set_nodelay(true);
     crate::metrics::session_started(kind.name());
-    let handshake =
-        Duration::from_secs(ctx.live.borrow().config.limits.preauth_timeout_secs.min(30));
+    let handshake = Duration::from_secs(config.limits.preauth_timeout_secs.min(30));
     let stream = match (kind, &ctx.acceptor) {
         (Kind::Imaps, Some(acceptor)) => match crate::tls::accept(acceptor, tcp, handshake).await {
             Some(tls) => tls,
@@ -113,5 +124,41 @@ async fn handle(
         },
         _ => MaybeTls::Plain(tcp),
     };
-    driver::serve(stream, peer.ip(), kind.name(), id, ctx, shutdown).await;
+    driver::serve(stream, addrs, kind.name(), id, ctx, shutdown).await;
+}
+
+/// Who the client is: the peer itself, or (`listen.proxy_protocol`) what
+/// the PROXY header says. `None`: the connection is to be closed.
+async fn addresses(tcp: &mut TcpStream, peer: SocketAddr, config: &Config) -> Option<Addresses> {
+    let local = tcp.local_addr().ok()?;
+    if !config.listen.proxy_protocol {
+        return Some(Addresses {
+            client: peer,
+            local,
+        });
+    }
+    let timeout = Duration::from_secs(config.limits.preauth_timeout_secs.min(10));
+    match proxy::read_header(tcp, peer, &config.listen.trusted_proxies, timeout).await {
+        Ok(Some(addrs)) => {
+            crate::metrics::proxy_header("ok");
+            Some(addrs)
+        }
+        Ok(None) => {
+            // The load balancer's own check: served as itself.
+            crate::metrics::proxy_header("local");
+            Some(Addresses {
+                client: peer,
+                local,
+            })
+        }
+        Err(e) => {
+            crate::metrics::proxy_header(e.kind());
+            match e {
+                // A health check that connects and goes is not news.
+                proxy::ProxyError::Closed => tracing::debug!(error = %e, "connection refused"),
+                _ => warn!(error = %e, "connection refused"),
+            }
+            None
+        }
+    }
 }

@@ -68,6 +68,9 @@ fn register_zeroes() {
     for kind in ["delayed", "known_failure"] {
         counter!("ferry_auth_throttled_total", "kind" => kind).absolute(0);
     }
+    for result in ["ok", "local", "untrusted", "malformed", "timeout", "closed"] {
+        counter!("ferry_proxy_headers_total", "result" => result).absolute(0);
+    }
     for store in ["old", "new"] {
         for result in ["ok", "rejected", "error"] {
             counter!("ferry_backend_connects_total", "store" => store, "result" => result)
@@ -186,6 +189,12 @@ pub fn limit_hit(limit: &'static str) {
 
 /// A login attempt slowed down (`delayed`) or answered from the cache of
 /// recent failures without reaching the stores (`known_failure`).
+/// A PROXY protocol header was read (`ok`, `local`) or the connection was
+/// refused for it (`untrusted`, `malformed`, `timeout`, `closed`).
+pub fn proxy_header(result: &'static str) {
+    counter!("ferry_proxy_headers_total", "result" => result).increment(1);
+}
+
 pub fn auth_throttled(kind: &'static str) {
     counter!("ferry_auth_throttled_total", "kind" => kind).increment(1);
 }

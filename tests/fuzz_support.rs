@@ -378,7 +378,8 @@ impl Harness {
                 starttls,
                 subscriptions: Default::default(),
                 id: 1,
-                peer: std::net::Ipv4Addr::LOCALHOST.into(),
+                client: "192.0.2.7:50000".parse().unwrap(),
+                local: "127.0.0.1:993".parse().unwrap(),
                 // Per input, so that runs are reproducible.
                 throttle: Arc::new(ferry::throttle::Throttle::new(&session_config().auth)),
             },

@@ -135,6 +135,9 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// IMAP ID (RFC 2971) fields: names and values (NIL as `None`).
+pub type IdFields = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// What a store told Ferry at login.
 #[derive(Debug, Clone)]
 pub struct BackendInfo {
@@ -160,9 +163,11 @@ pub enum Action {
     /// Start the TLS handshake on the client connection (after the queued OK).
     StartTls,
     /// Connect and log in to a store; report with [`Event::LoggedIn`].
+    /// `id`: the IMAP ID fields to send first, if the store offers ID.
     Login {
         store: Store,
         auth: Arc<crate::identity::StoreAuth>,
+        id: Option<Arc<IdFields>>,
     },
     /// Close a store connection (after the queued bytes).
     CloseBackend(Store),
@@ -235,8 +240,11 @@ pub struct SessionConfig {
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
     /// Unique per session: places it in the phase-change drain window.
     pub id: u64,
-    /// The client's address, for the login throttle.
-    pub peer: std::net::IpAddr,
+    /// The client's address (from the PROXY header behind a load
+    /// balancer): for the login throttle and the stores' logs.
+    pub client: std::net::SocketAddr,
+    /// The address the client connected to.
+    pub local: std::net::SocketAddr,
     /// Failed-login bookkeeping shared by all sessions.
     pub throttle: Arc<crate::throttle::Throttle>,
 }
@@ -270,6 +278,9 @@ pub struct Shared {
     login: Option<(String, Phase)>,
     /// Failed logins on this connection.
     failures: u32,
+    /// What the client said of itself with ID before logging in, passed on
+    /// to the stores.
+    client_id: IdFields,
     /// The phase label the session is counted under (see [`Report::Phase`]).
     counted: Option<&'static str>,
     /// Metrics for the command in flight (merged phase; one at a time).
@@ -325,6 +336,7 @@ impl Session {
                 next_tag: 0,
                 login: None,
                 failures: 0,
+                client_id: Vec::new(),
                 counted: None,
                 timing: None,
                 done_owed: false,

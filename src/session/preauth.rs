@@ -22,8 +22,8 @@ use crate::{
 };
 
 use super::{
-    Action, BackendInfo, Credentials, Input, LoginFailure, Mode, PipeState, Report, Session,
-    Shared, failure_label, reply,
+    Action, BackendInfo, Credentials, IdFields, Input, LoginFailure, Mode, PipeState, Report,
+    Session, Shared, failure_label, reply,
 };
 use crate::{config::Phase, frame::Frame, namespace::Store};
 
@@ -42,7 +42,8 @@ impl Shared {
                 self.send_client(reply::ok(&tag, "LOGOUT completed"));
                 self.close();
             }
-            CommandBody::Id { .. } => {
+            CommandBody::Id { parameters } => {
+                self.client_id = client_id(parameters.unwrap_or_default());
                 self.send_client(reply::id());
                 self.send_client(reply::ok(&tag, "ID completed"));
             }
@@ -210,7 +211,7 @@ impl Shared {
         self.report(Report::User(user));
         let verdict = self.cfg.throttle.check(
             self.clock.now,
-            self.cfg.peer,
+            self.cfg.client.ip(),
             &credentials.user,
             &credentials.password,
         );
@@ -256,10 +257,34 @@ impl Shared {
                 .auth_for(credentials)
                 .unwrap_or(StoreAuth::Unusable),
         };
+        let id = self
+            .cfg
+            .config
+            .backend(store)
+            .forward_id
+            .then(|| Arc::new(self.store_id()));
         self.actions.push_back(Action::Login {
             store,
             auth: Arc::new(auth),
+            id,
         });
+    }
+
+    /// ID for a store: where the client really is (Dovecot takes these
+    /// from its `login_trusted_networks`, for its logs and lockouts), then
+    /// what the client said of itself.
+    fn store_id(&self) -> IdFields {
+        let field =
+            |name: &str, value: String| (name.as_bytes().to_vec(), Some(value.into_bytes()));
+        let mut id = vec![
+            field("x-originating-ip", self.cfg.client.ip().to_string()),
+            field("x-originating-port", self.cfg.client.port().to_string()),
+            field("x-connected-ip", self.cfg.local.ip().to_string()),
+            field("x-connected-port", self.cfg.local.port().to_string()),
+            field("x-session-ext-id", format!("ferry-{}", self.cfg.id)),
+        ];
+        id.extend(self.client_id.iter().cloned());
+        id
     }
 
     /// A login of the client's answered: the session's phase state, the
@@ -276,7 +301,7 @@ impl Shared {
         };
         let verifying = l.verified.is_none();
         if verifying {
-            let (now, peer, c) = (self.clock.now, self.cfg.peer, &l.credentials);
+            let (now, peer, c) = (self.clock.now, self.cfg.client.ip(), &l.credentials);
             match &result {
                 Ok(_) => self.cfg.throttle.succeeded(&c.user),
                 Err(LoginFailure::Rejected) => {
@@ -398,6 +423,27 @@ impl Shared {
             })),
         }
     }
+}
+
+/// What a client's ID may pass on: at most RFC 2971's 30 fields, each
+/// within its limits (30-byte names, 1024-byte values), and never an `x-`
+/// field, which the stores would trust as Ferry's own.
+fn client_id(
+    parameters: Vec<(
+        imap_codec::imap_types::core::IString<'_>,
+        imap_codec::imap_types::core::NString<'_>,
+    )>,
+) -> IdFields {
+    parameters
+        .into_iter()
+        .map(|(name, value)| (name.as_ref().to_vec(), value.0.map(|v| v.as_ref().to_vec())))
+        .filter(|(name, value)| {
+            name.len() <= 30
+                && value.as_ref().is_none_or(|v| v.len() <= 1024)
+                && !name.to_ascii_lowercase().starts_with(b"x-")
+        })
+        .take(30)
+        .collect()
 }
 
 /// A client's login in progress.

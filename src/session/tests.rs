@@ -43,7 +43,8 @@ fn session_reporting(allow_plaintext: bool, kept: Kept) -> Session {
             starttls: true,
             subscriptions: Default::default(),
             id: 1,
-            peer: std::net::Ipv4Addr::LOCALHOST.into(),
+            client: "192.0.2.7:50000".parse().unwrap(),
+            local: "127.0.0.1:993".parse().unwrap(),
         },
         std::time::Instant::now(),
         Box::new(kept),
@@ -572,6 +573,41 @@ fn sessions_are_counted_under_their_phase() {
     assert_eq!(
         phases(&kept),
         [(None, Some("preauth")), (Some("preauth"), None)]
+    );
+}
+
+/// Before logging in, a store that offers ID is told where the client is
+/// (for its logs and lockouts), then what the client said of itself — but
+/// never an `x-` field from the client, which the store would trust.
+#[test]
+fn stores_are_told_where_the_client_is() {
+    let mut s = session(true);
+    out(&mut s);
+    s.client_input(
+        b"a0 ID (\"name\" \"Thunderbird\" \"version\" \"128.0\" \"x-originating-ip\" \"6.6.6.6\")\r\n\
+          a1 LOGIN alice pw\r\n",
+    );
+    let id = std::iter::from_fn(|| s.poll_action())
+        .find_map(|a| match a {
+            Action::Login { id, .. } => id,
+            _ => None,
+        })
+        .expect("a login with ID fields");
+    let shown: Vec<String> = id
+        .iter()
+        .map(|(k, v)| format!("{}={}", lossy(k), lossy(v.as_deref().unwrap_or(b"NIL"))))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "x-originating-ip=192.0.2.7",
+            "x-originating-port=50000",
+            "x-connected-ip=127.0.0.1",
+            "x-connected-port=993",
+            "x-session-ext-id=ferry-1",
+            "name=Thunderbird",
+            "version=128.0",
+        ]
     );
 }
 

@@ -41,8 +41,15 @@ use super::tests::{CONFIG, Kept, caps_of, layout_of, lossy};
 use super::*;
 use crate::{config, throttle::Throttle};
 
-/// Every transcript's client comes from this address.
-const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+/// Every transcript's client comes from this address, to this one.
+const CLIENT: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(192, 0, 2, 7),
+    50000,
+));
+const LOCAL: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(10, 0, 0, 1),
+    993,
+));
 
 /// The capabilities a store reports by default: what Dovecot 2.3 says,
 /// trimmed to what the session looks at.
@@ -68,7 +75,8 @@ fn drain(s: &mut Session, reports: Option<&Kept>) -> Vec<String> {
             Action::ToBackend(Store::New, b) => lines(&mut v, "N:", &b),
             Action::ToBackend(Store::Old, b) => lines(&mut v, "O:", &b),
             Action::StartTls => v.push("-> starttls".into()),
-            Action::Login { store, auth } => v.push(login_line(store, &auth)),
+            // The ID sent first: `tests::stores_are_told_where_the_client_is`.
+            Action::Login { store, auth, .. } => v.push(login_line(store, &auth)),
             Action::CloseBackend(store) => v.push(format!("-> close {}", store.as_str())),
             Action::Close => v.push("-> close".into()),
         }
@@ -270,7 +278,8 @@ fn run(name: &str, text: &str) -> String {
                     starttls: !tls,
                     subscriptions: Default::default(),
                     id: 1,
-                    peer: PEER,
+                    client: CLIENT,
+                    local: LOCAL,
                 },
                 start,
                 Box::new(kept.clone()),

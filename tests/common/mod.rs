@@ -953,8 +953,12 @@ async fn tcp_connect(addr: impl ToSocketAddrs) -> TcpStream {
 impl TestClient {
     /// Connects over plain TCP (the greeting is not read yet).
     pub async fn plain(addr: impl ToSocketAddrs) -> Self {
+        Self::plain_over(tcp_connect(addr).await)
+    }
+
+    /// A client on a connection the caller made (e.g. [`connect_from`]).
+    pub fn plain_over(tcp: TcpStream) -> Self {
         init();
-        let tcp = tcp_connect(addr).await;
         let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         TestClient {
             stream: Stream::Plain(tcp),
@@ -968,8 +972,12 @@ impl TestClient {
     /// Connects with implicit TLS, trusting only `ca`, server name `localhost`
     /// (the greeting is not read yet).
     pub async fn tls(addr: impl ToSocketAddrs, ca: &CertificateDer<'static>) -> Self {
+        Self::tls_over(tcp_connect(addr).await, ca).await
+    }
+
+    /// Implicit TLS on a connection the caller made.
+    pub async fn tls_over(tcp: TcpStream, ca: &CertificateDer<'static>) -> Self {
         init();
-        let tcp = tcp_connect(addr).await;
         let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let tls = tls_handshake(tcp, ca, &peer).await;
         TestClient {
@@ -1771,6 +1779,7 @@ pub struct TestEnvBuilder {
     new_conf: String,
     new_naming: Naming,
     auth_toml: String,
+    listen_toml: String,
 }
 
 impl TestEnvBuilder {
@@ -1800,6 +1809,11 @@ impl TestEnvBuilder {
         self.seed = yes;
         self
     }
+    /// Added to the generated `[listen]` table (e.g. `proxy_protocol = true`).
+    pub fn listen_toml(mut self, toml: &str) -> Self {
+        self.listen_toml.push_str(toml);
+        self
+    }
     /// Added to the generated `[auth]` table (e.g. `verify = "old"`).
     pub fn auth_toml(mut self, toml: &str) -> Self {
         self.auth_toml.push_str(toml);
@@ -1818,6 +1832,7 @@ impl TestEnvBuilder {
             "[listen]\n\
              imaps = \"127.0.0.1:0\"\n\
              imap  = \"127.0.0.1:0\"\n\
+             {}\
              [tls]\n\
              cert = {}\n\
              key  = {}\n\
@@ -1826,6 +1841,7 @@ impl TestEnvBuilder {
              throttle_base_ms = 100\n\
              throttle_max_ms = 400\n\
              {}",
+            self.listen_toml,
             toml_str(&cert.display().to_string()),
             toml_str(&key.display().to_string()),
             self.allow_plaintext,
@@ -1934,6 +1950,7 @@ impl TestEnv {
             new_conf: String::new(),
             new_naming: Naming::Same,
             auth_toml: String::new(),
+            listen_toml: String::new(),
         }
     }
 
@@ -2206,4 +2223,76 @@ impl Drop for Introspection {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ───────────────────────────── HAProxy ─────────────────────────────
+
+/// A real HAProxy (TCP mode) in front of one address, as admins run it in
+/// front of Ferry.
+pub struct Haproxy {
+    child: Child,
+    _dir: TempDir,
+    port: u16,
+}
+
+impl Haproxy {
+    /// Listens on 127.0.0.1 and forwards to `server` with `server_options`
+    /// (`"send-proxy"`, `"send-proxy-v2"`, or `""` for none).
+    pub async fn start(server: SocketAddr, server_options: &str) -> Haproxy {
+        let binary = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("haproxy is needed for these tests (apt-get install -y haproxy)");
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-haproxy-")
+            .tempdir()
+            .expect("temp dir");
+        let port = free_port();
+        let config = format!(
+            "global\n  maxconn 1000\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend imap\n  bind 127.0.0.1:{port}\n  default_backend ferry\n\
+             backend ferry\n  server ferry {server} {server_options}\n"
+        );
+        let path = dir.path().join("haproxy.cfg");
+        fs::write(&path, config).expect("write haproxy.cfg");
+        let child = Command::new(binary)
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start haproxy");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "haproxy did not start listening");
+            tokio::time::sleep(POLL).await;
+        }
+        Haproxy {
+            child,
+            _dir: dir,
+            port,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain TCP connection to `to` from the loopback address `from` (e.g.
+/// 127.0.0.5), so a test can be many clients on one machine.
+pub async fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("bind a loopback address");
+    socket.connect(to).await.expect("connect")
 }
