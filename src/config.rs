@@ -50,6 +50,25 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub metrics: Metrics,
+    #[serde(default)]
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `text` (the default) or `json`: one JSON object a line, with the
+    /// session's fields (`client.addr`, `user`, …) in `spans`. Read at start.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

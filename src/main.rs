@@ -40,13 +40,15 @@ fn main() -> anyhow::Result<()> {
         .config
         .context("--config FILE is required (or: ferry check-config FILE)")?;
     let config = ferry::config::load(&path).with_context(|| format!("{}", path.display()))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        ferry::config::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        ferry::config::LogFormat::Json => logs.json().with_span_list(true).init(),
+    }
     // Sessions run on their own per-core workers; this runtime only accepts,
     // serves /metrics and handles signals.
     let runtime = tokio::runtime::Builder::new_multi_thread()

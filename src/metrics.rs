@@ -68,6 +68,9 @@ fn register_zeroes() {
     for kind in ["delayed", "known_failure"] {
         counter!("ferry_auth_throttled_total", "kind" => kind).absolute(0);
     }
+    for why in crate::session::End::ALL {
+        counter!("ferry_session_ends_total", "reason" => why.as_str()).absolute(0);
+    }
     for result in ["ok", "local", "untrusted", "malformed", "timeout", "closed"] {
         counter!("ferry_proxy_headers_total", "result" => result).absolute(0);
     }
@@ -227,6 +230,9 @@ impl crate::session::Reporter for Recorder {
             Report::Throttled(kind) => auth_throttled(kind),
             Report::Phase { from, to } => session_phase(self.listener, from, to),
             Report::PhaseDisconnect => phase_disconnect(),
+            Report::SessionEnd(why) => {
+                counter!("ferry_session_ends_total", "reason" => why.as_str()).increment(1);
+            }
             // Called inside the session's task, so this is its span.
             Report::User(user) => {
                 tracing::Span::current().record("user", user.as_str());

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::config::Auth;
+use crate::{config::Auth, identity::StoreAuth, namespace::Store};
 
 /// Entries per table; a flood of distinct addresses or names cannot grow
 /// memory beyond this (about 100 bytes per entry).
@@ -122,6 +122,42 @@ impl Throttle {
         t.pairs.insert(key, now + self.remember);
     }
 
+    /// A store refused a login Ferry made on the user's behalf after the
+    /// password was checked elsewhere (the lazy OLD login with the client's
+    /// password, a master user): remembered like a failed password, so
+    /// reconnecting clients do not walk the store's own lockout counter up.
+    /// Token logins are not remembered: a refused token is replaced.
+    pub fn store_failed(&self, now: Instant, store: Store, auth: &StoreAuth) {
+        if let Some(key) = self.store_key(store, auth) {
+            let mut t = self.lock();
+            t.pairs.insert(key, now + self.remember);
+        }
+    }
+
+    /// This very login just failed at this store.
+    pub fn store_known_failure(&self, now: Instant, store: Store, auth: &StoreAuth) -> bool {
+        self.store_key(store, auth).is_some_and(|key| {
+            self.lock()
+                .pairs
+                .get(&key)
+                .is_some_and(|until| *until > now)
+        })
+    }
+
+    fn store_key(&self, store: Store, auth: &StoreAuth) -> Option<u64> {
+        match auth {
+            StoreAuth::Login { user, password } => {
+                Some(self.key.hash_one((store, user, password.expose())))
+            }
+            StoreAuth::Plain {
+                user,
+                master,
+                password,
+            } => Some(self.key.hash_one((store, user, master, password.expose()))),
+            StoreAuth::Token { .. } | StoreAuth::Client { .. } | StoreAuth::Unusable => None,
+        }
+    }
+
     /// A good login clears the user's record (not the address's: one
     /// success must not reset a password-spraying address).
     pub fn succeeded(&self, user: &[u8]) {
@@ -202,6 +238,29 @@ mod tests {
         );
         t.succeeded(b"carol");
         assert_eq!(t.check(now(), other, b"carol", b"x").delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn logins_on_the_users_behalf_are_remembered_per_store() {
+        let t = throttle();
+        let login = StoreAuth::Login {
+            user: b"alice".to_vec(),
+            password: crate::identity::Secret::new(b"stale"),
+        };
+        assert!(!t.store_known_failure(now(), Store::Old, &login));
+        t.store_failed(now(), Store::Old, &login);
+        assert!(t.store_known_failure(now(), Store::Old, &login));
+        assert!(
+            !t.store_known_failure(now(), Store::New, &login),
+            "per store"
+        );
+        // The primary login's tables are not touched: no delay for alice.
+        assert_eq!(t.check(now(), IP, b"alice", b"stale").delay, Duration::ZERO);
+        let later = now() + Duration::from_secs(301);
+        assert!(
+            !t.store_known_failure(later, Store::Old, &login),
+            "forgotten"
+        );
     }
 
     #[test]

@@ -204,3 +204,34 @@ fn check_config_refuses_a_configuration_where_nothing_checks_the_password() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The user changed the password on NEW only: NEW lets the client in, OLD
+/// refuses the lazy login for `Old/`. Later sessions do not ask OLD again
+/// with that password, so OLD's lockout (JAIST locks an account after a few
+/// failures) never counts a client that reconnects all day.
+#[tokio::test]
+async fn old_is_not_asked_again_with_a_password_it_refused() {
+    let env = TestEnv::builder()
+        .new_naming(Naming::Renamed)
+        .extra_toml("[backends.new.login]\nuser = \"{user}@new.test\"\n")
+        .start()
+        .await;
+    let new_password = Naming::Renamed.password("alice");
+    let refusals = |log: &str| log.matches("auth failed").count();
+    for _ in 0..3 {
+        let mut c = env.imaps_client().await;
+        c.login("alice", &new_password).await.assert_ok();
+        let r = c.cmd("EXAMINE Old/INBOX").await;
+        r.assert_no();
+        assert_eq!(r.code().as_deref(), Some("UNAVAILABLE"), "{}", r.text());
+        c.cmd("SELECT INBOX").await.assert_ok();
+        c.logout().await;
+    }
+    // Dovecot logs a refused login when the connection closes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while refusals(&env.old.log()) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let log = env.old.log();
+    assert_eq!(refusals(&log), 1, "OLD was asked more than once:\n{log}");
+}

@@ -125,6 +125,7 @@ impl Session {
         if self.closed {
             return;
         }
+        self.count_command();
         let Session { shared, mode } = self;
         // A merged command's verb is told once: for its route by name and
         // for its metrics.
@@ -174,7 +175,10 @@ impl Shared {
         }
         self.command.clear();
         self.send_client(reply);
-        self.bye_and_close("Literal too large for this server; closing the connection");
+        self.bye_and_close(
+            "Literal too large for this server; closing the connection",
+            super::End::ProtocolError,
+        );
     }
 
     pub(super) fn discard_frame(&mut self, reply: Bytes, frame: Frame) {

@@ -15,6 +15,13 @@ enum Ending {
 }
 
 impl Ending {
+    fn end(self) -> super::End {
+        match self {
+            Ending::Shutdown => super::End::Shutdown,
+            Ending::PhaseChange => super::End::PhaseChange,
+        }
+    }
+
     fn text(self) -> &'static str {
         match self {
             Ending::Shutdown => "Server shutting down, please reconnect.",
@@ -131,7 +138,12 @@ impl Session {
                 "preauth_timeout"
             };
             self.report(Report::LimitHit(limit));
-            self.end("Autologout; idle for too long");
+            let why = if self.is_authenticated() {
+                super::End::IdleTimeout
+            } else {
+                super::End::PreauthTimeout
+            };
+            self.end("Autologout; idle for too long", why);
             self.clock.client_deadline = now + self.client_timeout();
         } else if let Some(store) = self.awaiting_store()
             && let Some(conn) = self.stores[store.index()].as_ref()
@@ -161,7 +173,9 @@ impl Session {
             return;
         };
         let credentials = m.credentials.clone();
-        self.store_login(Store::Old, &credentials);
+        if !self.login_on_behalf(Store::Old, &credentials) {
+            self.login_done(Store::Old, Err(super::LoginFailure::Rejected));
+        }
     }
 
     /// Ferry shuts down: the session ends at its next safe point (before
@@ -210,7 +224,7 @@ impl Session {
                     self.report(Report::PhaseDisconnect);
                     tracing::info!("ending the session: the user's phase changed");
                 }
-                self.end(ending.text());
+                self.end(ending.text(), ending.end());
                 return;
             }
             self.leave_idle();

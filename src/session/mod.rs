@@ -107,8 +107,62 @@ pub enum Report {
     },
     /// A session was ended because its user's phase changed.
     PhaseDisconnect,
+    /// The session is over, and why.
+    SessionEnd(End),
     /// The user a login is for, for the session's log span (not a metric).
     User(String),
+}
+
+/// Why a session ended: its last log line and `ferry_session_ends_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client logged out.
+    Logout,
+    /// The client closed the connection (or it failed).
+    ClientClosed,
+    PreauthTimeout,
+    IdleTimeout,
+    Shutdown,
+    /// The user's phase changed.
+    PhaseChange,
+    /// A store went away, or an `Old/` folder changed under the client.
+    StoreLost,
+    /// Too many failed logins on the connection.
+    LoginFailures,
+    /// The client broke the protocol beyond recovery.
+    ProtocolError,
+    /// The driver dropped a session that had not ended (its task was cancelled).
+    Aborted,
+}
+
+impl End {
+    pub const ALL: [End; 10] = [
+        End::Logout,
+        End::ClientClosed,
+        End::PreauthTimeout,
+        End::IdleTimeout,
+        End::Shutdown,
+        End::PhaseChange,
+        End::StoreLost,
+        End::LoginFailures,
+        End::ProtocolError,
+        End::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Logout => "logout",
+            End::ClientClosed => "client_closed",
+            End::PreauthTimeout => "preauth_timeout",
+            End::IdleTimeout => "idle_timeout",
+            End::Shutdown => "shutdown",
+            End::PhaseChange => "phase_change",
+            End::StoreLost => "store_lost",
+            End::LoginFailures => "login_failures",
+            End::ProtocolError => "protocol_error",
+            End::Aborted => "aborted",
+        }
+    }
 }
 
 /// Takes the session's [`Report`]s: metrics, and the log span's user.
@@ -290,6 +344,14 @@ pub struct Shared {
     done_owed: bool,
     /// The session is over (`Action::Close` is queued).
     closed: bool,
+    /// Why the session is ending, once that is decided (the client leaving
+    /// otherwise).
+    ending: Option<End>,
+    /// For the session's last log line.
+    commands: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    started: Instant,
     client: Framer,
     input: Input,
     /// The command being assembled, literals normalised to `{n+}`.
@@ -341,6 +403,11 @@ impl Session {
                 timing: None,
                 done_owed: false,
                 closed: false,
+                ending: None,
+                commands: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                started: now,
             },
             mode: Mode::PreAuth,
         };
@@ -355,6 +422,7 @@ impl Session {
         self.clock.now = now.max(self.clock.now);
         match event {
             Event::ClientBytes(data) => {
+                self.bytes_in += data.len() as u64;
                 self.client_active();
                 self.client_input(data);
             }
@@ -574,10 +642,11 @@ impl Session {
     }
 
     /// Ends the session with `* BYE text` (shutdown, phase change) at a safe point.
-    fn end(&mut self, text: &str) {
+    fn end(&mut self, text: &str, why: End) {
         if self.closed {
             return;
         }
+        self.ending.get_or_insert(why);
         self.send_client(reply::bye(text));
         // As if the client had left: a copy in flight is undone first.
         self.client_closed();
@@ -610,6 +679,7 @@ impl Session {
                 shared.send_client(reply::bye(
                     "Connection to the mail store was lost, please reconnect.",
                 ));
+                shared.ending.get_or_insert(End::StoreLost);
                 shared.close();
             }
         }
@@ -654,7 +724,8 @@ impl Shared {
     }
 
     /// `* BYE text`, LOGOUT to the stores, close (from inside the machine).
-    fn bye_and_close(&mut self, text: &str) {
+    fn bye_and_close(&mut self, text: &str, why: End) {
+        self.ending.get_or_insert(why);
         self.send_client(reply::bye(text));
         self.logout_stores();
         self.close();
@@ -693,6 +764,7 @@ impl Shared {
         {
             self.report(record(t, &bytes, self.clock.now));
         }
+        self.bytes_out += bytes.len() as u64;
         self.actions.push_back(Action::ToClient(bytes));
     }
 
@@ -715,6 +787,26 @@ impl Shared {
         self.closed = true;
         self.input = Input::Waiting;
         self.actions.push_back(Action::Close);
+        self.log_end();
+    }
+
+    /// The session's last log line: how long, how much, and why it ended.
+    fn log_end(&mut self) {
+        let why = *self.ending.get_or_insert(End::ClientClosed);
+        tracing::info!(
+            reason = why.as_str(),
+            duration_ms = self.clock.now.duration_since(self.started).as_millis() as u64,
+            commands = self.commands,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            "session ended"
+        );
+        self.report(Report::SessionEnd(why));
+    }
+
+    /// A client command starts (for the session's last log line).
+    fn count_command(&mut self) {
+        self.commands += 1;
     }
 
     fn logout_stores(&mut self) {
@@ -767,7 +859,11 @@ impl Drop for Session {
     /// A session dropped without closing (its task was cancelled) is no
     /// longer counted as active.
     fn drop(&mut self) {
-        self.closed = true;
+        if !self.closed {
+            self.closed = true;
+            self.ending = Some(End::Aborted);
+            self.log_end();
+        }
         self.report_phase();
     }
 }

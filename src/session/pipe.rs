@@ -48,7 +48,10 @@ impl Shared {
         let verb = match &frame {
             Frame::Line {
                 bytes, start: true, ..
-            } => Verb::of(bytes),
+            } => {
+                self.count_command();
+                Verb::of(bytes)
+            }
             _ => Verb::OTHER,
         };
         if let Frame::Line {
@@ -133,6 +136,7 @@ impl Shared {
                 self.stores[store.index()] = None;
                 self.send_client(message);
                 self.actions.push_back(super::Action::CloseBackend(store));
+                self.ending.get_or_insert(super::End::Logout);
                 return self.close();
             }
             if let Some((_, a)) = p.literal.take_if(|(t, _)| t == tag) {

@@ -22,7 +22,7 @@ use crate::{
 };
 
 use super::{
-    Action, BackendInfo, Credentials, IdFields, Input, LoginFailure, Mode, PipeState, Report,
+    Action, BackendInfo, Credentials, End, IdFields, Input, LoginFailure, Mode, PipeState, Report,
     Session, Shared, failure_label, reply,
 };
 use crate::{config::Phase, frame::Frame, namespace::Store};
@@ -40,6 +40,7 @@ impl Shared {
             CommandBody::Logout => {
                 self.send_client(reply::bye("Logging out"));
                 self.send_client(reply::ok(&tag, "LOGOUT completed"));
+                self.ending.get_or_insert(End::Logout);
                 self.close();
             }
             CommandBody::Id { parameters } => {
@@ -107,6 +108,7 @@ impl Shared {
                 "Nothing may follow STARTTLS before the handshake",
             ));
             self.send_client(reply::bye("Closing connection"));
+            self.ending.get_or_insert(End::ProtocolError);
             self.close();
             return;
         }
@@ -164,6 +166,7 @@ impl Shared {
             return;
         };
         if plain.authzid.is_some_and(|z| z != plain.authcid) {
+            self.log_failed_login(plain.authcid, "authzid", None);
             self.send_client(reply::no(
                 &tag,
                 reply::Rfc5530::AuthenticationFailed,
@@ -208,7 +211,6 @@ impl Shared {
             (Some(_), Some(store)) => store,
             _ => self.cfg.config.verifier(phase),
         };
-        self.report(Report::User(user));
         let verdict = self.cfg.throttle.check(
             self.clock.now,
             self.cfg.client.ip(),
@@ -237,13 +239,42 @@ impl Shared {
             credentials,
             held,
             verified: None,
+            repeated: false,
         }));
     }
 
     /// Asks the driver to log in to `store` for this client, as that
     /// store's `[backends.*.login]` says.
     pub(super) fn store_login(&mut self, store: Store, credentials: &Credentials) {
-        let auth = match credentials.bearer {
+        let auth = self.store_auth(store, credentials);
+        self.send_login(store, auth);
+    }
+
+    /// [`Shared::store_login`] once the password was checked elsewhere;
+    /// `false` (and nothing sent) when this store just refused this very
+    /// login: it is not asked again, so its lockout does not count it.
+    pub(super) fn login_on_behalf(&mut self, store: Store, credentials: &Credentials) -> bool {
+        let auth = self.store_auth(store, credentials);
+        if self
+            .cfg
+            .throttle
+            .store_known_failure(self.clock.now, store, &auth)
+        {
+            self.report(Report::Throttled("known_failure"));
+            return false;
+        }
+        self.send_login(store, auth);
+        true
+    }
+
+    /// A store refused a login on the user's behalf: remember it.
+    pub(super) fn refused_on_behalf(&mut self, store: Store, credentials: &Credentials) {
+        let auth = self.store_auth(store, credentials);
+        self.cfg.throttle.store_failed(self.clock.now, store, &auth);
+    }
+
+    fn store_auth(&self, store: Store, credentials: &Credentials) -> StoreAuth {
+        match credentials.bearer {
             Some(mechanism) if self.cfg.config.auth.oauth == Some(store) => StoreAuth::Client {
                 user: credentials.user.clone(),
                 mechanism,
@@ -256,7 +287,10 @@ impl Shared {
                 .login
                 .auth_for(credentials)
                 .unwrap_or(StoreAuth::Unusable),
-        };
+        }
+    }
+
+    fn send_login(&mut self, store: Store, auth: StoreAuth) {
         let id = self
             .cfg
             .config
@@ -313,6 +347,9 @@ impl Shared {
         let info = match result {
             Ok(info) => info,
             Err(failure) => {
+                if !verifying && failure == LoginFailure::Rejected {
+                    self.refused_on_behalf(store, &l.credentials);
+                }
                 self.login_failed(&l, store, failure, verifying);
                 return None;
             }
@@ -328,7 +365,10 @@ impl Shared {
             self.logout_store(store);
         }
         l.verified = Some(info);
-        self.store_login(own, &l.credentials);
+        if !self.login_on_behalf(own, &l.credentials) {
+            self.login_failed(&l, own, LoginFailure::Rejected, false);
+            return None;
+        }
         Some(Mode::LoggingIn(l))
     }
 
@@ -343,15 +383,16 @@ impl Shared {
             phase: l.phase,
             result: failure_label(&failure),
         });
-        if !verifying && failure == LoginFailure::Rejected {
-            // The client's password was right; the store refused Ferry's own
-            // identity for this user (not provisioned, or a wrong master
-            // secret). The client is told no more than for a wrong password.
-            tracing::warn!(
-                store = store.as_str(),
-                "store refused Ferry's login on the user's behalf"
-            );
-        }
+        // The client's password was right when a store refuses Ferry's own
+        // identity for this user (not provisioned, or a wrong master secret);
+        // the client is told no more than for a wrong password.
+        let reason = match (&failure, verifying, l.repeated) {
+            (LoginFailure::Rejected, true, true) => "repeated",
+            (LoginFailure::Rejected, true, false) => "password",
+            (LoginFailure::Rejected, false, _) => "store_identity",
+            (LoginFailure::Unavailable { .. }, ..) => "unavailable",
+        };
+        self.log_failed_login(&l.credentials.user, reason, Some(store));
         let reply = match failure {
             LoginFailure::Rejected => reply::no(
                 &l.tag,
@@ -371,8 +412,27 @@ impl Shared {
             self.failures += 1;
             if self.failures >= self.cfg.config.auth.max_failures_per_connection {
                 self.report(Report::LimitHit("login_failures"));
-                self.bye_and_close("Too many failed logins");
+                self.bye_and_close("Too many failed logins", End::LoginFailures);
             }
+        }
+    }
+
+    /// One line per failed login, stable for fail2ban (`deploy/fail2ban/`):
+    /// `login failed client=ADDRESS user="NAME" reason=…`. The name is
+    /// quoted and escaped, so it cannot forge a line; no secret is logged.
+    /// Reasons: `password` (the verifying store said no), `repeated` (the
+    /// same wrong password again, refused by Ferry), `authzid`,
+    /// `store_identity` (a store refused Ferry's own login for the user) and
+    /// `unavailable` — only the first three are the client's doing.
+    fn log_failed_login(&self, user: &[u8], reason: &'static str, store: Option<Store>) {
+        let user = String::from_utf8_lossy(user);
+        let client = self.cfg.client.ip();
+        let store = store.map(Store::as_str);
+        match reason {
+            "store_identity" | "unavailable" => {
+                tracing::warn!(%client, user = ?user, reason, store, "login failed")
+            }
+            _ => tracing::info!(%client, user = ?user, reason, "login failed"),
         }
     }
 
@@ -391,6 +451,10 @@ impl Shared {
             result: "ok",
         });
         tracing::info!(phase = phase.as_str(), "logged in");
+        // The span's user: the name the client logged in with, once.
+        self.report(Report::User(
+            String::from_utf8_lossy(&credentials.user).into_owned(),
+        ));
         self.login = Some((
             String::from_utf8_lossy(&credentials.user).into_owned(),
             phase,
@@ -458,6 +522,8 @@ pub(super) struct LoggingIn {
     /// The verifier accepted the client, and it is not the phase's own
     /// store: what it told Ferry at login.
     verified: Option<BackendInfo>,
+    /// Refused by Ferry as the same wrong password again.
+    repeated: bool,
 }
 
 /// A login the throttle holds back.
@@ -489,6 +555,7 @@ impl Session {
             return;
         };
         if h.known_failure {
+            l.repeated = true;
             let verifier = l.verifier;
             self.login_done(verifier, Err(LoginFailure::Rejected));
         } else {

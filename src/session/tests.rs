@@ -33,11 +33,22 @@ fn session(allow_plaintext: bool) -> Session {
 }
 
 fn session_reporting(allow_plaintext: bool, kept: Kept) -> Session {
+    let throttle = Arc::new(crate::throttle::Throttle::new(&Default::default()));
+    session_sharing(allow_plaintext, kept, throttle)
+}
+
+/// A session whose failed-login tables are `throttle`'s, like every session
+/// of one Ferry.
+fn session_sharing(
+    allow_plaintext: bool,
+    kept: Kept,
+    throttle: Arc<crate::throttle::Throttle>,
+) -> Session {
     let mut config = config::parse(CONFIG).unwrap();
     config.auth.allow_plaintext = allow_plaintext;
     Session::new(
         SessionConfig {
-            throttle: Arc::new(crate::throttle::Throttle::new(&config.auth)),
+            throttle,
             config: Arc::new(config),
             tls: false,
             starttls: true,
@@ -609,6 +620,34 @@ fn stores_are_told_where_the_client_is() {
             "version=128.0",
         ]
     );
+}
+
+/// NEW took the password, OLD refused it (the user changed it on NEW
+/// only): the next session does not ask OLD again with the same password,
+/// so OLD's lockout never counts a phone that reconnects all day.
+#[test]
+fn a_refused_lazy_old_login_is_not_repeated() {
+    let throttle = Arc::new(crate::throttle::Throttle::new(&Default::default()));
+    let logged_in = |throttle: &Arc<crate::throttle::Throttle>| {
+        let mut s = session_sharing(true, Kept::default(), throttle.clone());
+        out(&mut s);
+        s.client_input(b"a1 LOGIN alice new-password\r\n");
+        assert_eq!(out(&mut s), ["LOGIN new"]);
+        s.login_done(Store::New, Ok(info(Store::New)));
+        out(&mut s);
+        s
+    };
+    let mut first = logged_in(&throttle);
+    first.client_input(b"b EXAMINE Old/INBOX\r\n");
+    assert_eq!(out(&mut first), ["LOGIN old"]);
+    first.login_done(Store::Old, Err(LoginFailure::Rejected));
+    let o = out(&mut first);
+    assert!(o[0].starts_with("S: b NO [UNAVAILABLE]"), "{o:?}");
+    let mut second = logged_in(&throttle);
+    second.client_input(b"b EXAMINE Old/INBOX\r\n");
+    let o = out(&mut second);
+    assert_eq!(o.len(), 1, "OLD was asked again: {o:?}");
+    assert!(o[0].starts_with("S: b NO [UNAVAILABLE]"), "{o:?}");
 }
 
 #[test]

@@ -102,6 +102,7 @@ fn drain(s: &mut Session, reports: Option<&Kept>) -> Vec<String> {
                 // Counted per event; `tests::sessions_are_counted_under_their_phase`.
                 Report::Phase { .. } => continue,
                 Report::User(user) => format!("M: user {user}"),
+                Report::SessionEnd(why) => format!("M: session_end {}", why.as_str()),
                 Report::PhaseDisconnect => "M: phase_disconnect".into(),
             };
             v.push(line);

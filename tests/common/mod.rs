@@ -2072,6 +2072,26 @@ pub fn vm_hwm_kib(pid: u32) -> u64 {
 /// fresh port), so its memory is Ferry's alone. Returns the child and the
 /// imaps address once it accepts connections.
 pub async fn ferry_process(env: &TestEnv) -> (std::process::Child, String) {
+    ferry_process_with(env, "", Stdio::null()).await
+}
+
+/// [`ferry_process`] with `extra_toml` appended to the configuration and its
+/// log (standard output) written to the returned file.
+pub async fn ferry_process_logged(
+    env: &TestEnv,
+    extra_toml: &str,
+) -> (std::process::Child, String, PathBuf) {
+    let log = env.dir().join("ferry-process.log");
+    let file = fs::File::create(&log).expect("create the log file");
+    let (child, addr) = ferry_process_with(env, extra_toml, Stdio::from(file)).await;
+    (child, addr, log)
+}
+
+async fn ferry_process_with(
+    env: &TestEnv,
+    extra_toml: &str,
+    log: Stdio,
+) -> (std::process::Child, String) {
     let port = free_port();
     let toml = env
         .config_toml
@@ -2080,12 +2100,13 @@ pub async fn ferry_process(env: &TestEnv) -> (std::process::Child, String) {
             &format!("imaps = \"127.0.0.1:{port}\""),
             1,
         )
-        .replacen("imap  = \"127.0.0.1:0\"", "", 1);
+        .replacen("imap  = \"127.0.0.1:0\"", "", 1)
+        + extra_toml;
     let conf = write_file(env.dir(), "ferry-process.toml", toml.as_bytes());
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("--config")
         .arg(&conf)
-        .stdout(Stdio::null())
+        .stdout(log)
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn the ferry binary");

@@ -493,6 +493,7 @@ impl Shared {
                 self.send_client(reply::bye("Logging out"));
                 self.send_client(reply::ok(tag, "LOGOUT completed"));
                 self.logout_stores();
+                self.ending.get_or_insert(super::End::Logout);
                 self.close();
             }
         }

@@ -61,10 +61,14 @@ impl Shared {
                 None
             }
             OldState::Absent | OldState::Connecting => {
+                if !self.login_on_behalf(Store::Old, &m.credentials) {
+                    // OLD just refused this login: Old/ is unavailable.
+                    m.old = OldState::Unavailable;
+                    return Some(false);
+                }
                 m.old = OldState::Connecting;
                 m.parked = Some(raw.clone());
                 self.input = Input::Waiting;
-                self.store_login(Store::Old, &m.credentials);
                 None
             }
         }
@@ -86,6 +90,9 @@ impl Shared {
             Err(crate::session::LoginFailure::Unavailable { .. })
                 if m.old == OldState::Reconnecting && self.reconnect_again() => {}
             Err(e) => {
+                if e == crate::session::LoginFailure::Rejected {
+                    self.refused_on_behalf(Store::Old, &m.credentials.clone());
+                }
                 tracing::warn!(failure = ?e, "OLD store login failed; Old/ unavailable");
                 m.old = OldState::Unavailable;
                 self.old_reconnected(m, false);
@@ -108,7 +115,10 @@ impl Shared {
         }
         if m.selected == Some(Store::Old) || matches!(m.job, Some(Job::Reopen(..))) {
             if !self.old_reconnect(m, clean) {
-                self.bye_and_close("The Old/ folder store went away, please reconnect.");
+                self.bye_and_close(
+                    "The Old/ folder store went away, please reconnect.",
+                    crate::session::End::StoreLost,
+                );
             }
             return;
         }
@@ -181,7 +191,7 @@ impl Shared {
             return;
         };
         if !ok {
-            return self.bye_and_close(GONE);
+            return self.bye_and_close(GONE, crate::session::End::StoreLost);
         }
         let tag = self.ferry_tag();
         let body = CommandBody::Examine {
@@ -196,7 +206,7 @@ impl Shared {
     pub(super) fn old_reopened(&mut self, m: &mut Merged, resume: Resume, msg: &[u8]) {
         if !is_ok(msg) || m.old_view != resume.view {
             tracing::warn!(before = ?resume.view, after = ?m.old_view, "Old/ folder changed across a reconnect");
-            return self.bye_and_close(CHANGED);
+            return self.bye_and_close(CHANGED, crate::session::End::StoreLost);
         }
         tracing::info!("Old/ folder re-opened unchanged");
         m.selected = Some(Store::Old);
