@@ -723,6 +723,19 @@ default_phase = "merged"
         assert_eq!(c.limits.max_line_bytes, 65536);
     }
 
+    /// The shipped example shows every key, so it must stay valid.
+    #[test]
+    fn the_deploy_example_parses() {
+        let text = include_str!("../deploy/ferry.example.toml");
+        let c = parse_text(text).unwrap_or_else(|e| panic!("deploy/ferry.example.toml: {e}"));
+        assert_eq!(
+            c.backends.new.login.mode,
+            crate::identity::LoginMode::Client
+        );
+        assert!(c.backends.old.forward_id);
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
     #[test]
     fn unknown_key_is_named() {
         let bad = SAMPLE.replace("allow_plaintext", "allow_plain");
