@@ -144,7 +144,14 @@ impl Shared {
     fn decoded_command(&mut self, mode: &mut Mode, command: &Bytes, verb: Verb) {
         match (mode, CommandCodec::new().decode(command)) {
             (mode @ Mode::PreAuth, Ok((_, cmd))) => self.preauth_command(mode, cmd),
-            (Mode::Merged(m), Ok((_, cmd))) => self.merged_command(m, cmd, command, verb),
+            (Mode::Merged(m), Ok((_, mut cmd))) => {
+                if let CommandBody::Id { parameters } = &mut cmd.body {
+                    // Passed on to a store logged in to later (OLD, lazily).
+                    self.client_id =
+                        super::preauth::client_id(parameters.take().unwrap_or_default());
+                }
+                self.merged_command(m, cmd, command, verb)
+            }
             (_, Ok(_)) | (_, Err(_)) => {
                 debug!("undecodable command");
                 let tag = reply::tag_of(command).to_vec();

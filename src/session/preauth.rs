@@ -492,7 +492,7 @@ impl Shared {
 /// What a client's ID may pass on: at most RFC 2971's 30 fields, each
 /// within its limits (30-byte names, 1024-byte values), and never an `x-`
 /// field, which the stores would trust as Ferry's own.
-fn client_id(
+pub(super) fn client_id(
     parameters: Vec<(
         imap_codec::imap_types::core::IString<'_>,
         imap_codec::imap_types::core::NString<'_>,

@@ -622,6 +622,31 @@ fn stores_are_told_where_the_client_is() {
     );
 }
 
+/// An ID sent after login (Thunderbird, iOS) reaches a store logged in to
+/// later: OLD, when `Old/` is first opened.
+#[test]
+fn a_client_id_after_login_reaches_the_old_store() {
+    let mut s = merged();
+    s.client_input(b"x ID (\"name\" \"iOS Mail\")\r\n");
+    out(&mut s);
+    s.client_input(b"b EXAMINE Old/INBOX\r\n");
+    let id = std::iter::from_fn(|| s.poll_action())
+        .find_map(|a| match a {
+            Action::Login {
+                store: Store::Old,
+                id,
+                ..
+            } => id,
+            _ => None,
+        })
+        .expect("OLD's login, with ID fields");
+    assert!(
+        id.iter()
+            .any(|(k, v)| k == b"name" && v.as_deref() == Some(&b"iOS Mail"[..])),
+        "{id:?}"
+    );
+}
+
 /// NEW took the password, OLD refused it (the user changed it on NEW
 /// only): the next session does not ask OLD again with the same password,
 /// so OLD's lockout never counts a phone that reconnects all day.
