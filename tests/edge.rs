@@ -14,6 +14,7 @@ const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 
 async fn behind_proxy(trusted: &str) -> TestEnv {
     TestEnv::builder()
+        .extra_toml("[metrics]\nlisten = \"127.0.0.1:0\"\n")
         .listen_toml(&format!(
             "proxy_protocol = true\ntrusted_proxies = [\"{trusted}\"]\n"
         ))
@@ -49,6 +50,34 @@ async fn clients_behind_haproxy_keep_their_own_addresses() {
         b.logout().await;
         a.logout().await;
     }
+    // The login throttle counts 127.0.0.5's failure against 127.0.0.5 only:
+    // its next login waits, 127.0.0.6's does not.
+    let imaps = Haproxy::start(env.ferry.imaps_addr().unwrap(), "send-proxy-v2").await;
+    let delayed = |m: &str| sample(m, "ferry_auth_throttled_total", &[("kind", "delayed")]);
+    let before = delayed(&scrape(&env).await);
+    let mut a = TestClient::tls_over(connect_from(A, imaps.addr()).await, &env.ca).await;
+    a.greeting().await;
+    a.login("bob", "not-bobs-password").await.assert_no();
+    let mut b = TestClient::tls_over(connect_from(B, imaps.addr()).await, &env.ca).await;
+    b.greeting().await;
+    b.login("carol", password_for("carol")).await.assert_ok();
+    assert_eq!(
+        delayed(&scrape(&env).await),
+        before,
+        "127.0.0.6 was slowed down"
+    );
+    a.login("carol", password_for("carol")).await.assert_ok();
+    assert_eq!(
+        delayed(&scrape(&env).await),
+        before + 1.0,
+        "127.0.0.5 was not"
+    );
+    let headers = sample(
+        &scrape(&env).await,
+        "ferry_proxy_headers_total",
+        &[("result", "ok")],
+    );
+    assert!(headers >= 5.0, "{headers}");
     // NEW logged the client's address, which Ferry sent with ID.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {

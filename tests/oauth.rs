@@ -126,17 +126,20 @@ fn runs(dir: &std::path::Path) -> u32 {
 
 #[tokio::test]
 async fn ferry_logs_in_to_new_with_tokens_it_obtains_and_refreshes() {
+    // NEW knows alice as alice@new.test: the token command is asked for
+    // that name, and the token is good for it.
     let idp = Introspection::start().await;
-    idp.grant("tok-alice-1", "alice");
-    idp.grant("tok-alice-2", "alice");
+    idp.grant("tok-alice@new.test-1", "alice@new.test");
+    idp.grant("tok-alice@new.test-2", "alice@new.test");
     let dir = tempfile::tempdir().unwrap();
     let script = token_script(dir.path());
     let env = TestEnv::builder()
+        .new_naming(Naming::Renamed)
         .new_conf(&idp.dovecot_conf())
         .auth_toml("verify = \"old\"\n")
         .extra_toml(&format!(
             "[backends.new.login]\nmode = \"oauth2\"\nmechanism = \"OAUTHBEARER\"\n\
-             token_command = [{:?}, \"{{user}}\"]\n",
+             user = \"{{user}}@new.test\"\ntoken_command = [{:?}, \"{{user}}\"]\n",
             script.display().to_string()
         ))
         .start()
@@ -152,7 +155,7 @@ async fn ferry_logs_in_to_new_with_tokens_it_obtains_and_refreshes() {
     assert_eq!(runs(dir.path()), 1, "the cached token was not used");
     // Revoked (or expired early): NEW refuses it, Ferry asks for a new one
     // and the client never notices.
-    idp.revoke("tok-alice-1");
+    idp.revoke("tok-alice@new.test-1");
     let mut c = env.login("alice").await;
     c.cmd("SELECT Work").await.assert_ok();
     c.logout().await;
