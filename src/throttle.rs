@@ -126,7 +126,8 @@ impl Throttle {
     /// password was checked elsewhere (the lazy OLD login with the client's
     /// password, a master user): remembered like a failed password, so
     /// reconnecting clients do not walk the store's own lockout counter up.
-    /// Token logins are not remembered: a refused token is replaced.
+    /// A token login reaches this only when even a fresh token was refused
+    /// (a cached one is replaced first): then the user's token logins wait.
     pub fn store_failed(&self, now: Instant, store: Store, auth: &StoreAuth) {
         if let Some(key) = self.store_key(store, auth) {
             let mut t = self.lock();
@@ -154,7 +155,8 @@ impl Throttle {
                 master,
                 password,
             } => Some(self.key.hash_one((store, user, master, password.expose()))),
-            StoreAuth::Token { .. } | StoreAuth::Client { .. } | StoreAuth::Unusable => None,
+            StoreAuth::Token { user, .. } => Some(self.key.hash_one((store, user, "oauth2"))),
+            StoreAuth::Client { .. } | StoreAuth::Unusable => None,
         }
     }
 
@@ -261,6 +263,18 @@ mod tests {
             !t.store_known_failure(later, Store::Old, &login),
             "forgotten"
         );
+        // Token logins by user: whatever the command prints next.
+        let token = StoreAuth::Token {
+            user: b"alice".to_vec(),
+            mechanism: crate::oauth::Mechanism::XOAuth2,
+            source: crate::oauth::TokenSource {
+                command: vec!["/bin/true".into()],
+                timeout: Duration::from_secs(1),
+                lifetime: Duration::from_secs(60),
+            },
+        };
+        t.store_failed(now(), Store::New, &token);
+        assert!(t.store_known_failure(now(), Store::New, &token));
     }
 
     #[test]
