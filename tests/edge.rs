@@ -9,6 +9,21 @@ use std::net::Ipv4Addr;
 
 use common::*;
 
+fn captured_logs() -> Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .init();
+        logs
+    })
+    .clone()
+}
+
 const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
 const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 
@@ -27,6 +42,7 @@ async fn behind_proxy(trusted: &str) -> TestEnv {
 
 #[tokio::test]
 async fn clients_behind_haproxy_keep_their_own_addresses() {
+    let logs = captured_logs();
     let env = behind_proxy("127.0.0.1/32").await;
     for option in ["send-proxy", "send-proxy-v2"] {
         let imaps = Haproxy::start(env.ferry.imaps_addr().unwrap(), option).await;
@@ -78,6 +94,14 @@ async fn clients_behind_haproxy_keep_their_own_addresses() {
         &[("result", "ok")],
     );
     assert!(headers >= 5.0, "{headers}");
+    // Ferry's own log names the client, not HAProxy.
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        text.contains(r#"login failed client=127.0.0.5 user="bob" reason="password""#),
+        "{text}"
+    );
+    assert!(text.contains("client.addr=127.0.0.5:"), "{text}");
+    assert!(text.contains("peer.addr=127.0.0.1:"), "{text}");
     // NEW logged the client's address, which Ferry sent with ID.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
@@ -95,6 +119,7 @@ async fn clients_behind_haproxy_keep_their_own_addresses() {
 
 #[tokio::test]
 async fn proxy_headers_from_untrusted_senders_and_connections_without_one_are_closed() {
+    captured_logs();
     // HAProxy (127.0.0.1) is not among the trusted proxies.
     let env = behind_proxy("10.0.0.0/8").await;
     let imap = Haproxy::start(env.ferry.imap_addr().unwrap(), "send-proxy-v2").await;

@@ -2364,3 +2364,20 @@ pub async fn scrape(env: &TestEnv) -> String {
     assert_eq!(status, 200, "{body}");
     body
 }
+
+// ───────────────────────────── captured logs ─────────────────────────────
+
+/// A log writer that keeps what Ferry logs in this test process, for a test
+/// that installs it as the subscriber's writer.
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
