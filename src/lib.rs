@@ -39,6 +39,7 @@ pub mod route;
 pub mod sasl;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod subscriptions;
 pub mod throttle;
 pub mod tls;

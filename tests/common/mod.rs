@@ -2381,3 +2381,121 @@ impl std::io::Write for Captured {
         Ok(())
     }
 }
+
+// ───────────────────────────── PostgreSQL ─────────────────────────────
+
+/// A real PostgreSQL server in its own temporary directory (initdb, then
+/// pg_ctl), on a free loopback port, run as the `postgres` user when the
+/// tests run as root (initdb refuses root). Stopped when dropped.
+pub struct Postgres {
+    dir: TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    pub async fn start() -> Postgres {
+        let bin = fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| {
+                versions
+                    .flatten()
+                    .map(|v| v.path().join("bin"))
+                    .filter(|b| b.join("initdb").exists())
+                    .max()
+            })
+            .expect("PostgreSQL is needed for these tests (apt-get install -y postgresql)");
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-postgres-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            let ok = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "chown postgres (is the postgres user there? apt-get install -y postgresql)"
+            );
+        }
+        let run = |program: &str, args: &[&str]| {
+            let mut c = if root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+                c
+            } else {
+                Command::new(bin.join(program))
+            };
+            let out = c.args(args).output().expect("run a PostgreSQL program");
+            assert!(
+                out.status.success(),
+                "{program} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let data = dir.path().join("data");
+        let data = data.to_str().unwrap();
+        run(
+            "initdb",
+            &[
+                "-D",
+                data,
+                "-U",
+                "ferry",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        let port = free_port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            dir.path().display()
+        );
+        let log = dir.path().join("postgres.log");
+        run(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        Postgres { dir, bin, port }
+    }
+
+    /// `postgres://…` for the server's default database.
+    pub fn url(&self) -> String {
+        format!("postgres://ferry@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let mut c = if unsafe { libc::geteuid() } == 0 {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(self.bin.join("pg_ctl"))
+        };
+        let _ = c
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}

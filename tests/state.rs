@@ -1,0 +1,62 @@
+//! The state store against the real thing: an SQLite file, and a PostgreSQL
+//! server started for the test (initdb, pg_ctl), like the Dovecot stores.
+
+mod common;
+
+use common::*;
+use ferry::state::{FolderKey, State, UidMap};
+
+async fn ledger_survives_reopening(url: &str) {
+    let folder = FolderKey {
+        user: "alice",
+        old_name: "INBOX.&U9dP4Xux-.&eBR6dluk-",
+        uidvalidity: 1_700_000_000,
+    };
+    let state = State::open(url).await.unwrap();
+    assert!(state.copied(&folder).await.unwrap().is_empty());
+    // 5,000 messages with a few expunged on OLD: a handful of runs.
+    let mut map = UidMap::default();
+    let mut new = 1;
+    for old in (1..=5_000u32).filter(|u| u % 1000 != 0) {
+        map.insert(old, new);
+        new += 1;
+    }
+    state.record(&folder, &map).await.unwrap();
+    drop(state);
+    let state = State::open(url).await.unwrap();
+    let back = state.copied(&folder).await.unwrap();
+    assert_eq!(back, map);
+    assert_eq!(back.len(), 4_995);
+    assert_eq!(back.runs().count(), 5);
+    // Another UIDVALIDITY of the same name is another folder.
+    let renewed = FolderKey {
+        uidvalidity: 1_800_000_000,
+        ..folder.clone()
+    };
+    assert!(state.copied(&renewed).await.unwrap().is_empty());
+    // A later pass replaces the runs as one.
+    map.insert(5_001, new);
+    state.record(&folder, &map).await.unwrap();
+    assert_eq!(state.copied(&folder).await.unwrap().len(), 4_996);
+}
+
+#[tokio::test]
+async fn sqlite_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    ledger_survives_reopening(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_ledger() {
+    let pg = Postgres::start().await;
+    ledger_survives_reopening(&pg.url()).await;
+}
+
+#[tokio::test]
+async fn a_bad_url_names_the_forms_it_takes() {
+    let Err(e) = State::open("mysql://x").await else {
+        panic!("accepted");
+    };
+    assert!(e.to_string().contains("sqlite:///"), "{e}");
+}
