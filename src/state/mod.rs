@@ -104,25 +104,22 @@ impl State {
             new_first: new_first as u32,
         };
         let uv = i64::from(folder.uidvalidity);
+        macro_rules! fetch {
+            ($pool:expr) => {
+                sqlx::query(Q)
+                    .bind(folder.user)
+                    .bind(folder.old_name)
+                    .bind(uv)
+                    .fetch_all($pool)
+                    .await?
+                    .iter()
+                    .map(|r| run(r.get(0), r.get(1), r.get(2)))
+                    .collect()
+            };
+        }
         let runs: Vec<Run> = match &self.pool {
-            Pool::Sqlite(p) => sqlx::query(Q)
-                .bind(folder.user)
-                .bind(folder.old_name)
-                .bind(uv)
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(|r| run(r.get(0), r.get(1), r.get(2)))
-                .collect(),
-            Pool::Postgres(p) => sqlx::query(Q)
-                .bind(folder.user)
-                .bind(folder.old_name)
-                .bind(uv)
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(|r| run(r.get(0), r.get(1), r.get(2)))
-                .collect(),
+            Pool::Sqlite(p) => fetch!(p),
+            Pool::Postgres(p) => fetch!(p),
         };
         Ok(UidMap::from_runs(runs))
     }
