@@ -25,6 +25,7 @@ pub mod backend;
 pub mod caps;
 pub mod config;
 pub mod context;
+pub mod copier;
 pub mod driver;
 pub mod frame;
 pub mod identity;

@@ -250,6 +250,31 @@ impl NameMap {
         Some(out)
     }
 
+    /// Where an OLD folder's copy goes on NEW in archive mode: the folder
+    /// the merged view shows as `Old/…`, named in NEW's layout (OLD's
+    /// `INBOX.Archive.2019` → NEW's `Old/Archive/2019`). `None` for a name the
+    /// merged view hides.
+    pub fn archive_name(&self, old: &[u8]) -> Option<Vec<u8>> {
+        let client = self.old_to_client(old)?;
+        self.to_store(&self.new, &client).ok()
+    }
+
+    /// A client's name for a NEW folder in NEW's layout (also below the
+    /// prefix: the copier's explicit map may name any NEW folder).
+    pub fn new_name(&self, client: &[u8]) -> Option<Vec<u8>> {
+        mutf7::decode(client)?;
+        self.to_store(&self.new, client).ok()
+    }
+
+    /// An OLD folder's path below OLD's prefix in NEW's layout (OLD's
+    /// `INBOX.Archive.2019` → `Archive/2019`), for merge mode; `INBOX` is
+    /// `INBOX`. `None` for a name the merged view hides.
+    pub fn merged_path(&self, old: &[u8]) -> Option<Vec<u8>> {
+        let client = self.old_to_client(old)?;
+        let rest = client.strip_prefix(self.prefix.as_slice())?;
+        self.to_store(&self.new, rest).ok()
+    }
+
     /// NEW name → client name; `None` when it is hidden.
     pub fn new_to_client(&self, new: &[u8]) -> Option<Vec<u8>> {
         mutf7::decode(new)?;
