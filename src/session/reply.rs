@@ -10,10 +10,14 @@ use imap_codec::{
     CommandCodec, ResponseCodec,
     encode::Encoder,
     imap_types::{
+        IntoStatic,
         command::{Command, CommandBody},
-        core::{IString, NString, QuotedChar, Tag},
+        core::{IString, Literal, NString, QuotedChar, Tag},
+        extensions::binary::LiteralOrLiteral8,
         extensions::namespace::Namespace,
+        fetch::MessageDataItem,
         flag::FlagNameAttribute,
+        flag::{Flag, FlagFetch},
         mailbox::Mailbox,
         response::{Code, CodeOther, Data, Response, Status},
     },
@@ -104,6 +108,42 @@ pub fn command(tag: &[u8], body: CommandBody<'_>) -> Bytes {
     // Invariant: tags here were decoded from the client or made by ferry_tag().
     let tag = Tag::try_from(tag).expect("valid tag");
     Bytes::from(CommandCodec::new().encode(&Command { tag, body }).dump())
+}
+
+/// The APPEND arguments for a message a store described with FETCH (FLAGS
+/// INTERNALDATE): its flags (never `\Recent`, which no client may set) and
+/// its date, as they go between the mailbox and the literal, e.g.
+/// `(\Seen $Label) "01-Feb-2020 10:00:00 +0100" `.
+pub fn append_args(items: &[MessageDataItem<'_>]) -> Bytes {
+    let mut flags: Vec<Flag<'static>> = Vec::new();
+    let mut date = None;
+    for item in items {
+        match item {
+            MessageDataItem::Flags(f) => flags.extend(f.iter().filter_map(|f| match f {
+                FlagFetch::Flag(f) => Some(f.clone().into_static()),
+                FlagFetch::Recent => None,
+            })),
+            MessageDataItem::InternalDate(d) => date = Some(d.clone()),
+            _ => {}
+        }
+    }
+    let head = |flags, date| {
+        command(
+            b"t",
+            CommandBody::Append {
+                mailbox: Mailbox::Inbox,
+                flags,
+                date,
+                message: LiteralOrLiteral8::Literal(Literal::unvalidated_non_sync(&b""[..])),
+            },
+        )
+    };
+    // The arguments are what a full APPEND has beyond a bare one.
+    let full = head(flags, date);
+    let bare = head(Vec::new(), None);
+    let from = bare.iter().rposition(|b| *b == b'{').unwrap_or(0);
+    let to = full.iter().rposition(|b| *b == b'{').unwrap_or(full.len());
+    full.slice(from.min(to)..to)
 }
 
 /// `tag IDLE`: a renewed IDLE toward the store, under the client's tag as

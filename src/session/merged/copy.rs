@@ -17,7 +17,7 @@ use imap_codec::imap_types::{
     core::Vec1,
     extensions::uidplus::{UidElement, UidSet},
     fetch::{MessageDataItem, Section},
-    flag::{Flag, FlagFetch, StoreResponse, StoreType},
+    flag::{Flag, StoreResponse, StoreType},
     sequence::{Sequence, SequenceSet},
 };
 
@@ -229,35 +229,7 @@ impl CopyJob {
 
     /// The APPEND arguments for one message: flags (never `\Recent`) and date.
     fn args(&self, items: &[MessageDataItem<'_>]) -> Bytes {
-        let mut flags: Vec<Flag<'static>> = Vec::new();
-        let mut date = None;
-        for item in items {
-            match item {
-                MessageDataItem::Flags(f) => flags.extend(f.iter().filter_map(|f| match f {
-                    FlagFetch::Flag(f) => Some(f.clone().into_static()),
-                    FlagFetch::Recent => None,
-                })),
-                MessageDataItem::InternalDate(d) => date = Some(d.clone()),
-                _ => {}
-            }
-        }
-        let head = |flags, date| {
-            reply::command(
-                b"t",
-                CommandBody::Append {
-                    mailbox: self.dest.clone(),
-                    flags,
-                    date,
-                    message: LiteralOrLiteral8::Literal(Literal::unvalidated_non_sync(&b""[..])),
-                },
-            )
-        };
-        // The arguments are what a full APPEND has beyond a bare one.
-        let full = head(flags, date);
-        let bare = head(Vec::new(), None);
-        let from = bare.iter().rposition(|b| *b == b'{').unwrap_or(0);
-        let to = full.iter().rposition(|b| *b == b'{').unwrap_or(full.len());
-        full.slice(from.min(to)..to)
+        reply::append_args(items)
     }
 }
 
