@@ -1,0 +1,151 @@
+//! The copier against real Dovecot stores and a real state store: alice's
+//! OLD folders (Japanese names, an ISO-2022-JP message, a 20 MB message)
+//! land on NEW under `Old/` byte for byte, with their flags and dates, logged
+//! in as the master user; a second pass appends nothing.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::*;
+use ferry::{
+    backend::Target,
+    copier::{
+        conn::Conn,
+        folder::copy_folder,
+        mapping::{Listed, Mode, plan},
+    },
+    identity::{Secret, StoreAuth},
+    namespace::{Layout, NameMap, Store},
+    oauth::Tokens,
+    state::State,
+};
+use imap_codec::imap_types::{command::CommandBody, mailbox::ListMailbox};
+
+fn master(user: &str) -> StoreAuth {
+    StoreAuth::Plain {
+        user: user.as_bytes().to_vec(),
+        master: MASTER_USER.as_bytes().to_vec(),
+        password: Secret::new(MASTER_PASSWORD.as_bytes()),
+    }
+}
+
+async fn open(env: &TestEnv, store: Store) -> Conn {
+    let config = ferry::config::parse(&env.config_toml).unwrap();
+    let target = Target {
+        backend: config.backend(store).clone(),
+        tls: None,
+    };
+    Conn::open(
+        &target,
+        store,
+        &master("alice"),
+        &Tokens::default(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
+async fn listed(c: &mut Conn) -> Vec<Listed> {
+    let answer = c
+        .run(CommandBody::List {
+            reference: "".try_into().unwrap(),
+            mailbox_wildcard: ListMailbox::try_from("*").unwrap(),
+        })
+        .await
+        .unwrap();
+    answer
+        .untagged
+        .iter()
+        .filter_map(|m| parse_list(m))
+        .map(|e| Listed {
+            name: e.name.into_bytes(),
+            attributes: e.attrs,
+        })
+        .collect()
+}
+
+/// What `folder` holds, from Python's imaplib straight at the store (see
+/// `tests/witness_digest.py`): SHA-256, flags, INTERNALDATE per message.
+async fn contents(store: &Dovecot, folder: &str) -> Vec<String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/witness_digest.py");
+    let addr = store.socket_addr();
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg("alice")
+        .arg(password_for("alice"))
+        .arg(folder)
+        .output()
+        .await
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test]
+async fn alices_old_folders_land_on_new_byte_for_byte_once() {
+    let env = TestEnv::start().await;
+    env.old
+        .append(
+            "alice",
+            "INBOX.Archive",
+            "(\\Seen $Big)",
+            &big_message(20 << 20),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = State::open(&format!(
+        "sqlite://{}",
+        dir.path().join("state.db").display()
+    ))
+    .await
+    .unwrap();
+    let names = NameMap::new("Old/", '/', Layout::legacy(), Layout::slash());
+    let mut totals = Vec::new();
+    for round in 0..2 {
+        let mut old = open(&env, Store::Old).await;
+        let mut new = open(&env, Store::New).await;
+        let routes = plan(
+            Mode::Archive,
+            &names,
+            &HashMap::new(),
+            &listed(&mut old).await,
+            &listed(&mut new).await,
+        );
+        assert_eq!(routes.len(), 5, "{routes:?}");
+        let mut appended = 0;
+        let mut messages = 0;
+        for route in &routes {
+            let pass = copy_folder(&mut old, &mut new, &state, "alice", route)
+                .await
+                .unwrap_or_else(|e| panic!("{route:?}: {e}"));
+            appended += pass.appended;
+            messages += pass.messages;
+        }
+        totals.push((round, messages, appended));
+    }
+    // 3 + 2 + 1 + 1 (Japanese) + 1 (20 MB) messages; the second pass appends none.
+    assert_eq!(totals, [(0, 8, 8), (1, 8, 0)]);
+    for (old, new) in [
+        ("INBOX", "Old/INBOX"),
+        ("INBOX.Sent", "Old/Sent"),
+        ("INBOX.Archive", "Old/Archive"),
+        ("INBOX.Archive.2019", "Old/Archive/2019"),
+        (OLD_JP_WIRE, CLIENT_JP_WIRE),
+    ] {
+        let (o, n) = (contents(&env.old, old).await, contents(&env.new, new).await);
+        assert!(!o.is_empty(), "{old} is empty on OLD");
+        assert_eq!(o, n, "{old} → {new}");
+    }
+}
