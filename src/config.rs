@@ -52,6 +52,61 @@ pub struct Config {
     pub metrics: Metrics,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub copier: Copier,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `sqlite:///path/state.db` (a file, created) or `postgres://…`.
+    #[serde(default = "default_state_url")]
+    pub url: String,
+}
+
+fn default_state_url() -> String {
+    "sqlite:///var/lib/ferry/state.db".into()
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            url: default_state_url(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Copier {
+    /// `archive` (OLD's folders under the `Old/` prefix on NEW) or `merge`.
+    #[serde(default)]
+    pub mode: crate::copier::mapping::Mode,
+    /// Renames: OLD path below its prefix = NEW name, both as a client
+    /// sees them (`"Sent Items" = "Sent"`).
+    #[serde(default)]
+    pub map: HashMap<String, String>,
+    /// How the copier logs in to each store, when not as
+    /// `[backends.*.login]` says (that store checks users' passwords, which
+    /// the copier never has): a master user or a token.
+    pub old_login: Option<StoreLogin>,
+    pub new_login: Option<StoreLogin>,
+}
+
+impl Copier {
+    /// How the copier logs in to `store`.
+    pub fn login<'a>(&'a self, store: Store, backends: &'a Backends) -> &'a StoreLogin {
+        let own = match store {
+            Store::Old => &self.old_login,
+            Store::New => &self.new_login,
+        };
+        own.as_ref().unwrap_or(match store {
+            Store::Old => &backends.old.login,
+            Store::New => &backends.new.login,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -487,8 +542,14 @@ impl Config {
             let text = read(path).map_err(|e| invalid("migration.users_file", e.to_string()))?;
             self.migration.file_users = parse_users(&text)?;
         }
-        self.backends.old.login.read_files("old")?;
-        self.backends.new.login.read_files("new")?;
+        self.backends.old.login.read_files("backends.old.login")?;
+        self.backends.new.login.read_files("backends.new.login")?;
+        if let Some(l) = &mut self.copier.old_login {
+            l.read_files("copier.old_login")?;
+        }
+        if let Some(l) = &mut self.copier.new_login {
+            l.read_files("copier.new_login")?;
+        }
         self.check_verifier()
     }
 
@@ -571,6 +632,15 @@ impl Config {
                 .flatten()
                 .for_each(anchor);
         }
+        for login in [&mut self.copier.old_login, &mut self.copier.new_login]
+            .into_iter()
+            .flatten()
+        {
+            [&mut login.user_map_file, &mut login.master_password_file]
+                .into_iter()
+                .flatten()
+                .for_each(anchor);
+        }
         if let Some(dir) = &mut self.namespace.subscriptions_dir {
             anchor(dir);
         }
@@ -648,8 +718,16 @@ impl Config {
                 _ => return Err(invalid(key, format!("{:?} is not host:port", b.address))),
             }
         }
-        self.backends.old.login.validate("old")?;
-        self.backends.new.login.validate("new")?;
+        self.backends.old.login.validate("backends.old.login")?;
+        self.backends.new.login.validate("backends.new.login")?;
+        for (table, l) in [
+            ("copier.old_login", &self.copier.old_login),
+            ("copier.new_login", &self.copier.new_login),
+        ] {
+            if let Some(l) = l {
+                l.validate(table)?;
+            }
+        }
         if let Some(store) = self.auth.oauth {
             let other = match store {
                 Store::Old => Store::New,

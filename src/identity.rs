@@ -286,9 +286,10 @@ impl StoreLogin {
         .into_bytes()
     }
 
-    /// Checks the table; `store` is `old` or `new`, for the keys named.
-    pub fn validate(&self, store: &str) -> Result<(), ConfigError> {
-        let key = |k: &str| format!("backends.{store}.login.{k}");
+    /// Checks the table; `table` is its key (`backends.old.login`), for
+    /// the keys errors name.
+    pub fn validate(&self, table: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{table}.{k}");
         check_template(&self.user).map_err(|reason| invalid(key("user"), reason))?;
         let master_keys = [
             ("master_user", self.master_user.is_some()),
@@ -341,8 +342,8 @@ impl StoreLogin {
     }
 
     /// Reads the map and the master password (paths already anchored).
-    pub fn read_files(&mut self, store: &str) -> Result<(), ConfigError> {
-        let key = |k: &str| format!("backends.{store}.login.{k}");
+    pub fn read_files(&mut self, table: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{table}.{k}");
         if let Some(path) = &self.user_map_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| invalid(key("user_map_file"), format!("{}: {e}", path.display())))?;
@@ -435,7 +436,7 @@ mod tests {
 
     fn login(toml_text: &str) -> StoreLogin {
         let l: StoreLogin = toml::from_str(toml_text).unwrap();
-        l.validate("new").unwrap();
+        l.validate("backends.new.login").unwrap();
         l
     }
 
@@ -537,7 +538,7 @@ mod tests {
     fn validation_names_the_key() {
         let err = |text: &str| {
             let l: StoreLogin = toml::from_str(text).unwrap();
-            l.validate("old").unwrap_err().to_string()
+            l.validate("backends.old.login").unwrap_err().to_string()
         };
         assert_eq!(
             err(r#"mode = "master""#),

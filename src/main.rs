@@ -23,6 +23,12 @@ struct Cli {
 enum Cmd {
     /// Validate a configuration file and exit.
     CheckConfig { file: PathBuf },
+    /// Copy these users' OLD mail into NEW now (resumable: run it again and
+    /// only what is missing is copied). Needs --config.
+    Migrate {
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +45,9 @@ fn main() -> anyhow::Result<()> {
     let path = cli
         .config
         .context("--config FILE is required (or: ferry check-config FILE)")?;
+    if let Some(Cmd::Migrate { users }) = cli.command {
+        return migrate(&path, &users);
+    }
     let config = ferry::config::load(&path).with_context(|| format!("{}", path.display()))?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -76,5 +85,42 @@ fn main() -> anyhow::Result<()> {
         ferry.shutdown().await;
         tracing::info!("stopped");
         anyhow::Ok(())
+    })
+}
+
+/// `ferry migrate USER…`: one pass per user, a line per folder.
+fn migrate(path: &std::path::Path, users: &[String]) -> anyhow::Result<()> {
+    let config = ferry::config::load(path).with_context(|| format!("{}", path.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let state = ferry::state::State::open(&config.state.url)
+            .await
+            .context("state.url")?;
+        let tokens = ferry::oauth::Tokens::default();
+        let mut failed = 0;
+        for user in users {
+            let done = ferry::copier::user::migrate_user(&config, &state, &tokens, user, |f| {
+                let p = f.pass;
+                println!(
+                    "{user}  {}  {} messages: {} copied, {} already there, {} found on NEW",
+                    f.name, p.messages, p.appended, p.skipped, p.adopted
+                );
+            })
+            .await;
+            match done {
+                Ok(p) => println!(
+                    "{user}: done, {} messages, {} copied now",
+                    p.messages, p.appended
+                ),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("{user}: {e}");
+                }
+            }
+        }
+        anyhow::ensure!(failed == 0, "{failed} of {} users failed", users.len());
+        Ok(())
     })
 }

@@ -66,7 +66,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-fn backend_target(b: &crate::config::Backend) -> Result<backend::Target, tls::TlsError> {
+pub fn backend_target(b: &crate::config::Backend) -> Result<backend::Target, tls::TlsError> {
     let tls = match b.tls {
         BackendTls::None => None,
         BackendTls::Implicit | BackendTls::Starttls => Some(tls::client_config(b.ca.as_deref())?),

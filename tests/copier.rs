@@ -166,3 +166,68 @@ async fn alices_old_folders_land_on_new_byte_for_byte_once() {
         assert_eq!(o, n, "{old} → {new}");
     }
 }
+
+/// `ferry migrate alice`, twice, with the copier's own master-user logins
+/// (the stores' own logins take users' passwords) and an SQLite state file.
+#[tokio::test]
+async fn ferry_migrate_copies_a_user_and_then_only_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(
+        dir.path(),
+        "master.secret",
+        format!("{MASTER_PASSWORD}\n").as_bytes(),
+    );
+    let login = |store: &str| {
+        format!(
+            "[copier.{store}_login]\nmode = \"master\"\nmaster_user = \"{MASTER_USER}\"\n\
+             master_password_file = {:?}\n",
+            secret.display().to_string()
+        )
+    };
+    let env = TestEnv::builder()
+        .extra_toml(&format!(
+            "[state]\nurl = \"sqlite://{}\"\n{}{}",
+            dir.path().join("state.db").display(),
+            login("old"),
+            login("new")
+        ))
+        .start()
+        .await;
+    let config = write_file(dir.path(), "ferry.toml", env.config_toml.as_bytes());
+    let migrate = |config: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--config")
+            .arg(config)
+            .args(["migrate", "alice"])
+            .output()
+            .expect("run ferry migrate")
+    };
+    let first = migrate(&config);
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        out.contains("alice: done, 7 messages, 7 copied now"),
+        "{out}"
+    );
+    assert!(
+        out.contains("alice  Old/Archive/2019  1 messages: 1 copied"),
+        "{out}"
+    );
+    let second = migrate(&config);
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        out.contains("alice: done, 7 messages, 0 copied now"),
+        "{out}"
+    );
+    // Without a login of its own for OLD the copier says what to set.
+    let bare = env.config_toml.replace(&login("old"), "");
+    let config = write_file(dir.path(), "bare.toml", bare.as_bytes());
+    let refused = migrate(&config);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("[copier.old_login]"), "{err}");
+}

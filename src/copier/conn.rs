@@ -52,6 +52,8 @@ pub struct Conn {
     framer: Framer,
     next: u64,
     pub caps: Caps,
+    /// The store's personal namespace, learned at login.
+    pub layout: crate::namespace::Layout,
 }
 
 /// The untagged answers of a command, and its tagged status line.
@@ -92,6 +94,7 @@ impl Conn {
             framer,
             next: 0,
             caps: connected.info.capabilities,
+            layout: connected.info.layout,
         })
     }
 
