@@ -167,41 +167,108 @@ async fn alices_old_folders_land_on_new_byte_for_byte_once() {
     }
 }
 
-/// `ferry migrate alice`, twice, with the copier's own master-user logins
-/// (the stores' own logins take users' passwords) and an SQLite state file.
-#[tokio::test]
-async fn ferry_migrate_copies_a_user_and_then_only_what_is_missing() {
-    let dir = tempfile::tempdir().unwrap();
+/// The copier's own master-user logins and an SQLite state file in `dir`,
+/// as TOML, and the `login` table of one store (to leave it out).
+fn copier_toml(dir: &std::path::Path) -> (String, impl Fn(&str) -> String) {
     let secret = write_file(
-        dir.path(),
+        dir,
         "master.secret",
         format!("{MASTER_PASSWORD}\n").as_bytes(),
     );
-    let login = |store: &str| {
+    let login = move |store: &str| {
         format!(
             "[copier.{store}_login]\nmode = \"master\"\nmaster_user = \"{MASTER_USER}\"\n\
              master_password_file = {:?}\n",
             secret.display().to_string()
         )
     };
-    let env = TestEnv::builder()
-        .extra_toml(&format!(
-            "[state]\nurl = \"sqlite://{}\"\n{}{}",
-            dir.path().join("state.db").display(),
-            login("old"),
-            login("new")
-        ))
-        .start()
-        .await;
+    let toml = format!(
+        "[state]\nurl = \"sqlite://{}\"\n{}{}",
+        dir.join("state.db").display(),
+        login("old"),
+        login("new")
+    );
+    (toml, login)
+}
+
+fn migrate(config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--config")
+        .arg(config)
+        .args(["migrate", "alice"])
+        .output()
+        .expect("run ferry migrate")
+}
+
+/// SIGKILL in the middle of a 3,000-message folder, then again: every
+/// message is on NEW exactly once (the ledger, and the fingerprints for the
+/// copies made after its last write).
+#[tokio::test]
+async fn killed_in_the_middle_of_a_folder_then_resumed_copies_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (toml, _) = copier_toml(dir.path());
+    let env = TestEnv::builder().extra_toml(&toml).start().await;
+    let bulk = bulk_with(3_000, |i| {
+        message(&format!("Bulk {i}"), &"y".repeat(i % 500))
+    });
+    env.old.create("alice", "INBOX.Bulk").await;
+    env.old.append_many("alice", "INBOX.Bulk", &bulk).await;
     let config = write_file(dir.path(), "ferry.toml", env.config_toml.as_bytes());
-    let migrate = |config: &std::path::Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .arg("--config")
-            .arg(config)
-            .args(["migrate", "alice"])
-            .output()
-            .expect("run ferry migrate")
-    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--config")
+        .arg(&config)
+        .args(["migrate", "alice"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once NEW holds part of the folder.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut c = env.new.client("alice").await;
+        let r = c.cmd("STATUS \"Old/Bulk\" (MESSAGES)").await;
+        c.logout().await;
+        let n: u32 = r
+            .text()
+            .split("MESSAGES ")
+            .nth(1)
+            .and_then(|t| t.split(')').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        if n > 250 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (partial, _, _) = env.new.status("alice", "Old/Bulk").await;
+    assert!(partial < 3_000, "killed too late to tell: {partial}");
+    let resumed = migrate(&config);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let (messages, _, _) = env.new.status("alice", "Old/Bulk").await;
+    assert_eq!(messages, 3_000, "after the kill at {partial}");
+    assert_eq!(
+        contents(&env.old, "INBOX.Bulk").await,
+        contents(&env.new, "Old/Bulk").await
+    );
+}
+
+/// `ferry migrate alice`, twice, with the copier's own master-user logins
+/// (the stores' own logins take users' passwords) and an SQLite state file.
+#[tokio::test]
+async fn ferry_migrate_copies_a_user_and_then_only_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (toml, login) = copier_toml(dir.path());
+    let env = TestEnv::builder().extra_toml(&toml).start().await;
+    let config = write_file(dir.path(), "ferry.toml", env.config_toml.as_bytes());
     let first = migrate(&config);
     let out = String::from_utf8_lossy(&first.stdout);
     assert!(
