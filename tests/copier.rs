@@ -298,3 +298,20 @@ async fn ferry_migrate_copies_a_user_and_then_only_what_is_missing() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("[copier.old_login]"), "{err}");
 }
+
+/// The same passes with the ledger in a real PostgreSQL (a fleet's store).
+#[tokio::test]
+async fn the_ledger_in_postgres_keeps_passes_from_copying_twice() {
+    let pg = Postgres::start().await;
+    let env = TestEnv::start().await;
+    let state = State::open(&pg.url()).await.unwrap();
+    let first = pass_over_alice(&env, &state).await;
+    let second = pass_over_alice(&env, &state).await;
+    assert_eq!(
+        [
+            (first.messages, first.appended),
+            (second.messages, second.appended)
+        ],
+        [(7, 7), (7, 0)]
+    );
+}
