@@ -1328,6 +1328,13 @@ impl Reply {
         }
         self
     }
+    /// A NO with this response code (`AUTHENTICATIONFAILED`, …).
+    #[track_caller]
+    pub fn assert_no_with(&self, code: &str) -> &Self {
+        self.assert_no();
+        assert_eq!(self.code().as_deref(), Some(code), "{}", self.text());
+        self
+    }
     #[track_caller]
     pub fn assert_bad(&self) -> &Self {
         if !self.is_bad() {
