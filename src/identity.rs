@@ -168,19 +168,6 @@ pub enum StoreAuth {
     Unusable,
 }
 
-impl StoreAuth {
-    /// The store-side user name (for logs and transcripts).
-    pub fn user(&self) -> &[u8] {
-        match self {
-            StoreAuth::Login { user, .. }
-            | StoreAuth::Plain { user, .. }
-            | StoreAuth::Token { user, .. }
-            | StoreAuth::Client { user, .. } => user,
-            StoreAuth::Unusable => b"",
-        }
-    }
-}
-
 impl fmt::Debug for StoreAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
