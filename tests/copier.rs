@@ -95,6 +95,11 @@ async fn contents(store: &Dovecot, folder: &str) -> Vec<String> {
 
 /// One pass over all of alice's OLD folders, archive mode: the totals.
 async fn pass_over_alice(env: &TestEnv, state: &State) -> Pass {
+    pass_over(env, state, 5).await
+}
+
+/// [`pass_over_alice`] when alice has `folders` folders to copy.
+async fn pass_over(env: &TestEnv, state: &State, folders: usize) -> Pass {
     let names = NameMap::new("Old/", '/', Layout::legacy(), Layout::slash());
     let mut old = open(env, Store::Old).await;
     let mut new = open(env, Store::New).await;
@@ -105,7 +110,7 @@ async fn pass_over_alice(env: &TestEnv, state: &State) -> Pass {
         &listed(&mut old).await,
         &listed(&mut new).await,
     );
-    assert_eq!(routes.len(), 5, "{routes:?}");
+    assert_eq!(routes.len(), folders, "{routes:?}");
     let mut total = Pass::default();
     for route in &routes {
         let pass = copy_folder(&mut old, &mut new, state, "alice", route)
@@ -313,5 +318,42 @@ async fn the_ledger_in_postgres_keeps_passes_from_copying_twice() {
             (second.messages, second.appended)
         ],
         [(7, 7), (7, 0)]
+    );
+}
+
+/// OLD's folder is recreated (a restore, a rebuilt index): its UIDVALIDITY
+/// changes and the ledger knows none of its UIDs. The pass checks message by
+/// message on NEW and copies nothing again.
+#[tokio::test]
+async fn a_new_uidvalidity_on_old_is_rechecked_not_recopied() {
+    let env = TestEnv::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = State::open(&format!(
+        "sqlite://{}",
+        dir.path().join("state.db").display()
+    ))
+    .await
+    .unwrap();
+    let bulk = bulk_with(3, |i| message(&format!("Restored {i}"), "Kept."));
+    env.old.create("alice", "INBOX.Restored").await;
+    env.old.append_many("alice", "INBOX.Restored", &bulk).await;
+    let (_, _, before) = env.old.status("alice", "INBOX.Restored").await;
+    let routes = 6; // alice's five folders and this one
+    let first = pass_over(&env, &state, routes).await;
+    assert_eq!(first.appended, 10);
+    // Recreated with the same messages a second later: a new UIDVALIDITY.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut c = env.old.client("alice").await;
+    c.cmd("DELETE INBOX.Restored").await.assert_ok();
+    c.logout().await;
+    env.old.create("alice", "INBOX.Restored").await;
+    env.old.append_many("alice", "INBOX.Restored", &bulk).await;
+    let (_, _, after) = env.old.status("alice", "INBOX.Restored").await;
+    assert_ne!(before, after, "Dovecot kept the UIDVALIDITY");
+    let again = pass_over(&env, &state, routes).await;
+    assert_eq!((again.appended, again.adopted), (0, 3));
+    assert_eq!(
+        contents(&env.old, "INBOX.Restored").await,
+        contents(&env.new, "Old/Restored").await
     );
 }
