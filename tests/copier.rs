@@ -93,6 +93,13 @@ async fn contents(store: &Dovecot, folder: &str) -> Vec<String> {
         .collect()
 }
 
+/// A state store in an SQLite file `name` under `dir`.
+async fn sqlite_state(dir: &std::path::Path, name: &str) -> State {
+    State::open(&format!("sqlite://{}", dir.join(name).display()))
+        .await
+        .unwrap()
+}
+
 /// One pass over all of alice's OLD folders, archive mode: the totals.
 async fn pass_over_alice(env: &TestEnv, state: &State) -> Pass {
     pass_over(env, state, 5).await
@@ -136,24 +143,14 @@ async fn alices_old_folders_land_on_new_byte_for_byte_once() {
         )
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let state = State::open(&format!(
-        "sqlite://{}",
-        dir.path().join("state.db").display()
-    ))
-    .await
-    .unwrap();
+    let state = sqlite_state(dir.path(), "state.db").await;
     let mut totals = Vec::new();
     for _ in 0..2 {
         totals.push(pass_over_alice(&env, &state).await);
     }
     // The ledger is lost (a new state store): NEW is searched by
     // Message-ID, date and size, and nothing is appended twice.
-    let lost = State::open(&format!(
-        "sqlite://{}",
-        dir.path().join("lost.db").display()
-    ))
-    .await
-    .unwrap();
+    let lost = sqlite_state(dir.path(), "lost.db").await;
     let again = pass_over_alice(&env, &lost).await;
     assert_eq!((again.appended, again.adopted), (0, 8));
     // 3 + 2 + 1 + 1 (Japanese) + 1 (20 MB) messages; the second pass appends none.
@@ -328,12 +325,7 @@ async fn the_ledger_in_postgres_keeps_passes_from_copying_twice() {
 async fn a_new_uidvalidity_on_old_is_rechecked_not_recopied() {
     let env = TestEnv::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let state = State::open(&format!(
-        "sqlite://{}",
-        dir.path().join("state.db").display()
-    ))
-    .await
-    .unwrap();
+    let state = sqlite_state(dir.path(), "state.db").await;
     let bulk = bulk_with(3, |i| message(&format!("Restored {i}"), "Kept."));
     env.old.create("alice", "INBOX.Restored").await;
     env.old.append_many("alice", "INBOX.Restored", &bulk).await;
