@@ -103,30 +103,51 @@ async fn read(tcp: &mut TcpStream) -> Result<Option<Addresses>, ProxyError> {
     }
 }
 
+/// Where a proxied TCP connection comes from and goes to.
+fn tcp(
+    client: impl Into<std::net::IpAddr>,
+    client_port: u16,
+    local: impl Into<std::net::IpAddr>,
+    local_port: u16,
+) -> Option<Addresses> {
+    Some(Addresses {
+        client: (client.into(), client_port).into(),
+        local: (local.into(), local_port).into(),
+    })
+}
+
 fn from_v1(a: v1::Addresses) -> Option<Addresses> {
     match a {
-        v1::Addresses::Tcp4(a) => Some(Addresses {
-            client: (a.source_address, a.source_port).into(),
-            local: (a.destination_address, a.destination_port).into(),
-        }),
-        v1::Addresses::Tcp6(a) => Some(Addresses {
-            client: (a.source_address, a.source_port).into(),
-            local: (a.destination_address, a.destination_port).into(),
-        }),
+        v1::Addresses::Tcp4(a) => tcp(
+            a.source_address,
+            a.source_port,
+            a.destination_address,
+            a.destination_port,
+        ),
+        v1::Addresses::Tcp6(a) => tcp(
+            a.source_address,
+            a.source_port,
+            a.destination_address,
+            a.destination_port,
+        ),
         v1::Addresses::Unknown => None,
     }
 }
 
 fn from_v2(a: v2::Addresses) -> Option<Addresses> {
     match a {
-        v2::Addresses::IPv4(a) => Some(Addresses {
-            client: (a.source_address, a.source_port).into(),
-            local: (a.destination_address, a.destination_port).into(),
-        }),
-        v2::Addresses::IPv6(a) => Some(Addresses {
-            client: (a.source_address, a.source_port).into(),
-            local: (a.destination_address, a.destination_port).into(),
-        }),
+        v2::Addresses::IPv4(a) => tcp(
+            a.source_address,
+            a.source_port,
+            a.destination_address,
+            a.destination_port,
+        ),
+        v2::Addresses::IPv6(a) => tcp(
+            a.source_address,
+            a.source_port,
+            a.destination_address,
+            a.destination_port,
+        ),
         // A proxied UNIX socket has no address a store or a limit can use.
         v2::Addresses::Unix(_) | v2::Addresses::Unspecified => None,
     }

@@ -114,7 +114,6 @@ impl Conn {
                         return Err(CopyError::Protocol("the store closed the connection"));
                     }
                     self.framer.push(&buf[..n]);
-                    self.framer.shrink();
                 }
                 Err(_) => return Err(CopyError::Protocol("an over-long line")),
             }
