@@ -41,6 +41,8 @@ pub struct Ctx {
     pub live: watch::Receiver<Arc<Live>>,
     pub acceptor: Option<TlsAcceptor>,
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
+    /// The durable state store (`[state] url`): ledger, migration states.
+    pub state: Arc<crate::state::State>,
     pub throttle: Arc<crate::throttle::Throttle>,
     /// OAuth2 tokens Ferry obtained for store logins.
     pub tokens: Arc<crate::oauth::Tokens>,

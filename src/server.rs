@@ -34,6 +34,8 @@ pub enum StartError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
+    #[error("state.url: {0}")]
+    State(#[from] crate::state::StateError),
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -127,6 +129,7 @@ impl Ferry {
             }
             None => (None, None),
         };
+        let state = Arc::new(crate::state::State::open(&config.state.url).await?);
         let subscriptions = Arc::new(crate::subscriptions::Subscriptions::new(
             config.namespace.subscriptions_dir.clone(),
         ));
@@ -140,6 +143,7 @@ impl Ferry {
             live: live_rx.clone(),
             acceptor,
             subscriptions,
+            state,
             throttle,
             tokens: Arc::default(),
             connections: Arc::default(),
@@ -257,6 +261,9 @@ impl Ferry {
         }
         if config.tls.is_some() != current.tls.is_some() {
             return Err(ReloadError::NeedsRestart("tls"));
+        }
+        if config.state.url != current.state.url {
+            return Err(ReloadError::NeedsRestart("state.url"));
         }
         if config.namespace.subscriptions_dir != current.namespace.subscriptions_dir {
             return Err(ReloadError::NeedsRestart("namespace.subscriptions_dir"));

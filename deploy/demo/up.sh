@@ -266,6 +266,9 @@ default_phase = "merged"
 [migration.users]
 "bob" = "new"
 
+[state]
+url = "sqlite://$RUN/state.db"   # subscriptions to Old/ folders, the copier's ledger
+
 [metrics]
 listen = "127.0.0.1:$METRICS_PORT"   # /metrics, /healthz, /readyz over HTTP
 EOF

@@ -1876,6 +1876,13 @@ impl TestEnvBuilder {
             ),
             1,
         );
+        if !self.extra_toml.contains("[state]") {
+            let db = cert.with_file_name("state.db");
+            toml.push_str(&format!(
+                "[state]\nurl = {}\n",
+                toml_str(&format!("sqlite://{}", db.display()))
+            ));
+        }
         toml.push_str(&self.extra_toml);
         if !toml.ends_with('\n') {
             toml.push('\n');
