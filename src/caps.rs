@@ -22,10 +22,11 @@ pub enum Cap {
     LoginDisabled,
     SaslIr,
     Id,
+    Condstore,
 }
 
 impl Cap {
-    const ALL: [(Cap, &'static str); 8] = [
+    const ALL: [(Cap, &'static str); 9] = [
         (Cap::LiteralPlus, "LITERAL+"),
         (Cap::Unselect, "UNSELECT"),
         (Cap::Multiappend, "MULTIAPPEND"),
@@ -34,6 +35,7 @@ impl Cap {
         (Cap::LoginDisabled, "LOGINDISABLED"),
         (Cap::SaslIr, "SASL-IR"),
         (Cap::Id, "ID"),
+        (Cap::Condstore, "CONDSTORE"),
     ];
 
     fn bit(self) -> u32 {

@@ -78,9 +78,37 @@ impl Default for StateConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Copier {
+    /// Copy every user whose phase is `merged` in the background.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Users copied at once by the background copier (one connection to
+    /// each store per user).
+    #[serde(default = "default_users_at_once")]
+    pub users_at_once: usize,
+    /// Seconds between two passes over one user (delta passes carry new
+    /// mail and flag changes from OLD).
+    #[serde(default = "default_pass_interval")]
+    pub pass_interval_secs: u64,
+    /// After each pass: `no`, `quick` (counts, size, Message-ID, date,
+    /// flags) or `full` (and SHA-256 of both bodies).
+    #[serde(default = "default_verify")]
+    pub verify: crate::copier::folder::Verify,
+    /// Remove from NEW the copies of messages expunged on OLD (else they
+    /// are only reported).
+    #[serde(default)]
+    pub remove_expunged: bool,
+    /// First wait after a failed pass, doubled per failure up to
+    /// `retry_max_secs`.
+    #[serde(default = "default_retry_base")]
+    pub retry_base_secs: u64,
+    #[serde(default = "default_retry_max")]
+    pub retry_max_secs: u64,
+    /// Messages and bytes per second, per store (0: no cap).
+    #[serde(default)]
+    pub pace: CopierPace,
     /// `archive` (OLD's folders under the `Old/` prefix on NEW) or `merge`.
     #[serde(default)]
     pub mode: crate::copier::mapping::Mode,
@@ -93,6 +121,37 @@ pub struct Copier {
     /// the copier never has): a master user or a token.
     pub old_login: Option<StoreLogin>,
     pub new_login: Option<StoreLogin>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopierPace {
+    #[serde(default)]
+    pub old: crate::copier::pace::Caps,
+    #[serde(default)]
+    pub new: crate::copier::pace::Caps,
+}
+
+fn default_users_at_once() -> usize {
+    4
+}
+fn default_pass_interval() -> u64 {
+    3600
+}
+fn default_verify() -> crate::copier::folder::Verify {
+    crate::copier::folder::Verify::Quick
+}
+fn default_retry_base() -> u64 {
+    30
+}
+fn default_retry_max() -> u64 {
+    3600
+}
+
+impl Default for Copier {
+    fn default() -> Self {
+        toml::from_str("").expect("every key has a default")
+    }
 }
 
 impl Copier {

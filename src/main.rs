@@ -28,7 +28,36 @@ enum Cmd {
     Migrate {
         #[arg(required = true)]
         users: Vec<String>,
+        /// After copying, compare: `quick` (counts, size, Message-ID, date,
+        /// flags) or `full` (and SHA-256 of both bodies).
+        #[arg(long, value_name = "HOW", num_args = 0..=1, default_missing_value = "quick")]
+        verify: Option<Verify>,
+        /// Remove from NEW the copies of messages expunged on OLD.
+        #[arg(long)]
+        remove_expunged: bool,
     },
+    /// Where users' migrations stand (from the state store). Needs --config.
+    Migration {
+        #[command(subcommand)]
+        what: MigrationCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrationCmd {
+    /// Every user's state, or one user's folders.
+    Status {
+        user: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Verify {
+    Quick,
+    Full,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,8 +74,26 @@ fn main() -> anyhow::Result<()> {
     let path = cli
         .config
         .context("--config FILE is required (or: ferry check-config FILE)")?;
-    if let Some(Cmd::Migrate { users }) = cli.command {
-        return migrate(&path, &users);
+    match cli.command {
+        Some(Cmd::Migrate {
+            users,
+            verify,
+            remove_expunged,
+        }) => {
+            let options = ferry::copier::folder::Options {
+                verify: match verify {
+                    None => ferry::copier::folder::Verify::No,
+                    Some(Verify::Quick) => ferry::copier::folder::Verify::Quick,
+                    Some(Verify::Full) => ferry::copier::folder::Verify::Full,
+                },
+                remove_expunged,
+            };
+            return migrate(&path, &users, options);
+        }
+        Some(Cmd::Migration {
+            what: MigrationCmd::Status { user, json },
+        }) => return status(&path, user.as_deref(), json),
+        _ => {}
     }
     let config = ferry::config::load(&path).with_context(|| format!("{}", path.display()))?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -88,8 +135,12 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-/// `ferry migrate USER…`: one pass per user, a line per folder.
-fn migrate(path: &std::path::Path, users: &[String]) -> anyhow::Result<()> {
+/// The state store of the configuration at `path`, on a runtime for one
+/// command.
+fn with_state<T>(
+    path: &std::path::Path,
+    f: impl AsyncFnOnce(ferry::config::Config, ferry::state::State) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let config = ferry::config::load(path).with_context(|| format!("{}", path.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -98,22 +149,92 @@ fn migrate(path: &std::path::Path, users: &[String]) -> anyhow::Result<()> {
         let state = ferry::state::State::open(&config.state.url)
             .await
             .context("state.url")?;
+        f(config, state).await
+    })
+}
+
+/// `ferry migrate USER…`: one pass per user, a line per folder, and a
+/// progress bar on a terminal.
+fn migrate(
+    path: &std::path::Path,
+    users: &[String],
+    options: ferry::copier::folder::Options,
+) -> anyhow::Result<()> {
+    use ferry::copier::user::{Event, Job, migrate_user};
+    with_state(path, async |config, state| {
         let tokens = ferry::oauth::Tokens::default();
+        let pace = ferry::copier::pace::Pace::new(config.copier.pace.old, config.copier.pace.new);
+        let job = Job {
+            config: &config,
+            state: &state,
+            tokens: &tokens,
+            pace: &pace,
+            options,
+        };
         let mut failed = 0;
         for user in users {
-            let done = ferry::copier::user::migrate_user(&config, &state, &tokens, user, |f| {
-                let p = f.pass;
-                println!(
-                    "{user}  {}  {} messages: {} copied, {} already there, {} found on NEW",
-                    f.name, p.messages, p.appended, p.skipped, p.adopted
-                );
+            let bar = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stderr(),
+            )
+            .with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {pos}/{len} messages, {bytes_per_sec}, {eta} left",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            )
+            .with_prefix(user.clone());
+            let mut bytes = 0u64;
+            let done = migrate_user(&job, user, &mut |event| match event {
+                Event::Planned { messages, .. } => bar.set_length(messages),
+                Event::Message { bytes: b } => {
+                    bytes += b;
+                    bar.inc(1);
+                }
+                Event::Folder(f) => {
+                    let p = &f.pass;
+                    bar.suspend(|| {
+                        println!(
+                            "{user}  {}  {} messages: {} copied, {} already there, {} found on NEW, \
+                             {} flag changes carried, {} expunged on OLD{}",
+                            f.name,
+                            p.messages,
+                            p.appended,
+                            p.skipped,
+                            p.adopted,
+                            p.flags_carried,
+                            p.expunged_on_old,
+                            if p.removed > 0 {
+                                format!(", {} removed from NEW", p.removed)
+                            } else {
+                                String::new()
+                            }
+                        );
+                        for d in &p.differences {
+                            println!("{user}  differs: {d}");
+                        }
+                    });
+                }
             })
             .await;
+            bar.finish_and_clear();
+            let _ = bytes;
             match done {
-                Ok(p) => println!(
-                    "{user}: done, {} messages, {} copied now",
-                    p.messages, p.appended
-                ),
+                Ok(p) => {
+                    let verdict = match (options.verify, p.differences.len()) {
+                        (ferry::copier::folder::Verify::No, _) => String::new(),
+                        (_, 0) => ", verified".into(),
+                        (_, n) => format!(", {n} differences"),
+                    };
+                    println!(
+                        "{user}: done, {} messages, {} copied now{verdict}",
+                        p.messages, p.appended
+                    );
+                    if !p.differences.is_empty() {
+                        failed += 1;
+                    }
+                }
                 Err(e) => {
                     failed += 1;
                     eprintln!("{user}: {e}");
@@ -121,6 +242,38 @@ fn migrate(path: &std::path::Path, users: &[String]) -> anyhow::Result<()> {
             }
         }
         anyhow::ensure!(failed == 0, "{failed} of {} users failed", users.len());
+        Ok(())
+    })
+}
+
+/// `ferry migration status [USER]`.
+fn status(path: &std::path::Path, user: Option<&str>, json: bool) -> anyhow::Result<()> {
+    with_state(path, async |_, state| {
+        let users = match user {
+            Some(u) => state.migration(u).await?.into_iter().collect(),
+            None => state.migrations().await?,
+        };
+        if let Some(u) = user
+            && users.is_empty()
+        {
+            anyhow::bail!("{u}: no migration recorded");
+        }
+        let folders = match user {
+            Some(u) => state.migration_folders(u).await?,
+            None => Vec::new(),
+        };
+        if json {
+            let value = match user {
+                Some(_) => serde_json::json!({ "user": users[0], "folders": folders }),
+                None => serde_json::json!({ "users": users }),
+            };
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(());
+        }
+        print!("{}", ferry::copier::report::users_table(&users));
+        if user.is_some() {
+            print!("{}", ferry::copier::report::folders_table(&folders));
+        }
         Ok(())
     })
 }

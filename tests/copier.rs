@@ -5,66 +5,18 @@
 
 mod common;
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use common::*;
 use ferry::{
-    backend::Target,
     copier::{
-        conn::Conn,
-        folder::{Pass, copy_folder},
-        mapping::{Listed, Mode, plan},
+        folder::{Options, Pass},
+        pace::Pace,
+        user::{Event, Job, migrate_user},
     },
-    identity::{Secret, StoreAuth},
-    namespace::{Layout, NameMap, Store},
     oauth::Tokens,
     state::State,
 };
-use imap_codec::imap_types::{command::CommandBody, mailbox::ListMailbox};
-
-fn master(user: &str) -> StoreAuth {
-    StoreAuth::Plain {
-        user: user.as_bytes().to_vec(),
-        master: MASTER_USER.as_bytes().to_vec(),
-        password: Secret::new(MASTER_PASSWORD.as_bytes()),
-    }
-}
-
-async fn open(env: &TestEnv, store: Store) -> Conn {
-    let config = ferry::config::parse(&env.config_toml).unwrap();
-    let target = Target {
-        backend: config.backend(store).clone(),
-        tls: None,
-    };
-    Conn::open(
-        &target,
-        store,
-        &master("alice"),
-        &Tokens::default(),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap()
-}
-
-async fn listed(c: &mut Conn) -> Vec<Listed> {
-    let answer = c
-        .run(CommandBody::List {
-            reference: "".try_into().unwrap(),
-            mailbox_wildcard: ListMailbox::try_from("*").unwrap(),
-        })
-        .await
-        .unwrap();
-    answer
-        .untagged
-        .iter()
-        .filter_map(|m| parse_list(m))
-        .map(|e| Listed {
-            name: e.name.into_bytes(),
-            attributes: e.attrs,
-        })
-        .collect()
-}
 
 /// What `folder` holds, from Python's imaplib straight at the store (see
 /// `tests/witness_digest.py`): SHA-256, flags, INTERNALDATE per message.
@@ -102,33 +54,35 @@ async fn sqlite_state(dir: &std::path::Path, name: &str) -> State {
 
 /// One pass over all of alice's OLD folders, archive mode: the totals.
 async fn pass_over_alice(env: &TestEnv, state: &State) -> Pass {
-    pass_over(env, state, 5).await
+    pass_over(env, state, 5, Options::default()).await
 }
 
-/// [`pass_over_alice`] when alice has `folders` folders to copy.
-async fn pass_over(env: &TestEnv, state: &State, folders: usize) -> Pass {
-    let names = NameMap::new("Old/", '/', Layout::legacy(), Layout::slash());
-    let mut old = open(env, Store::Old).await;
-    let mut new = open(env, Store::New).await;
-    let routes = plan(
-        Mode::Archive,
-        &names,
-        &HashMap::new(),
-        &listed(&mut old).await,
-        &listed(&mut new).await,
-    );
-    assert_eq!(routes.len(), folders, "{routes:?}");
-    let mut total = Pass::default();
-    for route in &routes {
-        let pass = copy_folder(&mut old, &mut new, state, "alice", route)
-            .await
-            .unwrap_or_else(|e| panic!("{route:?}: {e}"));
-        total.messages += pass.messages;
-        total.appended += pass.appended;
-        total.skipped += pass.skipped;
-        total.adopted += pass.adopted;
-    }
-    total
+/// [`pass_over_alice`] when alice has `folders` folders to copy, with
+/// `options`: the engine's own pass over a user, logged in as the master
+/// user.
+async fn pass_over(env: &TestEnv, state: &State, folders: usize, options: Options) -> Pass {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, login) = copier_toml(dir.path());
+    let toml = format!("{}{}{}", env.config_toml, login("old"), login("new"));
+    let config = ferry::config::parse(&toml).unwrap();
+    let (tokens, pace) = (Tokens::default(), Pace::default());
+    let job = Job {
+        config: &config,
+        state,
+        tokens: &tokens,
+        pace: &pace,
+        options,
+    };
+    let mut planned = None;
+    let pass = migrate_user(&job, "alice", &mut |e| {
+        if let Event::Planned { folders, .. } = e {
+            planned = Some(folders);
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("pass over alice: {e}"));
+    assert_eq!(planned, Some(folders));
+    pass
 }
 
 #[tokio::test]
@@ -331,7 +285,7 @@ async fn a_new_uidvalidity_on_old_is_rechecked_not_recopied() {
     env.old.append_many("alice", "INBOX.Restored", &bulk).await;
     let (_, _, before) = env.old.status("alice", "INBOX.Restored").await;
     let routes = 6; // alice's five folders and this one
-    let first = pass_over(&env, &state, routes).await;
+    let first = pass_over(&env, &state, routes, Options::default()).await;
     assert_eq!(first.appended, 10);
     // Recreated with the same messages a second later: a new UIDVALIDITY.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -342,7 +296,7 @@ async fn a_new_uidvalidity_on_old_is_rechecked_not_recopied() {
     env.old.append_many("alice", "INBOX.Restored", &bulk).await;
     let (_, _, after) = env.old.status("alice", "INBOX.Restored").await;
     assert_ne!(before, after, "Dovecot kept the UIDVALIDITY");
-    let again = pass_over(&env, &state, routes).await;
+    let again = pass_over(&env, &state, routes, Options::default()).await;
     assert_eq!((again.appended, again.adopted), (0, 3));
     assert_eq!(
         contents(&env.old, "INBOX.Restored").await,

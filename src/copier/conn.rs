@@ -202,6 +202,42 @@ impl Conn {
         }
     }
 
+    /// The SHA-256 of message `uid`'s bytes in the selected folder, hashed
+    /// as they stream in; `None` when the message is gone.
+    pub async fn body_digest(&mut self, uid: u32) -> Result<Option<[u8; 32]>, CopyError> {
+        use sha2::{Digest, Sha256};
+        let tag = self.tag();
+        let fetch = [
+            &tag[..],
+            format!(" UID FETCH {uid} BODY.PEEK[]\r\n").as_bytes(),
+        ]
+        .concat();
+        self.stream.write_all(&fetch).await?;
+        self.stream.flush().await?;
+        let mut hash = None;
+        loop {
+            match self.frame().await? {
+                Frame::Line {
+                    bytes,
+                    literal: Some(_),
+                    ..
+                } if bytes.starts_with(b"* ") && hash.is_none() => hash = Some(Sha256::new()),
+                Frame::LiteralData { bytes, .. } => {
+                    if let Some(h) = hash.as_mut() {
+                        h.update(&bytes);
+                    }
+                }
+                Frame::Line { bytes, .. } if reply::tag_of(&bytes) == tag => {
+                    if !status_word(&bytes).eq_ignore_ascii_case(b"OK") {
+                        return Err(CopyError::Refused(String::from_utf8_lossy(&bytes).into()));
+                    }
+                    return Ok(hash.map(|h| h.finalize().into()));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// APPENDs `len` bytes that `old` is about to send as a literal.
     async fn append_from(
         &mut self,

@@ -5,4 +5,6 @@
 pub mod conn;
 pub mod folder;
 pub mod mapping;
+pub mod pace;
+pub mod report;
 pub mod user;

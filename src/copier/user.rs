@@ -1,14 +1,18 @@
-//! One pass over all of one user's OLD folders, as `ferry migrate` runs it:
-//! both stores logged in to as the configuration says (a master user or a
-//! token: the copier never has a user's password), OLD's folders mapped,
-//! each copied.
+//! One pass over all of one user's OLD folders: both stores logged in to as
+//! the configuration says (a master user or a token: the copier never has a
+//! user's password), OLD's folders mapped, each copied, and the user's
+//! migration record in the state store kept current for `ferry migration
+//! status`, the admin API and the metrics.
 
 use std::time::Duration;
 
+use imap_codec::imap_types::command::CommandBody;
+
 use super::{
     conn::{Conn, CopyError},
-    folder::{FolderError, Pass, copy_folder},
-    mapping::{Listed, plan},
+    folder::{FolderError, Options, Pass, Verify, copy_folder},
+    mapping::{Listed, Route, plan},
+    pace::Pace,
 };
 use crate::{
     config::Config,
@@ -16,7 +20,7 @@ use crate::{
     namespace::{NameMap, Store},
     oauth::Tokens,
     session::Credentials,
-    state::State,
+    state::{State, StateError, UserRecord, UserState, migration::now},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,36 @@ pub enum UserError {
     Copy(#[from] CopyError),
     #[error("{0}")]
     Folder(#[from] FolderError),
+    #[error("{0}")]
+    State(#[from] StateError),
+}
+
+impl UserError {
+    /// The kind of failure, for metrics (a closed set).
+    pub fn kind(&self) -> &'static str {
+        let copy = match self {
+            UserError::NeedsIdentity(_) | UserError::Target(..) => return "config",
+            UserError::State(_) | UserError::Folder(FolderError::State(_)) => return "state",
+            UserError::Copy(c) | UserError::Folder(FolderError::Copy(c)) => c,
+        };
+        match copy {
+            CopyError::Login(_) => "login",
+            CopyError::Io(_) => "io",
+            CopyError::Protocol(_) => "protocol",
+            CopyError::Refused(t) if super::pace::is_throttling(t) => "throttled",
+            CopyError::Refused(_) => "refused",
+        }
+    }
+}
+
+/// What a pass tells whoever watches it.
+pub enum Event<'a> {
+    /// The folders to copy and how many messages OLD has in them.
+    Planned { folders: usize, messages: u64 },
+    /// One of OLD's messages is done (copied or found on NEW), of this size.
+    Message { bytes: u64 },
+    /// A folder is done.
+    Folder(&'a FolderDone),
 }
 
 /// What happened to one folder.
@@ -40,36 +74,65 @@ pub struct FolderDone {
     pub pass: Pass,
 }
 
-/// Copies what of `user`'s OLD mail is not on NEW yet; `progress` hears of
-/// each folder as it is done.
+/// What one pass over users needs besides the user.
+pub struct Job<'a> {
+    pub config: &'a Config,
+    pub state: &'a State,
+    pub tokens: &'a Tokens,
+    pub pace: &'a Pace,
+    pub options: Options,
+}
+
+/// Copies what of `user`'s OLD mail is not on NEW yet (see
+/// [`super::folder::copy_folder`]), recording the user's migration state as
+/// it goes: `copying`, then `synced` or `verified`, or `failed` with the
+/// error.
 pub async fn migrate_user(
-    config: &Config,
-    state: &State,
-    tokens: &Tokens,
+    job: &Job<'_>,
     user: &str,
-    mut progress: impl FnMut(&FolderDone),
+    progress: &mut dyn FnMut(Event<'_>),
 ) -> Result<Pass, UserError> {
-    let mut conns = Vec::new();
-    for store in [Store::Old, Store::New] {
-        let backend = config.backend(store);
-        let login = config.copier.login(store, &config.backends);
-        if login.mode == LoginMode::Client {
-            return Err(UserError::NeedsIdentity(store.as_str()));
+    let mut record = job
+        .state
+        .migration(user)
+        .await?
+        .unwrap_or_else(|| UserRecord::new(user));
+    record.state = UserState::Copying;
+    record.error = None;
+    job.state.put_migration(&record).await?;
+    let result = pass(job, user, &mut record, progress).await;
+    match &result {
+        Ok(p) => {
+            let folders = job.state.migration_folders(user).await?;
+            record.state = if !folders.is_empty() && folders.iter().all(|f| f.verified) {
+                UserState::Verified
+            } else {
+                UserState::Synced
+            };
+            record.differences = p.differences.len() as u64;
+            record.expunged_on_old = p.expunged_on_old;
+            record.last_pass = Some(now());
         }
-        let target = crate::server::backend_target(backend)
-            .map_err(|e| UserError::Target(store.as_str(), e.to_string()))?;
-        let who = Credentials {
-            user: user.as_bytes().to_vec(),
-            password: Vec::new(),
-            bearer: None,
-        };
-        let auth = login
-            .auth_for(&who)
-            .ok_or(UserError::NeedsIdentity(store.as_str()))?;
-        let timeout = Duration::from_secs(config.limits.backend_connect_timeout_secs);
-        conns.push(Conn::open(&target, store, &auth, tokens, timeout).await?);
+        Err(e) => {
+            record.state = UserState::Failed;
+            record.error = Some(e.to_string());
+        }
     }
-    let [mut old, mut new]: [Conn; 2] = conns.try_into().ok().expect("two stores");
+    job.state.put_migration(&record).await?;
+    result
+}
+
+async fn pass(
+    job: &Job<'_>,
+    user: &str,
+    record: &mut UserRecord,
+    progress: &mut dyn FnMut(Event<'_>),
+) -> Result<Pass, UserError> {
+    let config = job.config;
+    let (mut old, mut new) = (
+        log_in(job, user, Store::Old).await?,
+        log_in(job, user, Store::New).await?,
+    );
     let ns = &config.namespace;
     let names = NameMap::new(
         &ns.old_prefix,
@@ -86,24 +149,124 @@ pub async fn migrate_user(
         &old_listed,
         &new_listed,
     );
-    let mut total = Pass::default();
+    let mut messages = 0;
     for route in &routes {
-        let pass = copy_folder(&mut old, &mut new, state, user, route).await?;
-        progress(&FolderDone {
+        messages += status_messages(&mut old, route).await?;
+    }
+    progress(Event::Planned {
+        folders: routes.len(),
+        messages,
+    });
+    *record = UserRecord {
+        folders: routes.len() as u64,
+        folders_done: 0,
+        messages,
+        messages_done: 0,
+        bytes_done: 0,
+        ..record.clone()
+    };
+    job.state.put_migration(record).await?;
+    let priors = job.state.migration_folders(user).await?;
+    let mut total = Pass {
+        verified: job.options.verify != Verify::No,
+        ..Pass::default()
+    };
+    let mut estimate: u64 = routes
+        .iter()
+        .filter_map(|r| {
+            let name = String::from_utf8_lossy(&r.old);
+            priors.iter().find(|p| p.old_name == name).map(|p| p.bytes)
+        })
+        .sum();
+    for route in &routes {
+        let old_name = String::from_utf8_lossy(&route.old);
+        let prior = priors.iter().find(|p| p.old_name == old_name);
+        let pass = copy_folder(
+            &mut old,
+            &mut new,
+            job.state,
+            user,
+            route,
+            prior,
+            job.options,
+            job.pace,
+            &mut |b| progress(Event::Message { bytes: b }),
+        )
+        .await?;
+        total.add(&pass);
+        total.verified &= pass.verified;
+        record.folders_done += 1;
+        record.messages_done += pass.messages;
+        record.bytes_done += pass.bytes;
+        // The folders still to do count with what the last pass saw.
+        estimate -= prior.map_or(0, |p| p.bytes);
+        record.bytes = record.bytes_done + estimate;
+        job.state.put_migration(record).await?;
+        progress(Event::Folder(&FolderDone {
             name: crate::mutf7::decode(&route.new).unwrap_or_default(),
             pass,
-        });
-        total.messages += pass.messages;
-        total.appended += pass.appended;
-        total.skipped += pass.skipped;
-        total.adopted += pass.adopted;
+        }));
     }
+    record.messages = record.messages_done;
+    record.bytes = record.bytes_done;
     for c in [&mut old, &mut new] {
-        let _ = c
-            .run(imap_codec::imap_types::command::CommandBody::Logout)
-            .await;
+        let _ = c.run(CommandBody::Logout).await;
     }
     Ok(total)
+}
+
+/// A connection to `store` as the copier logs in there.
+async fn log_in(job: &Job<'_>, user: &str, store: Store) -> Result<Conn, UserError> {
+    let config = job.config;
+    let backend = config.backend(store);
+    let login = config.copier.login(store, &config.backends);
+    if login.mode == LoginMode::Client {
+        return Err(UserError::NeedsIdentity(store.as_str()));
+    }
+    let target = crate::server::backend_target(backend)
+        .map_err(|e| UserError::Target(store.as_str(), e.to_string()))?;
+    let who = Credentials {
+        user: user.as_bytes().to_vec(),
+        password: Vec::new(),
+        bearer: None,
+    };
+    let auth = login
+        .auth_for(&who)
+        .ok_or(UserError::NeedsIdentity(store.as_str()))?;
+    let timeout = Duration::from_secs(config.limits.backend_connect_timeout_secs);
+    Ok(Conn::open(&target, store, &auth, job.tokens, timeout).await?)
+}
+
+/// How many messages OLD's folder holds (STATUS MESSAGES), for progress.
+async fn status_messages(old: &mut Conn, route: &Route) -> Result<u64, CopyError> {
+    use imap_codec::{
+        ResponseCodec,
+        decode::Decoder,
+        imap_types::{
+            mailbox::Mailbox,
+            response::{Data, Response},
+            status::{StatusDataItem, StatusDataItemName},
+        },
+    };
+    let mailbox = Mailbox::try_from(route.old.clone())
+        .map_err(|_| CopyError::Protocol("a folder name that is no mailbox"))?;
+    let answer = old
+        .run(CommandBody::Status {
+            mailbox,
+            item_names: vec![StatusDataItemName::Messages].into(),
+        })
+        .await?;
+    Ok(answer
+        .untagged
+        .iter()
+        .find_map(|m| match ResponseCodec::new().decode(m).ok()?.1 {
+            Response::Data(Data::Status { items, .. }) => items.iter().find_map(|i| match i {
+                StatusDataItem::Messages(n) => Some(u64::from(*n)),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .unwrap_or(0))
 }
 
 /// A store's folders: LIST "" "*".
@@ -112,7 +275,6 @@ async fn listed(c: &mut Conn) -> Result<Vec<Listed>, CopyError> {
         ResponseCodec,
         decode::Decoder,
         imap_types::{
-            command::CommandBody,
             mailbox::{ListMailbox, Mailbox},
             response::{Data, Response},
         },

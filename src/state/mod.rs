@@ -7,6 +7,18 @@
 //! A folder's runs are written in one transaction with the folder's record,
 //! so a run is either wholly recorded or not at all, whatever kills Ferry.
 
+/// Runs `$body` with `$p` bound to whichever pool the store has: the same
+/// SQL serves SQLite and PostgreSQL, compiled once for each.
+macro_rules! with_pool {
+    ($state:expr, $p:ident => $body:expr) => {
+        match &$state.pool {
+            $crate::state::Pool::Sqlite($p) => $body,
+            $crate::state::Pool::Postgres($p) => $body,
+        }
+    };
+}
+
+pub mod migration;
 pub mod uidmap;
 
 use sqlx::{
@@ -16,6 +28,7 @@ use sqlx::{
 };
 use thiserror::Error;
 
+pub use migration::{FolderRecord, UserRecord, UserState};
 pub use uidmap::{Run, UidMap};
 
 #[derive(Debug, Error)]
@@ -80,17 +93,14 @@ impl State {
             return Err(StateError::Url(url.to_string()));
         };
         let state = State { pool };
-        for statement in SCHEMA {
+        for statement in SCHEMA.iter().chain(&migration::SCHEMA) {
             state.execute(statement).await?;
         }
         Ok(state)
     }
 
     async fn execute(&self, statement: &str) -> Result<(), StateError> {
-        match &self.pool {
-            Pool::Sqlite(p) => sqlx::query(statement).execute(p).await.map(drop)?,
-            Pool::Postgres(p) => sqlx::query(statement).execute(p).await.map(drop)?,
-        }
+        with_pool!(self, p => sqlx::query(statement).execute(p).await.map(drop)?);
         Ok(())
     }
 
@@ -104,23 +114,15 @@ impl State {
             new_first: new_first as u32,
         };
         let uv = i64::from(folder.uidvalidity);
-        macro_rules! fetch {
-            ($pool:expr) => {
-                sqlx::query(Q)
-                    .bind(folder.user)
-                    .bind(folder.old_name)
-                    .bind(uv)
-                    .fetch_all($pool)
-                    .await?
-                    .iter()
-                    .map(|r| run(r.get(0), r.get(1), r.get(2)))
-                    .collect()
-            };
-        }
-        let runs: Vec<Run> = match &self.pool {
-            Pool::Sqlite(p) => fetch!(p),
-            Pool::Postgres(p) => fetch!(p),
-        };
+        let runs: Vec<Run> = with_pool!(self, p => sqlx::query(Q)
+            .bind(folder.user)
+            .bind(folder.old_name)
+            .bind(uv)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(|r| run(r.get(0), r.get(1), r.get(2)))
+            .collect());
         Ok(UidMap::from_runs(runs))
     }
 
@@ -133,33 +135,27 @@ impl State {
             (user_name, old_name, uidvalidity, first_uid, last_uid, new_first)
             VALUES ($1, $2, $3, $4, $5, $6)";
         let uv = i64::from(folder.uidvalidity);
-        macro_rules! write {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin().await?;
-                sqlx::query(DELETE)
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(DELETE)
+                .bind(folder.user)
+                .bind(folder.old_name)
+                .bind(uv)
+                .execute(&mut *tx)
+                .await?;
+            for r in map.runs() {
+                sqlx::query(INSERT)
                     .bind(folder.user)
                     .bind(folder.old_name)
                     .bind(uv)
+                    .bind(i64::from(r.first))
+                    .bind(i64::from(r.last))
+                    .bind(i64::from(r.new_first))
                     .execute(&mut *tx)
                     .await?;
-                for r in map.runs() {
-                    sqlx::query(INSERT)
-                        .bind(folder.user)
-                        .bind(folder.old_name)
-                        .bind(uv)
-                        .bind(i64::from(r.first))
-                        .bind(i64::from(r.last))
-                        .bind(i64::from(r.new_first))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-            }};
-        }
-        match &self.pool {
-            Pool::Sqlite(p) => write!(p),
-            Pool::Postgres(p) => write!(p),
-        }
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 }

@@ -100,6 +100,41 @@ impl UidMap {
         true
     }
 
+    /// Forgets `old` (its copy was removed from NEW), splitting its run.
+    pub fn remove(&mut self, old: u32) -> bool {
+        let Some(run) = self
+            .runs
+            .range(..=old)
+            .next_back()
+            .map(|(_, r)| *r)
+            .filter(|r| r.new_uid(old).is_some())
+        else {
+            return false;
+        };
+        self.runs.remove(&run.first);
+        if run.first < old {
+            self.runs.insert(
+                run.first,
+                Run {
+                    last: old - 1,
+                    ..run
+                },
+            );
+        }
+        if old < run.last {
+            let first = old + 1;
+            self.runs.insert(
+                first,
+                Run {
+                    first,
+                    last: run.last,
+                    new_first: run.new_first + (first - run.first),
+                },
+            );
+        }
+        true
+    }
+
     pub fn runs(&self) -> impl Iterator<Item = &Run> {
         self.runs.values()
     }
@@ -179,5 +214,25 @@ mod tests {
         assert!(m.insert(u32::MAX - 1, u32::MAX));
         assert_eq!(m.new_uid(u32::MAX), Some(1));
         assert_eq!(m.runs().count(), 2);
+    }
+
+    #[test]
+    fn removing_a_copy_splits_its_run() {
+        let mut m = UidMap::default();
+        for old in 1..=10u32 {
+            m.insert(old, old + 100);
+        }
+        assert!(m.remove(5));
+        assert!(!m.remove(5), "removed twice");
+        assert!(m.remove(1));
+        assert!(m.remove(10));
+        assert_eq!(m.len(), 7);
+        assert_eq!(m.runs().count(), 2);
+        for old in [2, 3, 4, 6, 7, 8, 9] {
+            assert_eq!(m.new_uid(old), Some(old + 100));
+        }
+        for old in [1, 5, 10] {
+            assert_eq!(m.new_uid(old), None);
+        }
     }
 }

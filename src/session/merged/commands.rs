@@ -124,6 +124,7 @@ impl Shared {
                         m.old_view = OldView::default();
                         C::Examine {
                             mailbox: mailbox(n),
+                            parameters: Vec::new(),
                         }
                     }
                     (NameOp::Status, C::Status { item_names, .. }) => C::Status {
@@ -201,6 +202,7 @@ impl Shared {
                         MessageDataItemName::Flags,
                     ]),
                     uid,
+                    modifiers: Vec::new(),
                 };
                 let bytes = reply::command(&ferry_tag, body);
                 self.start(m, None, Store::Old, bytes, Job::FlagEcho { tag, ferry_tag });

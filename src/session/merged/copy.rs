@@ -294,6 +294,7 @@ impl Shared {
                     MessageDataItemName::InternalDate,
                 ]),
                 uid,
+                modifiers: Vec::new(),
             },
         );
         let new_tag = self.ferry_tag();
@@ -537,6 +538,7 @@ impl Shared {
                             }],
                         ),
                         uid: true,
+                        modifiers: Vec::new(),
                     },
                 );
                 self.send_store(Store::Old, body);
@@ -558,6 +560,7 @@ impl Shared {
         for body in [
             CommandBody::Select {
                 mailbox: job.dest.clone(),
+                parameters: Vec::new(),
             },
             CommandBody::Store {
                 sequence_set: set.clone(),
@@ -565,6 +568,7 @@ impl Shared {
                 response: StoreResponse::Silent,
                 flags: vec![Flag::Deleted],
                 uid: true,
+                modifiers: Vec::new(),
             },
             CommandBody::ExpungeUid { sequence_set: set },
             CommandBody::Unselect,

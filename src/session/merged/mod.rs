@@ -409,6 +409,7 @@ impl Shared {
             (false, Store::Old) => CommandBody::Close,
             (false, Store::New) => CommandBody::Examine {
                 mailbox: Mailbox::Inbox,
+                parameters: Vec::new(),
             },
         }
     }

@@ -196,6 +196,7 @@ impl Shared {
         let tag = self.ferry_tag();
         let body = CommandBody::Examine {
             mailbox: mailbox(resume.name.clone()),
+            parameters: Vec::new(),
         };
         self.send_store(Store::Old, reply::command(&tag, body));
         m.old_view = OldView::default();
