@@ -28,9 +28,9 @@ enum Cmd {
     Migrate {
         #[arg(required = true)]
         users: Vec<String>,
-        /// After copying, compare: `quick` (counts, size, Message-ID, date,
-        /// flags) or `full` (and SHA-256 of both bodies).
-        #[arg(long, value_name = "HOW", num_args = 0..=1, default_missing_value = "quick")]
+        /// After copying, compare: `--verify` or `--verify=quick` (counts, size, Message-ID, date,
+        /// flags), `--verify=full` (and SHA-256 of both bodies).
+        #[arg(long, value_name = "HOW", num_args = 0..=1, require_equals = true, default_missing_value = "quick")]
         verify: Option<Verify>,
         /// Remove from NEW the copies of messages expunged on OLD.
         #[arg(long)]

@@ -10,12 +10,12 @@ use std::time::Duration;
 use common::*;
 use ferry::{
     copier::{
-        folder::{Options, Pass},
+        folder::{Options, Pass, Verify},
         pace::Pace,
         user::{Event, Job, migrate_user},
     },
     oauth::Tokens,
-    state::State,
+    state::{State, UserState},
 };
 
 /// What `folder` holds, from Python's imaplib straight at the store (see
@@ -301,5 +301,214 @@ async fn a_new_uidvalidity_on_old_is_rechecked_not_recopied() {
     assert_eq!(
         contents(&env.old, "INBOX.Restored").await,
         contents(&env.new, "Old/Restored").await
+    );
+}
+
+/// A session straight at `store` as alice, with `folder` selected.
+async fn selected(store: &Dovecot, folder: &str) -> TestClient {
+    let mut c = store.client("alice").await;
+    c.cmd(&format!("SELECT {}", quoted(folder)))
+        .await
+        .assert_ok();
+    c
+}
+
+/// Delta passes, then verification, with the ledger in `state`: new mail
+/// and flag changes on OLD reach NEW; a message expunged on OLD is reported
+/// and its copy kept until removal is asked for; a copy changed on NEW is
+/// listed as a difference and left as it is.
+async fn delta_passes_then_verification(state: State) {
+    let env = TestEnv::start().await;
+    let first = pass_over_alice(&env, &state).await;
+    assert_eq!((first.messages, first.appended), (7, 7));
+    // alice keeps working on OLD (phase old): new mail, a flag change, an
+    // expunge.
+    env.old
+        .append(
+            "alice",
+            "INBOX",
+            "(\\Seen)",
+            &message("Late news", "Arrived after."),
+        )
+        .await;
+    let mut c = selected(&env.old, "INBOX").await;
+    c.cmd("STORE 1 +FLAGS (\\Flagged $Work)").await.assert_ok();
+    c.cmd("STORE 2 -FLAGS (\\Flagged)").await.assert_ok();
+    c.logout().await;
+    let mut c = selected(&env.old, "INBOX.Archive.2019").await;
+    c.cmd("STORE 1 +FLAGS (\\Deleted)").await.assert_ok();
+    c.cmd("EXPUNGE").await.assert_ok();
+    c.logout().await;
+    let delta = pass_over_alice(&env, &state).await;
+    assert_eq!(
+        (
+            delta.messages,
+            delta.appended,
+            delta.flags_carried,
+            delta.expunged_on_old,
+            delta.removed
+        ),
+        (7, 1, 2, 1, 0),
+        "{delta:?}"
+    );
+    assert_eq!(
+        contents(&env.old, "INBOX").await,
+        contents(&env.new, "Old/INBOX").await
+    );
+    assert_eq!(env.new.status("alice", "Old/Archive/2019").await.0, 1);
+    // Removal only when asked for.
+    let removing = Options {
+        remove_expunged: true,
+        ..Options::default()
+    };
+    let removed = pass_over(&env, &state, 5, removing).await;
+    assert_eq!((removed.appended, removed.removed), (0, 1), "{removed:?}");
+    assert_eq!(env.new.status("alice", "Old/Archive/2019").await.0, 0);
+    // Nothing differs: alice is verified.
+    let quick = Options {
+        verify: Verify::Quick,
+        ..Options::default()
+    };
+    let checked = pass_over(&env, &state, 5, quick).await;
+    assert!(
+        checked.verified && checked.differences.is_empty(),
+        "{checked:?}"
+    );
+    let record = state.migration("alice").await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.messages, record.folders),
+        (UserState::Verified, 7, 5)
+    );
+    // A copy changed on NEW: listed, never fixed.
+    let mut c = selected(&env.new, "Old/INBOX").await;
+    c.cmd("STORE 3 +FLAGS (\\Answered)").await.assert_ok();
+    c.logout().await;
+    let checked = pass_over(&env, &state, 5, quick).await;
+    assert_eq!(
+        checked
+            .differences
+            .iter()
+            .map(|d| (d.folder.as_str(), d.what))
+            .collect::<Vec<_>>(),
+        [("INBOX", "flags")]
+    );
+    let record = state.migration("alice").await.unwrap().unwrap();
+    assert_eq!((record.state, record.differences), (UserState::Synced, 1));
+    let mut c = selected(&env.new, "Old/INBOX").await;
+    let r = c.cmd("FETCH 3 (FLAGS)").await;
+    assert!(r.text().contains("\\Answered"), "{}", r.text());
+    c.logout().await;
+}
+
+#[tokio::test]
+async fn delta_passes_and_verification_with_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    delta_passes_then_verification(sqlite_state(dir.path(), "state.db").await).await;
+}
+
+#[tokio::test]
+async fn delta_passes_and_verification_with_postgres() {
+    let pg = Postgres::start().await;
+    delta_passes_then_verification(State::open(&pg.url()).await.unwrap()).await;
+}
+
+/// The file under `dir` whose bytes contain `needle`.
+fn file_containing(dir: &std::path::Path, needle: &[u8]) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = file_containing(&path, needle) {
+                return Some(found);
+            }
+        } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// `ferry migrate --verify full` compares bodies: a copy whose bytes were
+/// changed on disk (same size, same headers) is found only by it; `ferry
+/// migration status` shows the user and their folders.
+#[tokio::test]
+async fn full_verification_finds_a_changed_body_and_status_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (toml, _) = copier_toml(dir.path());
+    let env = TestEnv::builder().extra_toml(&toml).start().await;
+    let config = write_file(dir.path(), "ferry.toml", env.config_toml.as_bytes());
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("run ferry")
+    };
+    let out = run(&["migrate", "--verify=full", "alice"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("alice: done, 7 messages, 7 copied now, verified"),
+        "{text}"
+    );
+    // One byte of the archived copy's body, changed in NEW's maildir.
+    let file = file_containing(&env.new.dir().join("mail"), b"Archived.").expect("the copy");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(
+        &file,
+        String::from_utf8_lossy(&bytes).replace("Archived.", "Archived!"),
+    )
+    .unwrap();
+    let quick = run(&["migrate", "--verify", "alice"]);
+    assert!(
+        quick.status.success(),
+        "{}",
+        String::from_utf8_lossy(&quick.stdout)
+    );
+    let full = run(&["migrate", "--verify=full", "alice"]);
+    let text = String::from_utf8_lossy(&full.stdout);
+    assert!(!full.status.success(), "{text}");
+    assert!(
+        text.contains("alice  differs: INBOX.Archive.2019 UID 1 (NEW UID 1): body (SHA-256)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("alice: done, 7 messages, 0 copied now, 1 differences"),
+        "{text}"
+    );
+    let status = run(&["migration", "status"]);
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{table}");
+    let alice = table
+        .lines()
+        .find(|l| l.starts_with("alice"))
+        .expect(&table);
+    let columns: Vec<&str> = alice.split_whitespace().collect();
+    assert_eq!(&columns[1..4], ["synced", "5/5", "7/7"], "{table}");
+    let json = run(&["migration", "status", "--json", "alice"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(value["user"]["state"], "synced", "{value}");
+    assert_eq!(value["user"]["differences"], 1, "{value}");
+    let archive = value["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["old_name"] == "INBOX.Archive.2019")
+        .expect("the archive folder");
+    assert_eq!(
+        (
+            &archive["new_name"],
+            &archive["verified"],
+            &archive["differences"]
+        ),
+        (
+            &serde_json::json!("Old/Archive/2019"),
+            &serde_json::json!(false),
+            &serde_json::json!(1)
+        )
     );
 }
