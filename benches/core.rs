@@ -191,7 +191,7 @@ mod session_bench {
                 throttle: Arc::new(ferry::throttle::Throttle::new(&Default::default())),
             },
             Instant::now(),
-            Box::new(ferry::metrics::Recorder { listener: "imaps" }),
+            Box::new(ferry::metrics::Recorder::new("imaps", Default::default())),
         );
         drain(&mut s);
         s.handle(

@@ -55,7 +55,7 @@ pub async fn serve(
         local: addrs.local,
         throttle: ctx.throttle.clone(),
     };
-    let reporter = Box::new(metrics::Recorder { listener });
+    let reporter = Box::new(metrics::Recorder::new(listener, ctx.activity.clone()));
     let mut session = Session::new(cfg, now(), reporter);
     let mut io = Io {
         client: Some(client),

@@ -160,7 +160,10 @@ fn migrate(
     users: &[String],
     options: ferry::copier::folder::Options,
 ) -> anyhow::Result<()> {
-    use ferry::copier::user::{Event, Job, migrate_user};
+    use ferry::copier::{
+        Job,
+        user::{Event, migrate_user},
+    };
     with_state(path, async |config, state| {
         let tokens = ferry::oauth::Tokens::default();
         let pace = ferry::copier::pace::Pace::new(config.copier.pace.old, config.copier.pace.new);
@@ -169,6 +172,7 @@ fn migrate(
             state: &state,
             tokens: &tokens,
             pace: &pace,
+            activity: None,
             options,
         };
         let mut failed = 0;

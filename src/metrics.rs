@@ -80,6 +80,14 @@ fn register_zeroes() {
                 .absolute(0);
         }
     }
+    for result in ["ok", "failed"] {
+        counter!("ferry_migration_passes_total", "result" => result).absolute(0);
+    }
+    for kind in MIGRATION_ERRORS {
+        counter!("ferry_migration_errors_total", "kind" => kind).absolute(0);
+    }
+    counter!("ferry_migration_messages_copied_total").absolute(0);
+    counter!("ferry_migration_bytes_copied_total").absolute(0);
     for phase in [Phase::Old, Phase::Merged, Phase::New] {
         for result in ["ok", "rejected", "unavailable"] {
             counter!("ferry_logins_total", "phase" => phase.as_str(), "result" => result)
@@ -89,6 +97,59 @@ fn register_zeroes() {
 }
 
 // ---- recording -------------------------------------------------------------
+
+/// The kinds of `ferry_migration_errors_total` (see `UserError::kind`).
+const MIGRATION_ERRORS: [&str; 7] = [
+    "config",
+    "state",
+    "login",
+    "io",
+    "protocol",
+    "throttled",
+    "refused",
+];
+
+/// A background migration pass over one user finished (`ok`, `failed`).
+pub fn migration_pass(result: &'static str) {
+    counter!("ferry_migration_passes_total", "result" => result).increment(1);
+}
+
+pub fn migration_error(kind: &'static str) {
+    counter!("ferry_migration_errors_total", "kind" => kind).increment(1);
+}
+
+/// Messages the copier appended to NEW, and their bytes.
+pub fn migration_copied(messages: u64, bytes: u64) {
+    counter!("ferry_migration_messages_copied_total").increment(messages);
+    counter!("ferry_migration_bytes_copied_total").increment(bytes);
+}
+
+/// Gauges from every user's migration record: users per state, messages and
+/// bytes still to copy, and when the last pass finished (so "time since the
+/// last pass" is `time() - ferry_migration_last_pass_timestamp_seconds`).
+pub fn migration_users(records: &[crate::state::UserRecord]) {
+    use crate::state::UserState;
+    for s in UserState::ALL {
+        let n = records.iter().filter(|r| r.state == s).count();
+        gauge!("ferry_migration_users", "state" => s.as_str()).set(n as f64);
+    }
+    let paused = records.iter().filter(|r| r.paused).count();
+    gauge!("ferry_migration_users_paused").set(paused as f64);
+    let left = |f: fn(&crate::state::UserRecord) -> (u64, u64)| -> f64 {
+        records
+            .iter()
+            .map(|r| {
+                let (all, done) = f(r);
+                all.saturating_sub(done)
+            })
+            .sum::<u64>() as f64
+    };
+    gauge!("ferry_migration_messages_remaining").set(left(|r| (r.messages, r.messages_done)));
+    gauge!("ferry_migration_bytes_remaining").set(left(|r| (r.bytes, r.bytes_done)));
+    if let Some(last) = records.iter().filter_map(|r| r.last_pass).max() {
+        gauge!("ferry_migration_last_pass_timestamp_seconds").set(last as f64);
+    }
+}
 
 pub fn session_started(listener: &'static str) {
     counter!("ferry_sessions_total", "listener" => listener).increment(1);
@@ -202,10 +263,44 @@ pub fn auth_throttled(kind: &'static str) {
     counter!("ferry_auth_throttled_total", "kind" => kind).increment(1);
 }
 
-/// Records what sessions report (see [`crate::session::Report`]).
+/// Records what sessions report (see [`crate::session::Report`]), and
+/// tells the background copier who logs in in the merged phase and who is
+/// in a cross-store COPY.
 pub struct Recorder {
     /// The listener label of the session's `ferry_sessions_active` series.
-    pub listener: &'static str,
+    listener: &'static str,
+    activity: std::sync::Arc<crate::copier::activity::Activity>,
+    merged: bool,
+    user: Option<String>,
+    copying: bool,
+}
+
+impl Recorder {
+    pub fn new(
+        listener: &'static str,
+        activity: std::sync::Arc<crate::copier::activity::Activity>,
+    ) -> Recorder {
+        Recorder {
+            listener,
+            activity,
+            merged: false,
+            user: None,
+            copying: false,
+        }
+    }
+
+    fn copy_ended(&mut self) {
+        if let (true, Some(user)) = (self.copying, &self.user) {
+            self.activity.copy_ended(user);
+        }
+        self.copying = false;
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.copy_ended();
+    }
 }
 
 impl crate::session::Reporter for Recorder {
@@ -219,12 +314,24 @@ impl crate::session::Reporter for Recorder {
                 took,
             } => command(name, store, result, took),
             Report::LimitHit(what) => limit_hit(what),
-            Report::Login { phase, result } => login(phase, result),
+            Report::Login { phase, result } => {
+                self.merged = phase == Phase::Merged && result == "ok";
+                login(phase, result)
+            }
+            Report::CopyStarted => {
+                if let Some(user) = &self.user {
+                    self.activity.copy_started(user);
+                    self.copying = true;
+                }
+            }
             Report::Copy {
                 result,
                 messages,
                 bytes,
-            } => copy(result, messages, bytes),
+            } => {
+                self.copy_ended();
+                copy(result, messages, bytes)
+            }
             Report::BackendError(store, kind) => backend_error(store.as_str(), kind),
             Report::StoreLogin(store, result) => backend_connect(store.as_str(), result),
             Report::Throttled(kind) => auth_throttled(kind),
@@ -236,6 +343,10 @@ impl crate::session::Reporter for Recorder {
             // Called inside the session's task, so this is its span.
             Report::User(user) => {
                 tracing::Span::current().record("user", user.as_str());
+                if self.merged {
+                    self.activity.merged_login(&user);
+                }
+                self.user = Some(user);
             }
         }
     }

@@ -130,6 +130,7 @@ impl Ferry {
             None => (None, None),
         };
         let state = Arc::new(crate::state::State::open(&config.state.url).await?);
+        let activity = Arc::new(crate::copier::activity::Activity::default());
         let subscriptions = Arc::new(crate::subscriptions::Subscriptions::new(
             config.namespace.subscriptions_dir.clone(),
         ));
@@ -139,13 +140,15 @@ impl Ferry {
         let throttle = Arc::new(crate::throttle::Throttle::new(
             &live_rx.borrow().config.auth,
         ));
+        let tokens = Arc::new(crate::oauth::Tokens::default());
         let ctx = Arc::new(Ctx {
             live: live_rx.clone(),
             acceptor,
             subscriptions,
-            state,
+            state: state.clone(),
+            activity: activity.clone(),
             throttle,
-            tokens: Arc::default(),
+            tokens: tokens.clone(),
             connections: Arc::default(),
             next_id: Default::default(),
             workers,
@@ -184,6 +187,16 @@ impl Ferry {
                 tracker.clone(),
             ));
         }
+        // The copier idles while `[copier] enabled` is off (a reload turns it on).
+        tracker.spawn(
+            crate::copier::background::Background {
+                live: ctx.live.clone(),
+                state,
+                tokens,
+                activity,
+            }
+            .run(shutdown.clone()),
+        );
         if let Some(addr) = config.metrics.listen {
             let ready = Arc::new(Ready { live: live_rx });
             let local = crate::metrics::serve(addr, ready, shutdown.clone()).await?;

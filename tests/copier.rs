@@ -10,9 +10,10 @@ use std::time::Duration;
 use common::*;
 use ferry::{
     copier::{
+        Job,
         folder::{Options, Pass, Verify},
         pace::Pace,
-        user::{Event, Job, migrate_user},
+        user::{Event, migrate_user},
     },
     oauth::Tokens,
     state::{State, UserState},
@@ -71,6 +72,7 @@ async fn pass_over(env: &TestEnv, state: &State, folders: usize, options: Option
         state,
         tokens: &tokens,
         pace: &pace,
+        activity: None,
         options,
     };
     let mut planned = None;

@@ -27,6 +27,7 @@ use imap_codec::{
 };
 
 use super::{
+    Job,
     conn::{Conn, CopyError},
     mapping::Route,
     pace::Pace,
@@ -34,7 +35,7 @@ use super::{
 use crate::{
     caps::Cap,
     session::reply,
-    state::{FolderKey, FolderRecord, State, StateError, UidMap, migration::now},
+    state::{FolderKey, FolderRecord, StateError, UidMap, migration::now},
 };
 
 /// Messages between two ledger writes: what a crash can make a pass redo
@@ -429,18 +430,16 @@ impl NewSide<'_> {
 /// OLD's flag changes since `prior` (the folder's record from the last
 /// pass), and verifies if asked. `progress` hears of each OLD message done,
 /// with its size.
-#[allow(clippy::too_many_arguments)]
 pub async fn copy_folder(
     old: &mut Conn,
     new: &mut Conn,
-    state: &State,
+    job: &Job<'_>,
     user: &str,
     route: &Route,
     prior: Option<&FolderRecord>,
-    options: Options,
-    pace: &Pace,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Pass, FolderError> {
+    let (state, options, pace) = (job.state, job.options, job.pace);
     let uidvalidity = open(old, &route.old, false).await?;
     // NEW's folder: reused when it exists, never renamed or emptied.
     let created = new
@@ -514,6 +513,9 @@ pub async fn copy_folder(
             pass.adopted += 1;
             since_record += 1;
         } else {
+            if let Some(activity) = job.activity {
+                activity.copies_done(user).await;
+            }
             pace.take(u64::from(msg.size)).await;
             let args = reply::append_args(&msg.items);
             // `None`: expunged on OLD since the listing, nothing to copy.

@@ -9,18 +9,16 @@ use std::time::Duration;
 use imap_codec::imap_types::command::CommandBody;
 
 use super::{
+    Job,
     conn::{Conn, CopyError},
-    folder::{FolderError, Options, Pass, Verify, copy_folder},
+    folder::{FolderError, Pass, Verify, copy_folder},
     mapping::{Listed, Route, plan},
-    pace::Pace,
 };
 use crate::{
-    config::Config,
     identity::LoginMode,
     namespace::{NameMap, Store},
-    oauth::Tokens,
     session::Credentials,
-    state::{State, StateError, UserRecord, UserState, migration::now},
+    state::{StateError, UserRecord, UserState, migration::now},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -74,15 +72,6 @@ pub struct FolderDone {
     pub pass: Pass,
 }
 
-/// What one pass over users needs besides the user.
-pub struct Job<'a> {
-    pub config: &'a Config,
-    pub state: &'a State,
-    pub tokens: &'a Tokens,
-    pub pace: &'a Pace,
-    pub options: Options,
-}
-
 /// Copies what of `user`'s OLD mail is not on NEW yet (see
 /// [`super::folder::copy_folder`]), recording the user's migration state as
 /// it goes: `copying`, then `synced` or `verified`, or `failed` with the
@@ -90,7 +79,7 @@ pub struct Job<'a> {
 pub async fn migrate_user(
     job: &Job<'_>,
     user: &str,
-    progress: &mut dyn FnMut(Event<'_>),
+    progress: &mut (dyn FnMut(Event<'_>) + Send),
 ) -> Result<Pass, UserError> {
     let mut record = job
         .state
@@ -126,7 +115,7 @@ async fn pass(
     job: &Job<'_>,
     user: &str,
     record: &mut UserRecord,
-    progress: &mut dyn FnMut(Event<'_>),
+    progress: &mut (dyn FnMut(Event<'_>) + Send),
 ) -> Result<Pass, UserError> {
     let config = job.config;
     let (mut old, mut new) = (
@@ -181,17 +170,9 @@ async fn pass(
     for route in &routes {
         let old_name = String::from_utf8_lossy(&route.old);
         let prior = priors.iter().find(|p| p.old_name == old_name);
-        let pass = copy_folder(
-            &mut old,
-            &mut new,
-            job.state,
-            user,
-            route,
-            prior,
-            job.options,
-            job.pace,
-            &mut |b| progress(Event::Message { bytes: b }),
-        )
+        let pass = copy_folder(&mut old, &mut new, job, user, route, prior, &mut |b| {
+            progress(Event::Message { bytes: b })
+        })
         .await?;
         total.add(&pass);
         total.verified &= pass.verified;

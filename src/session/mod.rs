@@ -85,6 +85,9 @@ pub enum Report {
     LimitHit(&'static str),
     /// A login finished.
     Login { phase: Phase, result: &'static str },
+    /// A cross-store COPY began (the user's background copying waits for
+    /// its end, reported as [`Report::Copy`]).
+    CopyStarted,
     /// A cross-store COPY finished.
     Copy {
         result: &'static str,

@@ -87,6 +87,7 @@ fn drain(s: &mut Session, reports: Option<&Kept>) -> Vec<String> {
                 Report::Command { .. } => continue,
                 Report::LimitHit(what) => format!("M: limit_hit {what}"),
                 Report::Login { phase, result } => format!("M: login {} {result}", phase.as_str()),
+                Report::CopyStarted => "M: copy started".into(),
                 Report::Copy {
                     result,
                     messages,

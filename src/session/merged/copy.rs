@@ -309,6 +309,7 @@ impl Shared {
         self.send_store(Store::Old, meta);
         self.send_store(Store::New, status);
         self.input = Input::Waiting;
+        self.report(crate::session::Report::CopyStarted);
         m.job = Some(Job::Copy(Box::new(CopyJob {
             tag,
             verb: if uid { "UID COPY" } else { "COPY" },
