@@ -7,6 +7,7 @@
 //! A folder's runs are written in one transaction with the folder's record,
 //! so a run is either wholly recorded or not at all, whatever kills Ferry.
 
+pub mod subscriptions;
 pub mod uidmap;
 
 use sqlx::{
@@ -80,7 +81,7 @@ impl State {
             return Err(StateError::Url(url.to_string()));
         };
         let state = State { pool };
-        for statement in SCHEMA {
+        for statement in SCHEMA.iter().chain(subscriptions::SCHEMA) {
             state.execute(statement).await?;
         }
         Ok(state)
