@@ -338,9 +338,10 @@ pub struct Namespace {
     /// The hierarchy delimiter clients see.
     #[serde(default = "default_delimiter")]
     pub delimiter: char,
-    /// Where subscriptions to `Old/` folders are kept (one small file per user).
-    /// OLD is never written, and NEW refuses to subscribe names it does not
-    /// hold, so Ferry keeps them itself. Unset: kept in memory until restart.
+    /// Where earlier Ferry versions kept subscriptions to `Old/` folders (one
+    /// small file per user). They now live in the state store (`[state]`):
+    /// this directory is imported into it once, at the first start that finds
+    /// it, and never read or written again.
     #[serde(default)]
     pub subscriptions_dir: Option<PathBuf>,
 }

@@ -36,6 +36,8 @@ pub enum StartError {
     Workers(std::io::Error),
     #[error("state.url: {0}")]
     State(#[from] crate::state::StateError),
+    #[error("subscriptions: {0}")]
+    Subscriptions(#[from] crate::subscriptions::OpenError),
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -60,6 +62,8 @@ pub struct Ferry {
     tracker: TaskTracker,
     resolver: Option<Arc<CertResolver>>,
     live: watch::Sender<Arc<Live>>,
+    /// Flushed last at shutdown: its writer may still hold sessions' changes.
+    subscriptions: Arc<crate::subscriptions::Subscriptions>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -131,9 +135,13 @@ impl Ferry {
         };
         let state = Arc::new(crate::state::State::open(&config.state.url).await?);
         let activity = Arc::new(crate::copier::activity::Activity::default());
-        let subscriptions = Arc::new(crate::subscriptions::Subscriptions::new(
-            config.namespace.subscriptions_dir.clone(),
-        ));
+        let subscriptions = Arc::new(
+            crate::subscriptions::Subscriptions::open(
+                state.clone(),
+                config.namespace.subscriptions_dir.as_deref(),
+            )
+            .await?,
+        );
         let first = live(config, 1)?;
         publish(&first);
         let (live_tx, live_rx) = watch::channel(Arc::new(first));
@@ -144,7 +152,7 @@ impl Ferry {
         let ctx = Arc::new(Ctx {
             live: live_rx.clone(),
             acceptor,
-            subscriptions,
+            subscriptions: subscriptions.clone(),
             state: state.clone(),
             activity: activity.clone(),
             throttle,
@@ -164,6 +172,7 @@ impl Ferry {
             tracker: tracker.clone(),
             resolver,
             live: live_tx,
+            subscriptions,
         };
         for (kind, addr) in [
             (Kind::Imaps, config.listen.imaps),
@@ -292,12 +301,14 @@ impl Ferry {
         Ok(generation)
     }
 
-    /// Stops accepting, ends idle sessions with `* BYE`, and waits up to
-    /// `grace` for the others (a copy in flight included).
+    /// Stops accepting, ends idle sessions with `* BYE`, waits up to `grace`
+    /// for the others (a copy in flight included), then until every
+    /// subscription change is in the state store.
     pub async fn shutdown_within(self, grace: Duration) {
         self.shutdown.cancel();
         self.tracker.close();
         let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
+        self.subscriptions.flush().await;
     }
 
     /// [`Ferry::shutdown_within`] with the configured grace period.

@@ -2,96 +2,276 @@
 //! written and NEW refuses to subscribe names it does not hold.
 //!
 //! Each user's choices are a small map `client name → subscribed`; `false`
-//! hides one of OLD's own subscriptions from LSUB. With a directory configured
-//! they live in one file per user (written to a temporary file and renamed, so
-//! a crash never leaves half a file) and are shared by every Ferry instance
-//! that mounts it; without one they last until Ferry restarts.
+//! hides one of OLD's own subscriptions from LSUB. They live in the state store
+//! (`crate::state::subscriptions`). The session core is synchronous and must
+//! never wait for a database, so every choice is loaded into memory at start
+//! (one query); SUBSCRIBE and UNSUBSCRIBE update that copy and queue the row
+//! for one writer task, which writes rows in the order they were made.
+//! Shutdown waits until the queue is written.
 //!
-//! The files are tiny and touched only by SUBSCRIBE, UNSUBSCRIBE and LSUB, so
-//! the session reads and writes them synchronously.
+//! Instances sharing PostgreSQL write only the rows that changed, so none
+//! loses another's; each sees the others' choices from its next start.
+//!
+//! Before the state store, choices were one file per user in
+//! `namespace.subscriptions_dir`; those files are imported once.
 
 use std::{
     collections::{BTreeMap, HashMap},
     io,
-    path::PathBuf,
-    sync::Mutex,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
+
+use thiserror::Error;
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::state::{State, StateError, subscriptions::Subscription};
 
 /// A user's `Old/` subscription choices, by client-visible name.
 pub type Choices = BTreeMap<Vec<u8>, bool>;
 
+/// The marker in `ferry_imports` once `subscriptions_dir` has been imported.
+const IMPORT: &str = "subscriptions_dir";
+
+#[derive(Debug, Error)]
+pub enum SubscriptionError {
+    /// The store keeps TEXT; the session only passes names that decode as
+    /// modified UTF-7, so this is a client's odd user name at most.
+    #[error("the {0} is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("Ferry is shutting down: subscriptions are no longer written")]
+    Closed,
+}
+
+#[derive(Debug, Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("cannot import namespace.subscriptions_dir {}: {source}", dir.display())]
+    Import { dir: PathBuf, source: io::Error },
+}
+
+/// Where changes go.
+#[derive(Debug, Default)]
+enum Queue {
+    /// No store behind the cache: benches, fuzzing, the session's own tests.
+    #[default]
+    Memory,
+    /// To the writer task.
+    Open(mpsc::UnboundedSender<Subscription>),
+    /// Flushed at shutdown: further changes are refused.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    cache: HashMap<Vec<u8>, Choices>,
+    queue: Queue,
+}
+
+/// Every user's choices, shared by all sessions of one instance.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
-    dir: Option<PathBuf>,
-    memory: Mutex<HashMap<Vec<u8>, Choices>>,
+    // One lock for the cache and the queue, so rows are queued in the order
+    // the cache changed.
+    inner: Mutex<Inner>,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Subscriptions {
-    pub fn new(dir: Option<PathBuf>) -> Self {
-        Self {
-            dir,
-            memory: Mutex::default(),
+    /// Imports `subscriptions_dir` if it was never imported, loads every
+    /// choice and starts the writer task (on the current runtime).
+    pub async fn open(state: Arc<State>, import_from: Option<&Path>) -> Result<Self, OpenError> {
+        if let Some(dir) = import_from {
+            import(&state, dir).await?;
         }
-    }
-
-    /// The user's choices; an unreadable file counts as none (LSUB must not fail).
-    pub fn get(&self, user: &[u8]) -> Choices {
-        match self.path(user) {
-            Some(path) => match std::fs::read(&path) {
-                Ok(text) => parse(&text),
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot read subscriptions");
-                    }
-                    Choices::new()
-                }
-            },
-            None => self.lock().get(user).cloned().unwrap_or_default(),
-        }
-    }
-
-    /// Records that `name` is (un)subscribed for `user`.
-    pub fn set(&self, user: &[u8], name: &[u8], subscribed: bool) -> io::Result<()> {
-        let Some(path) = self.path(user) else {
-            self.lock()
-                .entry(user.to_vec())
+        let mut cache: HashMap<Vec<u8>, Choices> = HashMap::new();
+        for s in state.subscriptions().await? {
+            cache
+                .entry(s.user.into_bytes())
                 .or_default()
-                .insert(name.to_vec(), subscribed);
-            return Ok(());
-        };
-        // One writer at a time inside this process; across instances the
-        // rename keeps each file whole (last writer wins).
-        let _guard = self.lock();
-        let mut choices = match std::fs::read(&path) {
-            Ok(text) => parse(&text),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Choices::new(),
-            Err(e) => return Err(e),
-        };
-        choices.insert(name.to_vec(), subscribed);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+                .insert(s.name.into_bytes(), s.subscribed);
         }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, render(&choices))?;
-        std::fs::rename(&tmp, &path)
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_behind(state, rx));
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                cache,
+                queue: Queue::Open(tx),
+            }),
+            writer: Mutex::new(Some(writer)),
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Choices>> {
+    /// The user's choices.
+    pub fn get(&self, user: &[u8]) -> Choices {
+        self.lock().cache.get(user).cloned().unwrap_or_default()
+    }
+
+    /// Records that `name` is (un)subscribed for `user`: at once for this
+    /// instance's sessions, in the store shortly after.
+    pub fn set(&self, user: &[u8], name: &[u8], subscribed: bool) -> Result<(), SubscriptionError> {
+        let text = |b: &[u8], what| {
+            String::from_utf8(b.to_vec()).map_err(|_| SubscriptionError::NotUtf8(what))
+        };
+        let row = Subscription {
+            user: text(user, "user name")?,
+            name: text(name, "mailbox name")?,
+            subscribed,
+        };
+        let mut inner = self.lock();
+        match &inner.queue {
+            Queue::Memory => {}
+            Queue::Open(tx) => tx.send(row).map_err(|_| SubscriptionError::Closed)?,
+            Queue::Closed => return Err(SubscriptionError::Closed),
+        }
+        inner
+            .cache
+            .entry(user.to_vec())
+            .or_default()
+            .insert(name.to_vec(), subscribed);
+        Ok(())
+    }
+
+    /// Refuses further changes and waits until every queued one is written.
+    pub async fn flush(&self) {
+        {
+            let mut inner = self.lock();
+            if matches!(inner.queue, Queue::Open(_)) {
+                // Dropping the sender ends the writer once the queue is empty.
+                inner.queue = Queue::Closed;
+            }
+        }
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic elsewhere while holding the lock leaves plain data behind.
-        self.memory.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The user's file: the name hex-encoded, so no user name can reach
-    /// outside the directory or collide with another after case folding.
-    fn path(&self, user: &[u8]) -> Option<PathBuf> {
-        let dir = self.dir.as_ref()?;
-        let hex: String = user.iter().map(|b| format!("{b:02x}")).collect();
-        Some(dir.join(format!("{hex}.subscriptions")))
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// One choice per line: `+name` or `-name` (names are modified UTF-7 or the
-/// prefix's UTF-8, never CR or LF).
+/// Writes queued rows one at a time, in order. A failed row is logged and
+/// dropped: this instance still shows it until it restarts.
+async fn write_behind(state: Arc<State>, mut rx: mpsc::UnboundedReceiver<Subscription>) {
+    while let Some(row) = rx.recv().await {
+        if let Err(e) = state.set_subscription(&row).await {
+            tracing::warn!(
+                user = %row.user,
+                mailbox = %row.name,
+                error = %e,
+                "cannot store an Old/ subscription; kept in memory until restart"
+            );
+        }
+    }
+}
+
+/// Imports the per-user files of `dir` into the store, unless done before.
+/// A missing directory imports nothing and is looked at again next start.
+async fn import(state: &State, dir: &Path) -> Result<(), OpenError> {
+    if state.imported(IMPORT).await? {
+        tracing::debug!(dir = %dir.display(), "subscriptions_dir already imported; not read");
+        return Ok(());
+    }
+    let path = dir.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || read_files(&path))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+    let files = match read {
+        Ok(Some(files)) => files,
+        Ok(None) => {
+            tracing::info!(dir = %dir.display(), "subscriptions_dir does not exist: nothing to import");
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(OpenError::Import {
+                dir: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if state.import_subscriptions(IMPORT, at, &files.rows).await? {
+        tracing::info!(
+            dir = %dir.display(),
+            users = files.users,
+            subscriptions = files.rows.len(),
+            "imported Old/ subscriptions into the state store; subscriptions_dir is no longer used"
+        );
+    } else {
+        tracing::info!(dir = %dir.display(), "subscriptions_dir was imported by another instance");
+    }
+    Ok(())
+}
+
+/// What a `subscriptions_dir` holds.
+struct Files {
+    rows: Vec<Subscription>,
+    users: usize,
+}
+
+/// Reads every `<hex user>.subscriptions` file; `None` if `dir` is missing.
+fn read_files(dir: &Path) -> io::Result<Option<Files>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut files = Files {
+        rows: Vec::new(),
+        users: 0,
+    };
+    for entry in entries {
+        let path = entry?.path();
+        // Anything else (a temporary file left by a crash) is not a user's.
+        let Some(user) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".subscriptions"))
+            .and_then(unhex)
+        else {
+            continue;
+        };
+        let Ok(user) = String::from_utf8(user) else {
+            tracing::warn!(file = %path.display(), "user name is not UTF-8: not imported");
+            continue;
+        };
+        for (name, subscribed) in parse(&std::fs::read(&path)?) {
+            match String::from_utf8(name) {
+                Ok(name) => files.rows.push(Subscription {
+                    user: user.clone(),
+                    name,
+                    subscribed,
+                }),
+                Err(_) => {
+                    tracing::warn!(file = %path.display(), "mailbox name is not UTF-8: not imported")
+                }
+            }
+        }
+        files.users += 1;
+    }
+    Ok(Some(files))
+}
+
+/// The file name's user: hex-encoded, so no user name could reach outside
+/// the directory or collide with another after case folding.
+fn unhex(hex: &str) -> Option<Vec<u8>> {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// One choice per line: `+name` or `-name` (names are modified UTF-7, never
+/// CR or LF).
 fn parse(text: &[u8]) -> Choices {
     text.split(|b| *b == b'\n')
         .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
@@ -103,23 +283,13 @@ fn parse(text: &[u8]) -> Choices {
         .collect()
 }
 
-fn render(choices: &Choices) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, on) in choices {
-        out.push(if *on { b'+' } else { b'-' });
-        out.extend_from_slice(name);
-        out.push(b'\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn memory_choices_are_per_user() {
-        let s = Subscriptions::new(None);
+        let s = Subscriptions::default();
         s.set(b"alice", b"Old/Sent", true).unwrap();
         s.set(b"alice", b"Old/INBOX", false).unwrap();
         let a = s.get(b"alice");
@@ -129,25 +299,93 @@ mod tests {
     }
 
     #[test]
-    fn files_survive_a_new_instance_and_stay_inside_the_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Subscriptions::new(Some(dir.path().into()));
-        s.set(b"../../etc/passwd", b"Old/&U9dP4Xux-", true).unwrap();
-        s.set(b"../../etc/passwd", b"Old/Sent", true).unwrap();
-        s.set(b"../../etc/passwd", b"Old/Sent", false).unwrap();
-        let again = Subscriptions::new(Some(dir.path().into()));
-        let c = again.get(b"../../etc/passwd");
-        assert_eq!(c.len(), 2);
-        assert_eq!(c.get(&b"Old/&U9dP4Xux-"[..]), Some(&true));
-        assert_eq!(c.get(&b"Old/Sent"[..]), Some(&false));
-        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(files.len(), 1, "one file, no temporary left behind");
-    }
-
-    #[test]
     fn garbage_files_read_as_nothing_harmful() {
         let c = parse(b"+\n-\nnot a line\n\n+Old/A\r\n+Old/B");
         assert_eq!(c.len(), 2);
         assert!(c.contains_key(&b"Old/A"[..]) && c.contains_key(&b"Old/B"[..]));
+        assert_eq!(unhex("616c696365"), Some(b"alice".to_vec()));
+        assert_eq!(unhex("2e2E2f"), Some(b"../".to_vec()));
+        for bad in ["", "616", "zz", "61 6"] {
+            assert_eq!(unhex(bad), None, "{bad}");
+        }
+    }
+
+    async fn state(dir: &Path) -> Arc<State> {
+        let url = format!("sqlite://{}", dir.join("state.db").display());
+        Arc::new(State::open(&url).await.unwrap())
+    }
+
+    /// A user's file as Ferry wrote it before the state store.
+    fn write_user_file(dir: &Path, user: &[u8], text: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        let hex: String = user.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(dir.join(format!("{hex}.subscriptions")), text).unwrap();
+    }
+
+    #[tokio::test]
+    async fn changes_reach_the_store_by_shutdown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Subscriptions::open(state(tmp.path()).await, None)
+            .await
+            .unwrap();
+        s.set(b"alice", b"Old/&U9dP4Xux-", true).unwrap();
+        s.set(b"alice", b"Old/Sent", true).unwrap();
+        s.set(b"alice", b"Old/Sent", false).unwrap();
+        s.set(b"bob", b"Old/Sent", true).unwrap();
+        s.flush().await;
+        assert!(matches!(
+            s.set(b"alice", b"Old/X", true),
+            Err(SubscriptionError::Closed)
+        ));
+        let again = Subscriptions::open(state(tmp.path()).await, None)
+            .await
+            .unwrap();
+        let c = again.get(b"alice");
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.get(&b"Old/&U9dP4Xux-"[..]), Some(&true));
+        assert_eq!(
+            c.get(&b"Old/Sent"[..]),
+            Some(&false),
+            "the last change wins"
+        );
+        assert_eq!(again.get(b"bob").len(), 1);
+        assert!(matches!(
+            again.set(b"\xff", b"Old/X", true),
+            Err(SubscriptionError::NotUtf8(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_directory_is_imported_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("subscriptions");
+        // Missing: nothing imported, and looked at again next time.
+        let s = Subscriptions::open(state(tmp.path()).await, Some(&dir))
+            .await
+            .unwrap();
+        s.flush().await;
+        write_user_file(&dir, b"../../etc/passwd", "+Old/A\n-Old/Sent\n");
+        write_user_file(&dir, b"bob", "+Old/B\n");
+        std::fs::write(dir.join("626f62.tmp"), "+Old/Leftover\n").unwrap();
+        let s = Subscriptions::open(state(tmp.path()).await, Some(&dir))
+            .await
+            .unwrap();
+        let c = s.get(b"../../etc/passwd");
+        assert_eq!(c.get(&b"Old/A"[..]), Some(&true));
+        assert_eq!(c.get(&b"Old/Sent"[..]), Some(&false));
+        assert_eq!(
+            s.get(b"bob").into_keys().collect::<Vec<_>>(),
+            [b"Old/B".to_vec()]
+        );
+        s.set(b"bob", b"Old/C", true).unwrap();
+        s.flush().await;
+        // Changed files are not read again; choices made since stay.
+        write_user_file(&dir, b"bob", "-Old/B\n-Old/C\n+Old/D\n");
+        let s = Subscriptions::open(state(tmp.path()).await, Some(&dir))
+            .await
+            .unwrap();
+        let bob = s.get(b"bob");
+        assert_eq!(bob.len(), 2);
+        assert!(bob[&b"Old/B"[..]] && bob[&b"Old/C"[..]]);
     }
 }

@@ -258,7 +258,6 @@ tls = "none"
 [namespace]
 old_prefix = "Old/"
 delimiter  = "/"
-subscriptions_dir = "subscriptions"
 
 [migration]
 default_phase = "merged"

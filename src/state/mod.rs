@@ -19,6 +19,7 @@ macro_rules! with_pool {
 }
 
 pub mod migration;
+pub mod subscriptions;
 pub mod uidmap;
 
 use sqlx::{
@@ -93,7 +94,11 @@ impl State {
             return Err(StateError::Url(url.to_string()));
         };
         let state = State { pool };
-        for statement in SCHEMA.iter().chain(&migration::SCHEMA) {
+        for statement in SCHEMA
+            .iter()
+            .chain(&migration::SCHEMA)
+            .chain(subscriptions::SCHEMA)
+        {
             state.execute(statement).await?;
         }
         Ok(state)

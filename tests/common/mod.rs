@@ -1914,11 +1914,7 @@ impl TestEnvBuilder {
         fs::write(&cert, cert_pem).expect("write ferry.crt");
         fs::write(&key, key_pem).expect("write ferry.key");
         let toml = self.toml(&old, &new, &cert, &key);
-        let config = ferry::config::parse(&toml)
-            .unwrap_or_else(|e| panic!("test config rejected: {e}\n--- config ---\n{toml}"));
-        let ferry = ferry::Ferry::start(config)
-            .await
-            .unwrap_or_else(|e| panic!("Ferry::start failed: {e}\n--- config ---\n{toml}"));
+        let ferry = start_ferry(&toml).await;
         TestEnv {
             old,
             new,
@@ -1928,6 +1924,14 @@ impl TestEnvBuilder {
             dir,
         }
     }
+}
+
+async fn start_ferry(toml: &str) -> ferry::Ferry {
+    let config = ferry::config::parse(toml)
+        .unwrap_or_else(|e| panic!("test config rejected: {e}\n--- config ---\n{toml}"));
+    ferry::Ferry::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("Ferry::start failed: {e}\n--- config ---\n{toml}"))
 }
 
 fn backend_toml(name: &str, d: &Dovecot, mode: BackendTls) -> String {
@@ -2021,6 +2025,42 @@ impl TestEnv {
     /// Shuts Ferry down; the Dovecots stop when dropped.
     pub async fn shutdown(self) {
         self.ferry.shutdown().await;
+    }
+
+    /// Shuts Ferry down (waiting for its state-store writes) and starts a new
+    /// instance with the same configuration: same stores, same state store.
+    pub async fn restart_ferry(self) -> TestEnv {
+        let TestEnv {
+            old,
+            new,
+            ferry,
+            ca,
+            config_toml,
+            dir,
+        } = self;
+        ferry.shutdown_within(Duration::from_secs(5)).await;
+        let ferry = start_ferry(&config_toml).await;
+        TestEnv {
+            old,
+            new,
+            ferry,
+            ca,
+            config_toml,
+            dir,
+        }
+    }
+
+    /// Another Ferry instance on the same configuration (its own ports).
+    pub async fn another_ferry(&self) -> ferry::Ferry {
+        start_ferry(&self.config_toml).await
+    }
+
+    /// A TLS client to `ferry`'s imaps listener, logged in as `user` (asserted OK).
+    pub async fn login_to(&self, ferry: &ferry::Ferry, user: &str) -> TestClient {
+        let mut c = TestClient::tls(ferry.imaps_addr().expect("imaps listener"), &self.ca).await;
+        c.greeting().await;
+        c.login(user, password_for(user)).await.assert_ok();
+        c
     }
 }
 

@@ -80,7 +80,7 @@ impl Shared {
                         },
                     ),
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot store an Old/ subscription");
+                        tracing::warn!(error = %e, "cannot store an Old/ subscription");
                         reply::no(&tag, Rfc5530::ServerBug, "Subscription could not be saved")
                     }
                 };
