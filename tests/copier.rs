@@ -514,3 +514,101 @@ async fn full_verification_finds_a_changed_body_and_status_shows_it() {
         )
     );
 }
+
+/// Polls `check` every 200 ms for up to `secs`; panics with `what` then.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    secs: u64,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn user_state(state: &State, user: &str) -> Option<UserState> {
+    state.migration(user).await.unwrap().map(|r| r.state)
+}
+
+/// `[copier] enabled`: a merged user is copied once Ferry knows them (a
+/// login, or the configuration after a reload), verified, and kept in step
+/// by delta passes; a paused user is left alone; the metrics show it.
+#[tokio::test]
+async fn the_background_copier_copies_merged_users_and_keeps_them_in_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (toml, _) = copier_toml(dir.path());
+    let env = TestEnv::builder()
+        .extra_toml(&toml)
+        .extra_toml(
+            "[copier]\nenabled = true\npass_interval_secs = 1\nverify = \"quick\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .start()
+        .await;
+    let state = sqlite_state(dir.path(), "state.db").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        state.migrations().await.unwrap().is_empty(),
+        "nobody is copied before Ferry knows them"
+    );
+    let mut c = env.login("alice").await;
+    c.logout().await;
+    eventually(60, "alice verified", || async {
+        user_state(&state, "alice").await == Some(UserState::Verified)
+    })
+    .await;
+    assert_eq!(
+        contents(&env.old, "INBOX").await,
+        contents(&env.new, "Old/INBOX").await
+    );
+    // New mail on OLD reaches NEW in a delta pass.
+    env.old
+        .append("alice", "INBOX", "", &message("Later", "Came in later."))
+        .await;
+    eventually(30, "the new message copied", || async {
+        env.new.status("alice", "Old/INBOX").await.0 == 4
+    })
+    .await;
+    // dave is named merged by a reload.
+    let toml = env.config_toml.replacen(
+        "\"nils\" = \"new\"\n",
+        "\"nils\" = \"new\"\n\"dave\" = \"merged\"\n",
+        1,
+    );
+    env.ferry
+        .reload(ferry::config::parse(&toml).unwrap())
+        .unwrap();
+    eventually(60, "dave verified", || async {
+        user_state(&state, "dave").await == Some(UserState::Verified)
+    })
+    .await;
+    assert_eq!(env.new.status("dave", "Old/INBOX").await.0, 1);
+    // Paused: new mail stays on OLD.
+    assert!(state.set_paused("alice", true).await.unwrap());
+    env.old
+        .append("alice", "INBOX", "", &message("Paused", "Waits."))
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(env.new.status("alice", "Old/INBOX").await.0, 4);
+    eventually(30, "the metrics", || async {
+        let text = scrape(&env).await;
+        sample(&text, "ferry_migration_users", &[("state", "verified")]) == 2.0
+            && sample(&text, "ferry_migration_users_paused", &[]) == 1.0
+    })
+    .await;
+    let text = scrape(&env).await;
+    assert!(
+        sample(&text, "ferry_migration_messages_copied_total", &[]) >= 9.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "ferry_migration_passes_total",
+            &[("result", "failed")]
+        ),
+        0.0
+    );
+}

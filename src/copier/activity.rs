@@ -112,4 +112,28 @@ mod tests {
         a.merged_login("alice");
         assert!(a.take_logins().is_empty());
     }
+
+    #[test]
+    fn a_sessions_reports_reach_the_copier() {
+        use crate::session::{Report, Reporter};
+        let a = Arc::new(Activity::default());
+        let mut r = crate::metrics::Recorder::new("imaps", a.clone());
+        r.report(Report::Login {
+            phase: crate::config::Phase::Merged,
+            result: "ok",
+        });
+        r.report(Report::User("alice".into()));
+        assert_eq!(a.take_logins(), ["alice"]);
+        r.report(Report::CopyStarted);
+        assert!(a.in_copy("alice"));
+        r.report(Report::Copy {
+            result: "ok",
+            messages: 1,
+            bytes: 10,
+        });
+        assert!(!a.in_copy("alice"));
+        r.report(Report::CopyStarted);
+        drop(r);
+        assert!(!a.in_copy("alice"), "a session dropped mid-copy lets go");
+    }
 }

@@ -92,7 +92,7 @@ impl Background {
                     }
                 }
             }
-            if published.elapsed() >= PUBLISH_EVERY {
+            if config.copier.enabled && published.elapsed() >= PUBLISH_EVERY {
                 published = Instant::now();
                 self.publish().await;
             }
