@@ -27,14 +27,18 @@ PORT=19143
 export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:/usr/lib/dovecot
 
 [[ -s $RUN/ferry.toml ]] || { echo "imaptest.sh: start the demo first (deploy/demo/up.sh)" >&2; exit 1; }
-[[ -x $ROOT/target/release/ferry ]] || { echo "imaptest.sh: no release build (cargo build --release)" >&2; exit 1; }
+# The release build up.sh made: target/ unless CARGO_TARGET_DIR (or a cargo config) says otherwise.
+TARGET=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])') || TARGET=$ROOT/target
+BIN=$TARGET/release/ferry
+[[ -x $BIN ]] || { echo "imaptest.sh: no release build in $TARGET (cargo build --release)" >&2; exit 1; }
 
 CONFIG=$RUN/ferry-imaptest.toml
 sed -e "s/^imaps = .*/imaps = \"127.0.0.1:19993\"/" \
     -e "s/^imap  = .*/imap  = \"127.0.0.1:$PORT\"/" \
     -e 's/^allow_plaintext = .*/allow_plaintext = true/' \
-    -e '/^\[metrics\]/,$d' "$RUN/ferry.toml" >"$CONFIG"
-"$ROOT/target/release/ferry" --config "$CONFIG" >"$RUN/ferry-imaptest.log" 2>&1 &
+    -e '/^\[metrics\]/,$d' "$RUN/ferry.toml" >"$CONFIG" # no metrics listener, no second copier
+"$BIN" --config "$CONFIG" >"$RUN/ferry-imaptest.log" 2>&1 &
 FERRY=$!
 trap 'kill $FERRY 2>/dev/null || true' EXIT
 for _ in $(seq 50); do

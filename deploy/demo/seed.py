@@ -6,7 +6,10 @@
 OLD (legacy layout, personal prefix "INBOX.", delimiter "."), user alice:
     INBOX 3 (the third carries a ~3 MB PDF attachment), INBOX.Sent 2,
     INBOX.Archive.2019 2, and INBOX.受信箱.研究室 1 (an ISO-2022-JP message; the
-    folder is created by its modified UTF-7 wire name).
+    folder is created by its modified UTF-7 wire name). Plus bulk mail for the
+    background copier to work through: INBOX.Lists.{announce,dev,users} and
+    INBOX.Archive.{2020,2021,2022,2023}, 150 small messages each (1,050 in all;
+    the Archive ones \Seen, some list mail \Seen or \Flagged).
 OLD, user bob: INBOX 1 (bob is in phase "new", so Ferry never shows it to him).
 NEW (Dovecot, prefix "", delimiter "/"), user alice: INBOX 2, Projects 1.
 NEW, user bob: INBOX 1.
@@ -17,6 +20,8 @@ mismatch. Re-running it on seeded stores changes nothing. Standard library only.
 
 import argparse
 import base64
+import datetime
+import email.utils
 import imaplib
 import random
 import re
@@ -191,6 +196,42 @@ def old_alice():
     ]
 
 
+BULK_FOLDERS = [f"INBOX.Lists.{n}" for n in ("announce", "dev", "users")] + [
+    f"INBOX.Archive.{y}" for y in (2020, 2021, 2022, 2023)
+]
+BULK_PER_FOLDER = 150
+
+
+def bulk_alice():
+    """Deterministic bulk mail: (folder, None, [(flags, message)]) per folder."""
+    rng = random.Random(1200)
+    words = ("migration mailbox server folder quota backup schedule meeting report "
+             "draft review budget release notes ticket agenda minutes proposal").split()
+    people = ["Bob <bob@example.edu>", "Carol <carol@example.edu>", "Dave <dave@example.edu>",
+              "Erin <erin@example.edu>", "Lists <lists@example.edu>"]
+    out = []
+    for folder in BULK_FOLDERS:
+        leaf = folder.rsplit(".", 1)[1]
+        year = int(leaf) if leaf.isdigit() else 2024
+        messages = []
+        for i in range(BULK_PER_FOLDER):
+            when = datetime.datetime(year, 1 + i * 12 // BULK_PER_FOLDER, 1 + i % 28,
+                                     rng.randrange(24), rng.randrange(60),
+                                     tzinfo=datetime.timezone.utc)
+            date = email.utils.format_datetime(when)
+            subject = f"[{leaf}] " + " ".join(rng.choice(words) for _ in range(4)).capitalize()
+            lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(rng.randrange(3, 40))]
+            msg = plain(rng.choice(people), "Alice <alice@example.edu>", subject, date,
+                        f"bulk-{leaf}-{i}", "\n".join(lines) + "\n")
+            if leaf.isdigit():
+                flags = r"(\Seen)"
+            else:
+                flags = [None, r"(\Seen)", r"(\Seen)", r"(\Seen \Flagged)"][i % 4]
+            messages.append((flags, msg))
+        out.append((folder, None, messages))
+    return out
+
+
 def new_alice():
     a, it = "Alice <alice@example.edu>", "IT Services <it@example.edu>"
     return [
@@ -271,7 +312,9 @@ def seed(hostport, user, password, folders):
             if have >= len(messages):
                 continue  # seeded before
             for msg in messages[have:]:
-                check(f"APPEND {wire}", *m.append(wire, flags, None, msg))
+                # A message is its bytes, or (its own flags, its bytes).
+                own, msg = msg if isinstance(msg, tuple) else (flags, msg)
+                check(f"APPEND {wire}", *m.append(wire, own, None, msg))
     finally:
         m.logout()
 
@@ -305,7 +348,7 @@ def main():
     args = ap.parse_args()
 
     plan = [
-        ("OLD", args.old, "alice", old_alice()),
+        ("OLD", args.old, "alice", old_alice() + bulk_alice()),
         ("OLD", args.old, "bob", bob_single("old")),
         ("NEW", args.new, "alice", new_alice()),
         ("NEW", args.new, "bob", bob_single("new")),

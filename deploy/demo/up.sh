@@ -9,6 +9,12 @@
 #   Prometheus http://127.0.0.1:9090, only when the prometheus package is installed
 #   users      alice / demo-password (phase merged), bob / demo-password (phase new)
 #
+# The migration engine runs too: both stores admit a master user ("ferry", its
+# random password in run/master.secret), and Ferry's background copier logs in as
+# it and copies alice's OLD mail (about 1,060 messages) into NEW under Old/, paced
+# at 20 messages a second, while she can go on working through Ferry. Watch it with
+#   ferry --config deploy/demo/run/ferry.toml migration status alice
+#
 # Everything it makes lives in deploy/demo/run/ (git-ignored), which is wiped and
 # recreated on every run; deploy/demo/down.sh stops it all. Safe to run again.
 set -euo pipefail
@@ -24,8 +30,11 @@ IMAP_PORT=9143
 METRICS_PORT=9154
 PROMETHEUS_PORT=9090
 PROMETHEUS_LINE="Prometheus: not started"
+GRAFANA_PORT=3000
 PASSWORD=demo-password
 USERS=(alice bob)
+# The copier's master user on both stores; its password is made afresh per run.
+MASTER_USER=ferry
 
 # /usr/sbin holds dovecot but is not on a normal user's PATH; rustup puts cargo in ~/.cargo/bin.
 export PATH="$PATH:/usr/sbin:/sbin:$HOME/.cargo/bin"
@@ -77,7 +86,13 @@ then open a new shell (or: . \"\$HOME/.cargo/env\") and run $0 again.
 (Debian 12's own cargo is too old for this crate.)"
     say "building Ferry (cargo build --release)"
     (cd "$ROOT" && cargo build --release)
-    FERRY=$ROOT/target/release/ferry
+    # Where cargo puts it: target/ unless CARGO_TARGET_DIR (or a cargo config) says
+    # otherwise; `cargo metadata` knows.
+    local target
+    target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])') ||
+        target=$ROOT/target
+    FERRY=$target/release/ferry
     [[ -x $FERRY ]] || die "cargo build did not produce $FERRY"
 }
 
@@ -107,6 +122,9 @@ write_store() {
     for u in "${USERS[@]}"; do
         printf '%s:{PLAIN}%s\n' "$u" "$PASSWORD" >>"$dir/passwd"
     done
+    # The copier's master user: it logs in as any user with its own password.
+    (umask 077 && printf '%s:{PLAIN}%s\n' "$MASTER_USER" "$(head -n 1 "$RUN/master.secret")" \
+        >"$dir/master-passwd")
 
     if [[ $name == old ]]; then
         # Courier/Cyrus-style legacy layout: everything under "INBOX.", delimiter ".".
@@ -149,8 +167,8 @@ write_store() {
         # Dovecot refuses to access mail as uid 0: mail belongs to the packaged user.
         userdb_ids='uid=dovecot gid=dovecot'
         chown -R dovecot:dovecot "$dir/mail"
-        chgrp dovecot "$dir/passwd"
-        chmod 640 "$dir/passwd"
+        chgrp dovecot "$dir/passwd" "$dir/master-passwd"
+        chmod 640 "$dir/passwd" "$dir/master-passwd"
         chmod 755 "$dir" "$dir/base" "$dir/state"
     else
         # No privilege separation without root: every Dovecot process runs as us.
@@ -185,6 +203,16 @@ $privsep
 passdb {
   driver = passwd-file
   args = scheme=PLAIN username_format=%u $dir/passwd
+}
+# Master logins (SASL PLAIN with an authorization identity, or LOGIN
+# "user*$MASTER_USER"): Ferry's copier acting for a user. pass = yes then checks that
+# the user exists in the passdb above.
+auth_master_user_separator = *
+passdb {
+  driver = passwd-file
+  master = yes
+  pass = yes
+  args = scheme=PLAIN $dir/master-passwd
 }
 userdb {
   driver = static
@@ -263,6 +291,9 @@ delimiter  = "/"
 default_phase = "merged"
 
 [migration.users]
+# alice is merged by default_phase too; naming her has the copier start on her at
+# once rather than at her first login.
+"alice" = "merged"
 "bob" = "new"
 
 [state]
@@ -270,6 +301,34 @@ url = "sqlite://$RUN/state.db"   # subscriptions to Old/ folders, the copier's l
 
 [metrics]
 listen = "127.0.0.1:$METRICS_PORT"   # /metrics, /healthz, /readyz over HTTP
+
+# The background copier: every merged user's OLD mail into NEW (under Old/, the
+# "archive" mode), a quick verification after each pass, then a delta pass every
+# 5 minutes. The pace is low so that copying alice's mail takes about a minute.
+[copier]
+enabled = true
+users_at_once = 2
+pass_interval_secs = 300
+verify = "quick"
+mode = "archive"
+retry_base_secs = 10
+retry_max_secs = 300
+
+[copier.pace.old]
+messages_per_second = 20
+bytes_per_second = 2000000
+
+# The copier never has users' passwords: it logs in to both stores as their master
+# user (the second passdb in run/old/dovecot.conf and run/new/dovecot.conf).
+[copier.old_login]
+mode = "master"
+master_user = "$MASTER_USER"
+master_password_file = "$RUN/master.secret"
+
+[copier.new_login]
+mode = "master"
+master_user = "$MASTER_USER"
+master_password_file = "$RUN/master.secret"
 EOF
 }
 
@@ -359,7 +418,7 @@ EOF
     done
     if alive "$pid" && accepts "$PROMETHEUS_PORT"; then
         echo "Prometheus: pid $pid on $url; log: $log"
-        PROMETHEUS_LINE="Prometheus: $url (try: sum by (phase) (ferry_sessions_active); alerts: $url/alerts)"
+        PROMETHEUS_LINE="Prometheus: $url (try: sum by (phase) (ferry_sessions_active), ferry_migration_messages_remaining; alerts: $url/alerts)"
         return 0
     fi
     # Not up within 10 s, or exited. The demo goes on without it; down.sh stops it
@@ -372,6 +431,43 @@ EOF
     echo "$PROMETHEUS_LINE" >&2
 }
 
+# alice's record in the state store: "STATE FOLDERS" (her migration state and the
+# number of folders her pass found), or nothing when there is no record yet.
+migration_state() {
+    "$FERRY" --config "$RUN/ferry.toml" migration status alice --json 2>/dev/null |
+        python3 -c 'import json, sys; u = json.load(sys.stdin)["user"]; print(u["state"], u["folders"])' 2>/dev/null
+}
+
+# The background copier takes alice up within seconds of the start. Her state is
+# "copying" from the start of a pass, before it logs in; once both stores let the
+# copier in, the pass lists her folders. A copier that cannot log in (the master
+# passdb, the secret file) leaves her "failed" with the store's answer.
+check_copier() {
+    local state="" folders=0
+    for _ in $(seq 75); do # up to ~15 s
+        read -r state folders < <(migration_state || true) || true
+        case $state in
+        copying)
+            if [[ ${folders:-0} -gt 0 ]]; then
+                echo "Copier: copying alice's OLD mail into NEW ($folders folders)"
+                return 0
+            fi
+            ;;
+        synced | verified)
+            echo "Copier: alice's OLD mail is already on NEW (state: $state)"
+            return 0
+            ;;
+        failed) break ;;
+        esac
+        sleep 0.2
+    done
+    "$FERRY" --config "$RUN/ferry.toml" migration status alice >&2 || true
+    echo "---- copier lines of $RUN/ferry.log ----" >&2
+    grep -i 'migration\|copier' "$RUN/ferry.log" | tail -n 10 >&2 || true
+    echo "----" >&2
+    die "the background copier did not start on alice (state: ${state:-none})"
+}
+
 # Leaves nothing running when a step fails; the files in run/ stay for a look.
 stop_on_failure() {
     local status=$?
@@ -382,6 +478,18 @@ stop_on_failure() {
 }
 
 show() { printf '%s' "${1#"$PWD"/}"; }
+
+# Where to see the migration on a dashboard. The demo does not run Grafana (Debian
+# does not package it); one on its usual port gets the dashboard's address.
+grafana_line() {
+    local file
+    file=$(show "$ROOT/deploy/grafana/ferry-dashboard.json")
+    if accepts "$GRAFANA_PORT"; then
+        echo "Grafana: http://127.0.0.1:$GRAFANA_PORT/d/ferry-imap-proxy (row Migration; import $file first, with the Prometheus above as data source)"
+    else
+        echo "Grafana: not part of the demo; import $file into yours, with the Prometheus above as data source (row Migration)"
+    fi
+}
 
 print_usage() {
     local ca
@@ -410,6 +518,13 @@ Python:
 
 The stores directly (no Ferry; plain IMAP): 127.0.0.1:$OLD_PORT (OLD), 127.0.0.1:$NEW_PORT (NEW).
 
+The migration: Ferry's copier is copying alice's OLD mail into NEW (under Old/) in
+the background, about a minute at the demo's pace, then checks it (state verified)
+and passes over it again every 5 minutes. She can go on working meanwhile. Watch it:
+  $(show "$FERRY") --config $(show "$RUN/ferry.toml") migration status alice
+  curl -s http://127.0.0.1:$METRICS_PORT/metrics | grep ^ferry_migration
+$(grafana_line)
+
 Ferry's metrics: curl http://127.0.0.1:$METRICS_PORT/metrics (also /healthz and /readyz)
 $PROMETHEUS_LINE
 Logs: $(show "$RUN/ferry.log"), $(show "$RUN/old/dovecot.log"), $(show "$RUN/new/dovecot.log")
@@ -435,6 +550,9 @@ main() {
     done
 
     "$ROOT/certs/make-demo-cert.sh" "$RUN"
+    # The copier's master password, for both stores: readable by us alone.
+    (umask 077 && openssl rand -hex 24 >"$RUN/master.secret")
+    chmod 600 "$RUN/master.secret"
 
     if [[ $IS_ROOT -eq 1 ]]; then
         chmod 755 "$RUN"
@@ -463,6 +581,7 @@ main() {
 
     write_ferry_config
     start_ferry
+    check_copier
     maybe_prometheus
     print_usage
 }
