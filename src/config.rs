@@ -56,6 +56,24 @@ pub struct Config {
     pub state: StateConfig,
     #[serde(default)]
     pub copier: Copier,
+    /// The admin API (off unless configured).
+    pub admin: Option<Admin>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Where the admin API listens (HTTP): loopback unless you say otherwise.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// A file holding the bearer token every request must carry
+    /// (`Authorization: Bearer …`); read on each request, so it can be
+    /// rotated in place.
+    pub token_file: PathBuf,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9156))
 }
 
 #[derive(Debug, Clone, Deserialize)]

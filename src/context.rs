@@ -43,6 +43,8 @@ pub struct Ctx {
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
     /// The durable state store (`[state] url`): ledger, migration states.
     pub state: Arc<crate::state::State>,
+    /// Logged-in sessions by user, for the admin API.
+    pub sessions: Arc<crate::sessions::Sessions>,
     /// What sessions tell the background copier.
     pub activity: Arc<crate::copier::activity::Activity>,
     pub throttle: Arc<crate::throttle::Throttle>,

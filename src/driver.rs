@@ -73,8 +73,19 @@ pub async fn serve(
     let mut live_changes = WhenWoken::new(live_changed(live_rx));
     let mut shutting_down = false;
     let mut live_gone = false;
+    // Once logged in, the session is known by its user (admin API).
+    let mut registered = None;
+    let mut ended_by_admin = None;
 
     'session: loop {
+        // Known by its user before the client hears the login went through.
+        if registered.is_none()
+            && let Some((user, _)) = session.login_info()
+        {
+            let r = ctx.sessions.register(user);
+            ended_by_admin = Some(WhenWoken::new(r.ended.clone().cancelled_owned()));
+            registered = Some(r);
+        }
         // Perform everything the session asked for.
         while let Some(step) = next_action(&mut session, &mut io).await {
             let done = match step {
@@ -125,6 +136,10 @@ pub async fn serve(
             r = if_some(old_login) => login_result(&mut session, &mut io, Store::Old, r),
             r = if_some(new_login) => login_result(&mut session, &mut io, Store::New, r),
             () = &mut timer => session.handle(now(), Event::Timeout),
+            () = if_some(&mut ended_by_admin) => {
+                ended_by_admin = None;
+                session.handle(now(), Event::EndedByAdmin);
+            }
             () = &mut cancelled, if !shutting_down => {
                 shutting_down = true;
                 session.handle(now(), Event::Shutdown);

@@ -21,6 +21,7 @@
 //! hands it events with the time they happened and performs the actions it
 //! returns. `ARCHITECTURE.md` has the map.
 
+pub mod admin;
 pub mod backend;
 pub mod caps;
 pub mod config;
@@ -40,6 +41,7 @@ pub mod route;
 pub mod sasl;
 pub mod server;
 pub mod session;
+pub mod sessions;
 pub mod state;
 pub mod subscriptions;
 pub mod throttle;

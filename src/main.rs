@@ -36,6 +36,11 @@ enum Cmd {
         #[arg(long)]
         remove_expunged: bool,
     },
+    /// Ask the running Ferry's admin API (`[admin]` in --config).
+    Admin {
+        #[command(subcommand)]
+        what: AdminCmd,
+    },
     /// Where users' migrations stand (from the state store). Needs --config.
     Migration {
         #[command(subcommand)]
@@ -51,6 +56,29 @@ enum MigrationCmd {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// A user's phase, sessions and migration; every user's without USER.
+    Status {
+        user: Option<String>,
+    },
+    /// Copy the user now (phase `old` users too), unpausing them.
+    Start {
+        user: String,
+    },
+    /// Leave the user's copying alone until resumed.
+    Pause {
+        user: String,
+    },
+    Resume {
+        user: String,
+    },
+    /// End the user's sessions (each at its next safe point).
+    EndSessions {
+        user: String,
     },
 }
 
@@ -74,6 +102,15 @@ fn main() -> anyhow::Result<()> {
     let path = cli
         .config
         .context("--config FILE is required (or: ferry check-config FILE)")?;
+    if cli.command.is_some() {
+        // A command's output may go to `head`: end quietly when it closes
+        // the pipe, as command-line tools do (the server keeps Rust's
+        // default, where a closed socket is an error to handle).
+        // SAFETY: setting a signal's disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Some(Cmd::Migrate {
             users,
@@ -93,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::Migration {
             what: MigrationCmd::Status { user, json },
         }) => return status(&path, user.as_deref(), json),
+        Some(Cmd::Admin { what }) => return admin(&path, what),
         _ => {}
     }
     let config = ferry::config::load(&path).with_context(|| format!("{}", path.display()))?;
@@ -280,4 +318,44 @@ fn status(path: &std::path::Path, user: Option<&str>, json: bool) -> anyhow::Res
         }
         Ok(())
     })
+}
+
+/// `ferry admin …`: one request to the admin API the configuration names.
+fn admin(path: &std::path::Path, what: AdminCmd) -> anyhow::Result<()> {
+    use ferry::admin::percent_encoded as enc;
+    use hyper::Method;
+    let config = ferry::config::load(path).with_context(|| format!("{}", path.display()))?;
+    let api = config
+        .admin
+        .context("no [admin] in the configuration: the admin API is off")?;
+    let token = std::fs::read_to_string(&api.token_file)
+        .with_context(|| format!("admin.token_file {}", api.token_file.display()))?;
+    let (method, route) = match &what {
+        AdminCmd::Status { user: None } => (Method::GET, "/users".to_string()),
+        AdminCmd::Status { user: Some(u) } => (Method::GET, format!("/users/{}", enc(u))),
+        AdminCmd::Start { user } => (
+            Method::POST,
+            format!("/users/{}/migration/start", enc(user)),
+        ),
+        AdminCmd::Pause { user } => (
+            Method::POST,
+            format!("/users/{}/migration/pause", enc(user)),
+        ),
+        AdminCmd::Resume { user } => (
+            Method::POST,
+            format!("/users/{}/migration/resume", enc(user)),
+        ),
+        AdminCmd::EndSessions { user } => {
+            (Method::POST, format!("/users/{}/sessions/end", enc(user)))
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let addr = api.listen.to_string();
+    let (status, value) =
+        runtime.block_on(ferry::admin::request(&addr, token.trim(), method, &route))?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    anyhow::ensure!(status.is_success(), "the admin API answered {status}");
+    Ok(())
 }

@@ -34,6 +34,8 @@ pub enum StartError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
+    #[error("{0}")]
+    Admin(#[from] crate::admin::AdminError),
     #[error("state.url: {0}")]
     State(#[from] crate::state::StateError),
     #[error("subscriptions: {0}")]
@@ -58,6 +60,7 @@ pub struct Ferry {
     imaps: Option<SocketAddr>,
     imap: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     resolver: Option<Arc<CertResolver>>,
@@ -155,6 +158,7 @@ impl Ferry {
             subscriptions: subscriptions.clone(),
             state: state.clone(),
             activity: activity.clone(),
+            sessions: Arc::default(),
             throttle,
             tokens: tokens.clone(),
             connections: Arc::default(),
@@ -168,6 +172,7 @@ impl Ferry {
             imaps: None,
             imap: None,
             metrics: None,
+            admin: None,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             resolver,
@@ -195,6 +200,17 @@ impl Ferry {
                 shutdown.clone(),
                 tracker.clone(),
             ));
+        }
+        if let Some(admin) = &config.admin {
+            let api = crate::admin::Admin {
+                live: ctx.live.clone(),
+                state: state.clone(),
+                sessions: ctx.sessions.clone(),
+                activity: activity.clone(),
+            };
+            let local = crate::admin::serve(admin.listen, api, shutdown.clone()).await?;
+            info!(addr = %local, "admin API on http://{local}/");
+            ferry.admin = Some(local);
         }
         // The copier idles while `[copier] enabled` is off (a reload turns it on).
         tracker.spawn(
@@ -228,6 +244,11 @@ impl Ferry {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics
+    }
+
+    /// Where the admin API is served.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// The server certificate, swappable for new handshakes.
@@ -283,6 +304,9 @@ impl Ferry {
         }
         if config.tls.is_some() != current.tls.is_some() {
             return Err(ReloadError::NeedsRestart("tls"));
+        }
+        if config.admin.as_ref().map(|a| a.listen) != current.admin.as_ref().map(|a| a.listen) {
+            return Err(ReloadError::NeedsRestart("admin.listen"));
         }
         if config.state.url != current.state.url {
             return Err(ReloadError::NeedsRestart("state.url"));

@@ -125,30 +125,6 @@ async fn alices_old_folders_land_on_new_byte_for_byte_once() {
     }
 }
 
-/// The copier's own master-user logins and an SQLite state file in `dir`,
-/// as TOML, and the `login` table of one store (to leave it out).
-fn copier_toml(dir: &std::path::Path) -> (String, impl Fn(&str) -> String) {
-    let secret = write_file(
-        dir,
-        "master.secret",
-        format!("{MASTER_PASSWORD}\n").as_bytes(),
-    );
-    let login = move |store: &str| {
-        format!(
-            "[copier.{store}_login]\nmode = \"master\"\nmaster_user = \"{MASTER_USER}\"\n\
-             master_password_file = {:?}\n",
-            secret.display().to_string()
-        )
-    };
-    let toml = format!(
-        "[state]\nurl = \"sqlite://{}\"\n{}{}",
-        dir.join("state.db").display(),
-        login("old"),
-        login("new")
-    );
-    (toml, login)
-}
-
 fn migrate(config: &std::path::Path) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("--config")

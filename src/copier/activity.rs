@@ -24,6 +24,8 @@ struct Inner {
     seen: HashSet<String>,
     /// Every user ever put in `seen`, so a login is reported once.
     known: HashSet<String>,
+    /// Users an admin asked to copy now.
+    wanted: HashSet<String>,
 }
 
 impl Activity {
@@ -43,6 +45,20 @@ impl Activity {
     /// The merged-phase users who logged in since the last call.
     pub fn take_logins(&self) -> Vec<String> {
         self.lock().seen.drain().collect()
+    }
+
+    /// An admin asked for `user` to be copied now.
+    pub fn want(&self, user: &str) {
+        self.lock().wanted.insert(user.to_string());
+    }
+
+    /// Whether `user` is wanted now; they are not any more once this says so.
+    pub fn take_wanted(&self, user: &str) -> bool {
+        self.lock().wanted.remove(user)
+    }
+
+    pub fn is_wanted(&self, user: &str) -> bool {
+        self.lock().wanted.contains(user)
     }
 
     pub fn copy_started(&self, user: &str) {

@@ -6,8 +6,9 @@
 //!
 //! Users come from the state store's migration records: the configuration's
 //! merged users are entered at start and on reload, users the configuration
-//! does not list when they first log in, and admins start users through the
-//! admin API. The configuration is read afresh on every round, so a reload
+//! does not list when they first log in, and admins start users (in phase
+//! `old` too) through the admin API or `ferry migrate`; every recorded user
+//! not yet in phase `new` is kept in step. The configuration is read afresh on every round, so a reload
 //! that turns the copier off or moves a user out of `merged` takes effect at
 //! the next user.
 
@@ -26,7 +27,7 @@ use super::{
     activity::Activity,
     folder::{Options, Pass},
     pace::{Pace, backoff},
-    user::{Event, UserError, migrate_user},
+    user::{UserError, migrate_user},
 };
 use crate::{
     config::{Config, Phase},
@@ -156,12 +157,7 @@ impl Background {
                 activity: Some(&activity),
                 options,
             };
-            let result = migrate_user(&job, &user, &mut |event| {
-                if let Event::Folder(f) = event {
-                    crate::metrics::migration_copied(f.pass.appended, f.pass.appended_bytes);
-                }
-            })
-            .await;
+            let result = migrate_user(&job, &user, &mut |_| {}).await;
             (user, result)
         }
     }
@@ -202,20 +198,36 @@ impl Background {
         let mut due: Vec<&UserRecord> = records
             .iter()
             .filter(|r| !r.paused && !busy.contains(&r.user))
-            .filter(|r| config.migration.phase_for(&r.user) == Phase::Merged)
-            .filter(|r| match failures.get(&r.user) {
-                Some((_, at)) => Instant::now() >= *at,
-                None => match r.state {
-                    // `copying` with nothing running: a pass cut short.
-                    UserState::Pending | UserState::Copying | UserState::Failed => true,
-                    UserState::Synced | UserState::Verified => {
-                        r.last_pass.is_none_or(|t| now_unix - t >= interval)
+            .filter(|r| {
+                // Merged users enter by themselves; users in phase `old`
+                // only when an admin started them, and are then kept in
+                // step. At `new` OLD may be gone: only on request.
+                self.activity.is_wanted(&r.user)
+                    || config.migration.phase_for(&r.user) != Phase::New
+            })
+            .filter(|r| {
+                self.activity.is_wanted(&r.user)
+                    || match failures.get(&r.user) {
+                        Some((_, at)) => Instant::now() >= *at,
+                        None => match r.state {
+                            // `copying` with nothing running: a pass cut short.
+                            UserState::Pending | UserState::Copying | UserState::Failed => true,
+                            UserState::Synced | UserState::Verified => {
+                                r.last_pass.is_none_or(|t| now_unix - t >= interval)
+                            }
+                        },
                     }
-                },
             })
             .collect();
         due.sort_by_key(|r| r.last_pass.unwrap_or(i64::MIN));
-        due.into_iter().take(free).map(|r| r.user.clone()).collect()
+        due.sort_by_key(|r| !self.activity.is_wanted(&r.user));
+        due.into_iter()
+            .take(free)
+            .map(|r| {
+                self.activity.take_wanted(&r.user);
+                r.user.clone()
+            })
+            .collect()
     }
 
     /// Users by state, what is left to copy and when a pass last finished.

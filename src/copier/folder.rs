@@ -35,7 +35,7 @@ use super::{
 use crate::{
     caps::Cap,
     session::reply,
-    state::{FolderKey, FolderRecord, StateError, UidMap, migration::now},
+    state::{FolderKey, FolderRecord, StateError, UidMap, UserRecord, migration::now},
 };
 
 /// Messages between two ledger writes: what a crash can make a pass redo
@@ -429,17 +429,21 @@ impl NewSide<'_> {
 /// Copies what of `route.old` is not on NEW yet into `route.new`, carries
 /// OLD's flag changes since `prior` (the folder's record from the last
 /// pass), and verifies if asked. `progress` hears of each OLD message done,
-/// with its size.
+/// with its size; the user's `record` counts them too, written with the
+/// ledger so `ferry migration status` moves while a large folder copies.
+#[allow(clippy::too_many_arguments)]
 pub async fn copy_folder(
     old: &mut Conn,
     new: &mut Conn,
     job: &Job<'_>,
-    user: &str,
+    record: &mut UserRecord,
     route: &Route,
     prior: Option<&FolderRecord>,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Pass, FolderError> {
     let (state, options, pace) = (job.state, job.options, job.pace);
+    let user = record.user.clone();
+    let user = user.as_str();
     let uidvalidity = open(old, &route.old, false).await?;
     // NEW's folder: reused when it exists, never renamed or emptied.
     let created = new
@@ -524,11 +528,15 @@ pub async fn copy_folder(
                 pass.appended += 1;
                 pass.appended_bytes += u64::from(msg.size);
                 since_record += 1;
+                crate::metrics::migration_copied(1, u64::from(msg.size));
             }
         }
         progress(u64::from(msg.size));
+        record.messages_done += 1;
+        record.bytes_done += u64::from(msg.size);
         if since_record >= RECORD_EVERY {
             state.record(&key, &ledger).await?;
+            state.put_migration(record).await?;
             since_record = 0;
         }
     }

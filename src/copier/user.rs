@@ -86,9 +86,6 @@ pub async fn migrate_user(
         .migration(user)
         .await?
         .unwrap_or_else(|| UserRecord::new(user));
-    record.state = UserState::Copying;
-    record.error = None;
-    job.state.put_migration(&record).await?;
     let result = pass(job, user, &mut record, progress).await;
     match &result {
         Ok(p) => {
@@ -146,7 +143,11 @@ async fn pass(
         folders: routes.len(),
         messages,
     });
+    // `copying` once both stores let the copier in and OLD's folders are
+    // counted: a pass that cannot log in never looks like it runs.
     *record = UserRecord {
+        state: UserState::Copying,
+        error: None,
         folders: routes.len() as u64,
         folders_done: 0,
         messages,
@@ -170,15 +171,13 @@ async fn pass(
     for route in &routes {
         let old_name = String::from_utf8_lossy(&route.old);
         let prior = priors.iter().find(|p| p.old_name == old_name);
-        let pass = copy_folder(&mut old, &mut new, job, user, route, prior, &mut |b| {
+        let pass = copy_folder(&mut old, &mut new, job, record, route, prior, &mut |b| {
             progress(Event::Message { bytes: b })
         })
         .await?;
         total.add(&pass);
         total.verified &= pass.verified;
         record.folders_done += 1;
-        record.messages_done += pass.messages;
-        record.bytes_done += pass.bytes;
         // The folders still to do count with what the last pass saw.
         estimate -= prior.map_or(0, |p| p.bytes);
         record.bytes = record.bytes_done + estimate;

@@ -12,6 +12,7 @@ use super::{Report, Session, Shared, Store};
 enum Ending {
     Shutdown,
     PhaseChange,
+    Admin,
 }
 
 impl Ending {
@@ -19,6 +20,7 @@ impl Ending {
         match self {
             Ending::Shutdown => super::End::Shutdown,
             Ending::PhaseChange => super::End::PhaseChange,
+            Ending::Admin => super::End::Admin,
         }
     }
 
@@ -28,6 +30,7 @@ impl Ending {
             Ending::PhaseChange => {
                 "Your mailbox is moving to its next migration phase; please reconnect to continue."
             }
+            Ending::Admin => "Your session was ended by the administrator; please reconnect.",
         }
     }
 }
@@ -182,6 +185,15 @@ impl Session {
     /// any phase-change end still to come).
     pub(super) fn shut_down(&mut self) {
         self.clock.ending = Some((Ending::Shutdown, self.clock.now));
+    }
+
+    /// An admin ended the user's sessions: at the next safe point, unless
+    /// the session is already ending.
+    pub(super) fn end_soon(&mut self) {
+        if self.clock.ending.is_none() {
+            tracing::info!("ending the session: an admin asked");
+            self.clock.ending = Some((Ending::Admin, self.clock.now));
+        }
     }
 
     /// A new configuration: a session not logged in yet takes it; a

@@ -68,6 +68,8 @@ pub enum Event<'a> {
     Reload(Arc<Config>),
     /// Ferry is shutting down: end the session at its next safe point.
     Shutdown,
+    /// An admin ended the user's sessions: end at the next safe point.
+    EndedByAdmin,
 }
 
 /// What the session counts, for metrics: handed to the [`Reporter`] the
@@ -128,6 +130,8 @@ pub enum End {
     Shutdown,
     /// The user's phase changed.
     PhaseChange,
+    /// An admin ended the user's sessions.
+    Admin,
     /// A store went away, or an `Old/` folder changed under the client.
     StoreLost,
     /// Too many failed logins on the connection.
@@ -139,13 +143,14 @@ pub enum End {
 }
 
 impl End {
-    pub const ALL: [End; 10] = [
+    pub const ALL: [End; 11] = [
         End::Logout,
         End::ClientClosed,
         End::PreauthTimeout,
         End::IdleTimeout,
         End::Shutdown,
         End::PhaseChange,
+        End::Admin,
         End::StoreLost,
         End::LoginFailures,
         End::ProtocolError,
@@ -160,6 +165,7 @@ impl End {
             End::IdleTimeout => "idle_timeout",
             End::Shutdown => "shutdown",
             End::PhaseChange => "phase_change",
+            End::Admin => "admin",
             End::StoreLost => "store_lost",
             End::LoginFailures => "login_failures",
             End::ProtocolError => "protocol_error",
@@ -447,6 +453,7 @@ impl Session {
             Event::Timeout => self.timeout(),
             Event::Reload(config) => self.reload(config),
             Event::Shutdown => self.shut_down(),
+            Event::EndedByAdmin => self.end_soon(),
         }
         self.settle();
     }

@@ -2553,3 +2553,27 @@ impl Drop for Postgres {
             .output();
     }
 }
+
+/// The copier's own master-user logins and an SQLite state file in `dir`,
+/// as TOML, and the `login` table of one store (to leave it out).
+pub fn copier_toml(dir: &std::path::Path) -> (String, impl Fn(&str) -> String) {
+    let secret = write_file(
+        dir,
+        "master.secret",
+        format!("{MASTER_PASSWORD}\n").as_bytes(),
+    );
+    let login = move |store: &str| {
+        format!(
+            "[copier.{store}_login]\nmode = \"master\"\nmaster_user = \"{MASTER_USER}\"\n\
+             master_password_file = {:?}\n",
+            secret.display().to_string()
+        )
+    };
+    let toml = format!(
+        "[state]\nurl = \"sqlite://{}\"\n{}{}",
+        dir.join("state.db").display(),
+        login("old"),
+        login("new")
+    );
+    (toml, login)
+}
