@@ -103,6 +103,9 @@ async fn weird_password_works_as_literal_and_wrong_password_fails() {
     for (user, _) in USERS {
         d.client(user).await.logout().await;
     }
+    for n in [1, BULK_USERS] {
+        d.client(&bulk_user(n)).await.logout().await;
+    }
 }
 
 #[tokio::test]
@@ -473,6 +476,11 @@ async fn password_table_is_consistent() {
     assert_eq!(USERS.len(), 6);
     let r = std::panic::catch_unwind(|| password_for("mallory"));
     assert!(r.is_err());
+    assert_eq!(password_for(&bulk_user(BULK_USERS)), PASSWORD);
+    for not_bulk in ["bulk0", "bulk07", "bulk51"] {
+        let r = std::panic::catch_unwind(|| password_for(not_bulk));
+        assert!(r.is_err(), "{not_bulk}");
+    }
 }
 
 #[tokio::test]

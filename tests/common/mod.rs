@@ -61,6 +61,28 @@ pub const USERS: &[(&str, &str)] = &[
     ("dave", WEIRD_PASSWORD),
 ];
 
+/// How many bulk users ([`bulk_user`]) every test Dovecot knows besides
+/// [`USERS`]: room for benchmarks that copy many mailboxes (10 users in
+/// `benches/migrate.rs`), with some to spare.
+pub const BULK_USERS: usize = 50;
+
+/// The `n`-th bulk user (`bulk1` … `bulk50`): password [`PASSWORD`], no
+/// fixture mail. Not in [`USERS`], so tests that go through every user do not
+/// meet them.
+pub fn bulk_user(n: usize) -> String {
+    assert!(
+        (1..=BULK_USERS).contains(&n),
+        "bulk users are bulk1 … bulk{BULK_USERS}"
+    );
+    format!("bulk{n}")
+}
+
+fn is_bulk_user(user: &str) -> bool {
+    user.strip_prefix("bulk")
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|n| (1..=BULK_USERS).contains(&n) && user == format!("bulk{n}"))
+}
+
 /// Every test Dovecot admits this master user (Dovecot `master = yes`,
 /// separator `*`) with this password.
 pub const MASTER_USER: &str = "ferry";
@@ -95,12 +117,13 @@ impl Naming {
     }
 }
 
-/// The password of a test user (panics for unknown users).
+/// The password of a test user or bulk user (panics for unknown users).
 pub fn password_for(user: &str) -> &'static str {
     USERS
         .iter()
         .find(|(u, _)| *u == user)
         .map(|(_, p)| *p)
+        .or_else(|| is_bulk_user(user).then_some(PASSWORD))
         .unwrap_or_else(|| panic!("{user:?} is not a test user (see common::USERS)"))
 }
 
@@ -321,7 +344,9 @@ impl Dovecot {
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod 755 temp dir");
         fs::create_dir(root.join("mail")).expect("create mail dir");
         let mut passwd = String::new();
-        for (user, _) in USERS {
+        let bulk = (1..=BULK_USERS).map(bulk_user);
+        for user in USERS.iter().map(|(u, _)| u.to_string()).chain(bulk) {
+            let user = user.as_str();
             let pass = naming.password(user);
             assert!(
                 !pass.contains([':', '\n']),
