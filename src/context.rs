@@ -45,6 +45,8 @@ pub struct Ctx {
     pub state: Arc<crate::state::State>,
     /// Logged-in sessions by user, for the admin API.
     pub sessions: Arc<crate::sessions::Sessions>,
+    /// `Old/` folders served from their NEW copy.
+    pub served: Arc<crate::copier::served::Served>,
     /// What sessions tell the background copier.
     pub activity: Arc<crate::copier::activity::Activity>,
     pub throttle: Arc<crate::throttle::Throttle>,

@@ -54,6 +54,7 @@ pub async fn serve(
         client: addrs.client,
         local: addrs.local,
         throttle: ctx.throttle.clone(),
+        served: ctx.served.clone(),
     };
     let reporter = Box::new(metrics::Recorder::new(listener, ctx.activity.clone()));
     let mut session = Session::new(cfg, now(), reporter);

@@ -159,6 +159,7 @@ impl Ferry {
             state: state.clone(),
             activity: activity.clone(),
             sessions: Arc::default(),
+            served: Arc::default(),
             throttle,
             tokens: tokens.clone(),
             connections: Arc::default(),
@@ -219,6 +220,7 @@ impl Ferry {
                 state,
                 tokens,
                 activity,
+                served: ctx.served.clone(),
             }
             .run(shutdown.clone()),
         );

@@ -377,6 +377,7 @@ impl Harness {
                 tls,
                 starttls,
                 subscriptions: Default::default(),
+                served: Default::default(),
                 id: 1,
                 client: "192.0.2.7:50000".parse().unwrap(),
                 local: "127.0.0.1:993".parse().unwrap(),

@@ -48,6 +48,8 @@ pub struct Background {
     pub state: Arc<State>,
     pub tokens: Arc<Tokens>,
     pub activity: Arc<Activity>,
+    /// What the merged view serves from NEW's copies, kept current here.
+    pub served: Arc<super::served::Served>,
 }
 
 /// A finished pass: the user, and how it went.
@@ -93,22 +95,28 @@ impl Background {
                     }
                 }
             }
-            if config.copier.enabled && published.elapsed() >= PUBLISH_EVERY {
+            if published.elapsed() >= PUBLISH_EVERY {
                 published = Instant::now();
-                self.publish().await;
+                if config.copier.enabled {
+                    self.publish().await;
+                }
+                self.refresh_served().await;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(done) = running.join_next() => {
                     let Ok((user, result)) = done else { continue };
                     busy.remove(&user);
-                    let copier = &self.live.borrow().config.copier;
-                    let (base, max) = (
-                        Duration::from_secs(copier.retry_base_secs),
-                        Duration::from_secs(copier.retry_max_secs),
-                    );
+                    let (base, max) = {
+                        let copier = &self.live.borrow().config.copier;
+                        (
+                            Duration::from_secs(copier.retry_base_secs),
+                            Duration::from_secs(copier.retry_max_secs),
+                        )
+                    };
                     match result {
                         Ok(p) => {
+                            self.refresh_served().await;
                             failures.remove(&user);
                             crate::metrics::migration_pass("ok");
                             info!(user, messages = p.messages, copied = p.appended,
@@ -228,6 +236,12 @@ impl Background {
                 r.user.clone()
             })
             .collect()
+    }
+
+    async fn refresh_served(&self) {
+        if let Err(e) = self.served.refresh(&self.state).await {
+            warn!(error = %e, "cannot read which folders are served from NEW");
+        }
     }
 
     /// Users by state, what is left to copy and when a pass last finished.

@@ -576,6 +576,12 @@ pub async fn copy_folder(
         pass.verified = pass.differences.is_empty();
     }
     let prior_verified = prior.is_some_and(|p| p.verified && p.uidvalidity == uidvalidity);
+    let verified = if options.verify == Verify::No {
+        // A pass that changed nothing keeps a verification's word.
+        prior_verified && pass.appended == 0 && pass.adopted == 0 && pass.flags_carried == 0
+    } else {
+        pass.verified
+    };
     state
         .put_migration_folder(&FolderRecord {
             user: user.to_string(),
@@ -592,12 +598,10 @@ pub async fn copy_folder(
             bytes: pass.bytes,
             copied: messages.keys().filter(|u| ledger.contains(**u)).count() as u64,
             differences: pass.differences.len() as u64,
-            // A pass that copied nothing keeps a verification's word.
-            verified: if options.verify == Verify::No {
-                prior_verified && pass.appended == 0 && pass.adopted == 0 && pass.flags_carried == 0
-            } else {
-                pass.verified
-            },
+            verified,
+            // Verified and just brought up to date: the merged view may
+            // serve the folder from here on.
+            served: route.servable && verified,
             checked: now(),
         })
         .await?;

@@ -52,6 +52,10 @@ impl Listed {
 pub struct Route {
     pub old: Vec<u8>,
     pub new: Vec<u8>,
+    /// The copy is the merged view's own `Old/…` name on NEW (archive mode,
+    /// NEW's layout like the client's): the merged view may serve the
+    /// folder from it once it is verified.
+    pub servable: bool,
 }
 
 /// Where OLD's folders go. `explicit` maps OLD paths to NEW names in UTF-8
@@ -89,9 +93,11 @@ pub fn plan(
                     },
                 }
             };
+            let servable = names.old_to_client(&f.name).as_ref() == Some(&new);
             Some(Route {
                 old: f.name.clone(),
                 new,
+                servable,
             })
         })
         .collect()
@@ -160,6 +166,33 @@ mod tests {
                 ("INBOX.&U9dP4Xux-.&eBR6dluk-", "Old/&U9dP4Xux-/&eBR6dluk-"),
             ]
             .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+
+    #[test]
+    fn only_copies_under_the_merged_views_own_names_are_servable() {
+        let servable = |mode, explicit: &[(&str, &str)]| {
+            let explicit = explicit
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            plan(mode, &names(), &explicit, &old(), &new())
+                .iter()
+                .filter(|r| r.servable)
+                .count()
+        };
+        assert_eq!(servable(Mode::Archive, &[]), 4);
+        assert_eq!(servable(Mode::Merge, &[]), 0);
+        assert_eq!(
+            servable(Mode::Archive, &[("Archive/2019", "Archives/2019")]),
+            3
+        );
+        // A NEW layout unlike the client's: the names differ, nothing is.
+        let dotted = NameMap::new("Old/", '/', Layout::legacy(), Layout::legacy());
+        assert!(
+            plan(Mode::Archive, &dotted, &HashMap::new(), &old(), &new())
+                .iter()
+                .all(|r| !r.servable)
         );
     }
 

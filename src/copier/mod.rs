@@ -10,6 +10,7 @@ pub mod folder;
 pub mod mapping;
 pub mod pace;
 pub mod report;
+pub mod served;
 pub mod user;
 
 /// What a pass over a user needs besides the user.

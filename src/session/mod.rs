@@ -310,6 +310,8 @@ pub struct SessionConfig {
     pub local: std::net::SocketAddr,
     /// Failed-login bookkeeping shared by all sessions.
     pub throttle: Arc<crate::throttle::Throttle>,
+    /// `Old/` folders served from their NEW copy.
+    pub served: Arc<crate::copier::served::Served>,
 }
 
 /// Pass-through bookkeeping: which client commands are still running, so the

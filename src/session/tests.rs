@@ -53,6 +53,7 @@ fn session_sharing(
             tls: false,
             starttls: true,
             subscriptions: Default::default(),
+            served: Default::default(),
             id: 1,
             client: "192.0.2.7:50000".parse().unwrap(),
             local: "127.0.0.1:993".parse().unwrap(),

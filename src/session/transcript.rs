@@ -279,6 +279,7 @@ fn run(name: &str, text: &str) -> String {
                     tls,
                     starttls: !tls,
                     subscriptions: Default::default(),
+                    served: Default::default(),
                     id: 1,
                     client: CLIENT,
                     local: LOCAL,

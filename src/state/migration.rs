@@ -36,6 +36,7 @@ pub(super) const SCHEMA: [&str; 2] = [
         copied BIGINT NOT NULL DEFAULT 0,
         differences BIGINT NOT NULL DEFAULT 0,
         verified BIGINT NOT NULL DEFAULT 0,
+        served BIGINT NOT NULL DEFAULT 0,
         checked BIGINT NOT NULL,
         PRIMARY KEY (user_name, old_name)
     )",
@@ -147,6 +148,9 @@ pub struct FolderRecord {
     pub copied: u64,
     pub differences: u64,
     pub verified: bool,
+    /// The merged view serves the user's `Old/` folder from this copy
+    /// (set once verified; never unset, so the folder changes hands once).
+    pub served: bool,
     /// When the folder was last passed over (Unix seconds).
     pub checked: i64,
 }
@@ -163,7 +167,7 @@ const USER_COLUMNS: &str = "user_name, state, paused, folders, folders_done, mes
     messages_done, bytes, bytes_done, differences, expunged_on_old, error, last_pass, updated";
 
 const FOLDER_COLUMNS: &str = "user_name, old_name, uidvalidity, new_name, highest_modseq,
-    messages, bytes, copied, differences, verified, checked";
+    messages, bytes, copied, differences, verified, served, checked";
 
 fn user_from(r: &impl UserRow) -> UserRecord {
     let n = |i| r.int(i) as u64;
@@ -198,7 +202,8 @@ fn folder_from(r: &impl UserRow) -> FolderRecord {
         copied: n(7),
         differences: n(8),
         verified: r.int(9) != 0,
-        checked: r.int(10),
+        served: r.int(10) != 0,
+        checked: r.int(11),
     }
 }
 
@@ -327,12 +332,28 @@ impl State {
             .collect()))
     }
 
-    /// Writes the folder's record whole.
+    /// Every user's folders served from their copy.
+    pub async fn served_folders(&self) -> Result<Vec<FolderRecord>, StateError> {
+        let q = format!(
+            "SELECT {FOLDER_COLUMNS} FROM ferry_migration_folders
+             WHERE served = 1 ORDER BY user_name, old_name"
+        );
+        Ok(with_pool!(self, p => sqlx::query(&q)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(folder_from)
+            .collect()))
+    }
+
+    /// Writes the folder's record whole (`served` only ever goes on).
     pub async fn put_migration_folder(&self, f: &FolderRecord) -> Result<(), StateError> {
         let q = format!(
             "INSERT INTO ferry_migration_folders ({FOLDER_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (user_name, old_name) DO UPDATE SET
+               served = CASE WHEN ferry_migration_folders.served = 1 THEN 1
+                        ELSE excluded.served END,
                uidvalidity = excluded.uidvalidity, new_name = excluded.new_name,
                highest_modseq = excluded.highest_modseq, messages = excluded.messages,
                bytes = excluded.bytes, copied = excluded.copied,
@@ -351,6 +372,7 @@ impl State {
             .bind(i(f.copied))
             .bind(i(f.differences))
             .bind(i64::from(f.verified))
+            .bind(i64::from(f.served))
             .bind(f.checked)
             .execute(p)
             .await
@@ -398,9 +420,29 @@ mod tests {
             copied: 3,
             differences: 0,
             verified: true,
+            served: true,
             checked: 1,
         };
         state.put_migration_folder(&folder).await.unwrap();
-        assert_eq!(state.migration_folders("alice").await.unwrap(), [folder]);
+        assert_eq!(
+            state.migration_folders("alice").await.unwrap(),
+            [folder.clone()]
+        );
+        // Served stays served: the folder never changes hands back.
+        let later = FolderRecord {
+            served: false,
+            verified: false,
+            ..folder.clone()
+        };
+        state.put_migration_folder(&later).await.unwrap();
+        let read = &state.migration_folders("alice").await.unwrap()[0];
+        assert!(read.served && !read.verified);
+        assert_eq!(
+            state.served_folders().await.unwrap(),
+            [FolderRecord {
+                verified: false,
+                ..folder
+            }]
+        );
     }
 }
