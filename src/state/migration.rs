@@ -426,7 +426,7 @@ mod tests {
         state.put_migration_folder(&folder).await.unwrap();
         assert_eq!(
             state.migration_folders("alice").await.unwrap(),
-            [folder.clone()]
+            std::slice::from_ref(&folder)
         );
         // Served stays served: the folder never changes hands back.
         let later = FolderRecord {
