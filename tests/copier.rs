@@ -64,7 +64,11 @@ async fn pass_over_alice(env: &TestEnv, state: &State) -> Pass {
 async fn pass_over(env: &TestEnv, state: &State, folders: usize, options: Options) -> Pass {
     let dir = tempfile::tempdir().unwrap();
     let (_, login) = copier_toml(dir.path());
-    let toml = format!("{}{}{}", env.config_toml, login("old"), login("new"));
+    let toml = if env.config_toml.contains("[copier.old_login]") {
+        env.config_toml.clone()
+    } else {
+        format!("{}{}{}", env.config_toml, login("old"), login("new"))
+    };
     let config = ferry::config::parse(&toml).unwrap();
     let (tokens, pace) = (Tokens::default(), Pace::default());
     let job = Job {
@@ -587,4 +591,115 @@ async fn the_background_copier_copies_merged_users_and_keeps_them_in_step() {
         ),
         0.0
     );
+}
+
+/// The UIDVALIDITY a SELECT or EXAMINE answer names.
+fn uidvalidity(r: &Reply) -> u32 {
+    let text = r.text();
+    text.split("[UIDVALIDITY ")
+        .nth(1)
+        .and_then(|t| t.split(']').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no UIDVALIDITY in {text}"))
+}
+
+/// Once verified, an `Old/` folder is served from its NEW copy: a client
+/// with it open on OLD goes on undisturbed and sees the new UIDVALIDITY
+/// once, at its next SELECT; the copy is read-only as OLD's folder was;
+/// and with OLD gone the folder still opens.
+#[tokio::test]
+async fn a_verified_folder_is_served_from_its_copy_from_the_next_select() {
+    let dir = tempfile::tempdir().unwrap();
+    let (toml, _) = copier_toml(dir.path());
+    let mut env = TestEnv::builder().extra_toml(&toml).start().await;
+    let state = sqlite_state(dir.path(), "state.db").await;
+    let mut open = env.login("alice").await;
+    let on_old = open.cmd("SELECT Old/Archive/2019").await;
+    on_old.assert_ok();
+    let old_validity = uidvalidity(&on_old);
+    assert_eq!(
+        old_validity,
+        env.old.status("alice", "INBOX.Archive.2019").await.2
+    );
+    let quick = Options {
+        verify: Verify::Quick,
+        ..Options::default()
+    };
+    let pass = pass_over(&env, &state, 5, quick).await;
+    assert!(pass.verified, "{pass:?}");
+    let copy_validity = env.new.status("alice", "Old/Archive/2019").await.2;
+    assert_ne!(copy_validity, old_validity);
+    // Another session finds the folder served from NEW (within a refresh).
+    let mut other = env.login("alice").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = other.cmd("EXAMINE Old/Archive/2019").await;
+        if r.is_ok() && uidvalidity(&r) == copy_validity {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never served from NEW"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The open session is not disturbed: still OLD's folder, no stray data.
+    let r = open.cmd("FETCH 1 (FLAGS)").await;
+    r.assert_ok();
+    assert!(
+        !r.text().contains("EXISTS") && !r.text().contains("BYE"),
+        "{}",
+        r.text()
+    );
+    // Its next SELECT sees the copy, once and for good.
+    let first = open.cmd("SELECT Old/Archive/2019").await;
+    first.assert_ok();
+    assert_eq!(uidvalidity(&first), copy_validity);
+    let again = open.cmd("SELECT Old/Archive/2019").await;
+    assert_eq!(uidvalidity(&again), copy_validity);
+    // Read-only as on OLD: flags are not changed, nothing is expunged,
+    // nothing is moved out; copying out works (within NEW).
+    let r = open.cmd("STORE 1 +FLAGS (\\Deleted)").await;
+    r.assert_ok();
+    assert!(
+        r.text().contains("FETCH") && !r.text().contains("\\Deleted"),
+        "{}",
+        r.text()
+    );
+    open.cmd("EXPUNGE").await.assert_ok();
+    let moved = open.cmd("MOVE 1 INBOX").await;
+    assert!(
+        moved.text().contains("NO") && moved.text().contains("READ-ONLY"),
+        "{}",
+        moved.text()
+    );
+    let inbox = env.new.status("alice", "INBOX").await.0;
+    open.cmd("COPY 1 INBOX").await.assert_ok();
+    assert_eq!(env.new.status("alice", "INBOX").await.0, inbox + 1);
+    assert_eq!(env.new.status("alice", "Old/Archive/2019").await.0, 1);
+    let mut c = selected(&env.new, "Old/Archive/2019").await;
+    let r = c.cmd("FETCH 1 (FLAGS)").await;
+    assert!(!r.text().contains("\\Deleted"), "{}", r.text());
+    c.logout().await;
+    let status = open
+        .cmd("STATUS Old/Archive/2019 (MESSAGES UIDVALIDITY)")
+        .await;
+    status.assert_ok();
+    assert!(
+        status
+            .text()
+            .contains(&format!("UIDVALIDITY {copy_validity}")),
+        "{}",
+        status.text()
+    );
+    open.logout().await;
+    other.logout().await;
+    // OLD switched off: the served folder still opens, in a new session.
+    env.old.stop().await;
+    let mut late = env.login("alice").await;
+    let r = late.cmd("SELECT Old/Archive/2019").await;
+    r.assert_ok();
+    assert_eq!(uidvalidity(&r), copy_validity);
+    late.cmd("FETCH 1 (BODY.PEEK[])").await.assert_ok();
+    late.logout().await;
 }

@@ -5,7 +5,7 @@
 //! `ferry migrate` run from a terminal, are seen too).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, RwLock},
 };
 
@@ -14,8 +14,11 @@ use crate::state::{State, StateError};
 /// One user's served folders.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct UserServed {
-    /// OLD's wire name → the copy's wire name on NEW.
-    pub folders: HashMap<Vec<u8>, Vec<u8>>,
+    /// The copies' wire names on NEW, which are the names the client knows
+    /// the folders by (only such copies are served: see
+    /// [`super::mapping::Route::servable`]), so a session needs no OLD
+    /// layout, and no OLD, to find them.
+    pub folders: HashSet<Vec<u8>>,
     /// Every folder the last pass found on OLD is served: the merged view
     /// needs OLD for nothing any more.
     pub complete: bool,
@@ -48,7 +51,7 @@ impl Served {
             next.entry(key(&f.user))
                 .or_default()
                 .folders
-                .insert(f.old_name.into_bytes(), f.new_name.into_bytes());
+                .insert(f.new_name.into_bytes());
         }
         for u in users {
             if let Some(s) = next.get_mut(&key(&u.user)) {
@@ -60,5 +63,17 @@ impl Served {
         let next = next.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         *self.by_user.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
+    }
+
+    /// Sets one user's served folders (transcripts and tests).
+    pub fn set(&self, user: &str, served: UserServed) {
+        let mut map = self.by_user.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(key(user), Arc::new(served));
+    }
+
+    /// Whether the merged view serves `user`'s `Old/` folder `client` (its
+    /// name as the client sends it) from its NEW copy.
+    pub fn serves(&self, user: &str, client: &[u8]) -> bool {
+        self.get(user).is_some_and(|s| s.folders.contains(client))
     }
 }

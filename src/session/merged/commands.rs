@@ -42,6 +42,39 @@ impl Shared {
             return;
         };
         let subscription = matches!(op, NameOp::Subscribe | NameOp::Unsubscribe);
+        if matches!(op, NameOp::Select | NameOp::Examine | NameOp::Status)
+            && m.map.is_reserved(&name)
+            && self
+                .cfg
+                .served
+                .serves(&String::from_utf8_lossy(&m.credentials.user), &name)
+        {
+            // Served from its NEW copy, which has the client's own name:
+            // read-only as on OLD, and OLD is not needed.
+            let body = match cmd.body {
+                C::Status { item_names, .. } => C::Status {
+                    mailbox: mailbox(name),
+                    item_names,
+                },
+                _ => C::Examine {
+                    mailbox: mailbox(name),
+                    parameters: Vec::new(),
+                },
+            };
+            let after = if op == NameOp::Status {
+                After::Nothing
+            } else {
+                m.copy_opening = true;
+                After::Select(Store::New)
+            };
+            return self.forward(
+                m,
+                Store::New,
+                tag.clone(),
+                reply::command(&tag, body),
+                after,
+            );
+        }
         let target = match m.map.to_backend(&name) {
             // OLD's layout is known once it is logged in: until then a
             // nested `Old/a/b` cannot be mapped (or hidden) as LIST would.
@@ -177,6 +210,26 @@ impl Shared {
             return self.send_client(reply::bad(&tag, "No mailbox selected"));
         };
         let read_only = || reply::no(&tag, Rfc5530::NoPerm, "Old/ folders are read-only");
+        if m.old_copy {
+            // An `Old/` folder served from its NEW copy: read-only as on OLD.
+            match op {
+                SelectedOp::Store => return self.flag_echo(m, Store::New, cmd, tag),
+                SelectedOp::Expunge => {
+                    return self.send_client(reply::ok(
+                        &tag,
+                        "Nothing expunged: Old/ folders are read-only",
+                    ));
+                }
+                SelectedOp::Move => {
+                    return self.send_client(reply::no_code(
+                        &tag,
+                        Code::ReadOnly,
+                        "Old/ folders are read-only: copy the messages instead",
+                    ));
+                }
+                _ => {}
+            }
+        }
         match (op, store) {
             (SelectedOp::Read, Store::Old) if !route::old_may_receive(&cmd.body) => {
                 self.send_client(read_only())
@@ -186,27 +239,7 @@ impl Shared {
                 SelectedOp::Store | SelectedOp::Expunge | SelectedOp::Close | SelectedOp::Unselect,
                 Store::New,
             ) => self.selected_as_is(m, op, store, raw, tag),
-            (SelectedOp::Store, Store::Old) => {
-                // RFC 4314 style: flags the user may not change are ignored, and the
-                // real flags are reported (fetchmail --keep stops on a NO here).
-                let CommandBody::Store {
-                    sequence_set, uid, ..
-                } = cmd.body
-                else {
-                    return;
-                };
-                let ferry_tag = self.ferry_tag();
-                let body = CommandBody::Fetch {
-                    sequence_set,
-                    macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(vec![
-                        MessageDataItemName::Flags,
-                    ]),
-                    uid,
-                    modifiers: Vec::new(),
-                };
-                let bytes = reply::command(&ferry_tag, body);
-                self.start(m, None, Store::Old, bytes, Job::FlagEcho { tag, ferry_tag });
-            }
+            (SelectedOp::Store, Store::Old) => self.flag_echo(m, Store::Old, cmd, tag),
             (SelectedOp::Expunge, Store::Old) => self.send_client(reply::ok(
                 &tag,
                 "Nothing expunged: Old/ folders are read-only",
@@ -258,5 +291,33 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// RFC 4314 style: flags the user may not change in an `Old/` folder are
+    /// ignored, and the real flags are reported (fetchmail --keep stops on
+    /// a NO here).
+    fn flag_echo(&mut self, m: &mut Merged, store: Store, cmd: Command<'_>, tag: Bytes) {
+        let CommandBody::Store {
+            sequence_set, uid, ..
+        } = cmd.body
+        else {
+            return;
+        };
+        let ferry_tag = self.ferry_tag();
+        let body = CommandBody::Fetch {
+            sequence_set,
+            macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(vec![
+                MessageDataItemName::Flags,
+            ]),
+            uid,
+            modifiers: Vec::new(),
+        };
+        let bytes = reply::command(&ferry_tag, body);
+        let job = Job::FlagEcho {
+            store,
+            tag,
+            ferry_tag,
+        };
+        self.start(m, None, store, bytes, job);
     }
 }

@@ -85,6 +85,7 @@ enum Job {
     List(Box<ListJob>),
     /// A STORE in `Old/`: ignored; the real flags are fetched and shown instead.
     FlagEcho {
+        store: Store,
         tag: Bytes,
         ferry_tag: Bytes,
     },
@@ -129,6 +130,10 @@ pub(super) struct Merged {
     pub(super) parked: Option<Bytes>,
     /// The `Old/` folder open (or being opened) on OLD, by its OLD name.
     old_name: Option<Vec<u8>>,
+    /// The mailbox selected on NEW is an `Old/` folder's copy, served
+    /// read-only in its place (`copy_opening`: one being opened).
+    old_copy: bool,
+    copy_opening: bool,
     /// What the client has seen of it.
     old_view: OldView,
     /// The last client command sent to OLD: (tag, bytes), to repeat after a reconnect.
@@ -190,6 +195,8 @@ impl Merged {
             job: None,
             parked: None,
             old_name: None,
+            old_copy: false,
+            copy_opening: false,
             old_view: OldView::default(),
             old_last: None,
             resume: None,
@@ -212,7 +219,7 @@ impl Merged {
                 Some(*store)
             }
             Job::Idle(i) => i.is_renewing().then_some(i.store),
-            Job::FlagEcho { .. } => Some(Store::Old),
+            Job::FlagEcho { store, .. } => Some(*store),
             Job::List(l) => [Store::New, Store::Old]
                 .into_iter()
                 .find(|s| l.waits_on(*s)),
@@ -231,9 +238,13 @@ impl Merged {
 
     fn job_store(&self) -> Option<Store> {
         match &self.job {
-            Some(Job::Forward { store, .. } | Job::Append { store, .. }) => Some(*store),
+            Some(
+                Job::Forward { store, .. }
+                | Job::Append { store, .. }
+                | Job::FlagEcho { store, .. },
+            ) => Some(*store),
             Some(Job::Idle(i)) => Some(i.store),
-            Some(Job::FlagEcho { .. } | Job::Copy(_)) => Some(Store::Old),
+            Some(Job::Copy(_)) => Some(Store::Old),
             _ => None,
         }
     }
@@ -246,6 +257,8 @@ impl Merged {
         let route = route::by_name(raw, verb)?;
         let store = match route {
             Route::Noop => self.selected.unwrap_or(Store::New),
+            // An `Old/` folder's copy: its STOREs are Ferry's to answer.
+            _ if self.old_copy => return None,
             _ => self.selected?,
         };
         (store == Store::New).then_some(route)

@@ -120,10 +120,17 @@ impl Shared {
                 ..
             } if s == store && t == tag => {
                 match (after, is_ok(&msg)) {
-                    (After::Select(st), true) => m.selected = Some(st),
-                    (After::Select(_), false) | (After::Deselect, true) => m.selected = None,
+                    (After::Select(st), true) => {
+                        m.selected = Some(st);
+                        m.old_copy = m.copy_opening;
+                    }
+                    (After::Select(_), false) | (After::Deselect, true) => {
+                        m.selected = None;
+                        m.old_copy = false;
+                    }
                     _ => {}
                 }
+                m.copy_opening = false;
                 self.send_client(msg);
                 self.input = Input::Command;
             }
@@ -136,7 +143,11 @@ impl Shared {
                 l.answered(store, &tag, msg);
                 self.list_step(m, l);
             }
-            Job::FlagEcho { tag: t, ferry_tag } if ferry_tag == tag && store == Store::Old => {
+            Job::FlagEcho {
+                store: s,
+                tag: t,
+                ferry_tag,
+            } if ferry_tag == tag && store == s => {
                 self.send_client(if is_ok(&msg) {
                     reply::ok(&t, "Flags unchanged: Old/ folders are read-only")
                 } else {
