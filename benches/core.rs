@@ -88,6 +88,7 @@ fn names(c: &mut Criterion) {
                     old: Some(&old),
                     old_reachable: true,
                     kept: &Default::default(),
+                    copies: false,
                 },
             ))
         })

@@ -66,6 +66,23 @@ pub struct Sources<'a> {
     /// LSUB only: `Old/` subscriptions Ferry keeps (client names → subscribed);
     /// `false` hides one of OLD's own.
     pub kept: &'a crate::subscriptions::Choices,
+    /// NEW's folders under the prefix are the copies the `Old/` folders are
+    /// served from (all of them): they stand for OLD's tree.
+    pub copies: bool,
+}
+
+/// An `Old/` folder's attributes: no special use (a client must not find
+/// two `\Sent`), child information recomputed for the merged tree.
+fn old_attrs(attrs: &[FlagNameAttribute<'static>]) -> Vec<FlagNameAttribute<'static>> {
+    attrs
+        .iter()
+        .filter(|a| {
+            ext_name(a).is_none_or(|n| {
+                !SPECIAL_USE.contains(&n.as_str()) && !CHILD_INFO.contains(&n.as_str())
+            })
+        })
+        .cloned()
+        .collect()
 }
 
 pub fn list(map: &NameMap, pattern: &[u8], lsub: bool, src: Sources<'_>) -> Vec<Entry> {
@@ -74,6 +91,7 @@ pub fn list(map: &NameMap, pattern: &[u8], lsub: bool, src: Sources<'_>) -> Vec<
         old,
         old_reachable,
         kept,
+        copies,
     } = src;
     let delim = map.delimiter();
     let mut out = Vec::new();
@@ -92,21 +110,20 @@ pub fn list(map: &NameMap, pattern: &[u8], lsub: bool, src: Sources<'_>) -> Vec<
             && name != map.root()
         {
             old_tree.entry(name).or_default();
+        } else if copies
+            && !lsub
+            && map.is_reserved(&e.name)
+            && e.name != map.root()
+            && map.new_is_identity()
+        {
+            // A copy, named as the client knows the folder; shown like an
+            // OLD folder (no special use, child flags recomputed).
+            old_tree.insert(e.name.clone(), old_attrs(&e.attrs));
         }
     }
     for e in old.unwrap_or_default() {
         if let Some(name) = map.old_to_client(&e.name) {
-            let attrs = e
-                .attrs
-                .iter()
-                .filter(|a| {
-                    ext_name(a).is_none_or(|n| {
-                        !SPECIAL_USE.contains(&n.as_str()) && !CHILD_INFO.contains(&n.as_str())
-                    })
-                })
-                .cloned()
-                .collect();
-            old_tree.insert(name, attrs);
+            old_tree.insert(name, old_attrs(&e.attrs));
         }
     }
     if lsub {
@@ -132,7 +149,7 @@ pub fn list(map: &NameMap, pattern: &[u8], lsub: bool, src: Sources<'_>) -> Vec<
             .entry(a)
             .or_insert_with(|| vec![FlagNameAttribute::Noselect]);
     }
-    if !lsub && (old.is_none() || !old_reachable) {
+    if !lsub && !copies && (old.is_none() || !old_reachable) {
         // Not asked (or unreachable): the root still exists as a parent.
         let has = if old_reachable {
             "HasChildren"
@@ -242,6 +259,7 @@ mod tests {
             old,
             old_reachable,
             kept,
+            copies: false,
         }
     }
 
@@ -331,6 +349,37 @@ mod tests {
                 "(\\Noselect) Old/Projects",
                 "() Old/Projects/X",
                 "() Old/Sent"
+            ]
+        );
+    }
+
+    #[test]
+    fn all_folders_served_list_the_copies_as_the_old_tree() {
+        let m = map();
+        let new = vec![
+            raw("INBOX", &["HasNoChildren"]),
+            raw("Sent", &["HasNoChildren", "Sent"]),
+            raw("Old", &["HasChildren"]),
+            raw("Old/INBOX", &["HasNoChildren"]),
+            raw("Old/Sent", &["HasNoChildren", "Sent"]),
+            raw("Old/Archive/2019", &["HasNoChildren"]),
+        ];
+        let kept = Choices::new();
+        let served = Sources {
+            copies: true,
+            ..src(&new, None, true, &kept)
+        };
+        assert_eq!(
+            show(&list(&m, b"*", false, served)),
+            [
+                "(\\HasNoChildren) INBOX",
+                "(\\HasNoChildren \\Sent) Sent",
+                "(\\Noselect \\HasChildren) Old",
+                // Not a folder of its own on NEW: a parent only, as on OLD.
+                "(\\Noselect \\HasChildren) Old/Archive",
+                "(\\HasNoChildren) Old/Archive/2019",
+                "(\\HasNoChildren) Old/INBOX",
+                "(\\HasNoChildren) Old/Sent",
             ]
         );
     }

@@ -701,5 +701,31 @@ async fn a_verified_folder_is_served_from_its_copy_from_the_next_select() {
     r.assert_ok();
     assert_eq!(uidvalidity(&r), copy_validity);
     late.cmd("FETCH 1 (BODY.PEEK[])").await.assert_ok();
+    // Every folder is served: LIST and LSUB show the Old/ tree from the
+    // copies, OLD's subscriptions included, with no error.
+    let list = late.cmd("LIST \"\" \"*\"").await;
+    list.assert_ok();
+    let text = list.text();
+    for name in ["Old/INBOX", "Old/Sent", "Old/Archive/2019", "INBOX", "Work"] {
+        assert!(
+            text.contains(&format!("\"/\" {name}\r\n"))
+                || text.contains(&format!("\"/\" \"{name}\"\r\n")),
+            "{name} missing: {text}"
+        );
+    }
+    assert!(
+        !text.contains("UNAVAILABLE") && !text.contains(" NO "),
+        "{text}"
+    );
+    let lsub = late.cmd("LSUB \"\" \"Old/*\"").await;
+    lsub.assert_ok();
+    for name in ["Old/INBOX", "Old/Sent", "Old/Archive/2019"] {
+        assert!(
+            lsub.text().contains(name),
+            "{name} not subscribed: {}",
+            lsub.text()
+        );
+    }
+    late.cmd("STATUS Old/INBOX (MESSAGES)").await.assert_ok();
     late.logout().await;
 }

@@ -189,6 +189,7 @@ async fn pass(
     }
     record.messages = record.messages_done;
     record.bytes = record.bytes_done;
+    mirror_subscriptions(&mut old, &mut new, &routes).await?;
     for c in [&mut old, &mut new] {
         let _ = c.run(CommandBody::Logout).await;
     }
@@ -215,6 +216,27 @@ async fn log_in(job: &Job<'_>, user: &str, store: Store) -> Result<Conn, UserErr
         .ok_or(UserError::NeedsIdentity(store.as_str()))?;
     let timeout = Duration::from_secs(config.limits.backend_connect_timeout_secs);
     Ok(Conn::open(&target, store, &auth, job.tokens, timeout).await?)
+}
+
+/// Subscribes on NEW the copies (under the merged view's own names) of
+/// OLD's subscribed folders: what LSUB shows once the merged view serves
+/// `Old/` from the copies, and what the user keeps at cutover to `new`.
+async fn mirror_subscriptions(
+    old: &mut Conn,
+    new: &mut Conn,
+    routes: &[Route],
+) -> Result<(), CopyError> {
+    use imap_codec::imap_types::mailbox::Mailbox;
+    let subscribed = listed_by(old, true).await?;
+    for route in routes.iter().filter(|r| r.servable) {
+        if subscribed.iter().any(|s| s.name == route.old) {
+            let mailbox = Mailbox::try_from(route.new.clone())
+                .map_err(|_| CopyError::Protocol("a folder name that is no mailbox"))?;
+            // Refusals do not fail the pass: a subscription is a nicety.
+            let _ = new.run(CommandBody::Subscribe { mailbox }).await?;
+        }
+    }
+    Ok(())
 }
 
 /// How many messages OLD's folder holds (STATUS MESSAGES), for progress.
@@ -249,8 +271,12 @@ async fn status_messages(old: &mut Conn, route: &Route) -> Result<u64, CopyError
         .unwrap_or(0))
 }
 
-/// A store's folders: LIST "" "*".
+/// A store's folders: LIST "" "*" (or LSUB: the subscribed ones).
 async fn listed(c: &mut Conn) -> Result<Vec<Listed>, CopyError> {
+    listed_by(c, false).await
+}
+
+async fn listed_by(c: &mut Conn, lsub: bool) -> Result<Vec<Listed>, CopyError> {
     use imap_codec::{
         ResponseCodec,
         decode::Decoder,
@@ -259,17 +285,30 @@ async fn listed(c: &mut Conn) -> Result<Vec<Listed>, CopyError> {
             response::{Data, Response},
         },
     };
+    let (reference, mailbox_wildcard) = (
+        Mailbox::try_from("").expect("empty reference"),
+        ListMailbox::try_from("*").expect("a wildcard"),
+    );
     let answer = c
-        .run(CommandBody::List {
-            reference: "".try_into().expect("empty reference"),
-            mailbox_wildcard: ListMailbox::try_from("*").expect("a wildcard"),
+        .run(if lsub {
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            }
+        } else {
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            }
         })
         .await?;
     Ok(answer
         .untagged
         .iter()
         .filter_map(|m| match ResponseCodec::new().decode(m).ok()?.1 {
-            Response::Data(Data::List { items, mailbox, .. }) => Some(Listed {
+            Response::Data(
+                Data::List { items, mailbox, .. } | Data::Lsub { items, mailbox, .. },
+            ) => Some(Listed {
                 name: match mailbox {
                     Mailbox::Inbox => b"INBOX".to_vec(),
                     Mailbox::Other(o) => o.as_ref().to_vec(),

@@ -14,6 +14,9 @@ pub(in crate::session) struct ListJob {
     old_asked: bool,
     old_ok: bool,
     new_failure: Option<Bytes>,
+    /// Every `Old/` folder is served from its NEW copy: NEW's copies stand
+    /// for OLD's tree, and OLD is not asked.
+    copies: bool,
 }
 
 impl ListJob {
@@ -136,9 +139,14 @@ impl Shared {
             .take_while(|b| !matches!(b, b'*' | b'%'))
             .copied()
             .collect();
-        let ask_new = lsub || !literal_prefix.starts_with(&prefix);
-        let mut ask_old = may_continue(&pattern, &prefix, delim);
-        if lsub && matches(&pattern, m.map.root(), delim) {
+        let copies = self
+            .cfg
+            .served
+            .get(&String::from_utf8_lossy(&m.credentials.user))
+            .is_some_and(|s| s.complete);
+        let ask_new = lsub || copies || !literal_prefix.starts_with(&prefix);
+        let mut ask_old = !copies && may_continue(&pattern, &prefix, delim);
+        if !copies && lsub && matches(&pattern, m.map.root(), delim) {
             ask_old = true;
         }
         let mut old_ok = true;
@@ -163,6 +171,7 @@ impl Shared {
             old_asked: ask_old,
             old_ok,
             new_failure: None,
+            copies,
         };
         let new_pattern = match self.store_info(Store::New).and_then(|i| i.layout.delimiter) {
             Some(d) if d != delim => crate::namespace::translate(&pattern, delim, d),
@@ -207,6 +216,7 @@ impl Shared {
                 old,
                 old_reachable: job.old_ok,
                 kept: &kept,
+                copies: job.copies,
             },
         );
         // Invariant: the client delimiter is a validated ASCII character.
