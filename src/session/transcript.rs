@@ -244,6 +244,7 @@ fn run(name: &str, text: &str) -> String {
         expected.clear();
     };
     let mut overrides = Vec::new();
+    let served = Arc::new(crate::copier::served::Served::default());
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
         let line = raw.trim_end();
@@ -269,6 +270,25 @@ fn run(name: &str, text: &str) -> String {
             overrides.push(setting.to_string());
             continue;
         }
+        // `@served USER NAME…`: the user's `Old/` folders served from NEW's
+        // copies (`@served USER all NAME…`: every one of them).
+        if let Some(setting) = line.strip_prefix("@served ") {
+            let mut words = setting.split(' ');
+            let user = words.next().expect("@served USER NAME…");
+            let mut folders: Vec<&str> = words.collect();
+            let complete = folders.first() == Some(&"all");
+            if complete {
+                folders.remove(0);
+            }
+            served.set(
+                user,
+                crate::copier::served::UserServed {
+                    folders: folders.iter().map(|f| f.as_bytes().to_vec()).collect(),
+                    complete,
+                },
+            );
+            continue;
+        }
         let s = session.get_or_insert_with(|| {
             let mut config = config::parse(&config_text(&overrides)).unwrap();
             config.auth.allow_plaintext = plaintext;
@@ -279,7 +299,7 @@ fn run(name: &str, text: &str) -> String {
                     tls,
                     starttls: !tls,
                     subscriptions: Default::default(),
-                    served: Default::default(),
+                    served: served.clone(),
                     id: 1,
                     client: CLIENT,
                     local: LOCAL,
