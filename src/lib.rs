@@ -22,6 +22,7 @@
 //! returns. `ARCHITECTURE.md` has the map.
 
 pub mod admin;
+pub mod answers;
 pub mod backend;
 pub mod caps;
 pub mod config;

@@ -13,7 +13,7 @@ use ferry::{
         Job,
         folder::{Options, Pass, Verify},
         pace::Pace,
-        user::{Event, migrate_user},
+        user::{Event, UserError, migrate_user},
     },
     oauth::Tokens,
     state::{State, UserState},
@@ -62,6 +62,18 @@ async fn pass_over_alice(env: &TestEnv, state: &State) -> Pass {
 /// `options`: the engine's own pass over a user, logged in as the master
 /// user.
 async fn pass_over(env: &TestEnv, state: &State, folders: usize, options: Options) -> Pass {
+    let (planned, pass) = try_pass_over(env, state, options).await;
+    let pass = pass.unwrap_or_else(|e| panic!("pass over alice: {e}"));
+    assert_eq!(planned, Some(folders));
+    pass
+}
+
+/// [`pass_over`], its error kept: the folders planned, and the pass.
+async fn try_pass_over(
+    env: &TestEnv,
+    state: &State,
+    options: Options,
+) -> (Option<usize>, Result<Pass, UserError>) {
     let dir = tempfile::tempdir().unwrap();
     let (_, login) = copier_toml(dir.path());
     let toml = if env.config_toml.contains("[copier.old_login]") {
@@ -85,10 +97,8 @@ async fn pass_over(env: &TestEnv, state: &State, folders: usize, options: Option
             planned = Some(folders);
         }
     })
-    .await
-    .unwrap_or_else(|e| panic!("pass over alice: {e}"));
-    assert_eq!(planned, Some(folders));
-    pass
+    .await;
+    (planned, pass)
 }
 
 #[tokio::test]
@@ -197,6 +207,40 @@ async fn killed_in_the_middle_of_a_folder_then_resumed_copies_each_message_once(
         contents(&env.old, "INBOX.Bulk").await,
         contents(&env.new, "Old/Bulk").await
     );
+}
+
+/// NEW's quota: 400 KB for alice (Dovecot's maildir quota).
+const QUOTA: &str = "mail_plugins = $mail_plugins quota\n\
+     plugin {\n  quota = maildir:User quota\n  quota_rule = *:storage=400K\n}\n";
+
+/// NEW refuses a batch (its quota; a MULTIAPPEND is all or nothing): the
+/// copier copies that batch one message at a time, so what fits lands and
+/// is recorded, and the first message over quota fails the pass. Another
+/// pass appends nothing twice.
+#[tokio::test]
+async fn a_batch_new_refuses_is_copied_one_message_at_a_time() {
+    let env = TestEnv::builder().new_conf(QUOTA).start().await;
+    let heavy = bulk_with(10, |i| message(&format!("Heavy {i}"), &"z".repeat(100_000)));
+    env.old.create("alice", "INBOX.Heavy").await;
+    env.old.append_many("alice", "INBOX.Heavy", &heavy).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = sqlite_state(dir.path(), "state.db").await;
+    let (_, failed) = try_pass_over(&env, &state, Options::default()).await;
+    let err = failed
+        .expect_err("10 × 100 KB do not fit in 400 KB")
+        .to_string();
+    assert!(err.contains("OVERQUOTA"), "{err}");
+    let (copied, _, _) = env.new.status("alice", "Old/Heavy").await;
+    assert!((1..10).contains(&copied), "{copied} of 10 on NEW");
+    // Byte for byte, with flags and dates (the witness sorts its lines).
+    let old = contents(&env.old, "INBOX.Heavy").await;
+    let new = contents(&env.new, "Old/Heavy").await;
+    assert_eq!(new.len(), copied as usize);
+    assert!(new.iter().all(|m| old.contains(m)), "{new:?} ⊄ {old:?}");
+    let (_, again) = try_pass_over(&env, &state, Options::default()).await;
+    assert!(again.is_err());
+    let (still, _, _) = env.new.status("alice", "Old/Heavy").await;
+    assert_eq!(still, copied);
 }
 
 /// `ferry migrate alice`, twice, with the copier's own master-user logins

@@ -1,9 +1,10 @@
 //! A store connection for the copier: commands under Ferry's own tags, their
-//! answers assembled (small ones only), and one message body streamed from
+//! answers assembled (small ones only), and message bodies streamed from
 //! OLD's FETCH into NEW's APPEND chunk by chunk, so memory is bounded by the
-//! read buffer whatever the message's size.
+//! read buffer whatever the message's size: one message per APPEND, or a
+//! batch of them in one FETCH and one MULTIAPPEND (RFC 3502).
 
-use std::{num::NonZeroU32, time::Duration};
+use std::{collections::HashMap, num::NonZeroU32, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use imap_codec::{
@@ -21,6 +22,7 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
+    answers,
     backend::{self, BackendError, Target},
     caps::{Cap, Caps},
     frame::{Frame, Framer, Peer},
@@ -54,6 +56,18 @@ pub struct Conn {
     pub caps: Caps,
     /// The store's personal namespace, learned at login.
     pub layout: crate::namespace::Layout,
+}
+
+/// What became of a batch (see [`Conn::copy_batch`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Batch {
+    /// Appended: `(OLD UID, NEW UID)` in append order. Messages gone from
+    /// OLD since the listing are not in it.
+    Appended(Vec<(u32, NonZeroU32)>),
+    /// Nothing of the batch was appended (a MULTIAPPEND is all or nothing):
+    /// NEW refused it, OLD's FETCH failed, or OLD's answer could not be
+    /// batched. One message at a time finds the culprit.
+    Refused(String),
 }
 
 /// The untagged answers of a command, and its tagged status line.
@@ -238,6 +252,129 @@ impl Conn {
         }
     }
 
+    /// True when `new` takes a batch as one MULTIAPPEND with non-synchronizing
+    /// literals and names the UIDs it gave (APPENDUID), so that the batch
+    /// streams without waiting and can be recorded.
+    pub fn takes_batches(&self) -> bool {
+        [Cap::Multiappend, Cap::LiteralPlus, Cap::UidPlus]
+            .into_iter()
+            .all(|c| self.caps.has(c))
+    }
+
+    /// Streams OLD's messages `batch` (UID and APPEND arguments, from the
+    /// folder selected on `self`) into `dest` on `new`: one `UID FETCH` here,
+    /// one MULTIAPPEND there, each body written on as it arrives. `new` must
+    /// [take batches](Self::takes_batches).
+    pub async fn copy_batch(
+        &mut self,
+        new: &mut Conn,
+        batch: &[(u32, Bytes)],
+        dest: &[u8],
+    ) -> Result<Batch, CopyError> {
+        let args: HashMap<u32, &Bytes> = batch.iter().map(|(u, a)| (*u, a)).collect();
+        let mut uids: Vec<u32> = args.keys().copied().collect();
+        uids.sort_unstable();
+        // `tag APPEND name ` as imap-codec writes it, cut before the literal.
+        let new_tag = new.tag();
+        let bare = reply::command(
+            &new_tag,
+            CommandBody::Append {
+                mailbox: Mailbox::try_from(dest.to_vec())
+                    .map_err(|_| CopyError::Protocol("a folder name that is no mailbox"))?,
+                flags: Vec::new(),
+                date: None,
+                message: LiteralOrLiteral8::Literal(Literal::unvalidated_non_sync(&b""[..])),
+            },
+        );
+        let cut = bare.iter().rposition(|b| *b == b'{').unwrap_or(bare.len());
+        let tag = self.tag();
+        let fetch = [
+            &tag[..],
+            b" UID FETCH ",
+            uid_ranges(&uids).as_bytes(),
+            b" (UID BODY.PEEK[])\r\n",
+        ]
+        .concat();
+        self.stream.write_all(&fetch).await?;
+        self.stream.flush().await?;
+        let mut open = false;
+        // Bytes of the current body still to pass on.
+        let mut left = 0u64;
+        let mut order: Vec<u32> = Vec::new();
+        // Why the batch is being given up; NEW's APPEND, if open, is aborted.
+        let mut unfit: Option<&'static str> = None;
+        let fetched = loop {
+            match self.frame().await? {
+                Frame::Line {
+                    bytes,
+                    start: true,
+                    literal: Some(a),
+                } if bytes.starts_with(b"* ") && unfit.is_none() => {
+                    // The UID must come before the body: it picks the flags
+                    // and date that go in front of the literal.
+                    let found = answers::body_line(&bytes)
+                        .and_then(|(_, uid)| uid)
+                        .map(NonZeroU32::get)
+                        .filter(|u| !order.contains(u))
+                        .and_then(|u| Some((u, *args.get(&u)?)));
+                    let Some((uid, a_args)) = found else {
+                        unfit = Some("OLD's FETCH answer names no UID of the batch before a body");
+                        if open {
+                            abort_append(new).await?;
+                        }
+                        continue;
+                    };
+                    let head: &[u8] = if open { b" " } else { &bare[..cut] };
+                    let msg_head =
+                        [head, a_args, &reply::literal_announcement(a.len, false)].concat();
+                    new.stream.write_all(&msg_head).await?;
+                    open = true;
+                    order.push(uid);
+                    left = a.len;
+                }
+                Frame::LiteralData { bytes, .. } if left > 0 && unfit.is_none() => {
+                    left = left.saturating_sub(bytes.len() as u64);
+                    new.stream.write_all(&bytes).await?;
+                }
+                Frame::Line { bytes, .. } if reply::tag_of(&bytes) == tag => break bytes,
+                // Other untagged answers (flag changes, EXPUNGE), the rest of
+                // each FETCH line, and what follows a given-up batch.
+                _ => {}
+            }
+        };
+        if !status_word(&fetched).eq_ignore_ascii_case(b"OK") {
+            if open && unfit.is_none() {
+                abort_append(new).await?;
+            }
+            let why = format!("OLD: {}", String::from_utf8_lossy(&fetched).trim_end());
+            return given_up(new, open.then_some(&new_tag[..]), why).await;
+        }
+        if let Some(why) = unfit {
+            return given_up(new, open.then_some(&new_tag[..]), why.to_string()).await;
+        }
+        if !open {
+            // All gone from OLD since the listing.
+            return Ok(Batch::Appended(Vec::new()));
+        }
+        new.stream.write_all(b"\r\n").await?;
+        new.stream.flush().await?;
+        let answer = new.answer(&new_tag).await?;
+        if !answer.is_ok() {
+            return Ok(Batch::Refused(format!("NEW: {}", answer.text())));
+        }
+        // Without it the batch could not be recorded, and a later pass would
+        // have to find it by fingerprint.
+        let (_, assigned) = answers::append_uids(&answer.tagged).ok_or(CopyError::Protocol(
+            "MULTIAPPEND answered without APPENDUID: NEW needs UIDPLUS",
+        ))?;
+        if assigned.len() != order.len() {
+            return Err(CopyError::Protocol(
+                "APPENDUID names more or fewer UIDs than messages appended",
+            ));
+        }
+        Ok(Batch::Appended(order.into_iter().zip(assigned).collect()))
+    }
+
     /// APPENDs `len` bytes that `old` is about to send as a literal.
     async fn append_from(
         &mut self,
@@ -308,6 +445,47 @@ async fn drain_literal(old: &mut Conn) -> Result<(), CopyError> {
     }
 }
 
+/// Ends an open MULTIAPPEND so that NEW keeps nothing of it: after a
+/// literal NEW expects SP or CRLF and more arguments; these are BAD. Called
+/// between bodies only, when no literal is half sent.
+async fn abort_append(new: &mut Conn) -> Result<(), CopyError> {
+    new.stream.write_all(b" FERRY-ABORT\r\n").await?;
+    new.stream.flush().await?;
+    Ok(())
+}
+
+/// The end of a batch given up: NEW's answer to the APPEND `tag`, when one
+/// was started and aborted, which must not be OK.
+async fn given_up(new: &mut Conn, tag: Option<&[u8]>, why: String) -> Result<Batch, CopyError> {
+    if let Some(tag) = tag
+        && new.answer(tag).await?.is_ok()
+    {
+        return Err(CopyError::Protocol("NEW accepted an aborted APPEND"));
+    }
+    Ok(Batch::Refused(why))
+}
+
+/// Sorted UIDs as a sequence set in ranges: `1:3,7`.
+pub fn uid_ranges(sorted: &[u32]) -> String {
+    let mut text = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        if !text.is_empty() {
+            text.push(',');
+        }
+        text.push_str(&sorted[i].to_string());
+        if j > i {
+            text.push_str(&format!(":{}", sorted[j]));
+        }
+        i = j + 1;
+    }
+    text
+}
+
 /// The UID of `[APPENDUID validity uid]` in a tagged OK.
 fn append_uid(tagged: &[u8]) -> Option<NonZeroU32> {
     match ResponseCodec::new().decode(tagged).ok()?.1 {
@@ -316,5 +494,17 @@ fn append_uid(tagged: &[u8]) -> Option<NonZeroU32> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uid_ranges;
+
+    #[test]
+    fn uid_ranges_join_runs() {
+        assert_eq!(uid_ranges(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
+        assert_eq!(uid_ranges(&[42]), "42");
+        assert_eq!(uid_ranges(&[]), "");
     }
 }

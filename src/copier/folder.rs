@@ -1,12 +1,13 @@
 //! One pass over one OLD folder: what the ledger does not list is streamed
-//! into its NEW folder, message by message, and recorded under the UID NEW
-//! gave it (APPENDUID); flag changes made on OLD since the last pass are
+//! into its NEW folder, in batches of one FETCH and one MULTIAPPEND where NEW
+//! can (else message by message), and recorded under the UID NEW gave it
+//! (APPENDUID); flag changes made on OLD since the last pass are
 //! carried to the copies; messages expunged on OLD are reported (and removed
 //! from NEW only when asked); a verification compares both sides.
 //!
 //! A pass that is interrupted and run again appends nothing twice: the
-//! ledger is written every [`RECORD_EVERY`] messages and at the end, in one
-//! transaction each, and what NEW holds that the ledger misses is found by
+//! ledger is written after every batch (at most [`RECORD_EVERY`] messages)
+//! and at the end, in one transaction each, and what NEW holds that the ledger misses is found by
 //! fingerprint before anything is appended.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -28,7 +29,7 @@ use imap_codec::{
 
 use super::{
     Job,
-    conn::{Conn, CopyError},
+    conn::{Batch, Conn, CopyError, uid_ranges},
     mapping::Route,
     pace::Pace,
 };
@@ -41,6 +42,11 @@ use crate::{
 /// Messages between two ledger writes: what a crash can make a pass redo
 /// (never append twice: see the module docs).
 const RECORD_EVERY: u64 = 100;
+
+/// A batch's size on OLD at most (a message larger than this is a batch of
+/// its own): what a refused batch costs to fetch again, one message at a
+/// time.
+const BATCH_BYTES: u64 = 32 << 20;
 
 /// UIDs per STORE or EXPUNGE command, to keep lines short.
 const UIDS_PER_COMMAND: usize = 500;
@@ -289,23 +295,7 @@ fn uid_sets(mut uids: Vec<u32>) -> Vec<SequenceSet> {
     uids.dedup();
     uids.chunks(UIDS_PER_COMMAND)
         .map(|chunk| {
-            let mut text = String::new();
-            let mut i = 0;
-            while i < chunk.len() {
-                let mut j = i;
-                while j + 1 < chunk.len() && chunk[j + 1] == chunk[j] + 1 {
-                    j += 1;
-                }
-                if !text.is_empty() {
-                    text.push(',');
-                }
-                text.push_str(&chunk[i].to_string());
-                if j > i {
-                    text.push_str(&format!(":{}", chunk[j]));
-                }
-                i = j + 1;
-            }
-            SequenceSet::try_from(text.as_str()).expect("UIDs are a sequence set")
+            SequenceSet::try_from(uid_ranges(chunk).as_str()).expect("UIDs are a sequence set")
         })
         .collect()
 }
@@ -501,6 +491,8 @@ pub async fn copy_folder(
     }
     let mut pass = Pass::default();
     let mut since_record = 0;
+    // What is to append, in UID order.
+    let mut todo: Vec<&Msg> = Vec::new();
     for msg in messages.values() {
         let uid = msg.uid;
         pass.messages += 1;
@@ -517,19 +509,8 @@ pub async fn copy_folder(
             pass.adopted += 1;
             since_record += 1;
         } else {
-            if let Some(activity) = job.activity {
-                activity.copies_done(user).await;
-            }
-            pace.take(u64::from(msg.size)).await;
-            let args = reply::append_args(&msg.items);
-            // `None`: expunged on OLD since the listing, nothing to copy.
-            if let Some(new_uid) = old.copy_to(side.conn, uid, &route.new, &args).await? {
-                ledger.insert(uid, new_uid.get());
-                pass.appended += 1;
-                pass.appended_bytes += u64::from(msg.size);
-                since_record += 1;
-                crate::metrics::migration_copied(1, u64::from(msg.size));
-            }
+            todo.push(msg);
+            continue;
         }
         progress(u64::from(msg.size));
         record.messages_done += 1;
@@ -539,6 +520,31 @@ pub async fn copy_folder(
             state.put_migration(record).await?;
             since_record = 0;
         }
+    }
+    for batch in batches(&todo) {
+        let mut appended = Vec::new();
+        let result = append(old, side.conn, job, user, &route.new, batch, &mut appended).await;
+        for (uid, new_uid) in appended {
+            let size = messages.get(&uid).map_or(0, |m| u64::from(m.size));
+            ledger.insert(uid, new_uid);
+            pass.appended += 1;
+            pass.appended_bytes += size;
+            crate::metrics::migration_copied(1, size);
+        }
+        if let Err(e) = result {
+            // What was appended before the error is recorded all the same.
+            state.record(&key, &ledger).await?;
+            return Err(e.into());
+        }
+        // Messages gone from OLD since the listing count as done too.
+        for msg in batch {
+            progress(u64::from(msg.size));
+            record.messages_done += 1;
+            record.bytes_done += u64::from(msg.size);
+        }
+        state.record(&key, &ledger).await?;
+        state.put_migration(record).await?;
+        since_record = 0;
     }
     if since_record > 0 {
         state.record(&key, &ledger).await?;
@@ -608,6 +614,78 @@ pub async fn copy_folder(
     Ok(pass)
 }
 
+/// `todo` in runs of at most [`RECORD_EVERY`] messages and [`BATCH_BYTES`]
+/// bytes, one message at least.
+fn batches<'a>(todo: &'a [&'a Msg]) -> Vec<&'a [&'a Msg]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, msg) in todo.iter().enumerate() {
+        let size = u64::from(msg.size);
+        if i > start && (i - start >= RECORD_EVERY as usize || bytes + size > BATCH_BYTES) {
+            out.push(&todo[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < todo.len() {
+        out.push(&todo[start..]);
+    }
+    out
+}
+
+/// Appends `batch` to `dest` on `new`, adding to `appended` the `(OLD UID,
+/// NEW UID)` of each message appended (one gone from OLD since the listing
+/// is not), also when an error ends it part way. One
+/// MULTIAPPEND where NEW takes it; one APPEND per message otherwise, or when
+/// NEW refused the batch, so that one bad message does not hold up the
+/// folder, and its own error is the pass's.
+async fn append(
+    old: &mut Conn,
+    new: &mut Conn,
+    job: &Job<'_>,
+    user: &str,
+    dest: &[u8],
+    batch: &[&Msg],
+    appended: &mut Vec<(u32, u32)>,
+) -> Result<(), CopyError> {
+    if new.takes_batches() {
+        if let Some(activity) = job.activity {
+            activity.copies_done(user).await;
+        }
+        job.pace
+            .take(batch.iter().map(|m| u64::from(m.size)).sum())
+            .await;
+        let args: Vec<_> = batch
+            .iter()
+            .map(|m| (m.uid, reply::append_args(&m.items)))
+            .collect();
+        match old.copy_batch(new, &args, dest).await? {
+            Batch::Appended(pairs) => {
+                appended.extend(pairs.into_iter().map(|(o, n)| (o, n.get())));
+                return Ok(());
+            }
+            Batch::Refused(why) => tracing::warn!(
+                user,
+                messages = batch.len(),
+                reason = %why,
+                "a batch was refused; copying it one message at a time"
+            ),
+        }
+    }
+    for msg in batch {
+        if let Some(activity) = job.activity {
+            activity.copies_done(user).await;
+        }
+        job.pace.take(u64::from(msg.size)).await;
+        let args = reply::append_args(&msg.items);
+        // `None`: expunged on OLD since the listing, nothing to copy.
+        if let Some(new_uid) = old.copy_to(new, msg.uid, dest, &args).await? {
+            appended.push((msg.uid, new_uid.get()));
+        }
+    }
+    Ok(())
+}
+
 /// NEW UIDs the ledger accounts for.
 fn recorded_new_uids(ledger: &UidMap) -> HashSet<u32> {
     ledger
@@ -674,7 +752,59 @@ async fn verify(
 
 #[cfg(test)]
 mod tests {
-    use super::message_id;
+    use super::{BATCH_BYTES, Msg, RECORD_EVERY, batches, message_id, uid_sets};
+
+    fn msg(uid: u32, size: u32) -> Msg {
+        Msg {
+            uid,
+            items: Vec::new(),
+            size,
+            modseq: 0,
+        }
+    }
+
+    /// Batch sizes in messages.
+    fn cut(msgs: &[Msg]) -> Vec<usize> {
+        let todo: Vec<&Msg> = msgs.iter().collect();
+        batches(&todo).iter().map(|b| b.len()).collect()
+    }
+
+    #[test]
+    fn batches_hold_a_record_s_worth_of_messages_and_bounded_bytes() {
+        let small: Vec<Msg> = (1..=250).map(|u| msg(u, 1000)).collect();
+        assert_eq!(cut(&small), [100, 100, 50]);
+        const { assert!(RECORD_EVERY == 100) };
+        assert_eq!(cut(&[]), Vec::<usize>::new());
+        // 12 MiB each: two fit, the third starts a batch; one over the
+        // limit is a batch of its own.
+        let mib = 1 << 20;
+        let big = [
+            msg(1, 12 * mib),
+            msg(2, 12 * mib),
+            msg(3, 12 * mib),
+            msg(4, 40 * mib),
+            msg(5, 10),
+        ];
+        const { assert!(BATCH_BYTES == 32 << 20) };
+        assert_eq!(cut(&big), [2, 1, 1, 1]);
+    }
+
+    #[test]
+    fn uid_sets_are_ranges() {
+        let sets: Vec<String> = uid_sets(vec![7, 1, 2, 3, 5, 3])
+            .iter()
+            .map(|s| {
+                let line = crate::session::reply::command(
+                    b"t",
+                    imap_codec::imap_types::command::CommandBody::ExpungeUid {
+                        sequence_set: s.clone(),
+                    },
+                );
+                String::from_utf8_lossy(&line).into_owned()
+            })
+            .collect();
+        assert_eq!(sets, ["t UID EXPUNGE 1:3,5,7\r\n"]);
+    }
 
     #[test]
     fn message_ids_are_found_folded_or_not() {
