@@ -773,3 +773,31 @@ async fn a_verified_folder_is_served_from_its_copy_from_the_next_select() {
     late.cmd("STATUS Old/INBOX (MESSAGES)").await.assert_ok();
     late.logout().await;
 }
+
+/// Merge mode (imapsync's `--automap`): OLD's INBOX into NEW's INBOX, its
+/// `\Sent` folder into NEW's `\Sent` one whatever their names, other
+/// folders by path; NEW's own mail stays; a second pass adds nothing.
+#[tokio::test]
+async fn merge_mode_puts_old_mail_into_news_own_folders() {
+    let env = TestEnv::builder()
+        .extra_toml("[copier]\nmode = \"merge\"\n")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = sqlite_state(dir.path(), "state.db").await;
+    let (inbox, sent) = (
+        env.new.status("alice", "INBOX").await.0,
+        env.new.status("alice", "Sent").await.0,
+    );
+    let first = pass_over(&env, &state, 5, Options::default()).await;
+    assert_eq!((first.messages, first.appended), (7, 7), "{first:?}");
+    assert_eq!(env.new.status("alice", "INBOX").await.0, inbox + 3);
+    assert_eq!(env.new.status("alice", "Sent").await.0, sent + 2);
+    assert_eq!(env.new.status("alice", "Archive/2019").await.0, 1);
+    assert_eq!(
+        contents(&env.old, "INBOX.Archive.2019").await,
+        contents(&env.new, "Archive/2019").await
+    );
+    let again = pass_over(&env, &state, 5, Options::default()).await;
+    assert_eq!((again.appended, again.adopted), (0, 0), "{again:?}");
+}
