@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use ferry::state::{State, UserState};
 use hyper::{Method, StatusCode};
@@ -46,18 +44,6 @@ async fn ferry_admin(env: &TestEnv, dir: &std::path::Path, args: &[&str]) -> (bo
         )
     });
     (out.status.success(), value)
-}
-
-async fn eventually<F: std::future::Future<Output = bool>>(
-    secs: u64,
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(std::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test]

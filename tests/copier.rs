@@ -539,19 +539,6 @@ async fn full_verification_finds_a_changed_body_and_status_shows_it() {
     );
 }
 
-/// Polls `check` every 200 ms for up to `secs`; panics with `what` then.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    secs: u64,
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(std::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn user_state(state: &State, user: &str) -> Option<UserState> {
     state.migration(user).await.unwrap().map(|r| r.state)
 }

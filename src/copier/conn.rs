@@ -185,14 +185,7 @@ impl Conn {
         dest: &[u8],
         args: &[u8],
     ) -> Result<Option<NonZeroU32>, CopyError> {
-        let tag = self.tag();
-        let fetch = [
-            &tag[..],
-            format!(" UID FETCH {uid} BODY.PEEK[]\r\n").as_bytes(),
-        ]
-        .concat();
-        self.stream.write_all(&fetch).await?;
-        self.stream.flush().await?;
+        let tag = self.fetch_body(uid).await?;
         let mut appended = None;
         loop {
             match self.frame().await? {
@@ -216,10 +209,8 @@ impl Conn {
         }
     }
 
-    /// The SHA-256 of message `uid`'s bytes in the selected folder, hashed
-    /// as they stream in; `None` when the message is gone.
-    pub async fn body_digest(&mut self, uid: u32) -> Result<Option<[u8; 32]>, CopyError> {
-        use sha2::{Digest, Sha256};
+    /// Asks for message `uid`'s bytes (`UID FETCH uid BODY.PEEK[]`); the tag.
+    async fn fetch_body(&mut self, uid: u32) -> Result<Vec<u8>, CopyError> {
         let tag = self.tag();
         let fetch = [
             &tag[..],
@@ -228,6 +219,14 @@ impl Conn {
         .concat();
         self.stream.write_all(&fetch).await?;
         self.stream.flush().await?;
+        Ok(tag)
+    }
+
+    /// The SHA-256 of message `uid`'s bytes in the selected folder, hashed
+    /// as they stream in; `None` when the message is gone.
+    pub async fn body_digest(&mut self, uid: u32) -> Result<Option<[u8; 32]>, CopyError> {
+        use sha2::{Digest, Sha256};
+        let tag = self.fetch_body(uid).await?;
         let mut hash = None;
         loop {
             match self.frame().await? {

@@ -2602,3 +2602,16 @@ pub fn copier_toml(dir: &std::path::Path) -> (String, impl Fn(&str) -> String) {
     );
     (toml, login)
 }
+
+/// Polls `check` every 200 ms for up to `secs`; panics with `what` then.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    secs: u64,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
