@@ -12,7 +12,7 @@
 mod common;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -83,16 +83,7 @@ impl FerryProc {
             .replacen("imaps = \"127.0.0.1:0\"", &format!("imaps = \"{tls}\""), 1)
             .replacen("imap  = \"127.0.0.1:0\"", &format!("imap = \"{plain}\""), 1);
         let conf = write_file(env.dir(), "ferry-bench.toml", toml.as_bytes());
-        let wrap = std::env::var("FERRY_BENCH_WRAP").unwrap_or_default();
-        let mut words = wrap.split_whitespace();
-        let mut command = match words.next() {
-            Some(program) => {
-                let mut c = Command::new(program);
-                c.args(words).arg(env!("CARGO_BIN_EXE_ferry"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_ferry")),
-        };
+        let mut command = ferry_command();
         let mut child = command
             .arg("--config")
             .arg(conf)

@@ -29,7 +29,6 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -369,16 +368,7 @@ fn engine(config: &Path, s: &Scale, log: &Path) -> EngineRun {
     let out = std::fs::File::create(log).expect("create the migrate log");
     let err = out.try_clone().expect("dup the migrate log");
     let start = Instant::now();
-    let wrap = std::env::var("FERRY_BENCH_WRAP").unwrap_or_default();
-    let mut words = wrap.split_whitespace();
-    let mut command = match words.next() {
-        Some(program) => {
-            let mut c = Command::new(program);
-            c.args(words).arg(env!("CARGO_BIN_EXE_ferry"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_ferry")),
-    };
+    let mut command = ferry_command();
     // Reaped by wait4 below, which std's Child cannot do: it gives rusage.
     #[allow(clippy::zombie_processes)]
     let child = command

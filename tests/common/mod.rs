@@ -2615,3 +2615,18 @@ pub async fn eventually<F: std::future::Future<Output = bool>>(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The release `ferry` binary as a command, run under `FERRY_BENCH_WRAP`
+/// (e.g. `valgrind --tool=callgrind …`) when that is set: for the benches.
+pub fn ferry_command() -> std::process::Command {
+    let wrap = std::env::var("FERRY_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut c = std::process::Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_ferry"));
+            c
+        }
+        None => std::process::Command::new(env!("CARGO_BIN_EXE_ferry")),
+    }
+}
