@@ -398,18 +398,7 @@ impl NewSide<'_> {
             return Err(CopyError::Protocol("removing copies needs UIDPLUS on NEW"));
         }
         for set in uid_sets(uids) {
-            must(
-                c,
-                CommandBody::Store {
-                    sequence_set: set.clone(),
-                    kind: StoreType::Add,
-                    response: StoreResponse::Silent,
-                    flags: vec![Flag::Deleted],
-                    uid: true,
-                    modifiers: Vec::new(),
-                },
-            )
-            .await?;
+            must(c, reply::mark_deleted(set.clone())).await?;
             must(c, CommandBody::ExpungeUid { sequence_set: set }).await?;
         }
         Ok(())

@@ -114,6 +114,21 @@ pub fn command(tag: &[u8], body: CommandBody<'_>) -> Bytes {
 /// INTERNALDATE): its flags (never `\Recent`, which no client may set) and
 /// its date, as they go between the mailbox and the literal, e.g.
 /// `(\Seen $Label) "01-Feb-2020 10:00:00 +0100" `.
+/// `UID STORE set +FLAGS.SILENT (\\Deleted)`: the first half of removing
+/// exactly these messages (UIDPLUS' `UID EXPUNGE set` is the second).
+pub fn mark_deleted(
+    sequence_set: imap_codec::imap_types::sequence::SequenceSet,
+) -> CommandBody<'static> {
+    CommandBody::Store {
+        sequence_set,
+        kind: imap_codec::imap_types::flag::StoreType::Add,
+        response: imap_codec::imap_types::flag::StoreResponse::Silent,
+        flags: vec![Flag::Deleted],
+        uid: true,
+        modifiers: Vec::new(),
+    }
+}
+
 pub fn append_args(items: &[MessageDataItem<'_>]) -> Bytes {
     let mut flags: Vec<Flag<'static>> = Vec::new();
     let mut date = None;

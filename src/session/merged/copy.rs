@@ -17,7 +17,6 @@ use imap_codec::imap_types::{
     core::Vec1,
     extensions::uidplus::{UidElement, UidSet},
     fetch::{MessageDataItem, Section},
-    flag::{Flag, StoreResponse, StoreType},
     sequence::{Sequence, SequenceSet},
 };
 
@@ -510,14 +509,7 @@ impl Shared {
                 mailbox: job.dest.clone(),
                 parameters: Vec::new(),
             },
-            CommandBody::Store {
-                sequence_set: set.clone(),
-                kind: StoreType::Add,
-                response: StoreResponse::Silent,
-                flags: vec![Flag::Deleted],
-                uid: true,
-                modifiers: Vec::new(),
-            },
+            reply::mark_deleted(set.clone()),
             CommandBody::ExpungeUid { sequence_set: set },
             CommandBody::Unselect,
         ] {
