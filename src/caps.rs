@@ -23,10 +23,34 @@ pub enum Cap {
     SaslIr,
     Id,
     Condstore,
+    Qresync,
+    Enable,
+    Idle,
+    Sort,
+    SortDisplay,
+    /// Any `THREAD=` algorithm.
+    Thread,
+    Esearch,
+    Esort,
+    Searchres,
+    Within,
+    ContextSearch,
+    Binary,
+    Catenate,
+    UrlPartial,
+    StatusSize,
+    Savedate,
+    Preview,
+    SearchFuzzy,
+    ListExtended,
+    ListStatus,
+    SpecialUse,
+    Utf8Accept,
+    Move,
 }
 
 impl Cap {
-    const ALL: [(Cap, &'static str); 9] = [
+    const ALL: [(Cap, &'static str); 32] = [
         (Cap::LiteralPlus, "LITERAL+"),
         (Cap::Unselect, "UNSELECT"),
         (Cap::Multiappend, "MULTIAPPEND"),
@@ -36,10 +60,52 @@ impl Cap {
         (Cap::SaslIr, "SASL-IR"),
         (Cap::Id, "ID"),
         (Cap::Condstore, "CONDSTORE"),
+        (Cap::Qresync, "QRESYNC"),
+        (Cap::Enable, "ENABLE"),
+        (Cap::Idle, "IDLE"),
+        (Cap::Sort, "SORT"),
+        (Cap::SortDisplay, "SORT=DISPLAY"),
+        (Cap::Thread, "THREAD="),
+        (Cap::Esearch, "ESEARCH"),
+        (Cap::Esort, "ESORT"),
+        (Cap::Searchres, "SEARCHRES"),
+        (Cap::Within, "WITHIN"),
+        (Cap::ContextSearch, "CONTEXT=SEARCH"),
+        (Cap::Binary, "BINARY"),
+        (Cap::Catenate, "CATENATE"),
+        (Cap::UrlPartial, "URL-PARTIAL"),
+        (Cap::StatusSize, "STATUS=SIZE"),
+        (Cap::Savedate, "SAVEDATE"),
+        (Cap::Preview, "PREVIEW"),
+        (Cap::SearchFuzzy, "SEARCH=FUZZY"),
+        (Cap::ListExtended, "LIST-EXTENDED"),
+        (Cap::ListStatus, "LIST-STATUS"),
+        (Cap::SpecialUse, "SPECIAL-USE"),
+        (Cap::Utf8Accept, "UTF8=ACCEPT"),
+        (Cap::Move, "MOVE"),
     ];
 
-    fn bit(self) -> u32 {
+    fn bit(self) -> u64 {
         1 << self as u8
+    }
+
+    /// Whether `name` (any case) is this capability; `THREAD=` stands for
+    /// every threading algorithm.
+    fn names(self, name: &str) -> bool {
+        let (_, wire) = Cap::ALL[self as usize];
+        match wire.strip_suffix('=') {
+            Some(prefix) => {
+                name.get(..wire.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(wire))
+                    && name.len() > prefix.len() + 1
+            }
+            None => wire.eq_ignore_ascii_case(name),
+        }
+    }
+
+    /// The name on the wire (`THREAD=` for the family).
+    pub fn name(self) -> &'static str {
+        Cap::ALL[self as usize].1
     }
 }
 
@@ -48,7 +114,7 @@ impl Cap {
 pub struct Caps {
     /// The names, space-separated, as they go on the wire.
     names: Arc<str>,
-    known: u32,
+    known: u64,
 }
 
 impl Caps {
@@ -63,7 +129,7 @@ impl Caps {
             joined.push_str(name);
             known |= Cap::ALL
                 .iter()
-                .filter(|(_, n)| n.eq_ignore_ascii_case(name))
+                .filter(|(c, _)| c.names(name))
                 .fold(0, |k, (c, _)| k | c.bit());
         }
         static SHARED: Mutex<Vec<Arc<str>>> = Mutex::new(Vec::new());
@@ -125,6 +191,14 @@ mod tests {
         let c = Caps::from_names(["IMAP4rev1", "literal+", "UNSELECT", "THREAD=REFS"]);
         assert!(c.has(Cap::LiteralPlus) && c.has(Cap::Unselect));
         assert!(!c.has(Cap::Multiappend) && !c.has(Cap::UidPlus));
+        assert!(c.has(Cap::Thread) && !c.has(Cap::Sort));
+        assert!(!Caps::from_names(["THREAD="]).has(Cap::Thread));
+        assert!(
+            Cap::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, (c, _))| *c as usize == i)
+        );
         assert_eq!(c.joined(), "IMAP4rev1 literal+ UNSELECT THREAD=REFS");
         let f = c.filter(|n| n != "UNSELECT");
         assert_eq!(f.joined(), "IMAP4rev1 literal+ THREAD=REFS");

@@ -29,6 +29,7 @@ pub mod config;
 pub mod context;
 pub mod copier;
 pub mod driver;
+pub mod extensions;
 pub mod frame;
 pub mod identity;
 pub mod listener;

@@ -180,31 +180,6 @@ pub fn list(map: &NameMap, pattern: &[u8], lsub: bool, src: Sources<'_>) -> Vec<
     out
 }
 
-/// Extensions Ferry can carry in the merged view when NEW offers them. Anything
-/// else (ESEARCH, LIST-EXTENDED, CONDSTORE, MULTIAPPEND, COMPRESS …) either
-/// cannot be parsed by imap-codec or would need both stores to agree.
-const MERGED_ALLOWED: [&str; 8] = [
-    "LITERAL+",
-    "IDLE",
-    "UNSELECT",
-    "UIDPLUS",
-    "MOVE",
-    "SPECIAL-USE",
-    "SORT",
-    "I18NLEVEL=1",
-];
-
-/// Post-login capabilities in the merged phase: what NEW offers that Ferry
-/// carries across both stores.
-pub fn merged_capabilities(new: &Caps) -> Caps {
-    let mut out = vec!["IMAP4rev1", "ID", "NAMESPACE", "CHILDREN"];
-    out.extend(new.names().filter(|c| {
-        let n = c.to_ascii_uppercase();
-        MERGED_ALLOWED.contains(&n.as_str()) || n.starts_with("THREAD=") || n == "SORT=DISPLAY"
-    }));
-    Caps::from_names(out)
-}
-
 /// Post-login capabilities when one store is passed through: its own, minus what
 /// a proxy in the middle cannot carry (compression, TLS and login mechanisms).
 pub fn passthrough_capabilities(store: &Caps) -> Caps {

@@ -19,6 +19,8 @@ pub enum Route {
     Idle,
     /// NOOP: to the selected store, to NEW otherwise (keeps it alive).
     Noop,
+    /// ENABLE: remembered by Ferry, passed on to each store as it is used.
+    Enable,
     /// Refused with BAD: wrong state or an extension Ferry does not advertise.
     Bad(&'static str),
 }
@@ -88,7 +90,7 @@ pub fn route(body: &CommandBody<'_>) -> Route {
         C::Move { .. } => Route::Selected(SelectedOp::Move),
         C::Login { .. } | C::Authenticate { .. } => Route::Bad("Already authenticated"),
         C::StartTLS => Route::Bad("STARTTLS is only valid before login"),
-        C::Enable { .. } => Route::Bad("ENABLE is not supported"),
+        C::Enable { .. } => Route::Enable,
         C::Compress { .. } => Route::Bad("COMPRESS is not supported"),
         C::GetQuota { .. } | C::GetQuotaRoot { .. } | C::SetQuota { .. } => {
             Route::Bad("QUOTA is not supported")
@@ -100,8 +102,8 @@ pub fn route(body: &CommandBody<'_>) -> Route {
 
 /// The route of the command on `line` told by its name alone, for the few
 /// commands the merged phase may forward without decoding them: NOOP and
-/// FETCH, SEARCH, STORE (also under UID), whose routes never depend on their
-/// arguments. `None`: decode the command. The tag must be valid, since the
+/// FETCH, SEARCH, SORT, THREAD, STORE (also under UID), whose routes never
+/// depend on their arguments. `None`: decode the command. The tag must be valid, since the
 /// session matches the store's answer by it. `verb` is `line`'s.
 pub fn by_name(line: &[u8], verb: Verb) -> Option<Route> {
     let (tag, name) = crate::frame::head(line);
@@ -109,7 +111,7 @@ pub fn by_name(line: &[u8], verb: Verb) -> Option<Route> {
         return None;
     }
     match verb.name() {
-        "FETCH" | "SEARCH" => Some(Route::Selected(SelectedOp::Read)),
+        "FETCH" | "SEARCH" | "SORT" | "THREAD" => Some(Route::Selected(SelectedOp::Read)),
         "STORE" => Some(Route::Selected(SelectedOp::Store)),
         "NOOP" if !verb.is_uid() => Some(Route::Noop),
         _ => None,
@@ -161,10 +163,7 @@ mod tests {
             route_of("a SELECT Old/INBOX\r\n"),
             Route::ByName(NameOp::Select)
         );
-        assert_eq!(
-            route_of("a ENABLE CONDSTORE\r\n"),
-            Route::Bad("ENABLE is not supported")
-        );
+        assert_eq!(route_of("a ENABLE CONDSTORE\r\n"), Route::Enable);
         assert_eq!(route_of("a NAMESPACE\r\n"), Route::Local(Local::Namespace));
     }
 
@@ -177,6 +176,8 @@ mod tests {
             "x.2 UID FETCH 1 (BODY.PEEK[])\r\n",
             "a uid fetch 1:* (UID FLAGS)\r\n",
             "a SEARCH UNSEEN\r\n",
+            "a UID SORT (DATE) UTF-8 ALL\r\n",
+            "a THREAD REFERENCES UTF-8 ALL\r\n",
             "a UID SEARCH CHARSET UTF-8 TEXT {3+}\r\nabc\r\n",
             "a STORE 1 +FLAGS (\\Seen)\r\n",
             "t]1 UID STORE 1:3 -FLAGS.SILENT (\\Deleted)\r\n",

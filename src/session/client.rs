@@ -152,6 +152,11 @@ impl Shared {
                 }
                 self.merged_command(m, cmd, command, verb)
             }
+            (Mode::Merged(m), Err(_)) if let Some(route) = crate::route::by_name(command, verb) => {
+                // An extension's syntax imap-codec does not know, on a
+                // command whose route its name tells.
+                self.merged_raw(m, route, command, verb)
+            }
             (_, Ok(_)) | (_, Err(_)) => {
                 debug!("undecodable command");
                 let tag = reply::tag_of(command).to_vec();

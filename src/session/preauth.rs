@@ -460,7 +460,7 @@ impl Shared {
             phase,
         ));
         let caps = match phase {
-            Phase::Merged => crate::merge::merged_capabilities(&info.capabilities),
+            Phase::Merged => crate::extensions::merged_capabilities(&info.capabilities),
             Phase::Old | Phase::New => crate::merge::passthrough_capabilities(&info.capabilities),
         };
         self.attach_store(store, info.clone());

@@ -14,6 +14,7 @@ use imap_codec::{
         command::{Command, CommandBody},
         core::{IString, Literal, NString, QuotedChar, Tag},
         extensions::binary::LiteralOrLiteral8,
+        extensions::enable::CapabilityEnable,
         extensions::namespace::Namespace,
         fetch::MessageDataItem,
         flag::FlagNameAttribute,
@@ -100,6 +101,74 @@ pub fn bye(text: &str) -> Bytes {
     encode(&Response::Status(
         Status::bye(None, text).expect("valid bye text"),
     ))
+}
+
+/// `* OK [CLOSED]` (RFC 7162 §3.2.11): the selected mailbox was closed.
+pub fn closed() -> Bytes {
+    status(
+        b"*",
+        Kind::Ok,
+        Some(Code::Closed),
+        "Previous mailbox closed",
+    )
+}
+
+/// `* OK [NOMODSEQ]` (RFC 7162 §3.1.2.2) for an `Old/` folder.
+pub fn nomodseq() -> Bytes {
+    status(
+        b"*",
+        Kind::Ok,
+        Some(Code::NoModSeq),
+        "No mod-sequences in Old/ folders",
+    )
+}
+
+/// A `* STATUS` line with `HIGHESTMODSEQ 0` added (RFC 7162 §3.1.2.2: a
+/// mailbox without mod-sequences); other lines as they are.
+pub fn with_zero_modseq(line: Bytes) -> Bytes {
+    use imap_codec::{decode::Decoder, imap_types::status::StatusDataItem};
+    match ResponseCodec::new().decode(&line) {
+        Ok((_, Response::Data(Data::Status { mailbox, items }))) => {
+            let mut items = items.into_owned();
+            items.push(StatusDataItem::HighestModSeq(0));
+            encode(&Response::Data(Data::Status {
+                mailbox,
+                items: items.into(),
+            }))
+        }
+        _ => line,
+    }
+}
+
+/// `* STATUS mailbox (HIGHESTMODSEQ 0)`.
+pub fn zero_modseq_status(mailbox: Mailbox<'_>) -> Bytes {
+    use imap_codec::imap_types::status::StatusDataItem;
+    encode(&Response::Data(Data::Status {
+        mailbox,
+        items: vec![StatusDataItem::HighestModSeq(0)].into(),
+    }))
+}
+
+/// `ENABLE names…`, or `None` for no names.
+pub fn enable(names: &[&str]) -> Option<CommandBody<'static>> {
+    let capabilities: Vec<CapabilityEnable<'static>> = names
+        .iter()
+        .filter_map(|n| CapabilityEnable::try_from(*n).ok())
+        .map(IntoStatic::into_static)
+        .collect();
+    Some(CommandBody::Enable {
+        capabilities: capabilities.try_into().ok()?,
+    })
+}
+
+/// `* ENABLED names…` (RFC 5161): what this ENABLE turned on.
+pub fn enabled(names: &[&str]) -> Bytes {
+    let capabilities = names
+        .iter()
+        .filter_map(|n| CapabilityEnable::try_from(*n).ok())
+        .map(IntoStatic::into_static)
+        .collect();
+    encode(&Response::Data(Data::Enabled { capabilities }))
 }
 
 /// A command of Ferry's own (`tag` is Ferry's or the client's, already

@@ -56,10 +56,11 @@ impl Shared {
                     mailbox: mailbox(name),
                     item_names,
                 },
-                _ => C::Examine {
+                C::Select { parameters, .. } | C::Examine { parameters, .. } => C::Examine {
                     mailbox: mailbox(name),
-                    parameters: Vec::new(),
+                    parameters,
                 },
+                _ => return,
             };
             let after = if op == NameOp::Status {
                 After::Nothing
@@ -150,20 +151,47 @@ impl Shared {
                 if !ready {
                     return self.send_client(unavailable(&tag));
                 }
+                let modseq = self.old_modseq(m);
                 let body = match (op, cmd.body) {
                     // Old/ folders are always opened read-only.
-                    (NameOp::Select | NameOp::Examine, _) => {
+                    (
+                        NameOp::Select | NameOp::Examine,
+                        C::Select { parameters, .. } | C::Examine { parameters, .. },
+                    ) => {
                         m.old_name = Some(n.clone());
                         m.old_view = OldView::default();
+                        // Without mod-sequences the parameters cannot be
+                        // honoured: the folder says NOMODSEQ instead.
+                        m.nomodseq =
+                            !modseq && (!parameters.is_empty() || m.enabled.has(Cap::Condstore));
                         C::Examine {
                             mailbox: mailbox(n),
-                            parameters: Vec::new(),
+                            parameters: if modseq { parameters } else { Vec::new() },
                         }
                     }
-                    (NameOp::Status, C::Status { item_names, .. }) => C::Status {
-                        mailbox: mailbox(n),
-                        item_names,
-                    },
+                    (NameOp::Status, C::Status { mut item_names, .. }) => {
+                        use imap_codec::imap_types::status::StatusDataItemName as Item;
+                        if !modseq && item_names.contains(&Item::HighestModSeq) {
+                            item_names.to_mut().retain(|i| *i != Item::HighestModSeq);
+                            m.zero_modseq = true;
+                        }
+                        if item_names.contains(&Item::Size)
+                            && !self.store_has(Store::Old, Cap::StatusSize)
+                        {
+                            m.zero_modseq = false;
+                            return self.send_client(not_on_old(&tag, Cap::StatusSize));
+                        }
+                        if item_names.is_empty() {
+                            // Only HIGHESTMODSEQ was asked: 0, OLD need not be.
+                            m.zero_modseq = false;
+                            self.send_client(reply::zero_modseq_status(mailbox(name)));
+                            return self.send_client(reply::ok(&tag, "STATUS completed"));
+                        }
+                        C::Status {
+                            mailbox: mailbox(n),
+                            item_names,
+                        }
+                    }
                     _ => return self.send_client(read_only()),
                 };
                 let after = if op == NameOp::Status {
@@ -234,6 +262,9 @@ impl Shared {
             (SelectedOp::Read, Store::Old) if !route::old_may_receive(&cmd.body) => {
                 self.send_client(read_only())
             }
+            (SelectedOp::Read, Store::Old) if !m.old_copy => {
+                self.old_read(m, raw, tag, Verb::of(raw))
+            }
             (SelectedOp::Read, _)
             | (
                 SelectedOp::Store | SelectedOp::Expunge | SelectedOp::Close | SelectedOp::Unselect,
@@ -296,19 +327,38 @@ impl Shared {
     /// RFC 4314 style: flags the user may not change in an `Old/` folder are
     /// ignored, and the real flags are reported (fetchmail --keep stops on
     /// a NO here).
+    ///
+    /// With CONDSTORE the echo carries each message's MODSEQ too, so an
+    /// `UNCHANGEDSINCE` STORE sees that nothing changed; in a folder without
+    /// mod-sequences that STORE is refused as RFC 7162 §3.1.2.2 says.
     fn flag_echo(&mut self, m: &mut Merged, store: Store, cmd: Command<'_>, tag: Bytes) {
         let CommandBody::Store {
-            sequence_set, uid, ..
+            sequence_set,
+            uid,
+            modifiers,
+            ..
         } = cmd.body
         else {
             return;
         };
+        let modseq = match store {
+            Store::Old => self.old_modseq(m),
+            Store::New => self.store_has(Store::New, Cap::Condstore),
+        };
+        if !modifiers.is_empty() && !modseq {
+            return self.send_client(reply::bad(
+                &tag,
+                "Old/ folders have no mod-sequences here (NOMODSEQ)",
+            ));
+        }
+        let mut items = vec![MessageDataItemName::Flags];
+        if modseq && (m.enabled.has(Cap::Condstore) || !modifiers.is_empty()) {
+            items.push(MessageDataItemName::ModSeq);
+        }
         let ferry_tag = self.ferry_tag();
         let body = CommandBody::Fetch {
             sequence_set,
-            macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(vec![
-                MessageDataItemName::Flags,
-            ]),
+            macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(items),
             uid,
             modifiers: Vec::new(),
         };

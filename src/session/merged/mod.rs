@@ -28,6 +28,7 @@ use super::{Credentials, Input, Shared, reply, reply::Rfc5530};
 use crate::{
     caps::{Cap, Caps},
     config::Config,
+    extensions::{Enabled, needs},
     frame::Announcement,
     merge::{self, RawEntry},
     namespace::{Layout, MapError, NameMap, Store, Target, join_reference, matches},
@@ -101,15 +102,23 @@ enum Job {
     Copy(Box<CopyJob>),
     /// Ferry's EXAMINE re-opening an `Old/` folder after a reconnect.
     Reopen(Bytes, Box<Resume>),
+    /// The client's ENABLE, passed on to NEW under Ferry's tag: `newly`
+    /// is what Ferry's `* ENABLED` lists once NEW has answered.
+    Enable {
+        tag: Bytes,
+        ferry_tag: Bytes,
+        newly: Vec<&'static str>,
+    },
 }
 
 impl Job {
     /// The client's tag this job answers (Ferry's own jobs have none).
     fn client_tag(&self) -> Option<Bytes> {
         match self {
-            Job::Forward { tag, .. } | Job::FlagEcho { tag, .. } | Job::Append { tag, .. } => {
-                Some(tag.clone())
-            }
+            Job::Forward { tag, .. }
+            | Job::FlagEcho { tag, .. }
+            | Job::Append { tag, .. }
+            | Job::Enable { tag, .. } => Some(tag.clone()),
             Job::Idle(i) => Some(i.tag.clone()),
             Job::List(l) => Some(l.client_tag().clone()),
             Job::Copy(c) => Some(c.client_tag().clone()),
@@ -139,6 +148,17 @@ pub(super) struct Merged {
     /// The last client command sent to OLD: (tag, bytes), to repeat after a reconnect.
     old_last: Option<(Bytes, Bytes)>,
     resume: Option<Box<Resume>>,
+    /// What the client enabled, and what each store was asked to enable
+    /// (by [`Store::index`]): a store is brought level before its next command.
+    enabled: Enabled,
+    store_enabled: [Enabled; 2],
+    /// The `Old/` folder being opened has no mod-sequences for this client:
+    /// `* OK [NOMODSEQ]` goes before its tagged OK.
+    nomodseq: bool,
+    /// The STATUS running on OLD was asked for HIGHESTMODSEQ, which OLD
+    /// cannot give: its answer shows 0 (RFC 7162 §3.1.2.2's value for a
+    /// mailbox without mod-sequences).
+    zero_modseq: bool,
 }
 
 fn mailbox_bytes(m: &Mailbox<'_>) -> Vec<u8> {
@@ -200,6 +220,10 @@ impl Merged {
             old_view: OldView::default(),
             old_last: None,
             resume: None,
+            enabled: Enabled::default(),
+            store_enabled: [Enabled::default(); 2],
+            nomodseq: false,
+            zero_modseq: false,
         }
     }
 
@@ -225,6 +249,7 @@ impl Merged {
                 .find(|s| l.waits_on(*s)),
             Job::Copy(c) => c.awaiting(),
             Job::Reopen(..) => Some(Store::Old),
+            Job::Enable { .. } => Some(Store::New),
         }
     }
 
@@ -245,6 +270,7 @@ impl Merged {
             ) => Some(*store),
             Some(Job::Idle(i)) => Some(i.store),
             Some(Job::Copy(_)) => Some(Store::Old),
+            Some(Job::Enable { .. }) => Some(Store::New),
             _ => None,
         }
     }
@@ -335,7 +361,9 @@ impl Merged {
             }
             _ => {}
         }
-        if is(b"BYE") {
+        if is(b"BYE") || is(b"ENABLED") {
+            // Ferry's own ENABLEs are answered to it; the client's
+            // `* ENABLED` is Ferry's, listing what Ferry honours.
             return Drop;
         }
         if crate::frame::is_status(tag, word) && memchr::memmem::find(line, b"[ALERT]").is_some() {
@@ -394,8 +422,15 @@ impl Shared {
         job: Job,
     ) {
         self.input = Input::Waiting;
+        self.enable_on(m, store);
         match leaving {
             Some(old_store) => {
+                if m.enabled.has(Cap::Qresync) {
+                    // RFC 7162 §3.2.11: the store being left closes its
+                    // mailbox silently (Ferry's UNSELECT); the client must
+                    // still learn where the old mailbox's responses end.
+                    self.send_client(reply::closed());
+                }
                 m.selected = None;
                 let tag = self.ferry_tag();
                 let body = self.unselect_body(old_store);
@@ -449,12 +484,17 @@ impl Shared {
         let Some(tag) = self.begin(m, raw, verb) else {
             return;
         };
+        self.note_condstore(m, raw, verb);
         match route::route(&cmd.body) {
             Route::Local(local) => self.local(m, local, &tag),
             Route::Bad(text) => self.send_client(reply::bad(&tag, text)),
             Route::Noop => self.noop(m, raw, tag),
+            Route::Enable => self.enable(m, cmd, tag),
             Route::Idle => {
                 let store = m.selected.unwrap_or(Store::New);
+                if store == Store::Old && !self.store_has(Store::Old, Cap::Idle) {
+                    return self.send_client(not_on_old(&tag, Cap::Idle));
+                }
                 let job = Job::Idle(super::idle::Idle::new(tag, store, self.clock.now));
                 self.start(m, None, store, raw.clone(), job);
             }
@@ -476,9 +516,153 @@ impl Shared {
         let Some(tag) = self.begin(m, raw, verb) else {
             return;
         };
+        self.note_condstore(m, raw, verb);
         match route {
             Route::Selected(op) => self.selected_as_is(m, op, Store::New, raw, tag),
             _ => self.noop(m, raw, tag),
+        }
+    }
+
+    /// A command imap-codec cannot decode (an extension's syntax, such as
+    /// `SEARCH RETURN (…)`) that goes to the selected mailbox by its name
+    /// alone: read-only commands reach OLD when OLD offers what they need;
+    /// anything else is judged by NEW.
+    pub(super) fn merged_raw(&mut self, m: &mut Merged, route: Route, raw: &Bytes, verb: Verb) {
+        let Some(tag) = self.begin(m, raw, verb) else {
+            return;
+        };
+        self.note_condstore(m, raw, verb);
+        let Route::Selected(op) = route else {
+            return self.noop(m, raw, tag);
+        };
+        match (m.selected, op) {
+            (None, _) => self.send_client(reply::bad(&tag, "No mailbox selected")),
+            (Some(Store::Old), SelectedOp::Read) => self.old_read(m, raw, tag, verb),
+            (Some(Store::New), _) if !m.old_copy => {
+                self.selected_as_is(m, op, Store::New, raw, tag)
+            }
+            (Some(Store::New), SelectedOp::Read) => {
+                self.selected_as_is(m, op, Store::New, raw, tag)
+            }
+            _ => self.send_client(reply::no(
+                &tag,
+                Rfc5530::NoPerm,
+                "Old/ folders are read-only",
+            )),
+        }
+    }
+
+    /// A read-only command on the open `Old/` folder: to OLD when OLD
+    /// offers every extension it relies on, else answered by Ferry.
+    fn old_read(&mut self, m: &mut Merged, raw: &Bytes, tag: Bytes, verb: Verb) {
+        let need = needs(raw, verb);
+        let old_caps = self.store_info(Store::Old).map(|i| i.capabilities.clone());
+        let missing = match &old_caps {
+            Some(_) if need.has(Cap::Condstore) && !self.old_modseq(m) => Some(Cap::Condstore),
+            Some(caps) => need.missing(caps),
+            None => None,
+        };
+        match missing {
+            // RFC 7162 §3.1.2.2: a mailbox without mod-sequences refuses
+            // CONDSTORE's commands with BAD.
+            Some(Cap::Condstore | Cap::Qresync) => self.send_client(reply::bad(
+                &tag,
+                "Old/ folders have no mod-sequences here (NOMODSEQ)",
+            )),
+            Some(cap) => self.send_client(not_on_old(&tag, cap)),
+            None => self.selected_as_is(m, SelectedOp::Read, Store::Old, raw, tag),
+        }
+    }
+
+    /// A CONDSTORE-enabling command (RFC 7162 §3.1) turns CONDSTORE on for
+    /// the whole session: the other store is enabled before its next command.
+    fn note_condstore(&mut self, m: &mut Merged, raw: &[u8], verb: Verb) {
+        if m.enabled.has(Cap::Condstore)
+            || !m.caps.has(Cap::Condstore)
+            || !matches!(
+                verb.name(),
+                "FETCH" | "SEARCH" | "STORE" | "SELECT" | "EXAMINE" | "STATUS" | "SORT"
+            )
+        {
+            return;
+        }
+        if needs(raw, verb).has(Cap::Condstore) {
+            m.enabled.insert(Cap::Condstore);
+        }
+    }
+
+    /// Whether `Old/` folders show mod-sequences to this client: OLD has
+    /// CONDSTORE, and QRESYNC too if the client enabled it (a folder whose
+    /// expunges Ferry could not report as VANISHED must not claim them).
+    pub(super) fn old_modseq(&self, m: &Merged) -> bool {
+        self.store_has(Store::Old, Cap::Condstore)
+            && (!m.enabled.has(Cap::Qresync) || self.store_has(Store::Old, Cap::Qresync))
+    }
+
+    /// Brings `store` level with what the client enabled: `ENABLE` under
+    /// Ferry's tag, answered to Ferry, before the command that needs it.
+    pub(super) fn enable_on(&mut self, m: &mut Merged, store: Store) {
+        let want = match store {
+            Store::Old if !self.old_modseq(m) => Enabled::default(),
+            _ => m.enabled,
+        };
+        let i = store.index();
+        if m.store_enabled[i].covers(want) {
+            return;
+        }
+        m.store_enabled[i] = want;
+        let Some(caps) = self.store_info(store).map(|i| i.capabilities.clone()) else {
+            return;
+        };
+        if !caps.has(Cap::Enable) {
+            return;
+        }
+        if let Some(body) = reply::enable(&want.on(&caps)) {
+            let tag = self.ferry_tag();
+            self.send_store(store, reply::command(&tag, body));
+        }
+    }
+
+    /// ENABLE (RFC 5161): Ferry honours what it showed the client; NEW
+    /// enables it now, OLD when it is next used.
+    fn enable(&mut self, m: &mut Merged, cmd: Command<'_>, tag: Bytes) {
+        let CommandBody::Enable { capabilities } = cmd.body else {
+            return;
+        };
+        let mut newly = Vec::new();
+        for c in capabilities.as_ref() {
+            if let Some(cap) = Enabled::honoured(&c.to_string(), &m.caps)
+                && !m.enabled.has(cap)
+            {
+                m.enabled.insert(cap);
+                newly.push(cap.name());
+            }
+        }
+        let want = m.enabled;
+        let i = Store::New.index();
+        let body = (!m.store_enabled[i].covers(want))
+            .then(|| {
+                let caps = self.store_info(Store::New)?.capabilities.clone();
+                reply::enable(&want.on(&caps))
+            })
+            .flatten();
+        m.store_enabled[i] = want;
+        match body {
+            Some(body) => {
+                let ferry_tag = self.ferry_tag();
+                let job = Job::Enable {
+                    tag,
+                    ferry_tag: ferry_tag.clone(),
+                    newly,
+                };
+                self.input = Input::Waiting;
+                self.send_store(Store::New, reply::command(&ferry_tag, body));
+                m.job = Some(job);
+            }
+            None => {
+                self.send_client(reply::enabled(&newly));
+                self.send_client(reply::ok(&tag, "ENABLE completed"));
+            }
         }
     }
 
@@ -587,6 +771,18 @@ fn unavailable(tag: &[u8]) -> Bytes {
         tag,
         Rfc5530::Unavailable,
         "Old/ folders are temporarily unavailable",
+    )
+}
+
+/// A command on an `Old/` folder that needs what OLD does not offer.
+fn not_on_old(tag: &[u8], cap: Cap) -> Bytes {
+    reply::no(
+        tag,
+        Rfc5530::Cannot,
+        &format!(
+            "{} is not available in Old/ folders",
+            cap.name().trim_end_matches('=')
+        ),
     )
 }
 

@@ -27,6 +27,30 @@ impl OldView {
             Ok((_, Response::Data(Data::Expunge(_)))) => {
                 self.exists = self.exists.map(|n| n.saturating_sub(1));
             }
+            Ok((
+                _,
+                Response::Data(Data::Vanished {
+                    earlier: false,
+                    known_uids,
+                }),
+            )) => {
+                // QRESYNC's EXPUNGE: one message per UID.
+                use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
+                let value = |s: &SeqOrUid| match s {
+                    SeqOrUid::Value(v) => v.get(),
+                    SeqOrUid::Asterisk => u32::MAX,
+                };
+                let gone = known_uids
+                    .0
+                    .as_ref()
+                    .iter()
+                    .map(|s| match s {
+                        Sequence::Single(_) => 1,
+                        Sequence::Range(a, b) => value(a).abs_diff(value(b)).saturating_add(1),
+                    })
+                    .fold(0u32, u32::saturating_add);
+                self.exists = self.exists.map(|n| n.saturating_sub(gone));
+            }
             Ok((_, Response::Status(Status::Untagged(s)))) => {
                 if let Some(Code::UidValidity(v)) = s.code {
                     self.uidvalidity = Some(v.get());
@@ -85,6 +109,8 @@ impl Shared {
                 m.map.set_layout(Store::Old, info.layout.clone());
                 self.attach_store(Store::Old, info);
                 m.old = OldState::Ready;
+                // A new connection: nothing is enabled on it yet.
+                m.store_enabled[Store::Old.index()] = Enabled::default();
                 self.old_reconnected(m, true);
             }
             Err(crate::session::LoginFailure::Unavailable { .. })
@@ -193,6 +219,7 @@ impl Shared {
         if !ok {
             return self.bye_and_close(GONE, crate::session::End::StoreLost);
         }
+        self.enable_on(m, Store::Old);
         let tag = self.ferry_tag();
         let body = CommandBody::Examine {
             mailbox: mailbox(resume.name.clone()),

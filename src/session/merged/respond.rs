@@ -65,6 +65,11 @@ impl Shared {
             }
             Some(Job::Forward { rename: true, .. }) => {
                 if let Some(out) = rename_data(&m.map, store, &msg) {
+                    let out = if m.zero_modseq {
+                        reply::with_zero_modseq(out)
+                    } else {
+                        out
+                    };
                     self.send_client(out);
                 }
             }
@@ -123,6 +128,9 @@ impl Shared {
                     (After::Select(st), true) => {
                         m.selected = Some(st);
                         m.old_copy = m.copy_opening;
+                        if st == Store::Old && m.nomodseq {
+                            self.send_client(reply::nomodseq());
+                        }
                     }
                     (After::Select(_), false) | (After::Deselect, true) => {
                         m.selected = None;
@@ -131,6 +139,8 @@ impl Shared {
                     _ => {}
                 }
                 m.copy_opening = false;
+                m.nomodseq = false;
+                m.zero_modseq = false;
                 self.send_client(msg);
                 self.input = Input::Command;
             }
@@ -139,6 +149,19 @@ impl Shared {
                 tag: t,
                 then,
             } if s == store && t == tag => self.after_leave(m, *then),
+            Job::Enable {
+                tag: t,
+                ferry_tag,
+                newly,
+            } if store == Store::New && ferry_tag == tag => {
+                if is_ok(&msg) {
+                    self.send_client(reply::enabled(&newly));
+                    self.send_client(reply::ok(&t, "ENABLE completed"));
+                } else {
+                    self.send_client(reply::retag(&t, &msg));
+                }
+                self.input = Input::Command;
+            }
             Job::List(mut l) => {
                 l.answered(store, &tag, msg);
                 self.list_step(m, l);

@@ -1,0 +1,404 @@
+//! IMAP extensions in the merged view: which of NEW's Ferry shows, which a
+//! client command relies on, and what a client has enabled.
+//!
+//! A command on an `Old/` folder reaches OLD only when OLD advertised every
+//! extension it relies on ([`needs`]); the session answers the rest itself.
+//! The scan reads a command's atoms only (never quoted strings or literal
+//! data), so it costs one pass over the line and no allocation.
+
+use crate::caps::{Cap, Caps};
+use crate::verb::Verb;
+
+/// Extensions Ferry carries in the merged view when NEW offers them: each
+/// has its meaning on `Old/` folders worked out (answered by OLD when it
+/// offers the extension too, by Ferry or refused otherwise). NOTIFY is not
+/// among them: its events would have to come from both stores at once.
+const CARRIED: [&str; 30] = [
+    "LITERAL+",
+    "IDLE",
+    "UNSELECT",
+    "UIDPLUS",
+    "MOVE",
+    "SPECIAL-USE",
+    "SORT",
+    "SORT=DISPLAY",
+    "I18NLEVEL=1",
+    "ENABLE",
+    "CONDSTORE",
+    "QRESYNC",
+    "ESEARCH",
+    "ESORT",
+    "SEARCHRES",
+    "WITHIN",
+    "CONTEXT=SEARCH",
+    "BINARY",
+    "MULTIAPPEND",
+    "CATENATE",
+    "URL-PARTIAL",
+    "STATUS=SIZE",
+    "SAVEDATE",
+    "PREVIEW",
+    "SNIPPET=FUZZY",
+    "SEARCH=FUZZY",
+    "LIST-EXTENDED",
+    "LIST-STATUS",
+    "CREATE-SPECIAL-USE",
+    "LITERAL-",
+];
+
+/// Post-login capabilities in the merged phase: Ferry's own (ID, NAMESPACE,
+/// CHILDREN, COMPRESS=DEFLATE) and what NEW offers that Ferry carries.
+pub fn merged_capabilities(new: &Caps) -> Caps {
+    let mut out = vec!["IMAP4rev1", "ID", "NAMESPACE", "CHILDREN"];
+    let mut seen: Vec<String> = Vec::new();
+    for name in new.names() {
+        let upper = name.to_ascii_uppercase();
+        let carried = CARRIED.contains(&upper.as_str()) || upper.starts_with("THREAD=");
+        if carried && !seen.contains(&upper) {
+            seen.push(upper);
+            out.push(name);
+        }
+    }
+    Caps::from_names(out)
+}
+
+/// What a client enabled with ENABLE (RFC 5161), of what Ferry honours.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Enabled(u8);
+
+impl Enabled {
+    /// The extensions ENABLE can turn on through Ferry, as (bit, name).
+    const ALL: [(u8, Cap); 2] = [(1, Cap::Condstore), (2, Cap::Qresync)];
+
+    pub fn has(self, cap: Cap) -> bool {
+        Self::ALL
+            .iter()
+            .any(|(bit, c)| *c == cap && self.0 & bit != 0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Turns `cap` on (QRESYNC implies CONDSTORE, RFC 7162 §3.2.3).
+    pub fn insert(&mut self, cap: Cap) {
+        for (bit, c) in Self::ALL {
+            if c == cap || (cap == Cap::Qresync && c == Cap::Condstore) {
+                self.0 |= bit;
+            }
+        }
+    }
+
+    /// Whether every extension `other` has is on here too.
+    pub fn covers(self, other: Enabled) -> bool {
+        other.0 & !self.0 == 0
+    }
+
+    /// The enabled extensions `store` offers, to ENABLE on it.
+    pub fn on(self, store: &Caps) -> Vec<&'static str> {
+        Self::ALL
+            .iter()
+            .filter(|(bit, c)| self.0 & bit != 0 && store.has(*c))
+            .map(|(_, c)| c.name())
+            .collect()
+    }
+
+    /// The extension an ENABLE argument names, if Ferry honours it here
+    /// (`shown`: the capabilities the client was shown).
+    pub fn honoured(name: &str, shown: &Caps) -> Option<Cap> {
+        Self::ALL
+            .iter()
+            .map(|(_, c)| *c)
+            .find(|c| c.name().eq_ignore_ascii_case(name) && shown.has(*c))
+    }
+}
+
+/// The extensions a client command relies on: named by its verb (SORT,
+/// THREAD, IDLE) or by the atoms of its arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs(u64);
+
+impl Needs {
+    pub fn has(self, cap: Cap) -> bool {
+        self.0 & (1 << cap as u8) != 0
+    }
+
+    fn add(&mut self, cap: Cap) {
+        self.0 |= 1 << cap as u8;
+    }
+
+    /// The first extension needed that `caps` lacks.
+    pub fn missing(self, caps: &Caps) -> Option<Cap> {
+        ALL_NEEDED
+            .into_iter()
+            .find(|c| self.has(*c) && !caps.has(*c))
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Every capability [`needs`] can name, in the order it reports them.
+const ALL_NEEDED: [Cap; 19] = [
+    Cap::Condstore,
+    Cap::Qresync,
+    Cap::Idle,
+    Cap::Sort,
+    Cap::SortDisplay,
+    Cap::Thread,
+    Cap::Esearch,
+    Cap::Esort,
+    Cap::Searchres,
+    Cap::Within,
+    Cap::ContextSearch,
+    Cap::Binary,
+    Cap::Catenate,
+    Cap::Savedate,
+    Cap::Preview,
+    Cap::SearchFuzzy,
+    Cap::StatusSize,
+    Cap::Multiappend,
+    Cap::UrlPartial,
+];
+
+/// Atoms that name an extension wherever they stand in a command's
+/// arguments (upper case).
+const ATOMS: [(&[u8], Cap); 24] = [
+    (b"MODSEQ", Cap::Condstore),
+    (b"CHANGEDSINCE", Cap::Condstore),
+    (b"UNCHANGEDSINCE", Cap::Condstore),
+    (b"CONDSTORE", Cap::Condstore),
+    (b"VANISHED", Cap::Qresync),
+    (b"QRESYNC", Cap::Qresync),
+    (b"$", Cap::Searchres),
+    (b"SAVE", Cap::Searchres),
+    (b"OLDER", Cap::Within),
+    (b"YOUNGER", Cap::Within),
+    (b"CONTEXT", Cap::ContextSearch),
+    (b"UPDATE", Cap::ContextSearch),
+    (b"PARTIAL", Cap::ContextSearch),
+    (b"BINARY", Cap::Binary),
+    (b"BINARY.PEEK", Cap::Binary),
+    (b"BINARY.SIZE", Cap::Binary),
+    (b"PREVIEW", Cap::Preview),
+    (b"SNIPPET", Cap::Preview),
+    (b"SAVEDATE", Cap::Savedate),
+    (b"SAVEDBEFORE", Cap::Savedate),
+    (b"SAVEDON", Cap::Savedate),
+    (b"SAVEDSINCE", Cap::Savedate),
+    (b"FUZZY", Cap::SearchFuzzy),
+    (b"CATENATE", Cap::Catenate),
+];
+
+/// The extensions the client command `line` (one whole command, literals
+/// included) relies on.
+pub fn needs(line: &[u8], verb: Verb) -> Needs {
+    let mut out = Needs::default();
+    match verb.name() {
+        "SORT" => out.add(Cap::Sort),
+        "THREAD" => out.add(Cap::Thread),
+        "IDLE" => out.add(Cap::Idle),
+        _ => {}
+    }
+    let returns = match verb.name() {
+        "SEARCH" => Some(Cap::Esearch),
+        "SORT" => Some(Cap::Esort),
+        _ => None,
+    };
+    let sort = verb.name() == "SORT";
+    let mut literals = 0;
+    for_each_atom(line, &mut literals, |atom| {
+        if atom.eq_ignore_ascii_case(b"RETURN") {
+            if let Some(cap) = returns {
+                out.add(cap);
+            }
+        } else if sort
+            && (atom.eq_ignore_ascii_case(b"DISPLAYFROM")
+                || atom.eq_ignore_ascii_case(b"DISPLAYTO"))
+        {
+            out.add(Cap::SortDisplay);
+        } else if let Some((_, cap)) = ATOMS.iter().find(|(a, _)| atom.eq_ignore_ascii_case(a)) {
+            out.add(*cap);
+        } else if atom.contains(&b'$') {
+            // `$` within a sequence set (`$,3`) is the saved result too.
+            out.add(Cap::Searchres);
+        }
+    });
+    if verb.name() == "APPEND" && literals > 1 {
+        out.add(Cap::Multiappend);
+    }
+    out
+}
+
+/// Calls `f` with every atom of `line` outside quoted strings and literal
+/// data, the command's tag and name included; counts literals (a `~{n}`
+/// literal8 counts as BINARY's atom `BINARY`).
+fn for_each_atom(line: &[u8], literals: &mut usize, mut f: impl FnMut(&[u8])) {
+    let mut i = 0;
+    while i < line.len() {
+        match line[i] {
+            b'"' => {
+                i += 1;
+                while i < line.len() && line[i] != b'"' {
+                    i += if line[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'{' | b'~' => {
+                let binary = line[i] == b'~';
+                let start = i + if binary { 2 } else { 1 };
+                let Some(close) = line
+                    .get(start..)
+                    .and_then(|rest| rest.iter().position(|b| *b == b'}'))
+                else {
+                    return;
+                };
+                let digits = &line[start..start + close];
+                let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+                let digits = digits.strip_suffix(b"-").unwrap_or(digits);
+                let len = std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.parse::<usize>().ok());
+                match len {
+                    Some(len)
+                        if line.get(start + close + 1..start + close + 3) == Some(b"\r\n") =>
+                    {
+                        *literals += 1;
+                        if binary {
+                            f(b"BINARY");
+                        }
+                        i = start + close + 3 + len;
+                    }
+                    _ => i = start + close + 1,
+                }
+            }
+            b if is_atom_byte(b) => {
+                let start = i;
+                while i < line.len() && is_atom_byte(line[i]) {
+                    i += 1;
+                }
+                f(&line[start..i]);
+            }
+            _ => i += 1,
+        }
+    }
+}
+
+/// Bytes of an atom as this scan reads them: `[`, `]`, `<`, `>` end one so
+/// that `BINARY.PEEK[1]` reads as `BINARY.PEEK`.
+fn is_atom_byte(b: u8) -> bool {
+    b > b' ' && b < 0x7f && !b"(){}\"[]<>%*\\".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needs_of(line: &str) -> Vec<&'static str> {
+        let n = needs(line.as_bytes(), Verb::of(line.as_bytes()));
+        ALL_NEEDED
+            .into_iter()
+            .filter(|c| n.has(*c))
+            .map(Cap::name)
+            .collect()
+    }
+
+    #[test]
+    fn commands_name_the_extensions_they_rely_on() {
+        assert_eq!(needs_of("a FETCH 1:* (FLAGS)\r\n"), Vec::<&str>::new());
+        assert_eq!(
+            needs_of("a UID FETCH 1:* (FLAGS) (CHANGEDSINCE 12 VANISHED)\r\n"),
+            ["CONDSTORE", "QRESYNC"]
+        );
+        assert_eq!(
+            needs_of("a UID SEARCH RETURN (MIN SAVE) OLDER 3600\r\n"),
+            ["ESEARCH", "SEARCHRES", "WITHIN"]
+        );
+        assert_eq!(
+            needs_of("a UID FETCH $ (BINARY.PEEK[1])\r\n"),
+            ["SEARCHRES", "BINARY"]
+        );
+        assert_eq!(needs_of("a FETCH $,3 FLAGS\r\n"), ["SEARCHRES"]);
+        assert_eq!(
+            needs_of("a SORT RETURN (COUNT) (DISPLAYFROM) UTF-8 ALL\r\n"),
+            ["SORT", "SORT=DISPLAY", "ESORT"]
+        );
+        assert_eq!(needs_of("a THREAD REFERENCES UTF-8 ALL\r\n"), ["THREAD="]);
+        assert_eq!(needs_of("a IDLE\r\n"), ["IDLE"]);
+        assert_eq!(
+            needs_of("a FETCH 1 (SAVEDATE PREVIEW (LAZY))\r\n"),
+            ["SAVEDATE", "PREVIEW"]
+        );
+        assert_eq!(needs_of("a SELECT x (QRESYNC (1 2))\r\n"), ["QRESYNC"]);
+        assert_eq!(
+            needs_of("a APPEND x {3+}\r\nabc {2+}\r\nde\r\n"),
+            ["MULTIAPPEND"]
+        );
+        assert_eq!(needs_of("a APPEND x ~{3+}\r\na\0c\r\n"), ["BINARY"]);
+    }
+
+    #[test]
+    fn quoted_strings_and_literal_data_are_not_read() {
+        assert_eq!(
+            needs_of("a SEARCH SUBJECT \"MODSEQ $ RETURN\" BODY {6+}\r\nOLDER \r\n"),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            needs_of("a SEARCH TEXT \"a\\\"MODSEQ\"\r\n"),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn scanning_never_panics_on_broken_input() {
+        for line in [
+            "a {",
+            "a {9",
+            "a {9}",
+            "a {9}\r\n",
+            "a ~",
+            "a ~{",
+            "a \"",
+            "a \"\\",
+            "{}",
+        ] {
+            needs(line.as_bytes(), Verb::OTHER);
+        }
+    }
+
+    #[test]
+    fn merged_capabilities_carry_what_is_worked_out() {
+        let new = Caps::from_names([
+            "IMAP4rev1",
+            "SASL-IR",
+            "LITERAL+",
+            "ENABLE",
+            "CONDSTORE",
+            "QRESYNC",
+            "NOTIFY",
+            "THREAD=REFERENCES",
+            "METADATA",
+            "ESEARCH",
+        ]);
+        assert_eq!(
+            merged_capabilities(&new).joined(),
+            "IMAP4rev1 ID NAMESPACE CHILDREN LITERAL+ ENABLE CONDSTORE QRESYNC THREAD=REFERENCES ESEARCH"
+        );
+    }
+
+    #[test]
+    fn enable_honours_what_was_shown() {
+        let shown = Caps::from_names(["ENABLE", "CONDSTORE", "QRESYNC"]);
+        assert_eq!(Enabled::honoured("qresync", &shown), Some(Cap::Qresync));
+        assert_eq!(Enabled::honoured("UTF8=ACCEPT", &shown), None);
+        let mut e = Enabled::default();
+        e.insert(Cap::Qresync);
+        assert!(e.has(Cap::Condstore) && e.has(Cap::Qresync));
+        let old = Caps::from_names(["ENABLE", "CONDSTORE"]);
+        assert_eq!(e.on(&old), ["CONDSTORE"]);
+        let mut c = Enabled::default();
+        c.insert(Cap::Condstore);
+        assert!(e.covers(c) && !c.covers(e));
+    }
+}
