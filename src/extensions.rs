@@ -13,7 +13,7 @@ use crate::verb::Verb;
 /// has its meaning on `Old/` folders worked out (answered by OLD when it
 /// offers the extension too, by Ferry or refused otherwise). NOTIFY is not
 /// among them: its events would have to come from both stores at once.
-const CARRIED: [&str; 30] = [
+const CARRIED: &[&str] = &[
     "LITERAL+",
     "IDLE",
     "UNSELECT",
@@ -38,6 +38,7 @@ const CARRIED: [&str; 30] = [
     "STATUS=SIZE",
     "SAVEDATE",
     "PREVIEW",
+    "PREVIEW=FUZZY",
     "SNIPPET=FUZZY",
     "SEARCH=FUZZY",
     "LIST-EXTENDED",
@@ -231,22 +232,41 @@ pub fn needs(line: &[u8], verb: Verb) -> Needs {
     out
 }
 
-/// Calls `f` with every atom of `line` outside quoted strings and literal
-/// data, the command's tag and name included; counts literals (a `~{n}`
-/// literal8 counts as BINARY's atom `BINARY`).
-fn for_each_atom(line: &[u8], literals: &mut usize, mut f: impl FnMut(&[u8])) {
+/// One piece of a command as [`tokens`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token<'a> {
+    Atom(&'a [u8]),
+    /// A quoted string's content, escapes as sent.
+    Quoted(&'a [u8]),
+    /// A literal's data; `binary` for a literal8 (`~{n}`).
+    Literal {
+        data: &'a [u8],
+        binary: bool,
+    },
+}
+
+/// Calls `f` with every atom, quoted string and literal of `line` and where
+/// it starts, the command's tag and name included; parentheses and other
+/// punctuation only separate. A broken string or literal ends the scan.
+pub fn tokens<'a>(line: &'a [u8], mut f: impl FnMut(usize, Token<'a>)) {
     let mut i = 0;
     while i < line.len() {
         match line[i] {
             b'"' => {
+                let start = i;
                 i += 1;
                 while i < line.len() && line[i] != b'"' {
                     i += if line[i] == b'\\' { 2 } else { 1 };
                 }
+                let Some(content) = line.get(start + 1..i) else {
+                    return;
+                };
+                f(start, Token::Quoted(content));
                 i += 1;
             }
             b'{' | b'~' => {
                 let binary = line[i] == b'~';
+                let at = i;
                 let start = i + if binary { 2 } else { 1 };
                 let Some(close) = line
                     .get(start..)
@@ -260,15 +280,14 @@ fn for_each_atom(line: &[u8], literals: &mut usize, mut f: impl FnMut(&[u8])) {
                 let len = std::str::from_utf8(digits)
                     .ok()
                     .and_then(|d| d.parse::<usize>().ok());
+                let data_at = start + close + 3;
                 match len {
-                    Some(len)
-                        if line.get(start + close + 1..start + close + 3) == Some(b"\r\n") =>
-                    {
-                        *literals += 1;
-                        if binary {
-                            f(b"BINARY");
-                        }
-                        i = start + close + 3 + len;
+                    Some(len) if line.get(start + close + 1..data_at) == Some(b"\r\n") => {
+                        let Some(data) = line.get(data_at..data_at.saturating_add(len)) else {
+                            return;
+                        };
+                        f(at, Token::Literal { data, binary });
+                        i = data_at + len;
                     }
                     _ => i = start + close + 1,
                 }
@@ -278,11 +297,67 @@ fn for_each_atom(line: &[u8], literals: &mut usize, mut f: impl FnMut(&[u8])) {
                 while i < line.len() && is_atom_byte(line[i]) {
                     i += 1;
                 }
-                f(&line[start..i]);
+                f(start, Token::Atom(&line[start..i]));
             }
             _ => i += 1,
         }
     }
+}
+
+/// Where the atom `word` (any case) first stands in `line`.
+pub fn atom_at(line: &[u8], word: &[u8]) -> Option<usize> {
+    let mut at = None;
+    tokens(line, |i, t| {
+        if at.is_none() && matches!(t, Token::Atom(a) if a.eq_ignore_ascii_case(word)) {
+            at = Some(i);
+        }
+    });
+    at
+}
+
+/// The strings that follow each `URL` atom in `line` (CATENATE's parts).
+pub fn urls(line: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut after_url = false;
+    tokens(line, |_, t| {
+        match t {
+            Token::Quoted(q) if after_url => out.push(unescape(q)),
+            Token::Literal { data, .. } if after_url => out.push(data.to_vec()),
+            Token::Atom(a) if after_url => out.push(a.to_vec()),
+            _ => {}
+        }
+        after_url = matches!(t, Token::Atom(a) if a.eq_ignore_ascii_case(b"URL"));
+    });
+    out
+}
+
+fn unescape(quoted: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(quoted.len());
+    let mut escaped = false;
+    for &b in quoted {
+        if b == b'\\' && !escaped {
+            escaped = true;
+            continue;
+        }
+        escaped = false;
+        out.push(b);
+    }
+    out
+}
+
+/// Calls `f` with every atom of `line` outside quoted strings and literal
+/// data; counts literals (a `~{n}` literal8 counts as BINARY's atom `BINARY`).
+fn for_each_atom(line: &[u8], literals: &mut usize, mut f: impl FnMut(&[u8])) {
+    tokens(line, |_, t| match t {
+        Token::Atom(a) => f(a),
+        Token::Literal { binary, .. } => {
+            *literals += 1;
+            if binary {
+                f(b"BINARY");
+            }
+        }
+        Token::Quoted(_) => {}
+    });
 }
 
 /// Bytes of an atom as this scan reads them: `[`, `]`, `<`, `>` end one so
@@ -347,6 +422,24 @@ mod tests {
         assert_eq!(
             needs_of("a SEARCH TEXT \"a\\\"MODSEQ\"\r\n"),
             Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn catenate_urls_are_read_whatever_their_form() {
+        let line = b"a APPEND x CATENATE (URL \"/INBOX;UIDVALIDITY=1/;UID=2\" TEXT {3+}\r\nURL URL {10+}\r\n/Old;UID=3 url /Work;UID=4)\r\n";
+        assert_eq!(
+            urls(line),
+            [
+                b"/INBOX;UIDVALIDITY=1/;UID=2".to_vec(),
+                b"/Old;UID=3".to_vec(),
+                b"/Work;UID=4".to_vec()
+            ]
+        );
+        assert_eq!(atom_at(line, b"catenate"), Some(11));
+        assert_eq!(
+            atom_at(b"a APPEND \"CATENATE\" {1+}\r\nx\r\n", b"CATENATE"),
+            None
         );
     }
 

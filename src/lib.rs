@@ -48,6 +48,7 @@ pub mod state;
 pub mod subscriptions;
 pub mod throttle;
 pub mod tls;
+pub mod url;
 pub mod verb;
 pub mod wake;
 pub mod wire;

@@ -157,6 +157,12 @@ impl Shared {
                 // command whose route its name tells.
                 self.merged_raw(m, route, command, verb)
             }
+            (Mode::Merged(m), Err(_))
+                if verb.is("APPEND")
+                    && crate::extensions::atom_at(command, b"CATENATE").is_some() =>
+            {
+                self.merged_catenate(m, command, verb)
+            }
             (_, Ok(_)) | (_, Err(_)) => {
                 debug!("undecodable command");
                 let tag = reply::tag_of(command).to_vec();

@@ -103,6 +103,23 @@ pub fn bye(text: &str) -> Bytes {
     ))
 }
 
+/// `tag NO [BADURL url] text` (RFC 4469); a URL that cannot stand in the
+/// code (a `]`, a control byte) is left out of it.
+pub fn bad_url(tag: &[u8], url: &[u8], text: &str) -> Bytes {
+    let printable = url.iter().all(|b| (0x21..0x7f).contains(b) && *b != b']');
+    let mut code = b"BADURL".to_vec();
+    if printable && !url.is_empty() {
+        code.push(b' ');
+        code.extend_from_slice(url);
+    }
+    status(
+        tag,
+        Kind::No,
+        Some(Code::Other(CodeOther::unvalidated(code))),
+        text,
+    )
+}
+
 /// `* OK [CLOSED]` (RFC 7162 §3.2.11): the selected mailbox was closed.
 pub fn closed() -> Bytes {
     status(

@@ -1,5 +1,7 @@
 //! APPEND into NEW folders: the message streams to the store, never buffered.
 
+use imap_codec::imap_types::{core::LiteralMode, extensions::binary::Literal8};
+
 use super::*;
 
 /// What an APPEND's first part says, decoded before its message arrives.
@@ -70,8 +72,17 @@ impl Shared {
             let mut cmd = probe.command;
             set_mailbox(&mut cmd.body, mailbox(name));
             if let CommandBody::Append { message, .. } = &mut cmd.body {
-                // An empty literal marks where the real one goes.
-                *message = LiteralOrLiteral8::Literal(Literal::unvalidated_non_sync(&b""[..]));
+                // An empty literal marks where the real one goes (a
+                // literal8's `~` stays before it: BINARY, RFC 3516).
+                *message = match message {
+                    LiteralOrLiteral8::Literal8(_) => LiteralOrLiteral8::Literal8(Literal8 {
+                        data: b""[..].into(),
+                        mode: LiteralMode::NonSync,
+                    }),
+                    LiteralOrLiteral8::Literal(_) => {
+                        LiteralOrLiteral8::Literal(Literal::unvalidated_non_sync(&b""[..]))
+                    }
+                };
             }
             let line = CommandCodec::new().encode(&cmd).dump();
             let open = line.iter().rposition(|b| *b == b'{').unwrap_or(line.len());

@@ -37,6 +37,7 @@ use crate::{
 };
 
 mod append;
+mod catenate;
 mod commands;
 mod copy;
 mod list;
