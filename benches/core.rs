@@ -103,6 +103,7 @@ fn names(c: &mut Criterion) {
                 &map,
                 ferry::session::Store::Old,
                 black_box(line),
+                false,
             ))
         })
     });

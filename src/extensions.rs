@@ -48,9 +48,14 @@ const CARRIED: &[&str] = &[
 ];
 
 /// Post-login capabilities in the merged phase: Ferry's own (ID, NAMESPACE,
-/// CHILDREN, COMPRESS=DEFLATE) and what NEW offers that Ferry carries.
+/// CHILDREN, UTF8=ACCEPT where NEW has ENABLE) and what NEW offers that
+/// Ferry carries.
 pub fn merged_capabilities(new: &Caps) -> Caps {
     let mut out = vec!["IMAP4rev1", "ID", "NAMESPACE", "CHILDREN"];
+    if new.has(Cap::Enable) {
+        // Ferry translates names itself: NEW need not know UTF-8 names.
+        out.push("UTF8=ACCEPT");
+    }
     let mut seen: Vec<String> = Vec::new();
     for name in new.names() {
         let upper = name.to_ascii_uppercase();
@@ -69,7 +74,7 @@ pub struct Enabled(u8);
 
 impl Enabled {
     /// The extensions ENABLE can turn on through Ferry, as (bit, name).
-    const ALL: [(u8, Cap); 2] = [(1, Cap::Condstore), (2, Cap::Qresync)];
+    const ALL: [(u8, Cap); 3] = [(1, Cap::Condstore), (2, Cap::Qresync), (4, Cap::Utf8Accept)];
 
     pub fn has(self, cap: Cap) -> bool {
         Self::ALL
@@ -95,11 +100,12 @@ impl Enabled {
         other.0 & !self.0 == 0
     }
 
-    /// The enabled extensions `store` offers, to ENABLE on it.
+    /// The enabled extensions `store` offers, to ENABLE on it. UTF8=ACCEPT
+    /// is Ferry's own: names go to every store in modified UTF-7.
     pub fn on(self, store: &Caps) -> Vec<&'static str> {
         Self::ALL
             .iter()
-            .filter(|(bit, c)| self.0 & bit != 0 && store.has(*c))
+            .filter(|(bit, c)| self.0 & bit != 0 && store.has(*c) && *c != Cap::Utf8Accept)
             .map(|(_, c)| c.name())
             .collect()
     }
@@ -476,7 +482,7 @@ mod tests {
         ]);
         assert_eq!(
             merged_capabilities(&new).joined(),
-            "IMAP4rev1 ID NAMESPACE CHILDREN LITERAL+ ENABLE CONDSTORE QRESYNC THREAD=REFERENCES ESEARCH"
+            "IMAP4rev1 ID NAMESPACE CHILDREN UTF8=ACCEPT LITERAL+ ENABLE CONDSTORE QRESYNC THREAD=REFERENCES ESEARCH"
         );
     }
 
@@ -485,6 +491,10 @@ mod tests {
         let shown = Caps::from_names(["ENABLE", "CONDSTORE", "QRESYNC"]);
         assert_eq!(Enabled::honoured("qresync", &shown), Some(Cap::Qresync));
         assert_eq!(Enabled::honoured("UTF8=ACCEPT", &shown), None);
+        let with_utf8 = Caps::from_names(["ENABLE", "UTF8=ACCEPT"]);
+        let mut u = Enabled::default();
+        u.insert(Enabled::honoured("utf8=accept", &with_utf8).unwrap());
+        assert!(u.on(&with_utf8).is_empty(), "never enabled on a store");
         let mut e = Enabled::default();
         e.insert(Cap::Qresync);
         assert!(e.has(Cap::Condstore) && e.has(Cap::Qresync));

@@ -98,6 +98,10 @@ impl Session {
         match frame {
             Frame::LiteralData { bytes, .. } => self.send_store(store, bytes),
             Frame::Line { bytes, literal, .. } => {
+                let bytes = match &mut self.mode {
+                    Mode::Merged(m) => m.append_line(bytes),
+                    _ => bytes,
+                };
                 self.send_store(store, bytes);
                 let answered = matches!(self.input, Input::Rest(_));
                 match literal {

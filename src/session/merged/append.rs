@@ -8,12 +8,15 @@ use super::*;
 pub(in crate::session) struct AppendProbe {
     command: Command<'static>,
     mailbox: Vec<u8>,
+    /// The message comes as `UTF8 (~{n}…)` (RFC 6855).
+    utf8: bool,
 }
 
 /// Decodes the part of an APPEND before its message literal (`… {n+}\r\n`).
 pub(in crate::session) fn append_probe(command: &[u8]) -> Option<AppendProbe> {
     let open = command.iter().rposition(|b| *b == b'{')?;
-    let mut probe = command[..open].to_vec();
+    let (head, utf8) = utf8_data(&command[..open]);
+    let mut probe = head.to_vec();
     probe.extend_from_slice(b"{0+}\r\n\r\n");
     let (_, cmd) = CommandCodec::new().decode(&probe).ok()?;
     let CommandBody::Append { mailbox, .. } = &cmd.body else {
@@ -23,7 +26,45 @@ pub(in crate::session) fn append_probe(command: &[u8]) -> Option<AppendProbe> {
     Some(AppendProbe {
         command: cmd.into_static(),
         mailbox,
+        utf8,
     })
+}
+
+/// `… UTF8 (~` before a literal: the part before `UTF8 (` with the `~`, and
+/// true; else `head` as it is.
+fn utf8_data(head: &[u8]) -> (std::borrow::Cow<'_, [u8]>, bool) {
+    const MARK: &[u8] = b"UTF8 (~";
+    match head.len().checked_sub(MARK.len()) {
+        Some(at) if head[at..].eq_ignore_ascii_case(MARK) => {
+            let mut out = head[..at].to_vec();
+            out.push(b'~');
+            (out.into(), true)
+        }
+        _ => (head.into(), false),
+    }
+}
+
+/// A line of a streamed APPEND after a `UTF8 (…)` literal: the `)` that
+/// closes it dropped, and a further message's `UTF8 (~{n}` (MULTIAPPEND)
+/// made a plain literal8. `close`: a `)` is owed; set again for the next.
+pub(in crate::session) fn utf8_line(line: Bytes, close: &mut bool) -> Bytes {
+    let mut line = line;
+    if *close && line.first() == Some(&b')') {
+        line = line.slice(1..);
+        *close = false;
+    }
+    let Some(open) = line.iter().rposition(|b| *b == b'{') else {
+        return line;
+    };
+    match utf8_data(&line[..open]) {
+        (head, true) => {
+            *close = true;
+            let mut out = BytesMut::from(&head[..]);
+            out.extend_from_slice(&line[open..]);
+            out.freeze()
+        }
+        _ => line,
+    }
 }
 
 impl Shared {
@@ -39,14 +80,18 @@ impl Shared {
         self.timing = Some(crate::session::Timing::new(&head, verb, self.clock.now));
         let tag = Bytes::copy_from_slice(probe.command.tag.inner().as_bytes());
         let refuse = |code: Rfc5530, text: &str| reply::no(&tag, code, text);
-        let target = m.map.to_backend(&probe.mailbox);
+        let mailbox_name = match &probe.command.body {
+            CommandBody::Append { mailbox, .. } => m.client_name(mailbox),
+            _ => probe.mailbox.clone(),
+        };
+        let target = m.map.to_backend(&mailbox_name);
         let name = match target {
             Ok(Target::New(n)) => n,
             Ok(Target::Old(_) | Target::OldRoot) => {
                 return self
                     .refuse_command(a, refuse(Rfc5530::NoPerm, "Old/ folders are read-only"));
             }
-            Err(MapError::Unrepresentable) if m.map.is_reserved(&probe.mailbox) => {
+            Err(MapError::Unrepresentable) if m.map.is_reserved(&mailbox_name) => {
                 return self
                     .refuse_command(a, refuse(Rfc5530::NoPerm, "Old/ folders are read-only"));
             }
@@ -61,7 +106,13 @@ impl Shared {
                 .refuse_oversized(a, reply::no_code(&tag, Code::TooBig, "Message too large"));
         }
         // The command up to the message literal, in the client's literal mode.
-        let mut head = if name == probe.mailbox {
+        if probe.utf8 && !m.utf8() {
+            return self.refuse_command(
+                a,
+                reply::bad(&tag, "UTF8 message data needs ENABLE UTF8=ACCEPT"),
+            );
+        }
+        let mut head = if name == probe.mailbox && !m.utf8() && !probe.utf8 {
             let open = self
                 .command
                 .iter()
@@ -100,6 +151,7 @@ impl Shared {
                 store: Store::New,
                 tag,
                 pending,
+                utf8_close: probe.utf8,
             },
         );
         if !a.sync {
@@ -128,5 +180,18 @@ mod tests {
         let p = append_probe(b"a1 APPEND \"Old/x\" (\\Seen) {310+}\r\n").unwrap();
         assert_eq!(p.mailbox, b"Old/x");
         assert!(append_probe(b"a1 LOGIN alice {5+}\r\n").is_none());
+        let p = append_probe(b"a1 APPEND x utf8 (~{310+}\r\n").unwrap();
+        assert!(p.utf8 && p.mailbox == b"x");
+        let mut close = true;
+        assert_eq!(
+            &utf8_line(Bytes::from_static(b") UTF8 (~{5}\r\n"), &mut close)[..],
+            b" ~{5}\r\n"
+        );
+        assert!(close);
+        assert_eq!(
+            &utf8_line(Bytes::from_static(b")\r\n"), &mut close)[..],
+            b"\r\n"
+        );
+        assert!(!close);
     }
 }

@@ -20,7 +20,7 @@ impl Shared {
         let Ok((_, mut cmd)) = CommandCodec::new().decode(&probe) else {
             return self.send_client(reply::bad(&tag, "Unknown command or invalid syntax"));
         };
-        let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| mailbox_bytes(mb)) else {
+        let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| m.client_name(mb)) else {
             return self.send_client(reply::bad(&tag, "Unknown command or invalid syntax"));
         };
         let target = match m.map.to_backend(&name) {
@@ -65,7 +65,7 @@ impl Shared {
                 ));
             }
         }
-        let bytes = if target == name {
+        let bytes = if target == name && !m.utf8() {
             raw.clone()
         } else {
             set_mailbox(&mut cmd.body, mailbox(target));

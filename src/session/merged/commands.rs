@@ -14,10 +14,10 @@ impl Shared {
         use CommandBody as C;
         let read_only = || reply::no(&tag, Rfc5530::NoPerm, "Old/ folders are read-only");
         if let C::Rename { from, to } = &cmd.body {
-            let (a, b) = (mailbox_bytes(from), mailbox_bytes(to));
+            let (a, b) = (m.client_name(from), m.client_name(to));
             match (m.map.to_backend(&a), m.map.to_backend(&b)) {
                 (Ok(Target::New(na)), Ok(Target::New(nb))) => {
-                    let unchanged = na == a && nb == b;
+                    let unchanged = na == a && nb == b && !m.utf8();
                     let body = C::Rename {
                         from: mailbox(na),
                         to: mailbox(nb),
@@ -38,7 +38,7 @@ impl Shared {
             }
             return;
         }
-        let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| mailbox_bytes(mb)) else {
+        let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| m.client_name(mb)) else {
             return;
         };
         let subscription = matches!(op, NameOp::Subscribe | NameOp::Unsubscribe);
@@ -135,7 +135,7 @@ impl Shared {
             ) => self.send_client(read_only()),
             (_, Target::OldRoot) => self.send_client(read_only()),
             (op, Target::New(n)) => {
-                let unchanged = n == name;
+                let unchanged = n == name && !m.utf8();
                 let mut body = cmd.body;
                 set_mailbox(&mut body, mailbox(n));
                 let after = match op {
@@ -184,7 +184,7 @@ impl Shared {
                         if item_names.is_empty() {
                             // Only HIGHESTMODSEQ was asked: 0, OLD need not be.
                             m.zero_modseq = false;
-                            self.send_client(reply::zero_modseq_status(mailbox(name)));
+                            self.send_client(reply::zero_modseq_status(m.shown_name(name)));
                             return self.send_client(reply::ok(&tag, "STATUS completed"));
                         }
                         C::Status {
@@ -286,7 +286,7 @@ impl Shared {
                 );
             }
             (SelectedOp::Copy | SelectedOp::Move, _) => {
-                let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| mailbox_bytes(mb)) else {
+                let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| m.client_name(mb)) else {
                     return;
                 };
                 match (m.map.to_backend(&name), store) {
@@ -307,7 +307,7 @@ impl Shared {
                     }
                     (Ok(Target::New(n)), Store::Old) => self.start_copy(m, tag, cmd.body, n),
                     (Ok(Target::New(n)), Store::New) => {
-                        let unchanged = n == name;
+                        let unchanged = n == name && !m.utf8();
                         let mut body = cmd.body;
                         set_mailbox(&mut body, mailbox(n));
                         self.send_or_refuse(

@@ -98,6 +98,9 @@ enum Job {
         tag: Bytes,
         /// A synchronizing literal waiting for the store's `+`.
         pending: Option<Announcement>,
+        /// The message literal came in RFC 6855's `UTF8 (…)`, which went to
+        /// NEW as a plain literal8: its closing `)` is not NEW's to see.
+        utf8_close: bool,
     },
     /// A COPY from an `Old/` folder into a NEW one.
     Copy(Box<CopyJob>),
@@ -169,6 +172,27 @@ fn mailbox_bytes(m: &Mailbox<'_>) -> Vec<u8> {
     }
 }
 
+/// `name` (modified UTF-7) for the client: in UTF-8 when it enabled
+/// UTF8=ACCEPT.
+fn shown(utf8: bool, name: Vec<u8>) -> Mailbox<'static> {
+    use imap_codec::imap_types::{
+        core::{AString, IString},
+        extensions::utf8::QuotedUtf8,
+    };
+    if utf8
+        && let Some(text) = crate::mutf7::decode(&name)
+        && text.as_bytes() != name.as_slice()
+    {
+        if text.is_ascii() {
+            return mailbox(text.into_bytes());
+        }
+        if let Ok(q) = QuotedUtf8::try_from(text) {
+            return Mailbox::from(AString::String(IString::QuotedUtf8(q)));
+        }
+    }
+    mailbox(name)
+}
+
 fn mailbox(name: Vec<u8>) -> Mailbox<'static> {
     // Invariant: names come from NameMap, which only yields valid modified UTF-7
     // (printable ASCII), so they always form a valid astring.
@@ -225,6 +249,44 @@ impl Merged {
             store_enabled: [Enabled::default(); 2],
             nomodseq: false,
             zero_modseq: false,
+        }
+    }
+
+    /// A mailbox name the client sent, in the client's modified UTF-7 form:
+    /// after `ENABLE UTF8=ACCEPT` (RFC 6855) names arrive as UTF-8, and
+    /// every store is still spoken to in modified UTF-7.
+    pub(super) fn client_name(&self, mailbox: &Mailbox<'_>) -> Vec<u8> {
+        let raw = mailbox_bytes(mailbox);
+        if !self.enabled.has(Cap::Utf8Accept) || matches!(mailbox, Mailbox::Inbox) {
+            return raw;
+        }
+        match std::str::from_utf8(&raw) {
+            Ok(name) => crate::mutf7::encode(name).into_bytes(),
+            // Not UTF-8: left as it is, it is refused as a bad name.
+            Err(_) => raw,
+        }
+    }
+
+    /// Names travel in UTF-8 toward the client (RFC 6855): the client's own
+    /// bytes never go to a store as they are.
+    pub(super) fn utf8(&self) -> bool {
+        self.enabled.has(Cap::Utf8Accept)
+    }
+
+    /// A name in the client's modified UTF-7 form, as the client is to see it.
+    pub(super) fn shown_name(&self, name: Vec<u8>) -> Mailbox<'static> {
+        shown(self.enabled.has(Cap::Utf8Accept), name)
+    }
+
+    /// A line of the client's streamed APPEND, as NEW is to see it.
+    pub(in crate::session) fn append_line(&mut self, line: Bytes) -> Bytes {
+        match &mut self.job {
+            Some(Job::Append { utf8_close, .. })
+                if *utf8_close || self.enabled.has(Cap::Utf8Accept) =>
+            {
+                append::utf8_line(line, utf8_close)
+            }
+            _ => line,
         }
     }
 
@@ -397,7 +459,8 @@ impl Shared {
 
     /// Sends a client command to `store` and waits for its tagged response.
     fn forward(&mut self, m: &mut Merged, store: Store, tag: Bytes, bytes: Bytes, after: After) {
-        let rename = store == Store::Old || !same_names(&m.map, store);
+        let rename =
+            store == Store::Old || !same_names(&m.map, store) || m.enabled.has(Cap::Utf8Accept);
         if store == Store::Old {
             m.old_last = Some((tag.clone(), bytes.clone()));
         }

@@ -64,7 +64,8 @@ impl Shared {
                 }
             }
             Some(Job::Forward { rename: true, .. }) => {
-                if let Some(out) = rename_data(&m.map, store, &msg) {
+                let utf8 = m.enabled.has(Cap::Utf8Accept);
+                if let Some(out) = rename_data(&m.map, store, &msg, utf8) {
                     let out = if m.zero_modseq {
                         reply::with_zero_modseq(out)
                     } else {
@@ -192,6 +193,7 @@ impl Shared {
                 store: s,
                 tag: t,
                 pending,
+                ..
             } if s == store && t == tag => {
                 self.send_client(msg);
                 self.input = match (pending, &self.input) {
@@ -211,9 +213,9 @@ impl Shared {
     }
 }
 
-/// Names in a store's LIST/LSUB/STATUS data, mapped to the client's view;
-/// `None` when the name is hidden.
-pub fn rename_data(map: &NameMap, store: Store, msg: &[u8]) -> Option<Bytes> {
+/// Names in a store's LIST/LSUB/STATUS data, mapped to the client's view
+/// (`utf8`: shown in UTF-8, RFC 6855); `None` when the name is hidden.
+pub fn rename_data(map: &NameMap, store: Store, msg: &[u8], utf8: bool) -> Option<Bytes> {
     let Ok((_, Response::Data(mut data))) = ResponseCodec::new().decode(msg) else {
         return Some(Bytes::copy_from_slice(msg));
     };
@@ -223,7 +225,7 @@ pub fn rename_data(map: &NameMap, store: Store, msg: &[u8]) -> Option<Bytes> {
             Store::Old => map.old_to_client(&name),
             Store::New => map.new_to_client(&name),
         }
-        .map(mailbox)
+        .map(|name| shown(utf8, name))
     };
     match &mut data {
         Data::List { mailbox: mb, .. }
