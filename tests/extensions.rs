@@ -347,3 +347,54 @@ async fn multiappend_binary_append_and_catenate_into_new() {
     let count = n.cmd("STATUS Work (MESSAGES)").await;
     assert!(count.text().contains("MESSAGES 5"), "{}", count.text());
 }
+
+/// UTF8=ACCEPT: after ENABLE, names are UTF-8 on the wire both ways, and each
+/// store keeps its modified UTF-7 (neither is asked to enable UTF-8).
+#[tokio::test]
+async fn utf8_accept_names_are_utf8_for_the_client_and_mutf7_for_the_stores() {
+    let env = TestEnv::start().await;
+    let mut c = env.login("alice").await;
+    let e = c.cmd("ENABLE UTF8=ACCEPT").await;
+    e.assert_ok();
+    assert!(has_line(&e, "* ENABLED UTF8=ACCEPT"), "{}", e.text());
+    // The OLD folder `受信箱.研究室`, by its UTF-8 name.
+    let jp = "Old/受信箱/研究室";
+    let ex = c.cmd(&format!("EXAMINE \"{jp}\"")).await;
+    ex.assert_ok();
+    assert!(ex.text().contains("1 EXISTS"), "{}", ex.text());
+    let st = c.cmd(&format!("STATUS \"{jp}\" (MESSAGES)")).await;
+    st.assert_ok();
+    assert!(
+        st.text()
+            .contains(&format!("* STATUS \"{jp}\" (MESSAGES 1)")),
+        "{}",
+        st.text()
+    );
+    c.cmd("CREATE \"日本&b\"").await.assert_ok();
+    let body = "Subject: 日本語\r\n\r\nこんにちは\r\n".as_bytes();
+    c.send(format!("u1 APPEND \"日本&b\" UTF8 (~{{{}+}}\r\n", body.len()).as_bytes())
+        .await;
+    c.send(body).await;
+    c.send(b")\r\n").await;
+    c.read_until_tagged("u1").await.assert_ok();
+    // NEW holds it under the modified UTF-7 name, `&` as `&-`.
+    let mut n = env.new.client("alice").await;
+    let st = n.cmd("STATUS \"&ZeVnLA-&-b\" (MESSAGES)").await;
+    st.assert_ok();
+    assert!(st.text().contains("MESSAGES 1"), "{}", st.text());
+    n.cmd("EXAMINE \"&ZeVnLA-&-b\"").await.assert_ok();
+    let got = n.cmd("FETCH 1 (BODY.PEEK[])").await;
+    assert!(
+        got.untagged.concat().windows(body.len()).any(|w| w == body),
+        "{}",
+        got.text()
+    );
+    // A client that did not enable it keeps modified UTF-7.
+    let mut plain = env.login("alice").await;
+    let st = plain.cmd("STATUS \"&ZeVnLA-&-b\" (MESSAGES)").await;
+    assert!(
+        st.text().contains("* STATUS &ZeVnLA-&-b (MESSAGES 1)"),
+        "{}",
+        st.text()
+    );
+}
