@@ -206,6 +206,7 @@ pub fn needs(line: &[u8], verb: Verb) -> Needs {
         "SORT" => out.add(Cap::Sort),
         "THREAD" => out.add(Cap::Thread),
         "IDLE" => out.add(Cap::Idle),
+        "CANCELUPDATE" => out.add(Cap::ContextSearch),
         _ => {}
     }
     let returns = match verb.name() {
@@ -407,6 +408,7 @@ mod tests {
         );
         assert_eq!(needs_of("a THREAD REFERENCES UTF-8 ALL\r\n"), ["THREAD="]);
         assert_eq!(needs_of("a IDLE\r\n"), ["IDLE"]);
+        assert_eq!(needs_of("a CANCELUPDATE \"x\"\r\n"), ["CONTEXT=SEARCH"]);
         assert_eq!(
             needs_of("a FETCH 1 (SAVEDATE PREVIEW (LAZY))\r\n"),
             ["SAVEDATE", "PREVIEW"]

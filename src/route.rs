@@ -111,7 +111,11 @@ pub fn by_name(line: &[u8], verb: Verb) -> Option<Route> {
         return None;
     }
     match verb.name() {
-        "FETCH" | "SEARCH" | "SORT" | "THREAD" => Some(Route::Selected(SelectedOp::Read)),
+        // CANCELUPDATE (RFC 5267) ends a search context of the selected
+        // mailbox's store.
+        "FETCH" | "SEARCH" | "SORT" | "THREAD" | "CANCELUPDATE" => {
+            Some(Route::Selected(SelectedOp::Read))
+        }
         "STORE" => Some(Route::Selected(SelectedOp::Store)),
         "NOOP" if !verb.is_uid() => Some(Route::Noop),
         _ => None,
@@ -188,6 +192,15 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn cancelupdate_goes_to_the_selected_store_by_name() {
+        let line = b"a CANCELUPDATE \"t1\"\r\n";
+        assert_eq!(
+            by_name(line, Verb::of(line)),
+            Some(Route::Selected(SelectedOp::Read))
+        );
     }
 
     #[test]

@@ -4,9 +4,10 @@
 
 /// IMAP command names as labels (a closed set; anything else is OTHER),
 /// sorted for a binary search.
-const COMMANDS: [&str; 36] = [
+const COMMANDS: [&str; 37] = [
     "APPEND",
     "AUTHENTICATE",
+    "CANCELUPDATE",
     "CAPABILITY",
     "CHECK",
     "CLOSE",
