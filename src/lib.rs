@@ -32,6 +32,7 @@ pub mod driver;
 pub mod frame;
 pub mod identity;
 pub mod listener;
+pub mod listext;
 pub mod merge;
 pub mod metrics;
 pub mod mutf7;

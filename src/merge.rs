@@ -9,6 +9,8 @@ use crate::{
     namespace::{NameMap, matches},
 };
 
+pub mod extended;
+
 /// One LIST/LSUB entry as a store reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEntry {
@@ -181,9 +183,10 @@ pub fn list(map: &NameMap, pattern: &[u8], lsub: bool, src: Sources<'_>) -> Vec<
 }
 
 /// Extensions Ferry can carry in the merged view when NEW offers them. Anything
-/// else (ESEARCH, LIST-EXTENDED, CONDSTORE, MULTIAPPEND, COMPRESS …) either
-/// cannot be parsed by imap-codec or would need both stores to agree.
-const MERGED_ALLOWED: [&str; 8] = [
+/// else (ESEARCH, CONDSTORE, MULTIAPPEND, COMPRESS …) either cannot be parsed
+/// by imap-codec or would need both stores to agree. The extended LIST and
+/// CREATE are Ferry's own to parse (`listext`).
+const MERGED_ALLOWED: [&str; 11] = [
     "LITERAL+",
     "IDLE",
     "UNSELECT",
@@ -192,6 +195,9 @@ const MERGED_ALLOWED: [&str; 8] = [
     "SPECIAL-USE",
     "SORT",
     "I18NLEVEL=1",
+    "LIST-EXTENDED",
+    "LIST-STATUS",
+    "CREATE-SPECIAL-USE",
 ];
 
 /// Post-login capabilities in the merged phase: what NEW offers that Ferry

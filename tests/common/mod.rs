@@ -1809,6 +1809,7 @@ pub struct TestEnvBuilder {
     new_tls: BackendTls,
     seed: bool,
     new_conf: String,
+    old_conf: String,
     new_naming: Naming,
     auth_toml: String,
     listen_toml: String,
@@ -1835,6 +1836,12 @@ impl TestEnvBuilder {
     /// Appended to the NEW Dovecot's configuration.
     pub fn new_conf(mut self, conf: &str) -> Self {
         self.new_conf.push_str(conf);
+        self
+    }
+    /// Appended to the OLD Dovecot's configuration (e.g. a shorter
+    /// `imap_capability`).
+    pub fn old_conf(mut self, conf: &str) -> Self {
+        self.old_conf.push_str(conf);
         self
     }
     pub fn seed(mut self, yes: bool) -> Self {
@@ -1918,7 +1925,11 @@ impl TestEnvBuilder {
     pub async fn start(self) -> TestEnv {
         init();
         let (old, new) = tokio::join!(
-            Dovecot::start(Layout::Old, self.old_tls != BackendTls::None),
+            Dovecot::start_with(
+                Layout::Old,
+                self.old_tls != BackendTls::None,
+                &self.old_conf
+            ),
             Dovecot::start_named(
                 Layout::New,
                 self.new_tls != BackendTls::None,
@@ -1991,6 +2002,7 @@ impl TestEnv {
             new_tls: BackendTls::None,
             seed: true,
             new_conf: String::new(),
+            old_conf: String::new(),
             new_naming: Naming::Same,
             auth_toml: String::new(),
             listen_toml: String::new(),

@@ -160,10 +160,26 @@ impl Shared {
                             parameters: Vec::new(),
                         }
                     }
-                    (NameOp::Status, C::Status { item_names, .. }) => C::Status {
-                        mailbox: mailbox(n),
-                        item_names,
-                    },
+                    (NameOp::Status, C::Status { item_names, .. }) => {
+                        // OLD is only sent what it advertised (as LIST-STATUS does).
+                        let caps = self.store_info(Store::Old).map(|i| &i.capabilities);
+                        let items: Vec<_> = item_names
+                            .iter()
+                            .filter(|i| caps.is_some_and(|c| c.offers_status(i)))
+                            .cloned()
+                            .collect();
+                        if items.is_empty() {
+                            return self.send_client(reply::no(
+                                &tag,
+                                Rfc5530::Cannot,
+                                "The Old/ folder store does not offer these STATUS items",
+                            ));
+                        }
+                        C::Status {
+                            mailbox: mailbox(n),
+                            item_names: items.into(),
+                        }
+                    }
                     _ => return self.send_client(read_only()),
                 };
                 let after = if op == NameOp::Status {

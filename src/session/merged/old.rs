@@ -127,6 +127,10 @@ impl Shared {
                 l.old_lost();
                 self.list_step(m, l);
             }
+            Some(Job::ListExt(mut l)) if l.waits_on(Store::Old) => {
+                l.old_lost();
+                self.list_extended_step(m, l);
+            }
             Some(Job::Forward {
                 store: Store::Old,
                 tag,
@@ -224,10 +228,15 @@ impl Shared {
             }
             None => {
                 self.input = Input::Command;
-                if let Some(parked) = m.parked.take()
-                    && let Ok((_, cmd)) = CommandCodec::new().decode(&parked)
-                {
-                    self.merged_command(m, cmd, &parked, Verb::of(&parked));
+                if let Some(parked) = m.parked.take() {
+                    let verb = Verb::of(&parked);
+                    match CommandCodec::new().decode(&parked) {
+                        Ok((_, cmd)) => self.merged_command(m, cmd, &parked, verb),
+                        Err(_) if listext::parses_itself(verb) => {
+                            self.merged_extended(m, &parked, verb)
+                        }
+                        Err(_) => {}
+                    }
                 }
             }
         }
