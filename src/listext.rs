@@ -471,7 +471,7 @@ pub fn status_line(msg: &[u8]) -> Option<(Vec<u8>, &[u8])> {
 }
 
 /// A pattern as Ferry writes it to a store: bare when it can be, else quoted.
-pub fn write_pattern(out: &mut Vec<u8>, pattern: &[u8]) {
+fn write_pattern(out: &mut Vec<u8>, pattern: &[u8]) {
     if !pattern.is_empty() && pattern.iter().all(|b| list_char(*b)) {
         out.extend_from_slice(pattern);
         return;
@@ -486,33 +486,61 @@ pub fn write_pattern(out: &mut Vec<u8>, pattern: &[u8]) {
     out.push(b'"');
 }
 
-/// The options part of an extended LIST to a store: selection options (as a
-/// list, possibly empty) and return options (`RETURN (…)`, possibly empty).
-pub fn write_options(sel: &Selection, ret: &Returns, status: bool) -> (Vec<u8>, Vec<u8>) {
-    let words = |pairs: &[(bool, &str)]| -> Vec<u8> {
-        let names: Vec<&str> = pairs
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| *n)
-            .collect();
-        format!("({})", names.join(" ")).into_bytes()
-    };
-    let select = words(&[
-        (sel.subscribed, "SUBSCRIBED"),
-        (sel.remote, "REMOTE"),
-        (sel.recursive_match, "RECURSIVEMATCH"),
-        (sel.special_use, "SPECIAL-USE"),
-    ]);
-    let items: Vec<&str> = ret.status.iter().map(|i| status_item_name(i)).collect();
+/// `(A B)` of the names whose flag is on.
+fn write_list(out: &mut Vec<u8>, names: &[(bool, &str)]) {
+    let on: Vec<&str> = names
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+    out.extend_from_slice(format!("({})", on.join(" ")).as_bytes());
+}
+
+/// An extended LIST to a store, after its tag: `LIST [(selection)] ""
+/// pattern|(patterns) [RETURN (…)]` and CRLF, the reference already joined
+/// to the patterns (validated text: each can be written). `status`: with
+/// the STATUS return option (the store has LIST-STATUS).
+pub fn list_command(sel: &Selection, ret: &Returns, status: bool, patterns: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = b"LIST ".to_vec();
+    if *sel != Selection::default() {
+        write_list(
+            &mut out,
+            &[
+                (sel.subscribed, "SUBSCRIBED"),
+                (sel.remote, "REMOTE"),
+                (sel.recursive_match, "RECURSIVEMATCH"),
+                (sel.special_use, "SPECIAL-USE"),
+            ],
+        );
+        out.push(b' ');
+    }
+    out.extend_from_slice(b"\"\" ");
+    if let [one] = patterns {
+        write_pattern(&mut out, one);
+    } else {
+        out.push(b'(');
+        for (i, p) in patterns.iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            write_pattern(&mut out, p);
+        }
+        out.push(b')');
+    }
+    let items: Vec<&str> = ret.status.iter().map(status_item_name).collect();
     let status_option = format!("STATUS ({})", items.join(" "));
-    let mut returns = b"RETURN ".to_vec();
-    returns.extend(words(&[
+    let returns = [
         (ret.subscribed, "SUBSCRIBED"),
         (ret.children, "CHILDREN"),
         (ret.special_use, "SPECIAL-USE"),
         (status && !ret.status.is_empty(), status_option.as_str()),
-    ]));
-    (select, returns)
+    ];
+    if returns.iter().any(|(on, _)| *on) {
+        out.extend_from_slice(b" RETURN ");
+        write_list(&mut out, &returns);
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 #[cfg(test)]
@@ -648,20 +676,34 @@ mod tests {
     }
 
     #[test]
-    fn options_are_written_back() {
+    fn commands_to_a_store_are_written_back() {
         let l = ok("a LIST (SUBSCRIBED) \"\" * RETURN (CHILDREN STATUS (MESSAGES UNSEEN))\r\n");
-        let (s, r) = write_options(&l.selection, &l.returns, true);
-        assert_eq!(s, b"(SUBSCRIBED)");
-        assert_eq!(r, b"RETURN (CHILDREN STATUS (MESSAGES UNSEEN))");
-        let (_, r) = write_options(&l.selection, &l.returns, false);
-        assert_eq!(r, b"RETURN (CHILDREN)");
-        let mut out = Vec::new();
-        write_pattern(&mut out, b"Old/*");
-        out.push(b' ');
-        write_pattern(&mut out, b"a \"b\"");
-        out.push(b' ');
-        write_pattern(&mut out, b"");
-        assert_eq!(out, b"Old/* \"a \\\"b\\\"\" \"\"");
+        let write = |status, patterns: &[&[u8]]| {
+            let patterns: Vec<Vec<u8>> = patterns.iter().map(|p| p.to_vec()).collect();
+            String::from_utf8(list_command(&l.selection, &l.returns, status, &patterns)).unwrap()
+        };
+        assert_eq!(
+            write(true, &[b"*"]),
+            "LIST (SUBSCRIBED) \"\" * RETURN (CHILDREN STATUS (MESSAGES UNSEEN))\r\n"
+        );
+        assert_eq!(
+            write(false, &[b"Old/*", b"a \"b\"", b""]),
+            "LIST (SUBSCRIBED) \"\" (Old/* \"a \\\"b\\\"\" \"\") RETURN (CHILDREN)\r\n"
+        );
+        let plain = ok("a LIST () \"\" INBOX RETURN (STATUS (MESSAGES))\r\n");
+        let patterns = [b"INBOX".to_vec()];
+        assert_eq!(
+            list_command(&plain.selection, &plain.returns, false, &patterns),
+            b"LIST \"\" INBOX\r\n"
+        );
+        // What Ferry writes, it reads back the same.
+        let line = [
+            b"t ",
+            &list_command(&l.selection, &l.returns, true, &patterns)[..],
+        ]
+        .concat();
+        let back = parse_list(&line).unwrap();
+        assert_eq!((back.selection, back.returns), (l.selection, l.returns));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use imap_codec::imap_types::flag::FlagNameAttribute;
 
 use super::{CHILD_INFO, RawEntry, SPECIAL_USE, ext, ext_name, old_attrs};
 use crate::{
+    mutf7,
     namespace::{NameMap, matches},
     subscriptions::Choices,
 };
@@ -124,7 +125,9 @@ pub fn select(tree: &Tree, patterns: &[Vec<u8>], delim: u8, opts: &Options) -> V
     }
     let mut out = Vec::new();
     for name in names {
-        if !patterns.iter().any(|p| matches(p, &name, delim)) {
+        // A name that is no modified UTF-7 (a store's literal, say) is never
+        // shown: the session writes names as valid astrings.
+        if !patterns.iter().any(|p| matches(p, &name, delim)) || mutf7::decode(&name).is_none() {
             continue;
         }
         let is_sub = tree.subscribed.contains(&name);
@@ -374,12 +377,21 @@ mod tests {
         ]
         .into();
         let old_lsub = [raw("INBOX", &[]), raw("INBOX.Sent", &[])];
-        let new_lsub = [raw("Old/Archive/2019", &[]), raw("Work", &[])];
+        let new_lsub = [
+            raw("Old/Archive/2019", &[]),
+            raw("Work", &[]),
+            raw("Old/bad&name", &[]),
+        ];
         let t = tree(&kept, &old_lsub, &new_lsub);
         let subscribed: Vec<&[u8]> = t.subscribed.iter().map(Vec::as_slice).collect();
         assert_eq!(
             subscribed,
-            [&b"Old/Archive/2019"[..], b"Old/Projects/X", b"Old/Sent"]
+            [
+                &b"Old/Archive/2019"[..],
+                b"Old/Projects/X",
+                b"Old/Sent",
+                b"Old/bad&name"
+            ]
         );
         let sel = Options {
             subscribed: true,

@@ -26,9 +26,9 @@ use crate::{
 const CHILDINFO: &[u8] = b"(\"CHILDINFO\" (\"SUBSCRIBED\"))";
 
 /// One of Ferry's commands for the job, before it has a tag.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 enum Ask {
-    /// NEW's extended LIST: the command after its tag.
+    /// NEW's extended LIST: the command after its tag and space.
     Extended(Bytes),
     List {
         lsub: bool,
@@ -45,7 +45,7 @@ enum Ask {
 impl Ask {
     fn command(&self, tag: &[u8]) -> Bytes {
         match self {
-            Ask::Extended(rest) => [tag, rest].concat().into(),
+            Ask::Extended(rest) => [tag, b" ", rest].concat().into(),
             Ask::List { lsub, pattern } => list::list_command(tag, *lsub, pattern.clone()),
             Ask::Status { name, items, .. } => reply::command(
                 tag,
@@ -143,8 +143,12 @@ impl ListExtJob {
                     into[store.index()].push(e);
                 }
             }
-            Ask::Status { client, .. } => {
-                if let Some((_, items)) = listext::status_line(msg) {
+            Ask::Status { client, name, .. } => {
+                // Only the folder asked about (a store may send others').
+                if let Some((answered, items)) = listext::status_line(msg)
+                    && (answered == *name
+                        || answered.eq_ignore_ascii_case(b"INBOX") && name == b"INBOX")
+                {
                     let line = reply::status_items(mailbox(client.clone()), items);
                     self.status_lines.insert(client.clone(), line);
                 }
@@ -296,48 +300,15 @@ impl Shared {
         };
         let mut new_asks: Vec<Ask> = Vec::new();
         let mut ask_new = |ask: Ask| {
-            let known = new_asks.iter().any(|a| match (a, &ask) {
-                (
-                    Ask::List { lsub, pattern },
-                    Ask::List {
-                        lsub: l,
-                        pattern: p,
-                    },
-                ) => lsub == l && pattern == p,
-                _ => false,
-            });
-            if !known {
+            if !new_asks.contains(&ask) {
                 new_asks.push(ask);
             }
         };
         match new_part {
             NewPart::None => {}
             NewPart::Extended { list_status } => {
-                let (select, returns) = listext::write_options(&sel, &ret, list_status);
-                let mut rest = b" LIST ".to_vec();
-                if select != b"()" {
-                    rest.extend_from_slice(&select);
-                    rest.push(b' ');
-                }
-                rest.extend_from_slice(b"\"\" ");
-                if let [one] = new_patterns.as_slice() {
-                    listext::write_pattern(&mut rest, one);
-                } else {
-                    rest.push(b'(');
-                    for (i, p) in new_patterns.iter().enumerate() {
-                        if i > 0 {
-                            rest.push(b' ');
-                        }
-                        listext::write_pattern(&mut rest, p);
-                    }
-                    rest.push(b')');
-                }
-                if returns != b"RETURN ()" {
-                    rest.push(b' ');
-                    rest.extend_from_slice(&returns);
-                }
-                rest.extend_from_slice(b"\r\n");
-                ask_new(Ask::Extended(rest.into()));
+                let command = listext::list_command(&sel, &ret, list_status, &new_patterns);
+                ask_new(Ask::Extended(command.into()));
             }
             NewPart::Emulated => {
                 let all = to_new(b"*").unwrap_or_else(|| b"*".to_vec());

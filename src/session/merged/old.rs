@@ -167,8 +167,15 @@ impl Shared {
                 after: After::Nothing,
                 ..
             }) => m.old_last.take().filter(|(t, _)| *t == tag),
-            // Anything else on OLD (a flag echo, a copy) cannot be repeated.
-            Some(other @ (Job::Forward { .. } | Job::FlagEcho { .. } | Job::Copy(_))) => {
+            // Anything else on OLD (a flag echo, a copy) cannot be repeated;
+            // nor a LIST merging OLD's answer (NEW's, if late, is dropped).
+            Some(
+                other @ (Job::Forward { .. }
+                | Job::FlagEcho { .. }
+                | Job::Copy(_)
+                | Job::List(_)
+                | Job::ListExt(_)),
+            ) => {
                 if let Some(tag) = other.client_tag() {
                     self.send_client(unavailable(&tag));
                 }
