@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use imap_codec::imap_types::response::Capability;
+use imap_codec::imap_types::{response::Capability, status::StatusDataItemName};
 
 /// A capability Ferry acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,10 +47,13 @@ pub enum Cap {
     SpecialUse,
     Utf8Accept,
     Move,
+    Imap4rev2,
+    QuotaResMessage,
+    QuotaResStorage,
 }
 
 impl Cap {
-    const ALL: [(Cap, &'static str); 32] = [
+    const ALL: [(Cap, &'static str); 35] = [
         (Cap::LiteralPlus, "LITERAL+"),
         (Cap::Unselect, "UNSELECT"),
         (Cap::Multiappend, "MULTIAPPEND"),
@@ -83,6 +86,10 @@ impl Cap {
         (Cap::SpecialUse, "SPECIAL-USE"),
         (Cap::Utf8Accept, "UTF8=ACCEPT"),
         (Cap::Move, "MOVE"),
+        (Cap::Imap4rev2, "IMAP4rev2"),
+        // RFC 9208: the STATUS items DELETED and DELETED-STORAGE.
+        (Cap::QuotaResMessage, "QUOTA=RES-MESSAGE"),
+        (Cap::QuotaResStorage, "QUOTA=RES-STORAGE"),
     ];
 
     fn bit(self) -> u64 {
@@ -149,6 +156,19 @@ impl Caps {
         self.known & cap.bit() != 0
     }
 
+    /// Whether a STATUS asking for `item` is one the store advertised: the
+    /// RFC 3501 items always, the others with their extension.
+    pub fn offers_status(&self, item: &StatusDataItemName) -> bool {
+        use StatusDataItemName as S;
+        match item {
+            S::Messages | S::Recent | S::UidNext | S::UidValidity | S::Unseen => true,
+            S::Size => self.has(Cap::StatusSize),
+            S::HighestModSeq => self.has(Cap::Condstore),
+            S::Deleted => self.has(Cap::Imap4rev2) || self.has(Cap::QuotaResMessage),
+            S::DeletedStorage => self.has(Cap::QuotaResStorage),
+        }
+    }
+
     /// Each name as it is on the wire.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.names.split(' ').filter(|n| !n.is_empty())
@@ -203,6 +223,20 @@ mod tests {
         let f = c.filter(|n| n != "UNSELECT");
         assert_eq!(f.joined(), "IMAP4rev1 literal+ THREAD=REFS");
         assert!(!f.has(Cap::Unselect));
+    }
+
+    #[test]
+    fn status_items_need_their_extension() {
+        use StatusDataItemName as S;
+        let plain = Caps::from_names(["IMAP4rev1"]);
+        let dovecot = Caps::from_names(["IMAP4rev1", "CONDSTORE", "STATUS=SIZE", "LIST-STATUS"]);
+        assert!(plain.offers_status(&S::Unseen) && dovecot.offers_status(&S::Unseen));
+        for item in [S::Size, S::HighestModSeq, S::Deleted, S::DeletedStorage] {
+            assert!(!plain.offers_status(&item), "{item:?}");
+        }
+        assert!(dovecot.offers_status(&S::Size) && dovecot.offers_status(&S::HighestModSeq));
+        assert!(!dovecot.offers_status(&S::Deleted));
+        assert!(dovecot.has(Cap::ListStatus) && !dovecot.has(Cap::ListExtended));
     }
 
     #[test]

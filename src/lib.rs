@@ -33,6 +33,7 @@ pub mod extensions;
 pub mod frame;
 pub mod identity;
 pub mod listener;
+pub mod listext;
 pub mod merge;
 pub mod metrics;
 pub mod mutf7;

@@ -9,6 +9,8 @@ use crate::{
     namespace::{NameMap, matches},
 };
 
+pub mod extended;
+
 /// One LIST/LSUB entry as a store reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEntry {

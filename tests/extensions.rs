@@ -377,6 +377,30 @@ async fn utf8_accept_names_are_utf8_for_the_client_and_mutf7_for_the_stores() {
     c.send(body).await;
     c.send(b")\r\n").await;
     c.read_until_tagged("u1").await.assert_ok();
+    // LIST matches and shows UTF-8, wildcards inside non-ASCII runs too.
+    let l = c.cmd("LIST \"\" \"Old/受*\"").await;
+    l.assert_ok();
+    let t = l.text();
+    assert!(
+        t.contains("\"Old/受信箱\"\r\n") && t.contains(&format!("\"{jp}\"")),
+        "{t}"
+    );
+    let l = c.cmd("LIST \"\" \"日%\"").await;
+    assert_eq!(
+        l.lines(),
+        ["* LIST (\\HasNoChildren) \"/\" \"日本&b\""],
+        "{}",
+        l.text()
+    );
+    let ls = c.cmd("LIST \"\" \"*\" RETURN (STATUS (MESSAGES))").await;
+    ls.assert_ok();
+    let t = ls.text();
+    assert!(t.contains("* STATUS \"日本&b\" (MESSAGES 1)"), "{t}");
+    assert!(
+        t.contains(&format!("* STATUS \"{jp}\" (MESSAGES 1)")),
+        "{t}"
+    );
+    assert!(!t.contains("&ZeVnLA-"), "{t}");
     // NEW holds it under the modified UTF-7 name, `&` as `&-`.
     let mut n = env.new.client("alice").await;
     let st = n.cmd("STATUS \"&ZeVnLA-&-b\" (MESSAGES)").await;

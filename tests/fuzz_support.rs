@@ -86,8 +86,8 @@ fn caps(line: &str) -> Vec<Capability<'static>> {
 
 /// Store capability sets the session behaves differently for.
 const CAPS: [&str; 4] = [
-    // Everything Ferry uses (the one-APPEND copy).
-    "* CAPABILITY IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MOVE MULTIAPPEND SPECIAL-USE NAMESPACE\r\n",
+    // Everything Ferry uses (the one-APPEND copy, NEW's extended LIST).
+    "* CAPABILITY IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MOVE MULTIAPPEND SPECIAL-USE NAMESPACE LIST-EXTENDED LIST-STATUS\r\n",
     // No MULTIAPPEND: the copy appends message by message and rolls back by APPENDUID.
     "* CAPABILITY IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MOVE SPECIAL-USE NAMESPACE\r\n",
     // No LITERAL+: copies are refused, literals in rewritten commands too.

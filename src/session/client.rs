@@ -167,6 +167,11 @@ impl Shared {
             {
                 self.merged_catenate(m, command, verb)
             }
+            // The extended LIST and CREATE (RFC 5258, RFC 6154), which
+            // imap-codec cannot decode: Ferry reads them itself.
+            (Mode::Merged(m), Err(_)) if merged::parses_itself(verb) => {
+                self.merged_extended(m, command, verb)
+            }
             (_, Ok(_)) | (_, Err(_)) => {
                 debug!("undecodable command");
                 let tag = reply::tag_of(command).to_vec();

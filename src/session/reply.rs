@@ -290,6 +290,46 @@ pub fn list_root(delimiter: u8) -> Bytes {
     }))
 }
 
+/// `* LIST (attrs) "/" name`, followed by RFC 5258 extended data written
+/// as it is (e.g. `("CHILDINFO" ("SUBSCRIBED"))`), if any.
+pub fn list_extended(
+    items: Vec<FlagNameAttribute<'_>>,
+    delimiter: Option<QuotedChar>,
+    mailbox: Mailbox<'_>,
+    extended: Option<&[u8]>,
+) -> Bytes {
+    let line = encode(&Response::Data(Data::List {
+        items,
+        delimiter,
+        mailbox,
+    }));
+    match extended {
+        Some(ext) => {
+            let head = &line[..line.len() - 2];
+            self::line(&[head, b" ", ext])
+        }
+        None => line,
+    }
+}
+
+/// `* STATUS name (items)`, the items as a store wrote them.
+pub fn status_items(mailbox: Mailbox<'_>, items: &[u8]) -> Bytes {
+    let empty = encode(&Response::Data(Data::Status {
+        mailbox,
+        items: Vec::new().into(),
+    }));
+    // imap-codec writes the empty list as `()`: the items go in its place.
+    let head = empty.strip_suffix(b"()\r\n").unwrap_or(&empty[..]);
+    line(&[head, items])
+}
+
+/// `tag CREATE name params`: the name as imap-codec writes it, the
+/// parameters (`(USE (\Sent))`) as the client sent them.
+pub fn create_with_params(tag: &[u8], mailbox: Mailbox<'_>, params: &[u8]) -> Bytes {
+    let plain = command(tag, CommandBody::Create { mailbox });
+    line(&[&plain[..plain.len() - 2], b" ", params])
+}
+
 fn quoted_char(delimiter: u8) -> Option<QuotedChar> {
     // Invariant: the configured delimiter is a printable ASCII character.
     QuotedChar::try_from(delimiter as char).ok()
@@ -395,6 +435,33 @@ mod tests {
         assert_eq!(&literal_announcement(12, true)[..], b"{12}\r\n");
         assert_eq!(&literal_announcement(0, false)[..], b"{0+}\r\n");
         assert_eq!(&command(b"t", CommandBody::Unselect)[..], b"t UNSELECT\r\n");
+    }
+
+    #[test]
+    fn extended_list_status_and_create_lines() {
+        let delimiter = quoted_char(b'/');
+        let name = || Mailbox::try_from("Old/a b").unwrap();
+        assert_eq!(
+            &list_extended(
+                vec![FlagNameAttribute::Noselect],
+                delimiter,
+                name(),
+                Some(b"(\"CHILDINFO\" (\"SUBSCRIBED\"))")
+            )[..],
+            b"* LIST (\\Noselect) \"/\" \"Old/a b\" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n"
+        );
+        assert_eq!(
+            &list_extended(vec![], delimiter, Mailbox::Inbox, None)[..],
+            b"* LIST () \"/\" INBOX\r\n"
+        );
+        assert_eq!(
+            &status_items(name(), b"(MESSAGES 3 SIZE 1024)")[..],
+            b"* STATUS \"Old/a b\" (MESSAGES 3 SIZE 1024)\r\n"
+        );
+        assert_eq!(
+            &create_with_params(b"a1", name(), b"(USE (\\Sent))")[..],
+            b"a1 CREATE \"Old/a b\" (USE (\\Sent))\r\n"
+        );
     }
 
     #[test]

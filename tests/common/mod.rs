@@ -1838,8 +1838,8 @@ impl TestEnvBuilder {
         self.new_conf.push_str(conf);
         self
     }
-    /// Appended to the OLD Dovecot's configuration (e.g. an
-    /// `imap_capability` without an extension).
+    /// Appended to the OLD Dovecot's configuration (e.g. a shorter
+    /// `imap_capability`).
     pub fn old_conf(mut self, conf: &str) -> Self {
         self.old_conf.push_str(conf);
         self

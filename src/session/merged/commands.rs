@@ -171,15 +171,25 @@ impl Shared {
                     }
                     (NameOp::Status, C::Status { mut item_names, .. }) => {
                         use imap_codec::imap_types::status::StatusDataItemName as Item;
-                        if !modseq && item_names.contains(&Item::HighestModSeq) {
+                        if !modseq
+                            && m.caps.has(Cap::Condstore)
+                            && item_names.contains(&Item::HighestModSeq)
+                        {
                             item_names.to_mut().retain(|i| *i != Item::HighestModSeq);
                             m.zero_modseq = true;
                         }
-                        if item_names.contains(&Item::Size)
-                            && !self.store_has(Store::Old, Cap::StatusSize)
-                        {
-                            m.zero_modseq = false;
-                            return self.send_client(not_on_old(&tag, Cap::StatusSize));
+                        // OLD is only sent what it advertised: other items
+                        // are left out, as LIST-STATUS leaves them out.
+                        let caps = self.store_info(Store::Old).map(|i| i.capabilities.clone());
+                        item_names
+                            .to_mut()
+                            .retain(|i| caps.as_ref().is_some_and(|c| c.offers_status(i)));
+                        if item_names.is_empty() && !m.zero_modseq {
+                            return self.send_client(reply::no(
+                                &tag,
+                                Rfc5530::Cannot,
+                                "The Old/ folder store does not offer these STATUS items",
+                            ));
                         }
                         if item_names.is_empty() {
                             // Only HIGHESTMODSEQ was asked: 0, OLD need not be.

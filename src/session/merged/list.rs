@@ -17,6 +17,9 @@ pub(in crate::session) struct ListJob {
     /// Every `Old/` folder is served from its NEW copy: NEW's copies stand
     /// for OLD's tree, and OLD is not asked.
     copies: bool,
+    /// After `ENABLE UTF8=ACCEPT`: the client's pattern in UTF-8, matched
+    /// against the names in UTF-8 (the stores were asked in modified UTF-7).
+    utf8_pattern: Option<Vec<u8>>,
 }
 
 impl ListJob {
@@ -132,7 +135,21 @@ impl Shared {
             self.send_client(reply::list_root(delim));
             return self.send_client(reply::ok(&tag, "LIST completed"));
         }
-        let pattern = join_reference(&mailbox_bytes(reference), pattern_raw, delim);
+        let mut pattern = join_reference(&mailbox_bytes(reference), pattern_raw, delim);
+        let utf8_pattern = m.utf8().then(|| pattern.clone());
+        if utf8_pattern.is_some() {
+            // Wildcards may stand inside a run of non-ASCII characters,
+            // which modified UTF-7 encodes as one: ask wide, match later.
+            let plain = pattern.iter().all(|b| b.is_ascii() && *b != b'&');
+            if !plain {
+                let head = pattern
+                    .iter()
+                    .position(|b| !b.is_ascii() || matches!(b, b'&' | b'*' | b'%'))
+                    .unwrap_or(pattern.len());
+                pattern.truncate(head);
+                pattern.push(b'*');
+            }
+        }
         let prefix = m.map.prefix().to_vec();
         let literal_prefix: Vec<u8> = pattern
             .iter()
@@ -172,6 +189,7 @@ impl Shared {
             old_ok,
             new_failure: None,
             copies,
+            utf8_pattern,
         };
         let new_pattern = match self.store_info(Store::New).and_then(|i| i.layout.delimiter) {
             Some(d) if d != delim => crate::namespace::translate(&pattern, delim, d),
@@ -223,7 +241,13 @@ impl Shared {
         let delimiter = QuotedChar::try_from(m.map.delimiter() as char).ok();
         for e in entries {
             let items = e.attrs;
-            let mailbox = mailbox(e.name);
+            if let Some(p) = &job.utf8_pattern {
+                let name = crate::mutf7::decode(&e.name).map(String::into_bytes);
+                if !name.is_some_and(|n| matches(p, &n, m.map.delimiter())) {
+                    continue;
+                }
+            }
+            let mailbox = m.shown_name(e.name);
             let data = if job.lsub {
                 Data::Lsub {
                     items,

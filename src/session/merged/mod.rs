@@ -41,12 +41,15 @@ mod catenate;
 mod commands;
 mod copy;
 mod list;
+mod listext;
 mod old;
 mod respond;
 
 pub(super) use append::append_probe;
 use copy::CopyJob;
 use list::ListJob;
+use listext::ListExtJob;
+pub(super) use listext::parses_itself;
 use old::{OldView, Resume};
 pub use respond::rename_data;
 
@@ -85,6 +88,8 @@ enum Job {
         then: Box<(Store, Bytes, Job)>,
     },
     List(Box<ListJob>),
+    /// An extended LIST (RFC 5258), over both stores.
+    ListExt(Box<ListExtJob>),
     /// A STORE in `Old/`: ignored; the real flags are fetched and shown instead.
     FlagEcho {
         store: Store,
@@ -125,6 +130,7 @@ impl Job {
             | Job::Enable { tag, .. } => Some(tag.clone()),
             Job::Idle(i) => Some(i.tag.clone()),
             Job::List(l) => Some(l.client_tag().clone()),
+            Job::ListExt(l) => Some(l.client_tag().clone()),
             Job::Copy(c) => Some(c.client_tag().clone()),
             Job::Reopen(..) => None,
             Job::Leave { then, .. } => then.2.client_tag(),
@@ -310,6 +316,9 @@ impl Merged {
             Job::List(l) => [Store::New, Store::Old]
                 .into_iter()
                 .find(|s| l.waits_on(*s)),
+            Job::ListExt(l) => [Store::New, Store::Old]
+                .into_iter()
+                .find(|s| l.waits_on(*s)),
             Job::Copy(c) => c.awaiting(),
             Job::Reopen(..) => Some(Store::Old),
             Job::Enable { .. } => Some(Store::New),
@@ -402,6 +411,13 @@ impl Merged {
         let names = is(b"LIST") || is(b"LSUB") || is(b"STATUS");
         match &self.job {
             Some(Job::List(l)) if names => {
+                return if l.waits_on(store) {
+                    Assemble(BytesMut::new())
+                } else {
+                    Drop
+                };
+            }
+            Some(Job::ListExt(l)) if names => {
                 return if l.waits_on(store) {
                     Assemble(BytesMut::new())
                 } else {

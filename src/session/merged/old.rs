@@ -153,6 +153,10 @@ impl Shared {
                 l.old_lost();
                 self.list_step(m, l);
             }
+            Some(Job::ListExt(mut l)) if l.waits_on(Store::Old) => {
+                l.old_lost();
+                self.list_extended_step(m, l);
+            }
             Some(Job::Forward {
                 store: Store::Old,
                 tag,
@@ -189,8 +193,15 @@ impl Shared {
                 after: After::Nothing,
                 ..
             }) => m.old_last.take().filter(|(t, _)| *t == tag),
-            // Anything else on OLD (a flag echo, a copy) cannot be repeated.
-            Some(other @ (Job::Forward { .. } | Job::FlagEcho { .. } | Job::Copy(_))) => {
+            // Anything else on OLD (a flag echo, a copy) cannot be repeated;
+            // nor a LIST merging OLD's answer (NEW's, if late, is dropped).
+            Some(
+                other @ (Job::Forward { .. }
+                | Job::FlagEcho { .. }
+                | Job::Copy(_)
+                | Job::List(_)
+                | Job::ListExt(_)),
+            ) => {
                 if let Some(tag) = other.client_tag() {
                     self.send_client(unavailable(&tag));
                 }
@@ -251,10 +262,15 @@ impl Shared {
             }
             None => {
                 self.input = Input::Command;
-                if let Some(parked) = m.parked.take()
-                    && let Ok((_, cmd)) = CommandCodec::new().decode(&parked)
-                {
-                    self.merged_command(m, cmd, &parked, Verb::of(&parked));
+                if let Some(parked) = m.parked.take() {
+                    let verb = Verb::of(&parked);
+                    match CommandCodec::new().decode(&parked) {
+                        Ok((_, cmd)) => self.merged_command(m, cmd, &parked, verb),
+                        Err(_) if listext::parses_itself(verb) => {
+                            self.merged_extended(m, &parked, verb)
+                        }
+                        Err(_) => {}
+                    }
                 }
             }
         }

@@ -57,6 +57,7 @@ impl Shared {
         }
         match &mut m.job {
             Some(Job::List(l)) => l.entry(store, &msg),
+            Some(Job::ListExt(l)) => l.entry(store, &msg),
             Some(Job::Copy(c)) => {
                 self.copy_untagged(c, store, msg);
                 if c.answered() {
@@ -166,6 +167,10 @@ impl Shared {
             Job::List(mut l) => {
                 l.answered(store, &tag, msg);
                 self.list_step(m, l);
+            }
+            Job::ListExt(mut l) => {
+                l.answered(store, &tag, msg);
+                self.list_extended_step(m, l);
             }
             Job::FlagEcho {
                 store: s,
