@@ -86,8 +86,10 @@ fn caps(line: &str) -> Vec<Capability<'static>> {
 
 /// Store capability sets the session behaves differently for.
 const CAPS: [&str; 4] = [
-    // Everything Ferry uses (the one-APPEND copy, NEW's extended LIST).
-    "* CAPABILITY IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MOVE MULTIAPPEND SPECIAL-USE NAMESPACE LIST-EXTENDED LIST-STATUS\r\n",
+    // Everything Ferry uses (the one-APPEND copy, NEW's extended LIST) and
+    // every extension the merged view carries: the other lists lack them, so
+    // an OLD with one of those must never be sent what it did not offer.
+    "* CAPABILITY IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MOVE MULTIAPPEND SPECIAL-USE NAMESPACE LIST-EXTENDED LIST-STATUS ENABLE CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES WITHIN CONTEXT=SEARCH SORT SORT=DISPLAY THREAD=REFERENCES BINARY CATENATE URL-PARTIAL STATUS=SIZE SAVEDATE PREVIEW SNIPPET=FUZZY\r\n",
     // No MULTIAPPEND: the copy appends message by message and rolls back by APPENDUID.
     "* CAPABILITY IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MOVE SPECIAL-USE NAMESPACE\r\n",
     // No LITERAL+: copies are refused, literals in rewritten commands too.
@@ -509,6 +511,35 @@ impl Harness {
                 if let Some(cmd) = forbidden_on_old(line) {
                     panic!(
                         "merged phase sent {cmd} to OLD: {:?}",
+                        String::from_utf8_lossy(line)
+                    );
+                }
+                // OLD only gets the extensions it advertised (commands that
+                // name a mailbox are left out: a folder may be called `SAVE`).
+                let caps = info(self.old_caps, self.old_layout.clone()).capabilities;
+                let verb = ferry::verb::Verb::of(line);
+                let needs = match verb.name() {
+                    "FETCH" | "SEARCH" | "SORT" | "THREAD" | "IDLE" | "CANCELUPDATE" => {
+                        ferry::extensions::needs(line, verb)
+                    }
+                    _ => Default::default(),
+                };
+                let params = |p: &[u8]| {
+                    verb.is("EXAMINE") && line.windows(p.len()).any(|w| w.eq_ignore_ascii_case(p))
+                };
+                let missing = needs.missing(&caps).or_else(|| {
+                    [
+                        (b"(CONDSTORE" as &[u8], ferry::caps::Cap::Condstore),
+                        (b"(QRESYNC", ferry::caps::Cap::Qresync),
+                    ]
+                    .into_iter()
+                    .find(|(p, cap)| params(p) && !caps.has(*cap))
+                    .map(|(_, cap)| cap)
+                });
+                if let Some(cap) = missing {
+                    panic!(
+                        "merged phase sent OLD a command needing {} it did not offer: {:?}",
+                        cap.name(),
                         String::from_utf8_lossy(line)
                     );
                 }
