@@ -202,17 +202,21 @@ pub fn merged_capabilities(new: &Caps) -> Caps {
         let n = c.to_ascii_uppercase();
         MERGED_ALLOWED.contains(&n.as_str()) || n.starts_with("THREAD=") || n == "SORT=DISPLAY"
     }));
+    // Ferry's own, toward the client (src/deflate.rs), never NEW's.
+    out.push("COMPRESS=DEFLATE");
     Caps::from_names(out)
 }
 
 /// Post-login capabilities when one store is passed through: its own, minus what
 /// a proxy in the middle cannot carry (compression, TLS and login mechanisms).
 pub fn passthrough_capabilities(store: &Caps) -> Caps {
-    store.filter(|n| {
+    let kept = store.filter(|n| {
         !(n.starts_with("AUTH=")
             || n.starts_with("COMPRESS")
             || ["STARTTLS", "LOGINDISABLED", "SASL-IR", "LOGIN-REFERRALS"].contains(&n))
-    })
+    });
+    // The store's COMPRESS is not passed on; Ferry's own is offered instead.
+    Caps::from_names(kept.names().chain(["COMPRESS=DEFLATE"]))
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ pub enum Local {
     Id,
     Namespace,
     Logout,
+    /// COMPRESS=DEFLATE toward the client: Ferry's own (stores never compress
+    /// toward Ferry).
+    Compress,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +92,7 @@ pub fn route(body: &CommandBody<'_>) -> Route {
         C::Login { .. } | C::Authenticate { .. } => Route::Bad("Already authenticated"),
         C::StartTLS => Route::Bad("STARTTLS is only valid before login"),
         C::Enable { .. } => Route::Bad("ENABLE is not supported"),
-        C::Compress { .. } => Route::Bad("COMPRESS is not supported"),
+        C::Compress { .. } => Route::Local(Local::Compress),
         C::GetQuota { .. } | C::GetQuotaRoot { .. } | C::SetQuota { .. } => {
             Route::Bad("QUOTA is not supported")
         }
@@ -166,6 +169,10 @@ mod tests {
             Route::Bad("ENABLE is not supported")
         );
         assert_eq!(route_of("a NAMESPACE\r\n"), Route::Local(Local::Namespace));
+        assert_eq!(
+            route_of("a COMPRESS DEFLATE\r\n"),
+            Route::Local(Local::Compress)
+        );
     }
 
     #[test]
