@@ -290,6 +290,10 @@ async fn perform(
             }
         }
         Action::Compress { read_ahead } => {
+            debug!(
+                read_ahead = read_ahead.len(),
+                "client connection compressed"
+            );
             io.client = io.client.take().map(|c| c.compressed(&read_ahead));
             metrics::compression_started();
         }
