@@ -114,14 +114,18 @@ impl<S> Deflate<S> {
             }
             let total: usize = parts.iter().map(Bytes::len).sum();
             // Mail text shrinks to a quarter, base64 to three quarters.
-            let mut out = Vec::with_capacity(total / 2 + 64);
+            let mut out = Output {
+                buf: vec![0; total / 2 + 64],
+                len: 0,
+            };
             for part in parts {
-                deflate_into(&mut t.deflate, part, &mut out, FlushCompress::None)?;
+                out.deflate(&mut t.deflate, part, FlushCompress::None)?;
             }
-            deflate_into(&mut t.deflate, &[], &mut out, FlushCompress::Sync)?;
+            out.deflate(&mut t.deflate, &[], FlushCompress::Sync)?;
             self.bursts += 1;
             t.last = Some((self.stream, self.bursts));
-            Ok(Bytes::from(out))
+            out.buf.truncate(out.len);
+            Ok(Bytes::from(out.buf))
         })
     }
 
@@ -170,25 +174,36 @@ impl<S> Deflate<S> {
     }
 }
 
-/// Compresses `input` into `out`, growing it as needed.
-fn deflate_into(
-    c: &mut Compress,
-    mut input: &[u8],
-    out: &mut Vec<u8>,
-    flush: FlushCompress,
-) -> io::Result<()> {
-    loop {
-        if out.capacity() - out.len() < 64 {
-            out.reserve(input.len() / 2 + 1024);
-        }
-        let before = c.total_in();
-        c.compress_vec(input, out, flush)
-            .map_err(|e| io::Error::other(format!("deflate: {e}")))?;
-        input = &input[(c.total_in() - before) as usize..];
-        // Done when all input is taken and the output had room to spare
-        // (a flush that filled it may have more to write).
-        if input.is_empty() && out.len() < out.capacity() {
-            return Ok(());
+/// A burst's compressed bytes: `buf[..len]`. The buffer is zeroed once
+/// and written in place: flate2's `compress_vec` zeroes all the spare
+/// capacity on every call, here once per part.
+struct Output {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Output {
+    /// Compresses `input` onto the end, growing the buffer as needed.
+    fn deflate(
+        &mut self,
+        c: &mut Compress,
+        mut input: &[u8],
+        flush: FlushCompress,
+    ) -> io::Result<()> {
+        loop {
+            if self.buf.len() - self.len < 64 {
+                self.buf.resize(self.buf.len() + input.len() / 2 + 1024, 0);
+            }
+            let (in0, out0) = (c.total_in(), c.total_out());
+            c.compress(input, &mut self.buf[self.len..], flush)
+                .map_err(|e| io::Error::other(format!("deflate: {e}")))?;
+            input = &input[(c.total_in() - in0) as usize..];
+            self.len += (c.total_out() - out0) as usize;
+            // Done when all input is taken and the output had room to spare
+            // (a flush that filled it may have more to write).
+            if input.is_empty() && self.len < self.buf.len() {
+                return Ok(());
+            }
         }
     }
 }
@@ -250,11 +265,15 @@ mod tests {
     /// What a client sends: `chunks`, each compressed and sync-flushed.
     fn client_stream(chunks: &[&[u8]]) -> Vec<u8> {
         let mut c = Compress::new(Compression::default(), false);
-        let mut out = Vec::new();
+        let mut out = Output {
+            buf: Vec::new(),
+            len: 0,
+        };
         for chunk in chunks {
-            deflate_into(&mut c, chunk, &mut out, FlushCompress::Sync).unwrap();
+            out.deflate(&mut c, chunk, FlushCompress::Sync).unwrap();
         }
-        out
+        out.buf.truncate(out.len);
+        out.buf
     }
 
     fn inflate_all(d: &mut Decompress, input: &[u8]) -> Vec<u8> {
@@ -384,8 +403,13 @@ mod tests {
             io::ErrorKind::InvalidData
         );
         let mut c = Compress::new(Compression::default(), false);
-        let mut wire = Vec::new();
-        deflate_into(&mut c, b"a NOOP\r\n", &mut wire, FlushCompress::Finish).unwrap();
+        let mut out = Output {
+            buf: Vec::new(),
+            len: 0,
+        };
+        out.deflate(&mut c, b"a NOOP\r\n", FlushCompress::Finish)
+            .unwrap();
+        let mut wire = out.buf[..out.len].to_vec();
         let mut ended = Deflate::new(
             Trickle {
                 data: wire.clone(),

@@ -2,7 +2,8 @@
 //!
 //! Bytes flow verbatim both ways. Ferry only looks at the first line of each
 //! client command, to keep out what would break a proxy in the middle (TLS,
-//! compression, a second login), and filters CAPABILITY answers the same way.
+//! a second login, the store's compression: COMPRESS is Ferry's own, toward
+//! the client), and filters CAPABILITY answers the same way.
 
 use bytes::Bytes;
 use imap_codec::{

@@ -961,14 +961,17 @@ fn deflate_all(c: &mut flate2::Compress, mut input: &[u8]) -> Vec<u8> {
 
 /// Inflates `input` onto the end of `out`.
 fn inflate_onto(d: &mut flate2::Decompress, mut input: &[u8], out: &mut Vec<u8>) {
+    // Not `decompress_vec`: it zeroes all of `out`'s spare capacity per call.
+    let mut chunk = vec![0; 64 * 1024];
     loop {
-        out.reserve(input.len() * 4 + 4096);
-        let before = d.total_in();
-        d.decompress_vec(input, out, flate2::FlushDecompress::None)
+        let (in0, out0) = (d.total_in(), d.total_out());
+        d.decompress(input, &mut chunk, flate2::FlushDecompress::None)
             .expect("server's deflate stream");
-        input = &input[(d.total_in() - before) as usize..];
-        // Output that filled the room may have more behind it.
-        if input.is_empty() && out.len() < out.capacity() {
+        input = &input[(d.total_in() - in0) as usize..];
+        let made = (d.total_out() - out0) as usize;
+        out.extend_from_slice(&chunk[..made]);
+        // Output that filled the chunk may have more behind it.
+        if input.is_empty() && made < chunk.len() {
             return;
         }
     }
