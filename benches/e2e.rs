@@ -324,16 +324,55 @@ impl NullProxy {
     }
 }
 
-async fn big_fetch(addr: &str, bytes: usize) -> f64 {
-    let mut c = plain_login(addr).await;
+/// How the big FETCH reaches the server.
+#[derive(Clone, Copy)]
+struct FetchPath<'a> {
+    tls: Option<&'a rustls_pki_types::CertificateDer<'static>>,
+    compress: bool,
+}
+
+/// `reps` FETCHes of the big message over one connection: MB/s over all of
+/// them, bytes on the wire per FETCH, and `ferry`'s CPU time (user + system)
+/// during them.
+async fn big_fetch(
+    addr: &str,
+    bytes: usize,
+    path: FetchPath<'_>,
+    reps: usize,
+    ferry: Option<&FerryProc>,
+) -> (f64, u64, Duration) {
+    let mut c = match path.tls {
+        Some(ca) => TestClient::tls(addr, ca).await,
+        None => TestClient::plain(addr).await,
+    };
+    c.patient(Duration::from_secs(60));
+    c.greeting().await;
+    c.login("alice", PASSWORD).await.assert_ok();
     c.cmd("SELECT Big").await.assert_ok();
+    if path.compress {
+        c.compress().await.assert_ok();
+    }
+    let cpu = || {
+        ferry.map_or(Duration::ZERO, |f| {
+            let (u, s) = f.cpu();
+            u + s
+        })
+    };
+    let (cpu0, wire0) = (cpu(), c.wire_read());
     let t = Instant::now();
-    let r = c.cmd("FETCH 1 (BODY.PEEK[])").await;
-    r.assert_ok();
+    for _ in 0..reps {
+        let r = c.cmd("FETCH 1 (BODY.PEEK[])").await;
+        r.assert_ok();
+        assert!(r.untagged[0].len() >= bytes);
+    }
     let secs = t.elapsed().as_secs_f64();
-    assert!(r.untagged[0].len() >= bytes);
+    let (cpu, wire) = (cpu() - cpu0, c.wire_read() - wire0);
     c.logout().await;
-    bytes as f64 / 1e6 / secs
+    (
+        (reps * bytes) as f64 / 1e6 / secs,
+        wire / reps as u64,
+        cpu / reps as u32,
+    )
 }
 
 /// Logs in `n` sessions (8 at a time) and leaves them open.
@@ -341,6 +380,7 @@ async fn idle_sessions(
     addr: &str,
     n: usize,
     tls: Option<&rustls_pki_types::CertificateDer<'static>>,
+    compress: bool,
 ) -> Vec<TestClient> {
     let mut tasks = tokio::task::JoinSet::new();
     for k in 0..8 {
@@ -355,6 +395,9 @@ async fn idle_sessions(
                 c.patient(Duration::from_secs(60));
                 c.greeting().await;
                 c.login("alice", PASSWORD).await.assert_ok();
+                if compress {
+                    c.compress().await.assert_ok();
+                }
                 c.cmd("SELECT INBOX").await.assert_ok();
                 out.push(c);
             }
@@ -399,7 +442,7 @@ async fn login_rate(
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn run(s: Scale) {
+async fn run(s: Scale, bench: bool) {
     // Only NEW matters for this workload (alice's INBOX and a big folder);
     // Ferry's merged phase is what users get. NEW runs as Dovecot usually
     // does: one imap process per connection.
@@ -498,15 +541,67 @@ async fn run(s: Scale) {
     }
 
     if part("fetch") {
-        let hwm0 = ferry.status_kib("VmHWM:");
-        let direct_mbs = big_fetch(&direct, s.big_bytes).await;
-        let ferry_mbs = big_fetch(&ferry.plain, s.big_bytes).await;
-        let growth = ferry.status_kib("VmHWM:").saturating_sub(hwm0);
+        let mb = s.big_bytes as f64 / 1e6;
+        let reps = if bench { 5 } else { 1 };
         println!(
-            "{} MB FETCH: direct {direct_mbs:.0} MB/s, Ferry {ferry_mbs:.0} MB/s, ratio {:.2}; Ferry peak RSS growth {growth} KiB",
-            s.big_bytes / (1024 * 1024),
-            ferry_mbs / direct_mbs
+            "{} MB FETCH, {reps} times over one connection (COMPRESS: Ferry's \
+             COMPRESS=DEFLATE toward the client, level 1; the bench's client inflates)",
+            s.big_bytes / (1024 * 1024)
         );
+        println!(
+            "{:<32} {:>8} {:>16} {:>14}",
+            "", "MB/s", "Ferry CPU / MB", "on the wire"
+        );
+        let hwm0 = ferry.status_kib("VmHWM:");
+        let plain = FetchPath {
+            tls: None,
+            compress: false,
+        };
+        let (direct_mbs, wire, _) = big_fetch(&direct, s.big_bytes, plain, reps, None).await;
+        println!(
+            "{:<32} {direct_mbs:>8.0} {:>16} {:>11.1} MB",
+            "direct, plaintext",
+            "-",
+            wire as f64 / 1e6
+        );
+        let ca = env.ca.clone();
+        for (label, addr, path) in [
+            ("Ferry, plaintext", &ferry.plain, plain),
+            (
+                "Ferry, plaintext, COMPRESS",
+                &ferry.plain,
+                FetchPath {
+                    tls: None,
+                    compress: true,
+                },
+            ),
+            (
+                "Ferry, TLS",
+                &ferry.tls,
+                FetchPath {
+                    tls: Some(&ca),
+                    compress: false,
+                },
+            ),
+            (
+                "Ferry, TLS, COMPRESS",
+                &ferry.tls,
+                FetchPath {
+                    tls: Some(&ca),
+                    compress: true,
+                },
+            ),
+        ] {
+            let (mbs, wire, cpu) = big_fetch(addr, s.big_bytes, path, reps, Some(&ferry)).await;
+            println!(
+                "{label:<32} {mbs:>8.0} {:>13.2} ms {:>11.1} MB  ({:.2}x direct)",
+                cpu.as_secs_f64() * 1e3 / mb,
+                wire as f64 / 1e6,
+                mbs / direct_mbs
+            );
+        }
+        let growth = ferry.status_kib("VmHWM:").saturating_sub(hwm0);
+        println!("Ferry peak RSS growth over these FETCHes: {growth} KiB");
     }
 
     let ca = env.ca.clone();
@@ -528,19 +623,21 @@ async fn run(s: Scale) {
         false => None,
     };
     // Each idle measurement in a fresh Ferry, so no freed memory is reused.
-    for (tls, env) in [false, true].into_iter().zip(idle_env.iter().cycle()) {
+    let kinds = [(false, false), (true, false), (false, true)];
+    for ((tls, compress), env) in kinds.into_iter().zip(idle_env.iter().cycle()) {
         let ca = env.ca.clone();
         let ca = &ca;
         let ferry = FerryProc::start(env).await;
-        // A first session warms up lazily built state (TLS config, metrics).
-        let warm = idle_sessions(&ferry.tls, 1, Some(ca)).await;
-        let (label, addr, tls) = if tls {
-            ("TLS", ferry.tls.clone(), Some(ca))
-        } else {
-            ("plaintext", ferry.plain.clone(), None)
+        // A first session warms up lazily built state (TLS config, metrics,
+        // the worker's compressor).
+        let warm = idle_sessions(&ferry.tls, 1, Some(ca), compress).await;
+        let (label, addr, tls) = match (tls, compress) {
+            (true, _) => ("TLS", ferry.tls.clone(), Some(ca)),
+            (false, true) => ("plaintext COMPRESS", ferry.plain.clone(), None),
+            (false, false) => ("plaintext", ferry.plain.clone(), None),
         };
         let before = ferry.status_kib("VmRSS:");
-        let held = idle_sessions(&addr, s.idle_sessions, tls).await;
+        let held = idle_sessions(&addr, s.idle_sessions, tls, compress).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let after = ferry.status_kib("VmRSS:");
         let per = (after.saturating_sub(before)) as f64 * 1024.0 / s.idle_sessions as f64;
@@ -573,5 +670,5 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime")
-        .block_on(run(scale(bench)));
+        .block_on(run(scale(bench), bench));
 }

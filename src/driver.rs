@@ -16,7 +16,7 @@ use crate::{
     session::{Action, Event, Session, SessionConfig, Store},
     tls::MaybeTls,
     wake::WhenWoken,
-    wire::{Outbox, if_some, read_opt, scratch, write_parts},
+    wire::{Client, Outbox, if_some, read_opt, scratch, write_parts},
 };
 
 type Login = Pin<Box<dyn Future<Output = Result<Connected, BackendError>> + Send>>;
@@ -26,7 +26,7 @@ const PIPELINE_BOUND: usize = 16 * 1024;
 
 /// The sockets and I/O bookkeeping of one session.
 struct Io {
-    client: Option<MaybeTls>,
+    client: Option<Client>,
     stores: [Option<MaybeTls>; 2],
     logins: [Option<Login>; 2],
 }
@@ -59,7 +59,7 @@ pub async fn serve(
     let reporter = Box::new(metrics::Recorder::new(listener, ctx.activity.clone()));
     let mut session = Session::new(cfg, now(), reporter);
     let mut io = Io {
-        client: Some(client),
+        client: Some(Client::Raw(client)),
         stores: [None, None],
         logins: [None, None],
     };
@@ -197,7 +197,7 @@ fn login_result(
 
 async fn write_client(io: &mut Io, parts: Vec<Bytes>) -> io::Result<()> {
     if let Some(c) = io.client.as_mut() {
-        let n = write_parts(c, parts).await?;
+        let n = c.write(parts).await?;
         metrics::count_bytes(Flow::ClientOut, n);
     }
     Ok(())
@@ -272,14 +272,14 @@ async fn perform(
         Action::ToClient(data) => write_client(io, vec![data]).await?,
         Action::ToBackend(store, data) => write_store(session, io, store, vec![data]).await,
         Action::StartTls => {
-            let (Some(MaybeTls::Plain(tcp)), Some(acceptor)) =
+            let (Some(Client::Raw(MaybeTls::Plain(tcp))), Some(acceptor)) =
                 (io.client.take(), ctx.acceptor.as_ref())
             else {
                 return Ok(false);
             };
             match crate::tls::accept(acceptor, tcp, Duration::from_secs(30)).await {
                 Some(tls) => {
-                    io.client = Some(tls);
+                    io.client = Some(Client::Raw(tls));
                     session.handle(now(), Event::TlsEstablished);
                 }
                 None => {
@@ -288,6 +288,14 @@ async fn perform(
                     return Ok(false);
                 }
             }
+        }
+        Action::Compress { read_ahead } => {
+            debug!(
+                read_ahead = read_ahead.len(),
+                "client connection compressed"
+            );
+            io.client = io.client.take().map(|c| c.compressed(&read_ahead));
+            metrics::compression_started();
         }
         Action::Login { store, auth, id } => {
             let live = ctx.live.borrow().clone();

@@ -65,6 +65,8 @@ pub fn merged_capabilities(new: &Caps) -> Caps {
             out.push(name);
         }
     }
+    // Ferry's own, toward the client (src/deflate.rs), never NEW's.
+    out.push("COMPRESS=DEFLATE");
     Caps::from_names(out)
 }
 
@@ -484,7 +486,7 @@ mod tests {
         ]);
         assert_eq!(
             merged_capabilities(&new).joined(),
-            "IMAP4rev1 ID NAMESPACE CHILDREN UTF8=ACCEPT LITERAL+ ENABLE CONDSTORE QRESYNC THREAD=REFERENCES ESEARCH"
+            "IMAP4rev1 ID NAMESPACE CHILDREN UTF8=ACCEPT LITERAL+ ENABLE CONDSTORE QRESYNC THREAD=REFERENCES ESEARCH COMPRESS=DEFLATE"
         );
     }
 

@@ -28,6 +28,7 @@ pub mod caps;
 pub mod config;
 pub mod context;
 pub mod copier;
+pub mod deflate;
 pub mod driver;
 pub mod extensions;
 pub mod frame;

@@ -65,6 +65,7 @@ fn register_zeroes() {
     counter!("ferry_copy_messages_total").absolute(0);
     counter!("ferry_copy_bytes_total").absolute(0);
     counter!("ferry_phase_disconnects_total").absolute(0);
+    counter!("ferry_compress_sessions_total").absolute(0);
     for kind in ["delayed", "known_failure"] {
         counter!("ferry_auth_throttled_total", "kind" => kind).absolute(0);
     }
@@ -220,6 +221,11 @@ pub fn backend_error(store: &'static str, kind: &'static str) {
 
 pub fn tls_handshake_failed(listener: &'static str) {
     counter!("ferry_tls_handshake_failures_total", "listener" => listener).increment(1);
+}
+
+/// A client turned on COMPRESS=DEFLATE.
+pub fn compression_started() {
+    counter!("ferry_compress_sessions_total").increment(1);
 }
 
 /// One cross-store COPY: its result, and the messages and bytes it copied.

@@ -31,6 +31,9 @@ pub enum Local {
     Id,
     Namespace,
     Logout,
+    /// COMPRESS=DEFLATE toward the client: Ferry's own (stores never compress
+    /// toward Ferry).
+    Compress,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +94,7 @@ pub fn route(body: &CommandBody<'_>) -> Route {
         C::Login { .. } | C::Authenticate { .. } => Route::Bad("Already authenticated"),
         C::StartTLS => Route::Bad("STARTTLS is only valid before login"),
         C::Enable { .. } => Route::Enable,
-        C::Compress { .. } => Route::Bad("COMPRESS is not supported"),
+        C::Compress { .. } => Route::Local(Local::Compress),
         C::GetQuota { .. } | C::GetQuotaRoot { .. } | C::SetQuota { .. } => {
             Route::Bad("QUOTA is not supported")
         }
@@ -169,6 +172,10 @@ mod tests {
         );
         assert_eq!(route_of("a ENABLE CONDSTORE\r\n"), Route::Enable);
         assert_eq!(route_of("a NAMESPACE\r\n"), Route::Local(Local::Namespace));
+        assert_eq!(
+            route_of("a COMPRESS DEFLATE\r\n"),
+            Route::Local(Local::Compress)
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Socket reads and writes for the driver: every read lands in one scratch
 //! buffer per worker thread, and a burst of writes to one peer leaves as one
-//! system call (one TLS record).
+//! system call (one TLS record, one deflate flush).
 
 use std::{
     cell::RefCell,
@@ -12,7 +12,7 @@ use std::{
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::tls::MaybeTls;
+use crate::{deflate::Deflate, tls::MaybeTls};
 
 /// Every read of a worker thread lands in its one scratch buffer and is
 /// handed to the session at once (the session keeps only what it needs), so
@@ -33,11 +33,63 @@ pub async fn if_some<F: std::future::Future + Unpin>(f: &mut Option<F>) -> F::Ou
     }
 }
 
+/// The client's connection: as it came (TCP or TLS), or compressed.
+pub enum Client {
+    Raw(MaybeTls),
+    /// Boxed: few sessions compress, and an idle one should not carry it.
+    Deflate(Box<Deflate>),
+}
+
+impl Client {
+    /// The connection compressed from its next byte on; `read_ahead`: what
+    /// the client sent after COMPRESS (see [`Deflate::new`]).
+    pub fn compressed(self, read_ahead: &[u8]) -> Client {
+        match self {
+            Client::Raw(inner) => Client::Deflate(Box::new(Deflate::new(inner, read_ahead))),
+            // Invariant: the session never asks twice (NO [COMPRESSIONACTIVE]).
+            compressed => compressed,
+        }
+    }
+
+    /// Writes a burst of responses; returns its size before compression.
+    pub async fn write(&mut self, parts: Vec<Bytes>) -> io::Result<usize> {
+        match self {
+            Client::Raw(stream) => write_parts(stream, parts).await,
+            Client::Deflate(d) => {
+                let total = parts.iter().map(Bytes::len).sum();
+                let compressed = d.compress(&parts)?;
+                write_parts(d.inner_mut(), vec![compressed]).await?;
+                Ok(total)
+            }
+        }
+    }
+
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Client::Raw(stream) => stream.shutdown().await,
+            Client::Deflate(d) => d.inner_mut().shutdown().await,
+        }
+    }
+}
+
+impl AsyncRead for Client {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Client::Raw(s) => Pin::new(s).poll_read(cx, buf),
+            Client::Deflate(d) => Pin::new(d.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
 /// Reads from an optional stream into this thread's scratch buffer (pends
 /// forever when there is none). The caller takes the bytes with [`scratch`]
 /// before it next awaits: `select!` runs a branch's handler in the same poll
 /// that completed the read, so no other session can overwrite them.
-pub async fn read_opt(stream: &mut Option<MaybeTls>) -> io::Result<usize> {
+pub async fn read_opt<S: AsyncRead + Unpin>(stream: &mut Option<S>) -> io::Result<usize> {
     let Some(stream) = stream else {
         return std::future::pending().await;
     };

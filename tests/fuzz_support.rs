@@ -593,6 +593,13 @@ impl Harness {
                         }
                     }
                     Action::StartTls => starttls = true,
+                    Action::Compress { read_ahead } => {
+                        // The driver inflates what follows; here compression
+                        // is the identity: what the client sent after
+                        // COMPRESS comes first, as it was.
+                        let later = std::mem::take(&mut self.client_pending);
+                        self.client_pending = [&read_ahead[..], &later[..]].concat();
+                    }
                     Action::Login { store, .. } => {
                         if let (Some(Phase::New), Store::Old) = (self.s.phase(), store) {
                             panic!("phase new logs in to OLD");

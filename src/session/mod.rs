@@ -12,6 +12,7 @@
 
 mod client;
 mod clock;
+mod compress;
 mod idle;
 mod merged;
 mod pipe;
@@ -225,6 +226,13 @@ pub enum Action {
     ToBackend(Store, Bytes),
     /// Start the TLS handshake on the client connection (after the queued OK).
     StartTls,
+    /// Compress the client connection with deflate (RFC 4978) from the next
+    /// byte on, both ways: after the queued OK, which goes out as it is.
+    /// `read_ahead`: what the client sent after COMPRESS, which is
+    /// compressed already, to be inflated before anything read later.
+    Compress {
+        read_ahead: Bytes,
+    },
     /// Connect and log in to a store; report with [`Event::LoggedIn`].
     /// `id`: the IMAP ID fields to send first, if the store offers ID.
     Login {
@@ -325,6 +333,9 @@ struct PipeState {
     /// A synchronizing literal the client announced and waits to send
     /// until the store's `+`, under its command's tag.
     literal: Option<(Bytes, Announcement)>,
+    /// A COMPRESS that waits for the commands before it to be answered
+    /// (see `pipe_compress`); the client's input waits with it.
+    compress: Option<Bytes>,
 }
 
 /// A client session: the state every phase shares, and the phase's own.
@@ -355,6 +366,8 @@ pub struct Shared {
     done_owed: bool,
     /// The session is over (`Action::Close` is queued).
     closed: bool,
+    /// The client connection is compressed (`Action::Compress` is queued).
+    compressed: bool,
     /// Why the session is ending, once that is decided (the client leaving
     /// otherwise).
     ending: Option<End>,
@@ -414,6 +427,7 @@ impl Session {
                 timing: None,
                 done_owed: false,
                 closed: false,
+                compressed: false,
                 ending: None,
                 commands: 0,
                 bytes_in: 0,
@@ -481,7 +495,9 @@ impl Session {
             return false;
         }
         match &self.mode {
-            Mode::Pipe(p) => !p.idle.as_ref().is_some_and(idle::Idle::holds_client),
+            Mode::Pipe(p) => {
+                p.compress.is_none() && !p.idle.as_ref().is_some_and(idle::Idle::holds_client)
+            }
             _ => self.input != Input::Waiting,
         }
     }

@@ -2,13 +2,17 @@
 //!
 //! Bytes flow verbatim both ways. Ferry only looks at the first line of each
 //! client command, to keep out what would break a proxy in the middle (TLS,
-//! compression, a second login), and filters CAPABILITY answers the same way.
+//! a second login, the store's compression: COMPRESS is Ferry's own, toward
+//! the client), and filters CAPABILITY answers the same way.
 
 use bytes::Bytes;
 use imap_codec::{
-    ResponseCodec,
+    CommandCodec, ResponseCodec,
     decode::Decoder,
-    imap_types::response::{Data, Response},
+    imap_types::{
+        command::{Command, CommandBody},
+        response::{Data, Response},
+    },
 };
 
 use super::{Disposition, PipeState, Shared, reply};
@@ -54,6 +58,15 @@ impl Shared {
             }
             _ => Verb::OTHER,
         };
+        if let Frame::Line {
+            bytes,
+            start: true,
+            literal: None,
+        } = &frame
+            && verb.is("COMPRESS")
+        {
+            return self.pipe_compress(p, bytes.clone());
+        }
         if let Frame::Line {
             bytes,
             start: true,
@@ -110,6 +123,36 @@ impl Shared {
         self.send_store(store, bytes);
     }
 
+    /// COMPRESS is Ferry's (the store never compresses toward Ferry), and
+    /// answered only once the commands before it are: the OK must not land
+    /// inside a store's answer that is still streaming, and whatever comes
+    /// after the OK is compressed.
+    fn pipe_compress(&mut self, p: &mut PipeState, line: Bytes) {
+        let tag = reply::tag_of(&line).to_vec();
+        let valid = matches!(
+            CommandCodec::new().decode(&line),
+            Ok((
+                _,
+                Command {
+                    body: CommandBody::Compress { .. },
+                    ..
+                }
+            ))
+        );
+        if !valid {
+            return self.send_client(reply::bad(&tag, "Unknown command or invalid syntax"));
+        }
+        if p.idle.is_some() {
+            return self.send_client(reply::bad(&tag, "Expected DONE"));
+        }
+        if !p.inflight.is_empty() {
+            p.compress = Some(line);
+            return;
+        }
+        self.time_command(&line, Verb::of(&line));
+        self.compress(&tag);
+    }
+
     /// A tagged line or a `* CAPABILITY` line (filtered like the login answer).
     pub(super) fn pipe_message(&mut self, p: &mut PipeState, store: Store, message: Bytes) {
         let tag = reply::tag_of(&message);
@@ -143,7 +186,13 @@ impl Shared {
                 // Refused before its literal: the client will not send it.
                 self.client.refuse_literal(a);
             }
-            return self.send_client(message);
+            self.send_client(message);
+            if p.inflight.is_empty()
+                && let Some(line) = p.compress.take()
+            {
+                self.pipe_compress(p, line);
+            }
+            return;
         }
         match ResponseCodec::new().decode(&message) {
             Ok((_, Response::Data(Data::Capability(caps)))) => {

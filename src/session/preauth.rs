@@ -484,6 +484,7 @@ impl Shared {
                 inflight: VecDeque::new(),
                 idle: None,
                 literal: None,
+                compress: None,
             })),
         }
     }

@@ -96,6 +96,8 @@ fn out(s: &mut Session) -> Vec<String> {
             Action::ToBackend(Store::New, b) => format!("N: {}", lossy(&b)),
             Action::ToBackend(Store::Old, b) => format!("O: {}", lossy(&b)),
             Action::StartTls => "STARTTLS".into(),
+            Action::Compress { read_ahead } if read_ahead.is_empty() => "COMPRESS".into(),
+            Action::Compress { read_ahead } => format!("COMPRESS then {read_ahead:?}"),
             Action::Login { store, .. } => format!("LOGIN {}", store.as_str()),
             Action::CloseBackend(store) => format!("CLOSE {}", store.as_str()),
             Action::Close => "CLOSE".into(),
@@ -162,8 +164,9 @@ fn merged_with(new_caps: &str) -> Session {
         o[0].starts_with("S: a1 OK [CAPABILITY IMAP4rev1 ID NAMESPACE CHILDREN LITERAL+ IDLE"),
         "{o:?}"
     );
+    // NEW's ESEARCH is not shown; COMPRESS=DEFLATE is Ferry's own.
     assert!(
-        !o[0].contains("NOTIFY") && !o[0].contains("COMPRESS"),
+        !o[0].contains("NOTIFY") && o[0].ends_with("COMPRESS=DEFLATE] Logged in"),
         "{o:?}"
     );
     s
@@ -289,7 +292,7 @@ fn a_burst_of_untagged_lines_is_one_write() {
         writes(&mut s),
         [
             "* 2 EXISTS\r\n* 1 RECENT\r\n",
-            "* CAPABILITY IMAP4REV1\r\n",
+            "* CAPABILITY IMAP4REV1 COMPRESS=DEFLATE\r\n",
             "* 3 EXISTS\r\n",
             "b OK done\r\n"
         ]
@@ -304,11 +307,12 @@ fn old_phase_is_a_pass_through() {
     assert_eq!(out(&mut s), ["LOGIN old"]);
     s.login_done(Store::Old, Ok(info(Store::Old)));
     let o = out(&mut s);
+    // OLD's COMPRESS=DEFLATE is not passed on: the one shown is Ferry's.
     assert!(
-        o[0].contains("NOTIFY") && !o[0].contains("COMPRESS"),
+        o[0].contains("NOTIFY") && o[0].matches("COMPRESS").count() == 1,
         "{o:?}"
     );
-    s.client_input(b"b SELECT INBOX.Sent\r\nc COMPRESS DEFLATE\r\nd X-ANYTHING\r\n");
+    s.client_input(b"b SELECT INBOX.Sent\r\nc STARTTLS\r\nd X-ANYTHING\r\n");
     assert_eq!(
         out(&mut s),
         [
@@ -326,7 +330,7 @@ fn old_phase_is_a_pass_through() {
         [
             "S: * 2 EXISTS",
             "S: b OK done",
-            "S: * CAPABILITY IMAP4REV1 IDLE"
+            "S: * CAPABILITY IMAP4REV1 IDLE COMPRESS=DEFLATE"
         ]
     );
 }
@@ -940,4 +944,138 @@ fn old_gone_before_the_bodies_are_asked_for_fails_the_copy() {
     assert!(!o.iter().any(|l| l.starts_with("O: ")), "{o:?}");
     assert!(o[0].starts_with("S: c NO [UNAVAILABLE]"), "{o:?}");
     assert!(o.iter().any(|l| l.starts_with("S: * BYE")), "{o:?}");
+}
+
+#[test]
+fn compress_is_refused_before_login() {
+    let mut s = session(true);
+    out(&mut s);
+    s.client_input(b"a COMPRESS DEFLATE\r\nb NOOP\r\n");
+    assert_eq!(
+        out(&mut s),
+        ["S: a BAD Log in first", "S: b OK NOOP completed"]
+    );
+}
+
+#[test]
+fn merged_compress_is_ferrys_and_only_once() {
+    let kept = Kept::default();
+    let mut s = session_reporting(true, kept.clone());
+    out(&mut s);
+    s.client_input(b"a1 LOGIN alice secret\r\n");
+    assert_eq!(out(&mut s), ["LOGIN new"]);
+    s.login_done(Store::New, Ok(info(Store::New)));
+    out(&mut s);
+    s.client_input(b"b COMPRESS DEFLATE\r\n");
+    // The OK goes out as it is; then the driver compresses both ways.
+    assert_eq!(out(&mut s), ["S: b OK DEFLATE active", "COMPRESS"]);
+    s.client_input(b"c COMPRESS DEFLATE\r\nd COMPRESS GZIP\r\ne NOOP\r\n");
+    assert_eq!(
+        out(&mut s),
+        [
+            "S: c NO [COMPRESSIONACTIVE] DEFLATE is active already",
+            "S: d BAD Unknown command or invalid syntax",
+            "N: e NOOP"
+        ]
+    );
+    let reports = kept.0.lock().unwrap();
+    let compress: Vec<_> = reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::Command {
+                name: "COMPRESS",
+                store,
+                result,
+                ..
+            } => Some((*store, *result)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(compress, [("ferry", "ok"), ("ferry", "no")]);
+}
+
+/// RFC 4978: the client compresses from the first byte after its COMPRESS
+/// command. What it sent before it saw the OK is in the framer then: it is
+/// handed to the driver to be inflated, never read as commands.
+#[test]
+fn bytes_after_compress_are_handed_over_compressed() {
+    let mut s = merged();
+    s.client_input(b"b COMPRESS DEFLATE\r\n\x4a\x4c\x54\xf0\xf3\xf7");
+    assert_eq!(
+        out(&mut s),
+        [
+            "S: b OK DEFLATE active",
+            "COMPRESS then b\"JLT\\xf0\\xf3\\xf7\"",
+        ]
+    );
+    assert_eq!(s.client_buffered(), 0);
+    assert!(s.is_idle());
+    // Inflated by the driver, the next command arrives as any other.
+    s.client_input(b"c NOOP\r\n");
+    assert_eq!(out(&mut s), ["N: c NOOP"]);
+
+    // The same in a pass-through phase.
+    let mut s = session(true);
+    out(&mut s);
+    s.client_input(b"a LOGIN olga secret\r\n");
+    out(&mut s);
+    s.login_done(Store::Old, Ok(info(Store::Old)));
+    out(&mut s);
+    s.client_input(b"b COMPRESS DEFLATE\r\nc NOOP\r\n");
+    assert_eq!(
+        out(&mut s),
+        ["S: b OK DEFLATE active", "COMPRESS then b\"c NOOP\\r\\n\""]
+    );
+    s.client_input(b"c NOOP\r\n");
+    assert_eq!(out(&mut s), ["O: c NOOP"]);
+}
+
+#[test]
+fn pass_through_compress_waits_for_the_commands_before_it() {
+    let mut s = session(true);
+    out(&mut s);
+    s.client_input(b"a LOGIN nina secret\r\n");
+    assert_eq!(out(&mut s), ["LOGIN new"]);
+    s.login_done(Store::New, Ok(info(Store::New)));
+    let o = out(&mut s);
+    // NEW's COMPRESS=DEFLATE is not passed on: the one shown is Ferry's.
+    assert_eq!(o[0].matches("COMPRESS=DEFLATE").count(), 1, "{o:?}");
+    s.client_input(b"b COMPRESS BZIP\r\n");
+    assert_eq!(out(&mut s), ["S: b BAD Unknown command or invalid syntax"]);
+    // A FETCH is streaming: Ferry's OK must not land inside its literal.
+    s.client_input(b"c FETCH 1 BODY[]\r\nd COMPRESS DEFLATE\r\nx");
+    assert_eq!(out(&mut s), ["N: c FETCH 1 BODY[]"]);
+    assert!(!s.wants_client_input());
+    s.backend_input(Store::New, b"* 1 FETCH (BODY[] {5}\r\nhel");
+    assert_eq!(out(&mut s), ["S: * 1 FETCH (BODY[] {5}", "S: hel"]);
+    s.backend_input(Store::New, b"lo)\r\nc OK done\r\n");
+    assert_eq!(
+        out(&mut s),
+        [
+            "S: lo",
+            "S: )",
+            "S: c OK done",
+            "S: d OK DEFLATE active",
+            "COMPRESS then b\"x\""
+        ]
+    );
+    assert!(s.wants_client_input());
+    s.client_input(b"e COMPRESS DEFLATE\r\n");
+    assert_eq!(
+        out(&mut s),
+        ["S: e NO [COMPRESSIONACTIVE] DEFLATE is active already"]
+    );
+    // Inside an IDLE only DONE is valid.
+    let mut s = session(true);
+    out(&mut s);
+    s.client_input(b"a LOGIN nina secret\r\n");
+    out(&mut s);
+    s.login_done(Store::New, Ok(info(Store::New)));
+    out(&mut s);
+    s.client_input(b"b IDLE\r\n");
+    assert_eq!(out(&mut s), ["N: b IDLE"]);
+    s.backend_input(Store::New, b"+ idling\r\n");
+    out(&mut s);
+    s.client_input(b"c COMPRESS DEFLATE\r\n");
+    assert_eq!(out(&mut s), ["S: c BAD Expected DONE"]);
 }

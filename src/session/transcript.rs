@@ -21,7 +21,8 @@
 //! - `S: text`  to the client; `O: text`, `N: text`  to OLD / NEW
 //! - `-> login old|new USER` (LOGIN as USER), `-> login old|new USER by
 //!   MASTER` (a master user's SASL PLAIN), `-> close old|new`, `-> close`,
-//!   `-> starttls`
+//!   `-> starttls`, `-> compress` (`, N bytes read ahead`: what the client
+//!   sent after COMPRESS, handed over to be inflated)
 //! - `M: …` a report for metrics (not for commands), with `@reports` only;
 //!   an event's reports follow its actions
 //!
@@ -75,6 +76,14 @@ fn drain(s: &mut Session, reports: Option<&Kept>) -> Vec<String> {
             Action::ToBackend(Store::New, b) => lines(&mut v, "N:", &b),
             Action::ToBackend(Store::Old, b) => lines(&mut v, "O:", &b),
             Action::StartTls => v.push("-> starttls".into()),
+            Action::Compress { read_ahead } if read_ahead.is_empty() => {
+                v.push("-> compress".into())
+            }
+            // What the client sent after COMPRESS, to be inflated first.
+            Action::Compress { read_ahead } => v.push(format!(
+                "-> compress, {} bytes read ahead",
+                read_ahead.len()
+            )),
             // The ID sent first: `tests::stores_are_told_where_the_client_is`.
             Action::Login { store, auth, .. } => v.push(login_line(store, &auth)),
             Action::CloseBackend(store) => v.push(format!("-> close {}", store.as_str())),

@@ -938,6 +938,43 @@ pub struct TestClient {
     peer: String,
     /// How long one response (or one write) may take.
     timeout: Duration,
+    /// COMPRESS=DEFLATE, once on: this side's compressor and decompressor.
+    deflate: Option<Box<(flate2::Compress, flate2::Decompress)>>,
+    /// Bytes read from the connection (compressed ones as they came).
+    wire_read: u64,
+}
+
+/// `input` deflated and sync-flushed.
+fn deflate_all(c: &mut flate2::Compress, mut input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + 1024);
+    loop {
+        let before = c.total_in();
+        c.compress_vec(input, &mut out, flate2::FlushCompress::Sync)
+            .expect("deflate");
+        input = &input[(c.total_in() - before) as usize..];
+        if input.is_empty() && out.len() < out.capacity() {
+            return out;
+        }
+        out.reserve(input.len() + 1024);
+    }
+}
+
+/// Inflates `input` onto the end of `out`.
+fn inflate_onto(d: &mut flate2::Decompress, mut input: &[u8], out: &mut Vec<u8>) {
+    // Not `decompress_vec`: it zeroes all of `out`'s spare capacity per call.
+    let mut chunk = vec![0; 64 * 1024];
+    loop {
+        let (in0, out0) = (d.total_in(), d.total_out());
+        d.decompress(input, &mut chunk, flate2::FlushDecompress::None)
+            .expect("server's deflate stream");
+        input = &input[(d.total_in() - in0) as usize..];
+        let made = (d.total_out() - out0) as usize;
+        out.extend_from_slice(&chunk[..made]);
+        // Output that filled the chunk may have more behind it.
+        if input.is_empty() && made < chunk.len() {
+            return;
+        }
+    }
 }
 
 /// A TLS connector trusting only `ca`, with session resumption disabled.
@@ -991,6 +1028,8 @@ impl TestClient {
             tag: 0,
             peer,
             timeout: RESPONSE_TIMEOUT,
+            deflate: None,
+            wire_read: 0,
         }
     }
 
@@ -1011,6 +1050,8 @@ impl TestClient {
             tag: 0,
             peer,
             timeout: RESPONSE_TIMEOUT,
+            deflate: None,
+            wire_read: 0,
         }
     }
 
@@ -1033,6 +1074,8 @@ impl TestClient {
             tag: self.tag,
             timeout: self.timeout,
             peer: self.peer,
+            deflate: None,
+            wire_read: self.wire_read,
         }
     }
 
@@ -1054,6 +1097,14 @@ impl TestClient {
 
     /// Raw write + flush.
     pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let compressed;
+        let bytes = match self.deflate.as_mut() {
+            Some(d) => {
+                compressed = deflate_all(&mut d.0, bytes);
+                &compressed[..]
+            }
+            None => bytes,
+        };
         match tokio::time::timeout(self.timeout, self.stream.write_all(bytes)).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
@@ -1066,13 +1117,57 @@ impl TestClient {
     /// Reads more into `buf` (directly into its spare capacity: a stack buffer here
     /// would make every future built on top of it huge in debug builds).
     async fn fill(&mut self, deadline: Instant) -> Fill {
+        if self.deflate.is_some() {
+            return self.fill_compressed(deadline).await;
+        }
         self.buf.reserve(16 * 1024);
         match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
             Err(_) => Fill::Timeout,
             Ok(Ok(0)) => Fill::Eof,
-            Ok(Ok(_)) => Fill::Data,
+            Ok(Ok(n)) => {
+                self.wire_read += n as u64;
+                Fill::Data
+            }
             Ok(Err(e)) => Fill::Error(e),
         }
+    }
+
+    async fn fill_compressed(&mut self, deadline: Instant) -> Fill {
+        let mut raw = Vec::with_capacity(64 * 1024);
+        match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut raw)).await {
+            Err(_) => Fill::Timeout,
+            Ok(Ok(0)) => Fill::Eof,
+            Ok(Ok(n)) => {
+                self.wire_read += n as u64;
+                let d = self.deflate.as_mut().expect("compressed");
+                inflate_onto(&mut d.1, &raw, &mut self.buf);
+                Fill::Data
+            }
+            Ok(Err(e)) => Fill::Error(e),
+        }
+    }
+
+    /// `COMPRESS DEFLATE` (RFC 4978); once it is answered OK, both ways
+    /// are raw deflate, each write sync-flushed.
+    pub async fn compress(&mut self) -> Reply {
+        let r = self.cmd("COMPRESS DEFLATE").await;
+        if r.is_ok() {
+            let mut d = Box::new((
+                flate2::Compress::new(flate2::Compression::fast(), false),
+                flate2::Decompress::new(false),
+            ));
+            // What came after the OK's CRLF is compressed already.
+            let after = std::mem::take(&mut self.buf);
+            inflate_onto(&mut d.1, &after, &mut self.buf);
+            self.deflate = Some(d);
+        }
+        r
+    }
+
+    /// Bytes read from the connection so far, as they came (compressed
+    /// after [`compress`](Self::compress)).
+    pub fn wire_read(&self) -> u64 {
+        self.wire_read
     }
 
     /// One full response, or why there is none before `deadline`.

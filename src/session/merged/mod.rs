@@ -774,6 +774,8 @@ impl Shared {
                 self.ending.get_or_insert(super::End::Logout);
                 self.close();
             }
+            // One command at a time: nothing of the client's is in flight.
+            Local::Compress => self.compress(tag),
         }
     }
 
