@@ -549,8 +549,8 @@ async fn run(s: Scale, bench: bool) {
             s.big_bytes / (1024 * 1024)
         );
         println!(
-            "{:<32} {:>8} {:>16} {:>14}",
-            "", "MB/s", "Ferry CPU / MB", "on the wire"
+            "{:<32} {:>8} {:>16} {:>14} {:>17}",
+            "", "MB/s", "Ferry CPU / MB", "on the wire", "Ferry VmHWM +KiB"
         );
         let hwm0 = ferry.status_kib("VmHWM:");
         let plain = FetchPath {
@@ -592,11 +592,13 @@ async fn run(s: Scale, bench: bool) {
                 },
             ),
         ] {
+            let hwm = ferry.status_kib("VmHWM:");
             let (mbs, wire, cpu) = big_fetch(addr, s.big_bytes, path, reps, Some(&ferry)).await;
             println!(
-                "{label:<32} {mbs:>8.0} {:>13.2} ms {:>11.1} MB  ({:.2}x direct)",
+                "{label:<32} {mbs:>8.0} {:>13.2} ms {:>11.1} MB {:>17}  ({:.2}x direct)",
                 cpu.as_secs_f64() * 1e3 / mb,
                 wire as f64 / 1e6,
+                ferry.status_kib("VmHWM:").saturating_sub(hwm),
                 mbs / direct_mbs
             );
         }
