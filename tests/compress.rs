@@ -153,3 +153,74 @@ async fn a_compressed_twenty_megabyte_fetch_in_bounded_memory() {
         "Ferry buffered the message: grew {growth} KiB"
     );
 }
+
+/// `responses` without what depends on which session saw a message first.
+fn unrecent(responses: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    responses
+        .iter()
+        .filter(|r| !lossy(r).trim_end().ends_with(" RECENT"))
+        .map(|r| {
+            lossy(r)
+                .replace(" \\Recent", "")
+                .replace("\\Recent", "")
+                .into_bytes()
+        })
+        .collect()
+}
+
+/// Sessions on the same workers take turns with the worker's compressor:
+/// every burst of every session must still inflate on its own client, to
+/// the same bytes an uncompressed session gets.
+#[tokio::test]
+async fn concurrent_compressed_sessions_each_get_their_own_stream() {
+    let env = TestEnv::builder().allow_plaintext(true).start().await;
+    let addr = env.ferry.imap_addr().unwrap();
+    let commands = [
+        "SELECT INBOX",
+        "FETCH 1:* (FLAGS BODY.PEEK[])",
+        "SELECT Old/INBOX",
+        "FETCH 1:* (FLAGS BODY.PEEK[])",
+        "LIST \"\" \"*\"",
+        "NOOP",
+    ];
+    let mut expected = Vec::new();
+    let mut c = TestClient::plain(addr).await;
+    c.greeting().await;
+    c.login("alice", PASSWORD).await.assert_ok();
+    for command in commands {
+        let r = c.cmd(command).await;
+        r.assert_ok();
+        expected.push(r.untagged);
+    }
+    c.logout().await;
+    let expected = std::sync::Arc::new(expected);
+    let mut sessions = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let expected = expected.clone();
+        sessions.spawn(async move {
+            let mut c = TestClient::plain(addr).await;
+            c.greeting().await;
+            c.login("alice", PASSWORD).await.assert_ok();
+            c.compress().await.assert_ok();
+            for round in 0..10 {
+                for (i, command) in commands.iter().enumerate() {
+                    let r = c.cmd(command).await;
+                    r.assert_ok();
+                    // \Recent goes to one session only, and LIST's order
+                    // is the stores'; the rest is exact.
+                    let (mut got, mut want) = (unrecent(&r.untagged), unrecent(&expected[i]));
+                    if command.starts_with("LIST") {
+                        got.sort();
+                        want.sort();
+                    }
+                    assert_eq!(got, want, "session {n}, round {round}: {command}");
+                }
+            }
+            c.logout().await;
+        });
+    }
+    while let Some(done) = sessions.join_next().await {
+        done.unwrap();
+    }
+    env.shutdown().await;
+}
