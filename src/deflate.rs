@@ -4,22 +4,27 @@
 //! went out uncompressed); this is only the transform.
 //!
 //! Memory is what decides the shape. A deflate compressor is about 312 KiB
-//! (miniz_oxide: hash chains, window, symbol buffer; zlib's window bits do
-//! not shrink the hash tables much, and flate2 offers them only with a C or
-//! zlib-rs backend). Idle sessions are thousands, and a compressor works only
-//! while a burst of output is compressed, in one go between two awaits. So
-//! each worker thread has one, shared by its sessions: a session's burst
-//! continues the thread's stream when the last burst was the session's own,
-//! and otherwise starts afresh (reset). Every burst ends with a sync flush
-//! on a byte boundary, and a fresh compressor never refers back to bytes it
-//! did not see, so the client's inflater cannot tell the difference. The
-//! decompressor must keep the client's 32 KiB window between reads, so each
-//! compressed session has its own (about 43 KiB), and only those pay it.
+//! (miniz_oxide: hash chains, window, symbol buffer). A smaller window does
+//! not help much: flate2 offers window bits only with a zlib backend, and
+//! zlib-rs takes 371 KiB, 259 KiB with a 4 KiB window (the hash table,
+//! sized by a memLevel flate2 does not expose, stays). Idle sessions are
+//! thousands, and a compressor works only while a burst of output is
+//! compressed, in one go between two awaits. So each worker thread has one,
+//! shared by its sessions: a session's burst continues the thread's stream
+//! when the last burst was the session's own, and otherwise starts afresh
+//! (reset). Every burst ends with a sync flush on a byte boundary, and a
+//! fresh compressor never refers back to bytes it did not see, so the
+//! client's inflater cannot tell the difference; nor does any session's
+//! output ever depend on another's bytes (nothing leaks between sessions
+//! through compressed sizes). The decompressor must keep the client's
+//! 32 KiB window between reads, so each compressed session has its own
+//! (about 43 KiB), and only those pay it.
 //!
-//! Level 1: on mail text it compresses to about a quarter at ~180 MB/s of
-//! one core, where level 6 reaches a sixth at ~15 MB/s (`benches/README.md`).
-//! A proxy that spends its CPU compressing at level 6 would be the
-//! bottleneck of every large FETCH.
+//! Level 1 with miniz_oxide: on mail text it compresses to about a quarter
+//! at ~180 MB/s of one core, where level 6 reaches a sixth at ~15 MB/s; a
+//! proxy compressing at level 6 would be the bottleneck of every large
+//! FETCH. zlib-rs' level 1 does not compress base64 at all
+//! (`benches/README.md`).
 
 use std::{
     cell::RefCell,

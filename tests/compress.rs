@@ -115,11 +115,9 @@ async fn deflate_in_every_phase_over_plaintext_and_tls() {
             "{user}: {wire_in} bytes on the wire for a {BIG}-byte message"
         );
     }
+    // The recorder is the process's: other tests here count too.
     let metrics = scrape(&env).await;
-    assert_eq!(
-        sample(&metrics, "ferry_compress_sessions_total", &[]),
-        runs.len() as f64
-    );
+    assert!(sample(&metrics, "ferry_compress_sessions_total", &[]) >= runs.len() as f64);
     env.shutdown().await;
 }
 
