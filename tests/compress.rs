@@ -21,6 +21,20 @@ async fn witness(
     sha256: &str,
     list: &[&str],
 ) -> String {
+    witness_run(addr, ca, user, folder, sha256, list)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`witness`], with its failure as an error.
+async fn witness_run(
+    addr: std::net::SocketAddr,
+    ca: Option<&std::path::Path>,
+    user: &str,
+    folder: &str,
+    sha256: &str,
+    list: &[&str],
+) -> Result<String, String> {
     let mut command = std::process::Command::new("python3");
     command
         .arg(concat!(
@@ -46,12 +60,13 @@ async fn witness(
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "witness ({user}, {folder}) failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    match out.status.success() {
+        true => Ok(stdout),
+        false => Err(format!(
+            "witness ({user}, {folder}) failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
 }
 
 fn hex(digest: &[u8]) -> String {
@@ -130,7 +145,7 @@ async fn a_compressed_twenty_megabyte_fetch_in_bounded_memory() {
     let sha = hex(&Sha256::digest(&msg));
     env.new.create("alice", "Big").await;
     env.new.append("alice", "Big", "", &msg).await;
-    let (mut child, addr) = ferry_process(&env).await;
+    let (mut child, addr, log) = ferry_process_logged(&env, "").await;
     let pid = child.id();
     // A first session: lazily built state (TLS, metrics) is not growth.
     let mut c = TestClient::tls(addr.as_str(), &env.ca).await;
@@ -140,10 +155,16 @@ async fn a_compressed_twenty_megabyte_fetch_in_bounded_memory() {
     c.logout().await;
     let baseline = vm_hwm_kib(pid);
     let ca = write_file(env.dir(), "ferry-ca.pem", pem_of(&env.ca).as_bytes());
-    witness(addr.parse().unwrap(), Some(&ca), "alice", "Big", &sha, &[]).await;
+    let run = witness_run(addr.parse().unwrap(), Some(&ca), "alice", "Big", &sha, &[]).await;
     let peak = vm_hwm_kib(pid);
     let _ = child.kill();
     let _ = child.wait();
+    if let Err(e) = run {
+        panic!(
+            "{e}\n--- Ferry's log ---\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
     let growth = peak.saturating_sub(baseline);
     println!("ferry peak RSS {peak} KiB, growth during a compressed 20 MB FETCH: {growth} KiB");
     assert!(
