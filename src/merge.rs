@@ -200,11 +200,11 @@ mod tests {
     use crate::namespace::Layout;
     use crate::subscriptions::Choices;
 
-    fn map() -> NameMap {
+    pub(super) fn map() -> NameMap {
         NameMap::new("Old/", '/', Layout::legacy(), Layout::slash())
     }
 
-    fn raw(name: &str, attrs: &[&'static str]) -> RawEntry {
+    pub(super) fn raw(name: &str, attrs: &[&'static str]) -> RawEntry {
         RawEntry {
             attrs: attrs
                 .iter()

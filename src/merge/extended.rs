@@ -263,25 +263,8 @@ pub fn new_tree(map: &NameMap, list: &[RawEntry], lsub: &[RawEntry]) -> Tree {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{map, raw};
     use super::*;
-    use crate::namespace::Layout;
-
-    fn map() -> NameMap {
-        NameMap::new("Old/", '/', Layout::legacy(), Layout::slash())
-    }
-
-    fn raw(name: &str, attrs: &[&'static str]) -> RawEntry {
-        RawEntry {
-            attrs: attrs
-                .iter()
-                .map(|a| match *a {
-                    "Noselect" => FlagNameAttribute::Noselect,
-                    a => ext(a),
-                })
-                .collect(),
-            name: name.as_bytes().to_vec(),
-        }
-    }
 
     /// As `merge::tests::show`, with CHILDINFO and whether STATUS is asked.
     fn show(entries: &[ExtEntry]) -> Vec<String> {
