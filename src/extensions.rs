@@ -372,7 +372,12 @@ fn for_each_atom(line: &[u8], literals: &mut usize, mut f: impl FnMut(&[u8])) {
 /// Bytes of an atom as this scan reads them: `[`, `]`, `<`, `>` end one so
 /// that `BINARY.PEEK[1]` reads as `BINARY.PEEK`.
 fn is_atom_byte(b: u8) -> bool {
-    b > b' ' && b < 0x7f && !b"(){}\"[]<>%*\\".contains(&b)
+    b > b' '
+        && b < 0x7f
+        && !matches!(
+            b,
+            b'(' | b')' | b'{' | b'}' | b'"' | b'[' | b']' | b'<' | b'>' | b'%' | b'*' | b'\\'
+        )
 }
 
 #[cfg(test)]

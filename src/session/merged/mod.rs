@@ -596,7 +596,9 @@ impl Shared {
         let Some(tag) = self.begin(m, raw, verb) else {
             return;
         };
-        self.note_condstore(m, raw, verb);
+        // Not scanned for CONDSTORE (this is every FETCH's path): a FETCH
+        // or STORE on NEW that enables it implicitly leaves OLD to be
+        // enabled by the client's next SELECT or ENABLE.
         match route {
             Route::Selected(op) => self.selected_as_is(m, op, Store::New, raw, tag),
             _ => self.noop(m, raw, tag),
