@@ -96,6 +96,10 @@ impl Cap {
         1 << self as u8
     }
 
+    fn all() -> impl Iterator<Item = Cap> {
+        Cap::ALL.iter().map(|(c, _)| *c)
+    }
+
     /// Whether `name` (any case) is this capability; `THREAD=` stands for
     /// every threading algorithm.
     fn names(self, name: &str) -> bool {
@@ -116,28 +120,61 @@ impl Cap {
     }
 }
 
+/// A set of the capabilities Ferry acts on, one bit each: what a store
+/// offers, what a command needs, what a client enabled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapSet(u64);
+
+impl CapSet {
+    pub fn has(self, cap: Cap) -> bool {
+        self.0 & cap.bit() != 0
+    }
+
+    pub fn insert(&mut self, cap: Cap) {
+        self.0 |= cap.bit();
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether every capability in `other` is here too.
+    pub fn covers(self, other: CapSet) -> bool {
+        other.0 & !self.0 == 0
+    }
+
+    /// The capabilities in the set, in [`Cap`]'s order.
+    pub fn iter(self) -> impl Iterator<Item = Cap> {
+        Cap::all().filter(move |c| self.has(*c))
+    }
+
+    /// The first capability here that `caps` does not offer.
+    pub fn missing(self, caps: &Caps) -> Option<Cap> {
+        self.iter().find(|c| !caps.has(*c))
+    }
+}
+
 /// A capability list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caps {
     /// The names, space-separated, as they go on the wire.
     names: Arc<str>,
-    known: u64,
+    known: CapSet,
 }
 
 impl Caps {
     /// The list of these names, in this order.
     pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Caps {
         let mut joined = String::new();
-        let mut known = 0;
+        let mut known = CapSet::default();
         for name in names {
             if !joined.is_empty() {
                 joined.push(' ');
             }
             joined.push_str(name);
-            known |= Cap::ALL
-                .iter()
-                .filter(|(c, _)| c.names(name))
-                .fold(0, |k, (c, _)| k | c.bit());
+            for cap in Cap::all().filter(|c| c.names(name)) {
+                known.insert(cap);
+            }
         }
         static SHARED: Mutex<Vec<Arc<str>>> = Mutex::new(Vec::new());
         Caps {
@@ -153,7 +190,7 @@ impl Caps {
     }
 
     pub fn has(&self, cap: Cap) -> bool {
-        self.known & cap.bit() != 0
+        self.known.has(cap)
     }
 
     /// Whether a STATUS asking for `item` is one the store advertised: the

@@ -6,7 +6,7 @@
 //! The scan reads a command's atoms only (never quoted strings or literal
 //! data), so it costs one pass over the line and no allocation.
 
-use crate::caps::{Cap, Caps};
+use crate::caps::{Cap, CapSet, Caps};
 use crate::verb::Verb;
 
 /// Extensions Ferry carries in the merged view when NEW offers them: each
@@ -72,43 +72,40 @@ pub fn merged_capabilities(new: &Caps) -> Caps {
 
 /// What a client enabled with ENABLE (RFC 5161), of what Ferry honours.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Enabled(u8);
+pub struct Enabled(CapSet);
 
 impl Enabled {
-    /// The extensions ENABLE can turn on through Ferry, as (bit, name).
-    const ALL: [(u8, Cap); 3] = [(1, Cap::Condstore), (2, Cap::Qresync), (4, Cap::Utf8Accept)];
+    /// The extensions ENABLE can turn on through Ferry.
+    const ALL: [Cap; 3] = [Cap::Condstore, Cap::Qresync, Cap::Utf8Accept];
 
     pub fn has(self, cap: Cap) -> bool {
-        Self::ALL
-            .iter()
-            .any(|(bit, c)| *c == cap && self.0 & bit != 0)
+        self.0.has(cap)
     }
 
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.0.is_empty()
     }
 
     /// Turns `cap` on (QRESYNC implies CONDSTORE, RFC 7162 §3.2.3).
     pub fn insert(&mut self, cap: Cap) {
-        for (bit, c) in Self::ALL {
-            if c == cap || (cap == Cap::Qresync && c == Cap::Condstore) {
-                self.0 |= bit;
-            }
+        if cap == Cap::Qresync {
+            self.0.insert(Cap::Condstore);
         }
+        self.0.insert(cap);
     }
 
     /// Whether every extension `other` has is on here too.
     pub fn covers(self, other: Enabled) -> bool {
-        other.0 & !self.0 == 0
+        self.0.covers(other.0)
     }
 
     /// The enabled extensions `store` offers, to ENABLE on it. UTF8=ACCEPT
     /// is Ferry's own: names go to every store in modified UTF-7.
     pub fn on(self, store: &Caps) -> Vec<&'static str> {
-        Self::ALL
+        self.0
             .iter()
-            .filter(|(bit, c)| self.0 & bit != 0 && store.has(*c) && *c != Cap::Utf8Accept)
-            .map(|(_, c)| c.name())
+            .filter(|c| store.has(*c) && *c != Cap::Utf8Accept)
+            .map(Cap::name)
             .collect()
     }
 
@@ -116,60 +113,14 @@ impl Enabled {
     /// (`shown`: the capabilities the client was shown).
     pub fn honoured(name: &str, shown: &Caps) -> Option<Cap> {
         Self::ALL
-            .iter()
-            .map(|(_, c)| *c)
+            .into_iter()
             .find(|c| c.name().eq_ignore_ascii_case(name) && shown.has(*c))
     }
 }
 
 /// The extensions a client command relies on: named by its verb (SORT,
 /// THREAD, IDLE) or by the atoms of its arguments.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Needs(u64);
-
-impl Needs {
-    pub fn has(self, cap: Cap) -> bool {
-        self.0 & (1 << cap as u8) != 0
-    }
-
-    fn add(&mut self, cap: Cap) {
-        self.0 |= 1 << cap as u8;
-    }
-
-    /// The first extension needed that `caps` lacks.
-    pub fn missing(self, caps: &Caps) -> Option<Cap> {
-        ALL_NEEDED
-            .into_iter()
-            .find(|c| self.has(*c) && !caps.has(*c))
-    }
-
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-}
-
-/// Every capability [`needs`] can name, in the order it reports them.
-const ALL_NEEDED: [Cap; 19] = [
-    Cap::Condstore,
-    Cap::Qresync,
-    Cap::Idle,
-    Cap::Sort,
-    Cap::SortDisplay,
-    Cap::Thread,
-    Cap::Esearch,
-    Cap::Esort,
-    Cap::Searchres,
-    Cap::Within,
-    Cap::ContextSearch,
-    Cap::Binary,
-    Cap::Catenate,
-    Cap::Savedate,
-    Cap::Preview,
-    Cap::SearchFuzzy,
-    Cap::StatusSize,
-    Cap::Multiappend,
-    Cap::UrlPartial,
-];
+pub type Needs = CapSet;
 
 /// Atoms that name an extension wherever they stand in a command's
 /// arguments (upper case).
@@ -205,10 +156,10 @@ const ATOMS: [(&[u8], Cap); 24] = [
 pub fn needs(line: &[u8], verb: Verb) -> Needs {
     let mut out = Needs::default();
     match verb.name() {
-        "SORT" => out.add(Cap::Sort),
-        "THREAD" => out.add(Cap::Thread),
-        "IDLE" => out.add(Cap::Idle),
-        "CANCELUPDATE" => out.add(Cap::ContextSearch),
+        "SORT" => out.insert(Cap::Sort),
+        "THREAD" => out.insert(Cap::Thread),
+        "IDLE" => out.insert(Cap::Idle),
+        "CANCELUPDATE" => out.insert(Cap::ContextSearch),
         _ => {}
     }
     let returns = match verb.name() {
@@ -221,22 +172,22 @@ pub fn needs(line: &[u8], verb: Verb) -> Needs {
     for_each_atom(line, &mut literals, |atom| {
         if atom.eq_ignore_ascii_case(b"RETURN") {
             if let Some(cap) = returns {
-                out.add(cap);
+                out.insert(cap);
             }
         } else if sort
             && (atom.eq_ignore_ascii_case(b"DISPLAYFROM")
                 || atom.eq_ignore_ascii_case(b"DISPLAYTO"))
         {
-            out.add(Cap::SortDisplay);
+            out.insert(Cap::SortDisplay);
         } else if let Some((_, cap)) = ATOMS.iter().find(|(a, _)| atom.eq_ignore_ascii_case(a)) {
-            out.add(*cap);
+            out.insert(*cap);
         } else if atom.contains(&b'$') {
             // `$` within a sequence set (`$,3`) is the saved result too.
-            out.add(Cap::Searchres);
+            out.insert(Cap::Searchres);
         }
     });
     if verb.name() == "APPEND" && literals > 1 {
-        out.add(Cap::Multiappend);
+        out.insert(Cap::Multiappend);
     }
     out
 }
@@ -386,11 +337,7 @@ mod tests {
 
     fn needs_of(line: &str) -> Vec<&'static str> {
         let n = needs(line.as_bytes(), Verb::of(line.as_bytes()));
-        ALL_NEEDED
-            .into_iter()
-            .filter(|c| n.has(*c))
-            .map(Cap::name)
-            .collect()
+        n.iter().map(Cap::name).collect()
     }
 
     #[test]

@@ -51,22 +51,9 @@ async fn witness_run(
         .args([user, password_for(user), folder, sha256])
         .arg("--list")
         .args(list);
-    // The witness blocks; Ferry may run on this test's runtime.
-    let out = tokio::task::spawn_blocking(move || {
-        command
-            .output()
-            .expect("run python3 (apt-get install -y python3)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    match out.status.success() {
-        true => Ok(stdout),
-        false => Err(format!(
-            "witness ({user}, {folder}) failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )),
-    }
+    python(command)
+        .await
+        .map_err(|e| format!("witness ({user}, {folder}) failed:\n{e}"))
 }
 
 fn hex(digest: &[u8]) -> String {

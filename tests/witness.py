@@ -30,6 +30,8 @@ import ssl
 import sys
 import traceback
 
+from witness_tls import quote, unquote
+
 LIST_RE = re.compile(rb'^\((?P<attrs>[^)]*)\) (?P<delim>"(?:[^"\\]|\\.)*"|NIL) (?P<name>.*)$')
 
 
@@ -47,16 +49,6 @@ class Witness(imaplib.IMAP4_SSL):
     def _create_socket(self, timeout):
         sock = imaplib.IMAP4._create_socket(self, timeout)
         return self.ssl_context.wrap_socket(sock, server_hostname=self._server_name)
-
-
-def unquote(raw):
-    if raw.startswith(b'"') and raw.endswith(b'"') and len(raw) >= 2:
-        return re.sub(rb"\\(.)", rb"\1", raw[1:-1])
-    return raw
-
-
-def quote(name):
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def parse_list(data):

@@ -14,20 +14,10 @@ import json
 import re
 import sys
 
-from witness_tls import connect
+from witness_tls import connect, quote, unquote
 
 LIST_RE = re.compile(rb'^\((?P<attrs>[^)]*)\) (?P<delim>"(?:[^"\\]|\\.)*"|NIL) (?P<name>.*)$')
 STATUS_RE = re.compile(rb'^(?P<name>"(?:[^"\\]|\\.)*"|[^ ]+) \((?P<items>[^)]*)\)\s*$')
-
-
-def unquote(raw):
-    if raw.startswith(b'"') and raw.endswith(b'"') and len(raw) >= 2:
-        return re.sub(rb"\\(.)", rb"\1", raw[1:-1])
-    return raw
-
-
-def quote(name):
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def items(raw):

@@ -2214,6 +2214,14 @@ pub async fn run_witness(env: &TestEnv, script: &str, user: &str, args: &[&str])
         .arg(user)
         .arg(password_for(user))
         .args(args);
+    python(command)
+        .await
+        .unwrap_or_else(|e| panic!("witness failed:\n{e}"))
+}
+
+/// Runs a prepared `python3` command off the test's runtime (Ferry may run
+/// on it): its stdout, or, if it failed, its stdout and stderr.
+pub async fn python(mut command: std::process::Command) -> Result<String, String> {
     let out = tokio::task::spawn_blocking(move || {
         command
             .output()
@@ -2222,12 +2230,13 @@ pub async fn run_witness(env: &TestEnv, script: &str, user: &str, args: &[&str])
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "witness failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    match out.status.success() {
+        true => Ok(stdout),
+        false => Err(format!(
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
 }
 
 /// Writes `bytes` to a file in `dir` and returns its path (handy for configs).

@@ -79,7 +79,6 @@ impl Shared {
         let verb = crate::verb::Verb::of(&head);
         self.timing = Some(crate::session::Timing::new(&head, verb, self.clock.now));
         let tag = Bytes::copy_from_slice(probe.command.tag.inner().as_bytes());
-        let refuse = |code: Rfc5530, text: &str| reply::no(&tag, code, text);
         let mailbox_name = match &probe.command.body {
             CommandBody::Append { mailbox, .. } => m.client_name(mailbox),
             _ => probe.mailbox.clone(),
@@ -88,12 +87,10 @@ impl Shared {
         let name = match target {
             Ok(Target::New(n)) => n,
             Ok(Target::Old(_) | Target::OldRoot) => {
-                return self
-                    .refuse_command(a, refuse(Rfc5530::NoPerm, "Old/ folders are read-only"));
+                return self.refuse_command(a, read_only(&tag));
             }
             Err(MapError::Unrepresentable) if m.map.is_reserved(&mailbox_name) => {
-                return self
-                    .refuse_command(a, refuse(Rfc5530::NoPerm, "Old/ folders are read-only"));
+                return self.refuse_command(a, read_only(&tag));
             }
             Err(_) => {
                 return self

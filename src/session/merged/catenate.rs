@@ -23,26 +23,9 @@ impl Shared {
         let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| m.client_name(mb)) else {
             return self.send_client(reply::bad(&tag, "Unknown command or invalid syntax"));
         };
-        let target = match m.map.to_backend(&name) {
-            Ok(Target::New(n)) => n,
-            Ok(_) => {
-                return self.send_client(reply::no(
-                    &tag,
-                    Rfc5530::NoPerm,
-                    "Old/ folders are read-only",
-                ));
-            }
-            Err(MapError::Unrepresentable) if m.map.is_reserved(&name) => {
-                return self.send_client(reply::no(
-                    &tag,
-                    Rfc5530::NoPerm,
-                    "Old/ folders are read-only",
-                ));
-            }
-            Err(MapError::BadEncoding) => return self.send_client(bad_name(&tag)),
-            Err(MapError::Unrepresentable) => {
-                return self.send_client(reply::no_code(&tag, Code::TryCreate, "No such mailbox"));
-            }
+        let target = match new_destination(&m.map, &name, &tag) {
+            Ok(n) => n,
+            Err(refusal) => return self.send_client(refusal),
         };
         if !self.store_has(Store::New, Cap::Catenate) {
             return self.send_client(reply::bad(&tag, "CATENATE is not supported"));

@@ -12,7 +12,6 @@ impl Shared {
         tag: Bytes,
     ) {
         use CommandBody as C;
-        let read_only = || reply::no(&tag, Rfc5530::NoPerm, "Old/ folders are read-only");
         if let C::Rename { from, to } = &cmd.body {
             let (a, b) = (m.client_name(from), m.client_name(to));
             match (m.map.to_backend(&a), m.map.to_backend(&b)) {
@@ -34,7 +33,7 @@ impl Shared {
                 (Err(MapError::BadEncoding), _) | (_, Err(MapError::BadEncoding)) => {
                     self.send_client(bad_name(&tag))
                 }
-                _ => self.send_client(read_only()),
+                _ => self.send_client(read_only(&tag)),
             }
             return;
         }
@@ -91,7 +90,7 @@ impl Shared {
                         Some(_) => return self.send_client(unavailable(&tag)),
                     }
                 } else {
-                    return self.send_client(read_only());
+                    return self.send_client(read_only(&tag));
                 }
             }
             Ok(t) => t,
@@ -132,8 +131,8 @@ impl Shared {
             (
                 NameOp::Create | NameOp::Delete | NameOp::Append,
                 Target::Old(_) | Target::OldRoot,
-            ) => self.send_client(read_only()),
-            (_, Target::OldRoot) => self.send_client(read_only()),
+            ) => self.send_client(read_only(&tag)),
+            (_, Target::OldRoot) => self.send_client(read_only(&tag)),
             (op, Target::New(n)) => {
                 let unchanged = n == name && !m.utf8();
                 let mut body = cmd.body;
@@ -202,7 +201,7 @@ impl Shared {
                             item_names,
                         }
                     }
-                    _ => return self.send_client(read_only()),
+                    _ => return self.send_client(read_only(&tag)),
                 };
                 let after = if op == NameOp::Status {
                     After::Nothing
@@ -247,7 +246,6 @@ impl Shared {
         let Some(store) = m.selected else {
             return self.send_client(reply::bad(&tag, "No mailbox selected"));
         };
-        let read_only = || reply::no(&tag, Rfc5530::NoPerm, "Old/ folders are read-only");
         if m.old_copy {
             // An `Old/` folder served from its NEW copy: read-only as on OLD.
             match op {
@@ -270,7 +268,7 @@ impl Shared {
         }
         match (op, store) {
             (SelectedOp::Read, Store::Old) if !route::old_may_receive(&cmd.body) => {
-                self.send_client(read_only())
+                self.send_client(read_only(&tag))
             }
             (SelectedOp::Read, Store::Old) if !m.old_copy => {
                 self.old_read(m, raw, tag, Verb::of(raw))
@@ -299,24 +297,18 @@ impl Shared {
                 let Some(name) = mailbox_mut(&mut cmd.body).map(|mb| m.client_name(mb)) else {
                     return;
                 };
-                match (m.map.to_backend(&name), store) {
-                    (Ok(Target::Old(_) | Target::OldRoot), _) => self.send_client(read_only()),
-                    (Err(MapError::Unrepresentable), _) if m.map.is_reserved(&name) => {
-                        self.send_client(read_only())
-                    }
-                    (Err(MapError::BadEncoding), _) => self.send_client(bad_name(&tag)),
-                    (Err(MapError::Unrepresentable), _) => {
-                        self.send_client(reply::no_code(&tag, Code::TryCreate, "No such mailbox"))
-                    }
-                    (Ok(Target::New(_)), Store::Old) if op == SelectedOp::Move => {
-                        self.send_client(reply::no_code(
-                            &tag,
-                            Code::ReadOnly,
-                            "Old/ folders are read-only: copy the messages instead",
-                        ))
-                    }
-                    (Ok(Target::New(n)), Store::Old) => self.start_copy(m, tag, cmd.body, n),
-                    (Ok(Target::New(n)), Store::New) => {
+                let n = match new_destination(&m.map, &name, &tag) {
+                    Ok(n) => n,
+                    Err(refusal) => return self.send_client(refusal),
+                };
+                match store {
+                    Store::Old if op == SelectedOp::Move => self.send_client(reply::no_code(
+                        &tag,
+                        Code::ReadOnly,
+                        "Old/ folders are read-only: copy the messages instead",
+                    )),
+                    Store::Old => self.start_copy(m, tag, cmd.body, n),
+                    Store::New => {
                         let unchanged = n == name && !m.utf8();
                         let mut body = cmd.body;
                         set_mailbox(&mut body, mailbox(n));

@@ -580,12 +580,8 @@ impl Shared {
                     return self.forward(m, Store::New, tag, bytes, After::Nothing);
                 }
             }
-            Ok(Target::Old(_) | Target::OldRoot) => {
-                reply::no(&tag, Rfc5530::NoPerm, "Old/ folders are read-only")
-            }
-            Err(MapError::Unrepresentable) if m.map.is_reserved(&c.mailbox) => {
-                reply::no(&tag, Rfc5530::NoPerm, "Old/ folders are read-only")
-            }
+            Ok(Target::Old(_) | Target::OldRoot) => read_only(&tag),
+            Err(MapError::Unrepresentable) if m.map.is_reserved(&c.mailbox) => read_only(&tag),
             Err(MapError::BadEncoding) => bad_name(&tag),
             Err(MapError::Unrepresentable) => {
                 reply::no(&tag, Rfc5530::NonExistent, "No such mailbox")

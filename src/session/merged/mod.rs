@@ -263,7 +263,7 @@ impl Merged {
     /// every store is still spoken to in modified UTF-7.
     pub(super) fn client_name(&self, mailbox: &Mailbox<'_>) -> Vec<u8> {
         let raw = mailbox_bytes(mailbox);
-        if !self.enabled.has(Cap::Utf8Accept) || matches!(mailbox, Mailbox::Inbox) {
+        if !self.utf8() || matches!(mailbox, Mailbox::Inbox) {
             return raw;
         }
         match std::str::from_utf8(&raw) {
@@ -281,7 +281,7 @@ impl Merged {
 
     /// A name in the client's modified UTF-7 form, as the client is to see it.
     pub(super) fn shown_name(&self, name: Vec<u8>) -> Mailbox<'static> {
-        shown(self.enabled.has(Cap::Utf8Accept), name)
+        shown(self.utf8(), name)
     }
 
     /// A line of the client's streamed APPEND, as NEW is to see it.
@@ -475,8 +475,7 @@ impl Shared {
 
     /// Sends a client command to `store` and waits for its tagged response.
     fn forward(&mut self, m: &mut Merged, store: Store, tag: Bytes, bytes: Bytes, after: After) {
-        let rename =
-            store == Store::Old || !same_names(&m.map, store) || m.enabled.has(Cap::Utf8Accept);
+        let rename = store == Store::Old || !same_names(&m.map, store) || m.utf8();
         if store == Store::Old {
             m.old_last = Some((tag.clone(), bytes.clone()));
         }
@@ -626,11 +625,7 @@ impl Shared {
             (Some(Store::New), SelectedOp::Read) => {
                 self.selected_as_is(m, op, Store::New, raw, tag)
             }
-            _ => self.send_client(reply::no(
-                &tag,
-                Rfc5530::NoPerm,
-                "Old/ folders are read-only",
-            )),
+            _ => self.send_client(read_only(&tag)),
         }
     }
 
@@ -638,11 +633,11 @@ impl Shared {
     /// offers every extension it relies on, else answered by Ferry.
     fn old_read(&mut self, m: &mut Merged, raw: &Bytes, tag: Bytes, verb: Verb) {
         let need = needs(raw, verb);
-        let old_caps = self.store_info(Store::Old).map(|i| i.capabilities.clone());
-        let missing = match &old_caps {
-            Some(_) if need.has(Cap::Condstore) && !self.old_modseq(m) => Some(Cap::Condstore),
-            Some(caps) => need.missing(caps),
-            None => None,
+        let missing = if need.has(Cap::Condstore) && !self.old_modseq(m) {
+            Some(Cap::Condstore)
+        } else {
+            self.store_info(Store::Old)
+                .and_then(|i| need.missing(&i.capabilities))
         };
         match missing {
             // RFC 7162 §3.1.2.2: a mailbox without mod-sequences refuses
@@ -684,6 +679,10 @@ impl Shared {
     /// Brings `store` level with what the client enabled: `ENABLE` under
     /// Ferry's tag, answered to Ferry, before the command that needs it.
     pub(super) fn enable_on(&mut self, m: &mut Merged, store: Store) {
+        if m.enabled.is_empty() {
+            // Every command's start: the usual session enabled nothing.
+            return;
+        }
         let want = match store {
             Store::Old if !self.old_modseq(m) => Enabled::default(),
             _ => m.enabled,
@@ -856,6 +855,25 @@ fn unavailable(tag: &[u8]) -> Bytes {
         Rfc5530::Unavailable,
         "Old/ folders are temporarily unavailable",
     )
+}
+
+/// NEW's name for `name` when a message is written there (APPEND with
+/// CATENATE, COPY, MOVE), or the refusal: `Old/` is read-only, and a name
+/// that cannot be mapped does not exist.
+fn new_destination(map: &NameMap, name: &[u8], tag: &[u8]) -> Result<Vec<u8>, Bytes> {
+    match map.to_backend(name) {
+        Ok(Target::New(n)) => Ok(n),
+        Ok(Target::Old(_) | Target::OldRoot) => Err(read_only(tag)),
+        Err(MapError::Unrepresentable) if map.is_reserved(name) => Err(read_only(tag)),
+        Err(MapError::BadEncoding) => Err(bad_name(tag)),
+        Err(MapError::Unrepresentable) => {
+            Err(reply::no_code(tag, Code::TryCreate, "No such mailbox"))
+        }
+    }
+}
+
+fn read_only(tag: &[u8]) -> Bytes {
+    reply::no(tag, Rfc5530::NoPerm, "Old/ folders are read-only")
 }
 
 /// A command on an `Old/` folder that needs what OLD does not offer.

@@ -65,7 +65,7 @@ impl Shared {
                 }
             }
             Some(Job::Forward { rename: true, .. }) => {
-                let utf8 = m.enabled.has(Cap::Utf8Accept);
+                let utf8 = m.utf8();
                 if let Some(out) = rename_data(&m.map, store, &msg, utf8) {
                     let out = if m.zero_modseq {
                         reply::with_zero_modseq(out)
