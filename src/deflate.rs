@@ -122,6 +122,7 @@ impl<S> Deflate<S> {
             let mut out = Output {
                 buf: vec![0; total / 2 + 64],
                 len: 0,
+                filled: false,
             };
             for part in parts {
                 out.deflate(&mut t.deflate, part, FlushCompress::None)?;
@@ -185,6 +186,8 @@ impl<S> Deflate<S> {
 struct Output {
     buf: Vec<u8>,
     len: usize,
+    /// The last call filled the buffer: the compressor may hold output back.
+    filled: bool,
 }
 
 impl Output {
@@ -199,14 +202,20 @@ impl Output {
             if self.buf.len() - self.len < 64 {
                 self.buf.resize(self.buf.len() + input.len() / 2 + 1024, 0);
             }
+            // A call that follows a filled buffer may only hand over what
+            // the compressor held back: miniz_oxide then returns at once,
+            // without compressing what it still has or writing the flush.
+            let settled = !self.filled;
             let (in0, out0) = (c.total_in(), c.total_out());
             c.compress(input, &mut self.buf[self.len..], flush)
                 .map_err(|e| io::Error::other(format!("deflate: {e}")))?;
             input = &input[(c.total_in() - in0) as usize..];
             self.len += (c.total_out() - out0) as usize;
-            // Done when all input is taken and the output had room to spare
-            // (a flush that filled it may have more to write).
-            if input.is_empty() && self.len < self.buf.len() {
+            self.filled = self.len == self.buf.len();
+            // All input taken, nothing held back, and for a flush, one call
+            // that did its whole work (a second sync flush after a complete
+            // one adds only an empty block: harmless).
+            if input.is_empty() && !self.filled && (settled || flush == FlushCompress::None) {
                 return Ok(());
             }
         }
@@ -273,6 +282,7 @@ mod tests {
         let mut out = Output {
             buf: Vec::new(),
             len: 0,
+            filled: false,
         };
         for chunk in chunks {
             out.deflate(&mut c, chunk, FlushCompress::Sync).unwrap();
@@ -281,11 +291,18 @@ mod tests {
         out.buf
     }
 
-    fn inflate_all(d: &mut Decompress, input: &[u8]) -> Vec<u8> {
+    fn inflate_all(d: &mut Decompress, mut input: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(input.len() * 8 + 1024);
-        d.decompress_vec(input, &mut out, FlushDecompress::Sync)
-            .unwrap();
-        out
+        loop {
+            let before = d.total_in();
+            d.decompress_vec(input, &mut out, FlushDecompress::Sync)
+                .unwrap();
+            input = &input[(d.total_in() - before) as usize..];
+            if input.is_empty() && out.len() < out.capacity() {
+                return out;
+            }
+            out.reserve(out.capacity());
+        }
     }
 
     /// A connection that hands over `data` `step` bytes per read.
@@ -411,6 +428,7 @@ mod tests {
         let mut out = Output {
             buf: Vec::new(),
             len: 0,
+            filled: false,
         };
         out.deflate(&mut c, b"a NOOP\r\n", FlushCompress::Finish)
             .unwrap();
@@ -460,6 +478,46 @@ mod tests {
         // A burst larger than any buffer guess.
         let big = [Bytes::from(text(20_000))];
         assert_eq!(inflate_all(&mut ca, &a.compress(&big).unwrap()), big[0]);
+    }
+
+    /// Every burst inflates to all of itself at once, whatever its size and
+    /// content: a burst whose tail stayed in the compressor would leave the
+    /// client waiting for the rest of a response (miniz_oxide returns early
+    /// from a sync flush that had to hand over a block first).
+    #[test]
+    fn every_burst_is_complete_on_its_own() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut a = Deflate::new((), b"");
+        let mut client = Decompress::new(false);
+        for burst in 0..400 {
+            let mut parts = Vec::new();
+            for _ in 0..1 + next() % 4 {
+                let len = (next() % (96 * 1024)) as usize;
+                let part: Vec<u8> = match next() % 3 {
+                    // Base64-like text, mail text, and noise.
+                    0 => (0..len)
+                        .map(|_| b"ABCDEFGHabcdefgh0123456789+/"[(next() % 28) as usize])
+                        .collect(),
+                    1 => text(len / 30 + 1),
+                    _ => (0..len).map(|_| next() as u8).collect(),
+                };
+                parts.push(Bytes::from(part));
+            }
+            let want = parts.concat();
+            let got = inflate_all(&mut client, &a.compress(&parts).unwrap());
+            assert!(
+                got == want,
+                "burst {burst}: {} of {} bytes",
+                got.len(),
+                want.len()
+            );
+        }
     }
 
     #[test]

@@ -947,12 +947,17 @@ pub struct TestClient {
 /// `input` deflated and sync-flushed.
 fn deflate_all(c: &mut flate2::Compress, mut input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() + 1024);
+    let mut filled = false;
     loop {
+        // After a call that filled `out`, the next may only hand over what
+        // was held back (miniz_oxide): only a later one completes the flush.
+        let settled = !filled;
         let before = c.total_in();
         c.compress_vec(input, &mut out, flate2::FlushCompress::Sync)
             .expect("deflate");
         input = &input[(c.total_in() - before) as usize..];
-        if input.is_empty() && out.len() < out.capacity() {
+        filled = out.len() == out.capacity();
+        if input.is_empty() && !filled && settled {
             return out;
         }
         out.reserve(input.len() + 1024);
