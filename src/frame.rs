@@ -193,7 +193,13 @@ impl Framer {
                         self.state = State::Line { start: true };
                         return Err(FrameError::LineTooLong(self.max_line));
                     }
-                    let bytes = self.buf.split_to(end + 1).freeze();
+                    let mut bytes = self.buf.split_to(end + 1).freeze();
+                    if self.peer == Peer::Client && !bytes.ends_with(b"\r\n") {
+                        // A bare LF ends a client's line for Ferry as for the
+                        // stores; made CRLF here so that every later step
+                        // (and the store) reads the line as Ferry framed it.
+                        bytes = crlf(&bytes);
+                    }
                     // Most lines announce nothing; only those that do are
                     // checked for being free text.
                     let literal = announcement(&bytes).filter(|_| {
@@ -227,6 +233,14 @@ impl Framer {
             }
         }
     }
+}
+
+/// `line` (ending in a bare LF) ending in CRLF.
+fn crlf(line: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(line.len() + 1);
+    out.extend_from_slice(&line[..line.len() - 1]);
+    out.extend_from_slice(b"\r\n");
+    out.into()
 }
 
 /// Parses a literal announcement at the end of `line` (`... {123}\r\n`, `{123+}`).
@@ -420,6 +434,30 @@ mod tests {
                 line(b"a2 NOOP\r\n", true, None),
             ]
         );
+    }
+
+    /// A client line ending in a bare LF leaves as CRLF: a store must never
+    /// read a literal announcement differently from Ferry (found by fuzzing:
+    /// `{4}` + LF became `{+}`, and the literal's bytes reached OLD as a
+    /// command Ferry never checked).
+    #[test]
+    fn client_lines_ending_in_a_bare_lf_become_crlf() {
+        let got = frames(Peer::Client, &[b"d SEARCH TEXT {4}\nb SE\nc NOOP\n"]);
+        assert_eq!(
+            got,
+            vec![
+                line(b"d SEARCH TEXT {4}\r\n", true, Some((4, true))),
+                Frame::LiteralData {
+                    bytes: Bytes::from_static(b"b SE"),
+                    last: true
+                },
+                line(b"\r\n", false, None),
+                line(b"c NOOP\r\n", true, None),
+            ]
+        );
+        // Store responses are forwarded as they came.
+        let got = frames(Peer::Server, &[b"* 1 EXISTS\n"]);
+        assert_eq!(got, vec![line(b"* 1 EXISTS\n", true, None)]);
     }
 
     #[test]
