@@ -24,7 +24,13 @@ use thiserror::Error;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::{context::Live, copier::activity::Activity, sessions::Sessions, state::State};
+use crate::{
+    context::Live,
+    copier::activity::Activity,
+    fleet::{Fleet, Note},
+    sessions::Sessions,
+    state::State,
+};
 
 #[derive(Debug, Error)]
 pub enum AdminError {
@@ -43,6 +49,8 @@ pub struct Admin {
     pub live: watch::Receiver<Arc<Live>>,
     pub state: Arc<State>,
     pub sessions: Arc<Sessions>,
+    /// Ending sessions reaches every instance.
+    pub fleet: Arc<Fleet>,
     pub activity: Arc<Activity>,
 }
 
@@ -169,8 +177,10 @@ impl Admin {
             (&Method::POST, ["users", _, "migration", what], Some(u)) => self.steer(&u, what).await,
             (&Method::POST, ["users", _, "sessions", "end"], Some(u)) => {
                 let ended = self.sessions.end(&u);
+                // Every other instance ends the user's sessions too.
+                self.fleet.send(Note::EndSessions { user: u.clone() });
                 tracing::info!(user = %u, ended, "sessions ended by the admin API");
-                Ok(json!({ "user": u, "ended": ended }))
+                Ok(json!({ "user": u, "ended": ended, "fleet": self.fleet.is_shared() }))
             }
             _ => return error(StatusCode::NOT_FOUND, "no such resource"),
         };

@@ -31,6 +31,7 @@ pub mod copier;
 pub mod deflate;
 pub mod driver;
 pub mod extensions;
+pub mod fleet;
 pub mod frame;
 pub mod identity;
 pub mod listener;

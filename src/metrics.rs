@@ -66,6 +66,9 @@ fn register_zeroes() {
     counter!("ferry_copy_bytes_total").absolute(0);
     counter!("ferry_phase_disconnects_total").absolute(0);
     counter!("ferry_compress_sessions_total").absolute(0);
+    for result in ["sent", "failed", "dropped", "received"] {
+        counter!("ferry_fleet_notes_total", "result" => result).absolute(0);
+    }
     for kind in ["delayed", "known_failure"] {
         counter!("ferry_auth_throttled_total", "kind" => kind).absolute(0);
     }
@@ -224,6 +227,12 @@ pub fn tls_handshake_failed(listener: &'static str) {
 }
 
 /// A client turned on COMPRESS=DEFLATE.
+/// A note to or from the other instances: `sent`, `failed` (PostgreSQL
+/// refused it), `dropped` (the queue was full), `received`.
+pub fn fleet_note(what: &'static str) {
+    counter!("ferry_fleet_notes_total", "result" => what).increment(1);
+}
+
 pub fn compression_started() {
     counter!("ferry_compress_sessions_total").increment(1);
 }

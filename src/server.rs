@@ -137,19 +137,23 @@ impl Ferry {
             None => (None, None),
         };
         let state = Arc::new(crate::state::State::open(&config.state.url).await?);
+        let fleet = crate::fleet::Fleet::join(state.clone());
         let activity = Arc::new(crate::copier::activity::Activity::default());
         let subscriptions = Arc::new(
             crate::subscriptions::Subscriptions::open(
                 state.clone(),
                 config.namespace.subscriptions_dir.as_deref(),
+                fleet.clone(),
             )
             .await?,
         );
         let first = live(config, 1)?;
         publish(&first);
         let (live_tx, live_rx) = watch::channel(Arc::new(first));
-        let throttle = Arc::new(crate::throttle::Throttle::new(
+        let throttle = Arc::new(crate::throttle::Throttle::shared(
             &live_rx.borrow().config.auth,
+            state.secret("throttle").await?,
+            fleet.clone(),
         ));
         let tokens = Arc::new(crate::oauth::Tokens::default());
         let ctx = Arc::new(Ctx {
@@ -168,6 +172,16 @@ impl Ferry {
         });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        tracker.spawn(crate::fleet::listen(
+            state.clone(),
+            fleet.clone(),
+            crate::fleet::Recipients {
+                subscriptions: subscriptions.clone(),
+                throttle: ctx.throttle.clone(),
+                sessions: ctx.sessions.clone(),
+            },
+            shutdown.clone(),
+        ));
         let config = live_rx.borrow().config.clone();
         let mut ferry = Ferry {
             imaps: None,
@@ -208,6 +222,7 @@ impl Ferry {
                 state: state.clone(),
                 sessions: ctx.sessions.clone(),
                 activity: activity.clone(),
+                fleet,
             };
             let local = crate::admin::serve(admin.listen, api, shutdown.clone()).await?;
             info!(addr = %local, "admin API on http://{local}/");

@@ -10,7 +10,11 @@
 //! Shutdown waits until the queue is written.
 //!
 //! Instances sharing PostgreSQL write only the rows that changed, so none
-//! loses another's; each sees the others' choices from its next start.
+//! loses another's; each row keeps the latest choice by when it was made.
+//! After a write the writer tells the fleet (`crate::fleet`), and every
+//! instance reads that user's rows again: a SUBSCRIBE on one instance shows
+//! in LSUB on the others a moment later. Choices of this instance not
+//! written yet stay on top of what is read back.
 //!
 //! Before the state store, choices were one file per user in
 //! `namespace.subscriptions_dir`; those files are imported once.
@@ -25,7 +29,10 @@ use std::{
 use thiserror::Error;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::state::{State, StateError, subscriptions::Subscription};
+use crate::{
+    fleet::{Fleet, Note},
+    state::{State, StateError, subscriptions::Subscription},
+};
 
 /// A user's `Old/` subscription choices, by client-visible name.
 pub type Choices = BTreeMap<Vec<u8>, bool>;
@@ -67,6 +74,44 @@ enum Queue {
 struct Inner {
     cache: HashMap<Vec<u8>, Choices>,
     queue: Queue,
+    /// Choices queued and not written yet, by user and name: how many, and
+    /// the latest.
+    pending: HashMap<Vec<u8>, Pending>,
+}
+
+/// One user's unwritten choices, by name: how many are queued, the latest.
+type Pending = BTreeMap<Vec<u8>, (u32, bool)>;
+
+impl Inner {
+    /// The user's choices as read from the store, with this instance's
+    /// unwritten ones on top.
+    fn replace(&mut self, user: &[u8], mut choices: Choices) {
+        if let Some(pending) = self.pending.get(user) {
+            for (name, (_, subscribed)) in pending {
+                choices.insert(name.clone(), *subscribed);
+            }
+        }
+        if choices.is_empty() {
+            self.cache.remove(user);
+        } else {
+            self.cache.insert(user.to_vec(), choices);
+        }
+    }
+
+    /// One queued choice was written.
+    fn written(&mut self, user: &[u8], name: &[u8]) {
+        if let Some(names) = self.pending.get_mut(user) {
+            if let Some((n, _)) = names.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    names.remove(name);
+                }
+            }
+            if names.is_empty() {
+                self.pending.remove(user);
+            }
+        }
+    }
 }
 
 /// Every user's choices, shared by all sessions of one instance.
@@ -74,14 +119,20 @@ struct Inner {
 pub struct Subscriptions {
     // One lock for the cache and the queue, so rows are queued in the order
     // the cache changed.
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Where every user's choices are read again from (`None`: memory only).
+    state: Option<Arc<State>>,
 }
 
 impl Subscriptions {
     /// Imports `subscriptions_dir` if it was never imported, loads every
     /// choice and starts the writer task (on the current runtime).
-    pub async fn open(state: Arc<State>, import_from: Option<&Path>) -> Result<Self, OpenError> {
+    pub async fn open(
+        state: Arc<State>,
+        import_from: Option<&Path>,
+        fleet: Arc<Fleet>,
+    ) -> Result<Self, OpenError> {
         if let Some(dir) = import_from {
             import(&state, dir).await?;
         }
@@ -93,14 +144,59 @@ impl Subscriptions {
                 .insert(s.name.into_bytes(), s.subscribed);
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_behind(state, rx));
+        let inner = Arc::new(Mutex::new(Inner {
+            cache,
+            queue: Queue::Open(tx),
+            pending: HashMap::new(),
+        }));
+        let writer = tokio::spawn(write_behind(state.clone(), rx, inner.clone(), fleet));
         Ok(Self {
-            inner: Mutex::new(Inner {
-                cache,
-                queue: Queue::Open(tx),
-            }),
+            inner,
             writer: Mutex::new(Some(writer)),
+            state: Some(state),
         })
+    }
+
+    /// Reads the user's choices again (another instance changed them).
+    pub async fn refresh(&self, user: &str) {
+        let Some(state) = &self.state else { return };
+        match state.user_subscriptions(user).await {
+            Ok(rows) => {
+                let choices = rows
+                    .into_iter()
+                    .map(|r| (r.name.into_bytes(), r.subscribed))
+                    .collect();
+                lock(&self.inner).replace(user.as_bytes(), choices);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read a user's Old/ subscriptions again"),
+        }
+    }
+
+    /// Reads every user's choices again; false if the store could not be read.
+    pub async fn refresh_all(&self) -> bool {
+        let Some(state) = &self.state else {
+            return true;
+        };
+        let rows = match state.subscriptions().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the Old/ subscriptions again");
+                return false;
+            }
+        };
+        let mut all: HashMap<Vec<u8>, Choices> = HashMap::new();
+        for r in rows {
+            all.entry(r.user.into_bytes())
+                .or_default()
+                .insert(r.name.into_bytes(), r.subscribed);
+        }
+        let mut inner = lock(&self.inner);
+        let users: Vec<Vec<u8>> = inner.cache.keys().chain(all.keys()).cloned().collect();
+        for user in users {
+            let choices = all.remove(&user).unwrap_or_default();
+            inner.replace(&user, choices);
+        }
+        true
     }
 
     /// The user's choices.
@@ -118,11 +214,21 @@ impl Subscriptions {
             user: text(user, "user name")?,
             name: text(name, "mailbox name")?,
             subscribed,
+            at: now_us(),
         };
         let mut inner = self.lock();
         match &inner.queue {
             Queue::Memory => {}
-            Queue::Open(tx) => tx.send(row).map_err(|_| SubscriptionError::Closed)?,
+            Queue::Open(tx) => {
+                tx.send(row).map_err(|_| SubscriptionError::Closed)?;
+                let slot = inner
+                    .pending
+                    .entry(user.to_vec())
+                    .or_default()
+                    .entry(name.to_vec())
+                    .or_insert((0, subscribed));
+                *slot = (slot.0 + 1, subscribed);
+            }
             Queue::Closed => return Err(SubscriptionError::Closed),
         }
         inner
@@ -149,23 +255,44 @@ impl Subscriptions {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic elsewhere while holding the lock leaves plain data behind.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 }
 
-/// Writes queued rows one at a time, in order. A failed row is logged and
-/// dropped: this instance still shows it until it restarts.
-async fn write_behind(state: Arc<State>, mut rx: mpsc::UnboundedReceiver<Subscription>) {
+fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    // A panic elsewhere while holding the lock leaves plain data behind.
+    inner.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Now, in microseconds since the Unix epoch: when a choice was made.
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Writes queued rows one at a time, in order, and tells the fleet after
+/// each. A failed row is logged and dropped: this instance shows it until
+/// the user's choices are next read again.
+async fn write_behind(
+    state: Arc<State>,
+    mut rx: mpsc::UnboundedReceiver<Subscription>,
+    inner: Arc<Mutex<Inner>>,
+    fleet: Arc<Fleet>,
+) {
     while let Some(row) = rx.recv().await {
-        if let Err(e) = state.set_subscription(&row).await {
-            tracing::warn!(
+        match state.set_subscription(&row).await {
+            Ok(()) => fleet.send(Note::Subscriptions {
+                user: row.user.clone(),
+            }),
+            Err(e) => tracing::warn!(
                 user = %row.user,
                 mailbox = %row.name,
                 error = %e,
-                "cannot store an Old/ subscription; kept in memory until restart"
-            );
+                "cannot store an Old/ subscription; kept in memory for now"
+            ),
         }
+        lock(&inner).written(row.user.as_bytes(), row.name.as_bytes());
     }
 }
 
@@ -247,6 +374,7 @@ fn read_files(dir: &Path) -> io::Result<Option<Files>> {
                     user: user.clone(),
                     name,
                     subscribed,
+                    at: 0,
                 }),
                 Err(_) => {
                     tracing::warn!(file = %path.display(), "mailbox name is not UTF-8: not imported")
@@ -325,7 +453,7 @@ mod tests {
     #[tokio::test]
     async fn changes_reach_the_store_by_shutdown() {
         let tmp = tempfile::tempdir().unwrap();
-        let s = Subscriptions::open(state(tmp.path()).await, None)
+        let s = Subscriptions::open(state(tmp.path()).await, None, Fleet::alone())
             .await
             .unwrap();
         s.set(b"alice", b"Old/&U9dP4Xux-", true).unwrap();
@@ -337,7 +465,7 @@ mod tests {
             s.set(b"alice", b"Old/X", true),
             Err(SubscriptionError::Closed)
         ));
-        let again = Subscriptions::open(state(tmp.path()).await, None)
+        let again = Subscriptions::open(state(tmp.path()).await, None, Fleet::alone())
             .await
             .unwrap();
         let c = again.get(b"alice");
@@ -360,14 +488,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("subscriptions");
         // Missing: nothing imported, and looked at again next time.
-        let s = Subscriptions::open(state(tmp.path()).await, Some(&dir))
+        let s = Subscriptions::open(state(tmp.path()).await, Some(&dir), Fleet::alone())
             .await
             .unwrap();
         s.flush().await;
         write_user_file(&dir, b"../../etc/passwd", "+Old/A\n-Old/Sent\n");
         write_user_file(&dir, b"bob", "+Old/B\n");
         std::fs::write(dir.join("626f62.tmp"), "+Old/Leftover\n").unwrap();
-        let s = Subscriptions::open(state(tmp.path()).await, Some(&dir))
+        let s = Subscriptions::open(state(tmp.path()).await, Some(&dir), Fleet::alone())
             .await
             .unwrap();
         let c = s.get(b"../../etc/passwd");
@@ -381,7 +509,7 @@ mod tests {
         s.flush().await;
         // Changed files are not read again; choices made since stay.
         write_user_file(&dir, b"bob", "-Old/B\n-Old/C\n+Old/D\n");
-        let s = Subscriptions::open(state(tmp.path()).await, Some(&dir))
+        let s = Subscriptions::open(state(tmp.path()).await, Some(&dir), Fleet::alone())
             .await
             .unwrap();
         let bob = s.get(b"bob");

@@ -9,16 +9,28 @@
 //!
 //! Memory is bounded: entries expire, and each table has a hard cap beyond
 //! which the oldest half is dropped.
+//!
+//! Instances sharing PostgreSQL throttle as one (`crate::fleet`): each tells
+//! the others of every failure and success, and the hashes are keyed with a
+//! secret the fleet shares (`ferry_secrets`), so a stale password refused on
+//! one instance is answered by all. Hashes travel only in notifications;
+//! nothing about a failed login is stored.
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, RandomState},
     net::IpAddr,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use crate::{config::Auth, identity::StoreAuth, namespace::Store};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    config::Auth,
+    fleet::{Fleet, Note},
+    identity::StoreAuth,
+    namespace::Store,
+};
 
 /// Entries per table; a flood of distinct addresses or names cannot grow
 /// memory beyond this (about 100 bytes per entry).
@@ -45,9 +57,10 @@ pub struct Throttle {
     base: Duration,
     max: Duration,
     remember: Duration,
-    /// Per-process random key: the hashes mean nothing outside this process.
-    key: RandomState,
+    /// The hashes' key: random per process, or the fleet's shared secret.
+    key: [u8; 32],
     tables: Mutex<Tables>,
+    fleet: Arc<Fleet>,
 }
 
 /// What to do with a login attempt before it reaches a store.
@@ -67,14 +80,34 @@ impl std::fmt::Debug for Throttle {
 }
 
 impl Throttle {
+    /// A throttle for this instance alone.
     pub fn new(auth: &Auth) -> Self {
+        Self::shared(auth, crate::state::fleet::random_bytes(), Fleet::alone())
+    }
+
+    /// A throttle that counts with the fleet's: `secret` is the fleet's.
+    pub fn shared(auth: &Auth, secret: [u8; 32], fleet: Arc<Fleet>) -> Self {
         Self {
             base: Duration::from_millis(auth.throttle_base_ms),
             max: Duration::from_millis(auth.throttle_max_ms),
             remember: Duration::from_secs(auth.failure_cache_secs),
-            key: RandomState::new(),
+            key: secret,
             tables: Mutex::default(),
+            fleet,
         }
+    }
+
+    /// A keyed hash of `parts` (each length-prefixed, so no two lists of
+    /// parts hash alike by construction).
+    fn digest(&self, parts: &[&[u8]]) -> u64 {
+        let mut h = Sha256::new();
+        h.update(self.key);
+        for p in parts {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        let d = h.finalize();
+        u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
@@ -82,7 +115,7 @@ impl Throttle {
     }
 
     fn pair(&self, user: &[u8], password: &[u8]) -> u64 {
-        self.key.hash_one((user, password))
+        self.digest(&[b"pair", user, password])
     }
 
     fn curve(&self, failures: u32) -> Duration {
@@ -109,17 +142,18 @@ impl Throttle {
     }
 
     pub fn failed(&self, now: Instant, ip: IpAddr, user: &[u8], password: &[u8]) {
-        let key = self.pair(user, password);
+        let pair = self.pair(user, password);
+        let user = normalise(user);
+        self.remote_failed(now, ip, &user, pair);
+        self.fleet.send(Note::LoginFailed { ip, user, pair });
+    }
+
+    /// A failure another instance saw (`user` normalised already).
+    pub fn remote_failed(&self, now: Instant, ip: IpAddr, user: &str, pair: u64) {
         let mut t = self.lock();
         bump(&mut t.ips, ip, now);
-        bump(&mut t.users, normalise(user), now);
-        if t.pairs.len() >= CAP {
-            t.pairs.retain(|_, until| *until > now);
-            if t.pairs.len() >= CAP {
-                t.pairs.clear();
-            }
-        }
-        t.pairs.insert(key, now + self.remember);
+        bump(&mut t.users, user.to_string(), now);
+        remember(&mut t.pairs, pair, now + self.remember, now);
     }
 
     /// A store refused a login Ferry made on the user's behalf after the
@@ -130,9 +164,14 @@ impl Throttle {
     /// (a cached one is replaced first): then the user's token logins wait.
     pub fn store_failed(&self, now: Instant, store: Store, auth: &StoreAuth) {
         if let Some(key) = self.store_key(store, auth) {
-            let mut t = self.lock();
-            t.pairs.insert(key, now + self.remember);
+            self.remote_store_failed(now, key);
+            self.fleet.send(Note::StoreFailed { key });
         }
+    }
+
+    /// A store refused a login another instance made.
+    pub fn remote_store_failed(&self, now: Instant, key: u64) {
+        remember(&mut self.lock().pairs, key, now + self.remember, now);
     }
 
     /// This very login just failed at this store.
@@ -146,16 +185,17 @@ impl Throttle {
     }
 
     fn store_key(&self, store: Store, auth: &StoreAuth) -> Option<u64> {
+        let store = store.as_str().as_bytes();
         match auth {
             StoreAuth::Login { user, password } => {
-                Some(self.key.hash_one((store, user, password.expose())))
+                Some(self.digest(&[b"login", store, user, password.expose()]))
             }
             StoreAuth::Plain {
                 user,
                 master,
                 password,
-            } => Some(self.key.hash_one((store, user, master, password.expose()))),
-            StoreAuth::Token { user, .. } => Some(self.key.hash_one((store, user, "oauth2"))),
+            } => Some(self.digest(&[b"plain", store, user, master, password.expose()])),
+            StoreAuth::Token { user, .. } => Some(self.digest(&[b"oauth2", store, user])),
             StoreAuth::Client { .. } | StoreAuth::Unusable => None,
         }
     }
@@ -163,7 +203,14 @@ impl Throttle {
     /// A good login clears the user's record (not the address's: one
     /// success must not reset a password-spraying address).
     pub fn succeeded(&self, user: &[u8]) {
-        self.lock().users.remove(&normalise(user));
+        let user = normalise(user);
+        self.forgive(&user);
+        self.fleet.send(Note::LoginSucceeded { user });
+    }
+
+    /// Another instance saw the user (normalised) log in.
+    pub fn forgive(&self, user: &str) {
+        self.lock().users.remove(user);
     }
 
     #[cfg(test)]
@@ -175,6 +222,17 @@ impl Throttle {
 
 fn normalise(user: &[u8]) -> String {
     String::from_utf8_lossy(user).to_lowercase()
+}
+
+/// Remembers `key` until `until`; a full table drops what expired, or all.
+fn remember(pairs: &mut HashMap<u64, Instant>, key: u64, until: Instant, now: Instant) {
+    if pairs.len() >= CAP {
+        pairs.retain(|_, until| *until > now);
+        if pairs.len() >= CAP {
+            pairs.clear();
+        }
+    }
+    pairs.insert(key, until);
 }
 
 fn bump<K: std::hash::Hash + Eq>(table: &mut HashMap<K, Failures>, key: K, now: Instant) {
@@ -275,6 +333,44 @@ mod tests {
         };
         t.store_failed(now(), Store::New, &token);
         assert!(t.store_known_failure(now(), Store::New, &token));
+    }
+
+    /// What another instance relays (the note's fields) counts here as if
+    /// tried here, when both hash with the fleet's secret; with a key of
+    /// its own an instance cannot recognise the pair.
+    #[test]
+    fn instances_sharing_a_secret_recognise_each_others_failures() {
+        let secret = [7; 32];
+        let (a, b) = (
+            Throttle::shared(&Auth::default(), secret, Fleet::alone()),
+            Throttle::shared(&Auth::default(), secret, Fleet::alone()),
+        );
+        let stranger = throttle();
+        let pair = a.pair(b"Carol", b"stale");
+        a.failed(now(), IP, b"Carol", b"stale");
+        for t in [&b, &stranger] {
+            t.remote_failed(now(), IP, "carol", pair);
+        }
+        assert!(b.check(now(), IP, b"Carol", b"stale").known_failure);
+        assert!(!stranger.check(now(), IP, b"Carol", b"stale").known_failure);
+        assert_eq!(
+            b.check(now(), IP, b"carol", b"right").delay,
+            Duration::from_secs(2)
+        );
+        b.forgive("carol");
+        let other: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            b.check(now(), other, b"carol", b"right").delay,
+            Duration::ZERO
+        );
+        // Stores' refusals too.
+        let login = StoreAuth::Login {
+            user: b"carol".to_vec(),
+            password: crate::identity::Secret::new(b"stale"),
+        };
+        let key = a.store_key(Store::Old, &login).expect("a key");
+        b.remote_store_failed(now(), key);
+        assert!(b.store_known_failure(now(), Store::Old, &login));
     }
 
     #[test]

@@ -53,6 +53,22 @@ async fn postgres_ledger() {
     ledger_survives_reopening(&pg.url()).await;
 }
 
+/// A fleet's instances start together: each makes the schema on a fresh
+/// PostgreSQL at once, and every one of them opens.
+#[tokio::test]
+async fn instances_opening_a_fresh_postgres_at_once_all_open() {
+    let pg = Postgres::start().await;
+    let url = pg.url();
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let url = url.clone();
+        opening.spawn(async move { State::open(&url).await.map(drop) });
+    }
+    for opened in opening.join_all().await {
+        opened.expect("opened");
+    }
+}
+
 #[tokio::test]
 async fn a_bad_url_names_the_forms_it_takes() {
     let Err(e) = State::open("mysql://x").await else {

@@ -9,18 +9,6 @@ use std::time::Duration;
 use common::*;
 use ferry::state::State;
 
-/// The `Old/` names LSUB says are subscribed (not `\Noselect`: LSUB lists
-/// the parents of subscribed names that way).
-async fn lsub_old(c: &mut TestClient) -> Vec<String> {
-    let r = c.cmd("LSUB \"\" \"Old/*\"").await;
-    r.assert_ok();
-    r.list_entries()
-        .into_iter()
-        .filter(|e| !e.has_attr("\\Noselect"))
-        .map(|e| e.name)
-        .collect()
-}
-
 fn postgres_toml(pg: &Postgres) -> String {
     format!("[state]\nurl = \"{}\"\n", pg.url())
 }

@@ -18,6 +18,7 @@ macro_rules! with_pool {
     };
 }
 
+pub mod fleet;
 pub mod migration;
 pub mod subscriptions;
 pub mod uidmap;
@@ -38,6 +39,8 @@ pub enum StateError {
     Db(#[from] sqlx::Error),
     #[error("state store url {0:?}: use sqlite:///path/to/state.db or postgres://…")]
     Url(String),
+    #[error("state store: {0} is not as Ferry wrote it")]
+    Corrupt(String),
 }
 
 /// One OLD folder of one user, as the ledger knows it.
@@ -58,6 +61,16 @@ pub struct State {
     pool: Pool,
 }
 
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        };
+        f.debug_struct("State").field("pool", &kind).finish()
+    }
+}
+
 const SCHEMA: [&str; 2] = [
     // Runs of OLD UIDs copied to NEW: OLD first..=last are NEW new_first..
     "CREATE TABLE IF NOT EXISTS ferry_copied (
@@ -71,6 +84,9 @@ const SCHEMA: [&str; 2] = [
     )",
     "CREATE INDEX IF NOT EXISTS ferry_copied_user ON ferry_copied (user_name)",
 ];
+
+/// The advisory lock held while the schema is made ("Ferry" in ASCII).
+const SCHEMA_LOCK: i64 = 0x0046_6572_7279;
 
 impl State {
     /// Opens (and creates, for SQLite) the store at `url` and its tables.
@@ -94,14 +110,43 @@ impl State {
             return Err(StateError::Url(url.to_string()));
         };
         let state = State { pool };
-        for statement in SCHEMA
+        let schema = SCHEMA
             .iter()
             .chain(&migration::SCHEMA)
             .chain(subscriptions::SCHEMA)
-        {
-            state.execute(statement).await?;
+            .chain(&fleet::SCHEMA);
+        match &state.pool {
+            Pool::Sqlite(_) => {
+                for statement in schema {
+                    state.execute(statement).await?;
+                }
+                // Present already (made so before): fine.
+                let _ = state.execute(subscriptions::ADD_AT).await;
+            }
+            // Instances of a fleet start together: `IF NOT EXISTS` alone
+            // races in PostgreSQL (two creators, one unique violation), so
+            // one instance at a time makes the schema.
+            Pool::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(SCHEMA_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                for statement in schema {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                let add_at =
+                    subscriptions::ADD_AT.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS");
+                sqlx::query(&add_at).execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
         }
         Ok(state)
+    }
+
+    /// Whether instances sharing this store hear one another (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.pool, Pool::Postgres(_))
     }
 
     async fn execute(&self, statement: &str) -> Result<(), StateError> {

@@ -3,9 +3,11 @@
 //!
 //! One row per (user, client-visible name): `subscribed = false` hides one of
 //! OLD's own subscriptions. Rows are written one by one with an upsert, so
-//! instances sharing PostgreSQL never lose one another's choices. Names are
-//! TEXT: the session passes only names that decode as modified UTF-7, which
-//! is printable ASCII.
+//! instances sharing PostgreSQL never lose one another's choices, and a row
+//! carries when the choice was made (`at_us`): a write never replaces a
+//! later choice, so whichever order instances' writes land in, the row ends
+//! as the user last chose. Names are TEXT: the session passes only names
+//! that decode as modified UTF-7, which is printable ASCII.
 
 use sqlx::Row;
 
@@ -16,6 +18,7 @@ pub(super) const SCHEMA: &[&str] = &[
         user_name TEXT NOT NULL,
         name TEXT NOT NULL,
         subscribed BOOLEAN NOT NULL,
+        at_us BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (user_name, name)
     )",
     // What was imported once from outside the store (e.g. `subscriptions_dir`),
@@ -26,6 +29,11 @@ pub(super) const SCHEMA: &[&str] = &[
     )",
 ];
 
+/// Tables made before `at_us` get it (SQLite has no `ADD COLUMN IF NOT
+/// EXISTS`: its "duplicate column" error is the answer there).
+pub(super) const ADD_AT: &str =
+    "ALTER TABLE ferry_subscriptions ADD COLUMN at_us BIGINT NOT NULL DEFAULT 0";
+
 /// One user's choice for one `Old/` name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
@@ -33,52 +41,63 @@ pub struct Subscription {
     /// The client-visible name (`Old/…`, modified UTF-7).
     pub name: String,
     pub subscribed: bool,
+    /// When the user chose, in microseconds since the Unix epoch (0: imported).
+    pub at: i64,
+}
+
+/// A row of `SELECT user_name, name, subscribed, at_us` (either backend).
+macro_rules! subscription {
+    () => {
+        |r| Subscription {
+            user: r.get(0),
+            name: r.get(1),
+            subscribed: r.get(2),
+            at: r.get(3),
+        }
+    };
 }
 
 impl State {
     /// Every user's choices, for the cache sessions read.
     pub async fn subscriptions(&self) -> Result<Vec<Subscription>, StateError> {
-        const Q: &str = "SELECT user_name, name, subscribed FROM ferry_subscriptions";
-        macro_rules! fetch {
-            ($pool:expr) => {
-                sqlx::query(Q)
-                    .fetch_all($pool)
-                    .await?
-                    .iter()
-                    .map(|r| Subscription {
-                        user: r.get(0),
-                        name: r.get(1),
-                        subscribed: r.get(2),
-                    })
-                    .collect()
-            };
-        }
-        Ok(match &self.pool {
-            Pool::Sqlite(p) => fetch!(p),
-            Pool::Postgres(p) => fetch!(p),
-        })
+        const Q: &str = "SELECT user_name, name, subscribed, at_us FROM ferry_subscriptions";
+        Ok(with_pool!(self, p => sqlx::query(Q)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(subscription!())
+            .collect()))
     }
 
-    /// Records one choice; the latest write of a row wins, other rows are untouched.
+    /// One user's choices (another instance changed them).
+    pub async fn user_subscriptions(&self, user: &str) -> Result<Vec<Subscription>, StateError> {
+        const Q: &str = "SELECT user_name, name, subscribed, at_us FROM ferry_subscriptions
+                         WHERE user_name = $1";
+        Ok(with_pool!(self, p => sqlx::query(Q)
+            .bind(user)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(subscription!())
+            .collect()))
+    }
+
+    /// Records one choice, unless the row holds a later one; other rows are
+    /// untouched.
     pub async fn set_subscription(&self, s: &Subscription) -> Result<(), StateError> {
-        const Q: &str = "INSERT INTO ferry_subscriptions (user_name, name, subscribed)
-            VALUES ($1, $2, $3)
-            ON CONFLICT (user_name, name) DO UPDATE SET subscribed = excluded.subscribed";
-        macro_rules! write {
-            ($pool:expr) => {
-                sqlx::query(Q)
-                    .bind(&s.user)
-                    .bind(&s.name)
-                    .bind(s.subscribed)
-                    .execute($pool)
-                    .await
-                    .map(drop)?
-            };
-        }
-        match &self.pool {
-            Pool::Sqlite(p) => write!(p),
-            Pool::Postgres(p) => write!(p),
-        }
+        const Q: &str = "INSERT INTO ferry_subscriptions (user_name, name, subscribed, at_us)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT (user_name, name) DO UPDATE
+            SET subscribed = excluded.subscribed, at_us = excluded.at_us
+            WHERE ferry_subscriptions.at_us <= excluded.at_us";
+        with_pool!(self, p => sqlx::query(Q)
+            .bind(&s.user)
+            .bind(&s.name)
+            .bind(s.subscribed)
+            .bind(s.at)
+            .execute(p)
+            .await
+            .map(drop)?);
         Ok(())
     }
 
@@ -105,8 +124,8 @@ impl State {
     ) -> Result<bool, StateError> {
         const MARK: &str =
             "INSERT INTO ferry_imports (what, at) VALUES ($1, $2) ON CONFLICT (what) DO NOTHING";
-        const ROW: &str = "INSERT INTO ferry_subscriptions (user_name, name, subscribed)
-            VALUES ($1, $2, $3) ON CONFLICT (user_name, name) DO NOTHING";
+        const ROW: &str = "INSERT INTO ferry_subscriptions (user_name, name, subscribed, at_us)
+            VALUES ($1, $2, $3, $4) ON CONFLICT (user_name, name) DO NOTHING";
         macro_rules! import {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
@@ -125,6 +144,7 @@ impl State {
                         .bind(&s.user)
                         .bind(&s.name)
                         .bind(s.subscribed)
+                        .bind(s.at)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -148,6 +168,7 @@ mod tests {
             user: user.into(),
             name: name.into(),
             subscribed,
+            at: 0,
         }
     }
 

@@ -2201,6 +2201,18 @@ impl TestEnv {
     }
 }
 
+/// The `Old/` names LSUB says are subscribed (not `\Noselect`: LSUB lists
+/// the parents of subscribed names that way).
+pub async fn lsub_old(c: &mut TestClient) -> Vec<String> {
+    let r = c.cmd("LSUB \"\" \"Old/*\"").await;
+    r.assert_ok();
+    r.list_entries()
+        .into_iter()
+        .filter(|e| !e.has_attr("\\Noselect"))
+        .map(|e| e.name)
+        .collect()
+}
+
 /// Runs the Python imaplib witness `script` (in `tests/`) against Ferry's
 /// implicit-TLS listener as `user`, with `args` after the usual
 /// `HOST PORT CAFILE USER PASSWORD`; panics with its output unless it exits 0.
