@@ -9,7 +9,12 @@
 //!   interval; users in phase `old` too), unpausing;
 //! - `POST /users/NAME/migration/pause`, `…/resume`;
 //! - `POST /users/NAME/sessions/end`: end the user's sessions at their next
-//!   safe point (`* BYE`).
+//!   safe point (`* BYE`), on every instance of a fleet;
+//! - `PUT /users/NAME/phase/PHASE`, `DELETE /users/NAME/phase`: set the
+//!   user's phase (it wins over the configuration files), or leave it to
+//!   the files again; every instance of a fleet follows;
+//! - `POST /reload`: read the configuration file again; 422 with the
+//!   reason when it is refused (`ferry reload`).
 //!
 //! Built on hyper (HTTP/1.1 only: nothing here needs more).
 
@@ -25,7 +30,9 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    config::Phase,
     context::Live,
+    control::Control,
     copier::activity::Activity,
     fleet::{Fleet, Note},
     sessions::Sessions,
@@ -52,6 +59,8 @@ pub struct Admin {
     /// Ending sessions reaches every instance.
     pub fleet: Arc<Fleet>,
     pub activity: Arc<Activity>,
+    /// Phases and reloads.
+    pub control: Arc<Control>,
 }
 
 /// Binds `addr` and serves until `shutdown`; returns the bound address.
@@ -182,6 +191,26 @@ impl Admin {
                 tracing::info!(user = %u, ended, "sessions ended by the admin API");
                 Ok(json!({ "user": u, "ended": ended, "fleet": self.fleet.is_shared() }))
             }
+            (&Method::PUT, ["users", _, "phase", phase], Some(u)) => {
+                let phase = match *phase {
+                    "old" => Phase::Old,
+                    "merged" => Phase::Merged,
+                    "new" => Phase::New,
+                    _ => return error(StatusCode::BAD_REQUEST, "a phase is old, merged or new"),
+                };
+                self.set_phase(&u, Some(phase)).await
+            }
+            (&Method::DELETE, ["users", _, "phase"], Some(u)) => self.set_phase(&u, None).await,
+            (&Method::POST, ["reload"], None) => {
+                let control = self.control.clone();
+                return match tokio::task::spawn_blocking(move || control.reload_source()).await {
+                    Ok(Ok(generation)) => {
+                        reply(StatusCode::OK, json!({ "generation": generation }))
+                    }
+                    Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                };
+            }
             _ => return error(StatusCode::NOT_FOUND, "no such resource"),
         };
         match result {
@@ -199,12 +228,36 @@ impl Admin {
         config: &crate::config::Config,
         user: &str,
     ) -> Result<Value, crate::state::StateError> {
+        let (phase, source) = config.migration.phase_and_source(user);
         Ok(json!({
             "user": user,
-            "phase": config.migration.phase_for(user).as_str(),
+            "phase": phase.as_str(),
+            "phase_source": source,
             "sessions": self.sessions.count(user),
             "migration": self.state.migration(user).await?,
             "folders": self.state.migration_folders(user).await?,
+        }))
+    }
+
+    /// Sets or clears the user's phase: kept in the state store, applied
+    /// here at once and on every other instance by a note.
+    async fn set_phase(
+        &self,
+        user: &str,
+        phase: Option<Phase>,
+    ) -> Result<Value, crate::state::StateError> {
+        self.state.set_phase(user, phase).await?;
+        let generation = self.control.set_api_phase(user, phase);
+        self.fleet.send(Note::Phase {
+            user: user.to_lowercase(),
+        });
+        let (phase, source) = self.control.config().migration.phase_and_source(user);
+        Ok(json!({
+            "user": user,
+            "phase": phase.as_str(),
+            "phase_source": source,
+            "generation": generation,
+            "fleet": self.fleet.is_shared(),
         }))
     }
 

@@ -36,6 +36,10 @@ pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Conf
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The file this configuration was read from (reloads and the file
+    /// watcher read it again).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     pub listen: Listen,
     #[serde(default)]
     pub tls: Option<ServerTls>,
@@ -124,6 +128,11 @@ pub struct Copier {
     pub retry_base_secs: u64,
     #[serde(default = "default_retry_max")]
     pub retry_max_secs: u64,
+    /// How long a user stays with the instance copying it after that
+    /// instance stops renewing (renewed every third of it): another
+    /// instance sharing the state store takes the user over then.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
     /// Messages and bytes per second, per store (0: no cap).
     #[serde(default)]
     pub pace: CopierPace,
@@ -158,6 +167,9 @@ fn default_pass_interval() -> u64 {
 }
 fn default_verify() -> crate::copier::folder::Verify {
     crate::copier::folder::Verify::Quick
+}
+fn default_lease() -> u64 {
+    60
 }
 fn default_retry_base() -> u64 {
     30
@@ -433,6 +445,10 @@ pub struct Migration {
     /// The users file's entries (lower-case names).
     #[serde(skip)]
     pub file_users: HashMap<String, Phase>,
+    /// Phases set through the admin API (lower-case names), kept in the
+    /// state store: they win over the files until cleared.
+    #[serde(skip)]
+    pub api_users: HashMap<String, Phase>,
 }
 
 fn default_phase() -> Phase {
@@ -448,29 +464,38 @@ impl Default for Migration {
             users_file: None,
             drain_secs: 0,
             file_users: HashMap::new(),
+            api_users: HashMap::new(),
         }
     }
 }
 
 impl Migration {
-    /// The phase of `user`: per-user override, then domain, then the default.
-    /// User names compare case-insensitively, like most IMAP servers' logins.
+    /// The phase of `user`: see [`Migration::phase_and_source`].
     pub fn phase_for(&self, user: &str) -> Phase {
+        self.phase_and_source(user).0
+    }
+
+    /// The phase of `user` and what set it, first match winning: the admin
+    /// API, `[migration.users]`, the users file, the user's domain, the
+    /// default. User names compare case-insensitively, like most IMAP
+    /// servers' logins.
+    pub fn phase_and_source(&self, user: &str) -> (Phase, &'static str) {
         let lower = user.to_lowercase();
-        if let Some(p) = self
-            .users
-            .get(user)
-            .or_else(|| self.users.get(&lower))
-            .or_else(|| self.file_users.get(&lower))
-        {
-            return *p;
+        if let Some(p) = self.api_users.get(&lower) {
+            return (*p, "api");
+        }
+        if let Some(p) = self.users.get(user).or_else(|| self.users.get(&lower)) {
+            return (*p, "config");
+        }
+        if let Some(p) = self.file_users.get(&lower) {
+            return (*p, "users_file");
         }
         if let Some((_, domain)) = lower.rsplit_once('@')
             && let Some(p) = self.domains.get(domain)
         {
-            return *p;
+            return (*p, "domain");
         }
-        self.default_phase
+        (self.default_phase, "default")
     }
 }
 
@@ -592,6 +617,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         config.anchor_paths(dir);
     }
     config.read_files()?;
+    config.source = Some(path.to_owned());
     Ok(config)
 }
 

@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{sessions::Sessions, state::State, subscriptions::Subscriptions, throttle::Throttle};
+use crate::{
+    control::Control, sessions::Sessions, state::State, subscriptions::Subscriptions,
+    throttle::Throttle,
+};
 
 /// Notes waiting to be sent; beyond this they are dropped (PostgreSQL is
 /// down or slow, and a login storm must not grow memory).
@@ -37,6 +40,8 @@ pub enum Note {
     StoreFailed { key: u64 },
     /// The admin API ended the user's sessions.
     EndSessions { user: String },
+    /// The admin API set or cleared the user's phase: read it again.
+    Phase { user: String },
 }
 
 /// A note with its sender, as it travels.
@@ -112,9 +117,27 @@ pub struct Recipients {
     pub subscriptions: Arc<Subscriptions>,
     pub throttle: Arc<Throttle>,
     pub sessions: Arc<Sessions>,
+    pub control: Arc<Control>,
+    pub state: Arc<State>,
 }
 
 impl Recipients {
+    /// Every phase the admin API set, read again; false when the store
+    /// cannot be read.
+    async fn refresh_phases(&self) -> bool {
+        match self.state.phases().await {
+            Ok(phases) => {
+                self.control
+                    .replace_api_phases(phases.into_iter().collect());
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the phases the admin API set");
+                false
+            }
+        }
+    }
+
     /// Acts on one note; `own`: this instance sent it.
     async fn act(&self, note: Note, own: bool) {
         match note {
@@ -131,6 +154,14 @@ impl Recipients {
             Note::StoreFailed { key } => self
                 .throttle
                 .remote_store_failed(std::time::Instant::now(), key),
+            Note::Phase { user } => match self.state.phase(&user).await {
+                Ok(phase) => {
+                    self.control.set_api_phase(&user, phase);
+                }
+                Err(e) => {
+                    tracing::warn!(user = %user, error = %e, "cannot read a phase the admin API set")
+                }
+            },
             Note::EndSessions { user } => {
                 let ended = self.sessions.end(&user);
                 tracing::info!(user = %user, ended, "sessions ended by the admin API of another instance");
@@ -194,6 +225,7 @@ pub async fn listen(
                     // `listen` connects again (and listens on every channel).
                     if listener.listen(crate::state::fleet::CHANNEL).await.is_ok()
                         && to.subscriptions.refresh_all().await
+                        && to.refresh_phases().await
                     {
                         break;
                     }

@@ -27,6 +27,7 @@ pub mod backend;
 pub mod caps;
 pub mod config;
 pub mod context;
+pub mod control;
 pub mod copier;
 pub mod deflate;
 pub mod driver;

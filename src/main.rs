@@ -41,6 +41,10 @@ enum Cmd {
         #[command(subcommand)]
         what: AdminCmd,
     },
+    /// Make the running Ferry read its configuration again (through its
+    /// admin API); exits non-zero with the reason when it refuses it.
+    /// Needs --config with [admin].
+    Reload,
     /// Where users' migrations stand (from the state store). Needs --config.
     Migration {
         #[command(subcommand)]
@@ -80,6 +84,15 @@ enum AdminCmd {
     EndSessions {
         user: String,
     },
+    /// Set the user's phase on every instance (it wins over the
+    /// configuration files), or with --clear leave it to the files again.
+    Phase {
+        user: String,
+        #[arg(value_parser = ["old", "merged", "new"], required_unless_present = "clear")]
+        phase: Option<String>,
+        #[arg(long, conflicts_with = "phase")]
+        clear: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -88,7 +101,26 @@ enum Verify {
     Full,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors end the process with one line (the causes joined by `: `),
+/// never a backtrace: they are the admin's to read, not a developer's.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // A cause its error already quotes is not repeated.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1).map(|c| c.to_string()) {
+                if !line.contains(&cause) {
+                    line = format!("{line}: {cause}");
+                }
+            }
+            eprintln!("ferry: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     ferry::server::raise_open_files_limit();
     let cli = Cli::parse();
     if let Some(Cmd::CheckConfig { file }) = cli.command {
@@ -131,6 +163,7 @@ fn main() -> anyhow::Result<()> {
             what: MigrationCmd::Status { user, json },
         }) => return status(&path, user.as_deref(), json),
         Some(Cmd::Admin { what }) => return admin(&path, what),
+        Some(Cmd::Reload) => return reload(&path),
         _ => {}
     }
     let config = ferry::config::load(&path).with_context(|| format!("{}", path.display()))?;
@@ -155,6 +188,8 @@ fn main() -> anyhow::Result<()> {
         let ferry = ferry::Ferry::start_with_workers(config, workers).await?;
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
+        // systemd's Type=notify: listening now (a no-op outside systemd).
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
@@ -166,6 +201,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("shutting down: no new connections, finishing commands in flight");
         ferry.shutdown().await;
         tracing::info!("stopped");
@@ -205,6 +241,7 @@ fn migrate(
     with_state(path, async |config, state| {
         let tokens = ferry::oauth::Tokens::default();
         let pace = ferry::copier::pace::Pace::new(config.copier.pace.old, config.copier.pace.new);
+        let holder = ferry::copier::holder("ferry migrate");
         let job = Job {
             config: &config,
             state: &state,
@@ -212,6 +249,7 @@ fn migrate(
             pace: &pace,
             activity: None,
             options,
+            holder: &holder,
         };
         let mut failed = 0;
         for user in users {
@@ -228,7 +266,8 @@ fn migrate(
             )
             .with_prefix(user.clone());
             let mut bytes = 0u64;
-            let done = migrate_user(&job, user, &mut |event| match event {
+            let done = loop {
+                let done = migrate_user(&job, user, &mut |event| match event {
                 Event::Planned { messages, .. } => bar.set_length(messages),
                 Event::Message { bytes: b } => {
                     bytes += b;
@@ -260,6 +299,24 @@ fn migrate(
                 }
             })
             .await;
+                // Another copier holds the user (the background copier of an
+                // instance, or a `ferry migrate` killed a moment ago, whose
+                // lease lapses by itself): wait for it.
+                if let Err(ferry::copier::user::UserError::Leased(lease)) = &done {
+                    let wait =
+                        (lease.expires_ms - ferry::state::lease::now_ms()).max(0) as u64 + 200;
+                    bar.suspend(|| {
+                        eprintln!(
+                            "{user}: {} is copying it; trying again in {} s",
+                            lease.holder,
+                            wait.div_ceil(1000)
+                        )
+                    });
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                    continue;
+                }
+                break done;
+            };
             bar.finish_and_clear();
             let _ = bytes;
             match done {
@@ -324,12 +381,6 @@ fn status(path: &std::path::Path, user: Option<&str>, json: bool) -> anyhow::Res
 fn admin(path: &std::path::Path, what: AdminCmd) -> anyhow::Result<()> {
     use ferry::admin::percent_encoded as enc;
     use hyper::Method;
-    let config = ferry::config::load(path).with_context(|| format!("{}", path.display()))?;
-    let api = config
-        .admin
-        .context("no [admin] in the configuration: the admin API is off")?;
-    let token = std::fs::read_to_string(&api.token_file)
-        .with_context(|| format!("admin.token_file {}", api.token_file.display()))?;
     let (method, route) = match &what {
         AdminCmd::Status { user: None } => (Method::GET, "/users".to_string()),
         AdminCmd::Status { user: Some(u) } => (Method::GET, format!("/users/{}", enc(u))),
@@ -348,14 +399,49 @@ fn admin(path: &std::path::Path, what: AdminCmd) -> anyhow::Result<()> {
         AdminCmd::EndSessions { user } => {
             (Method::POST, format!("/users/{}/sessions/end", enc(user)))
         }
+        AdminCmd::Phase {
+            user,
+            phase: Some(phase),
+            ..
+        } => (Method::PUT, format!("/users/{}/phase/{phase}", enc(user))),
+        AdminCmd::Phase { user, .. } => (Method::DELETE, format!("/users/{}/phase", enc(user))),
     };
+    let (status, value) = ask(path, method, &route)?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    anyhow::ensure!(status.is_success(), "the admin API answered {status}");
+    Ok(())
+}
+
+/// `ferry reload`: the running Ferry's verdict on its configuration file.
+fn reload(path: &std::path::Path) -> anyhow::Result<()> {
+    let (status, value) = ask(path, hyper::Method::POST, "/reload")?;
+    match value["generation"].as_u64() {
+        Some(generation) if status.is_success() => {
+            println!("reloaded: configuration generation {generation}");
+            Ok(())
+        }
+        _ => anyhow::bail!(
+            "reload refused: {}",
+            value["error"].as_str().unwrap_or("no reason given")
+        ),
+    }
+}
+
+/// One request to the admin API of the configuration at `path`.
+fn ask(
+    path: &std::path::Path,
+    method: hyper::Method,
+    route: &str,
+) -> anyhow::Result<(hyper::StatusCode, serde_json::Value)> {
+    let config = ferry::config::load(path).with_context(|| format!("{}", path.display()))?;
+    let api = config
+        .admin
+        .context("no [admin] in the configuration: the admin API is off")?;
+    let token = std::fs::read_to_string(&api.token_file)
+        .with_context(|| format!("admin.token_file {}", api.token_file.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let addr = api.listen.to_string();
-    let (status, value) =
-        runtime.block_on(ferry::admin::request(&addr, token.trim(), method, &route))?;
-    println!("{}", serde_json::to_string_pretty(&value)?);
-    anyhow::ensure!(status.is_success(), "the admin API answered {status}");
-    Ok(())
+    Ok(runtime.block_on(ferry::admin::request(&addr, token.trim(), method, route))?)
 }

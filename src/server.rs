@@ -11,7 +11,7 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     backend,
@@ -53,6 +53,8 @@ pub enum ReloadError {
         "{0} changed: listeners are bound at start, restart Ferry to apply it (nothing was reloaded)"
     )]
     NeedsRestart(&'static str),
+    #[error("Ferry was not started from a file: nothing to read again")]
+    NoFile,
 }
 
 /// A running Ferry instance.
@@ -64,7 +66,7 @@ pub struct Ferry {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     resolver: Option<Arc<CertResolver>>,
-    live: watch::Sender<Arc<Live>>,
+    control: Arc<crate::control::Control>,
     /// Flushed last at shutdown: its writer may still hold sessions' changes.
     subscriptions: Arc<crate::subscriptions::Subscriptions>,
 }
@@ -87,7 +89,7 @@ pub fn backend_target(b: &crate::config::Backend) -> Result<backend::Target, tls
 }
 
 /// Everything derived from one configuration, built completely before it is used.
-fn live(config: Config, generation: u64) -> Result<Live, tls::TlsError> {
+pub(crate) fn live(config: Config, generation: u64) -> Result<Live, tls::TlsError> {
     Ok(Live {
         old: backend_target(&config.backends.old)?,
         new: backend_target(&config.backends.new)?,
@@ -96,7 +98,7 @@ fn live(config: Config, generation: u64) -> Result<Live, tls::TlsError> {
     })
 }
 
-fn publish(live: &Live) {
+pub(crate) fn publish(live: &Live) {
     crate::metrics::config_generation(live.generation);
     crate::metrics::configured_users(live.config.configured_users());
 }
@@ -147,6 +149,9 @@ impl Ferry {
             )
             .await?,
         );
+        let mut config = config;
+        config.migration.api_users = state.phases().await?.into_iter().collect();
+        let api_phases = config.migration.api_users.clone();
         let first = live(config, 1)?;
         publish(&first);
         let (live_tx, live_rx) = watch::channel(Arc::new(first));
@@ -172,6 +177,13 @@ impl Ferry {
         });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let config = live_rx.borrow().config.clone();
+        let control = Arc::new(crate::control::Control::new(
+            live_tx,
+            resolver.clone(),
+            api_phases,
+        ));
+        tracker.spawn(control.clone().watch(shutdown.clone()));
         tracker.spawn(crate::fleet::listen(
             state.clone(),
             fleet.clone(),
@@ -179,10 +191,11 @@ impl Ferry {
                 subscriptions: subscriptions.clone(),
                 throttle: ctx.throttle.clone(),
                 sessions: ctx.sessions.clone(),
+                control: control.clone(),
+                state: state.clone(),
             },
             shutdown.clone(),
         ));
-        let config = live_rx.borrow().config.clone();
         let mut ferry = Ferry {
             imaps: None,
             imap: None,
@@ -190,8 +203,8 @@ impl Ferry {
             admin: None,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
-            resolver,
-            live: live_tx,
+            resolver: resolver.clone(),
+            control: control.clone(),
             subscriptions,
         };
         for (kind, addr) in [
@@ -223,6 +236,7 @@ impl Ferry {
                 sessions: ctx.sessions.clone(),
                 activity: activity.clone(),
                 fleet,
+                control: control.clone(),
             };
             let local = crate::admin::serve(admin.listen, api, shutdown.clone()).await?;
             info!(addr = %local, "admin API on http://{local}/");
@@ -275,71 +289,17 @@ impl Ferry {
 
     /// The configuration generation in force (1 at start).
     pub fn generation(&self) -> u64 {
-        self.live.borrow().generation
+        self.control.generation()
     }
 
     /// Re-reads `path` and applies it (see [`Ferry::reload`]).
     pub fn reload_file(&self, path: &std::path::Path) -> Result<u64, ReloadError> {
-        let result = crate::config::load(path)
-            .map_err(ReloadError::from)
-            .and_then(|config| self.apply(config));
-        self.count(result)
+        self.control.reload_file(path)
     }
 
-    /// Replaces the running configuration with `config` once all of it has been
-    /// checked and built: the TLS certificate and key are re-read, new logins
-    /// get the new phases at once, and sessions whose user's phase changed are
-    /// ended at a safe point. On any error nothing changes. Returns the new
-    /// generation.
+    /// Replaces the running configuration (see [`crate::control::Control::reload`]).
     pub fn reload(&self, config: Config) -> Result<u64, ReloadError> {
-        let result = self.apply(config);
-        self.count(result)
-    }
-
-    fn count(&self, result: Result<u64, ReloadError>) -> Result<u64, ReloadError> {
-        match &result {
-            Ok(generation) => {
-                crate::metrics::config_reload("ok");
-                info!(generation, "configuration reloaded");
-            }
-            Err(e) => {
-                crate::metrics::config_reload("error");
-                warn!(error = %e, "configuration reload refused; the running configuration stays");
-            }
-        }
-        result
-    }
-
-    fn apply(&self, config: Config) -> Result<u64, ReloadError> {
-        let current = self.live.borrow().config.clone();
-        if config.listen.imaps != current.listen.imaps || config.listen.imap != current.listen.imap
-        {
-            return Err(ReloadError::NeedsRestart("listen"));
-        }
-        if config.metrics.listen != current.metrics.listen {
-            return Err(ReloadError::NeedsRestart("metrics.listen"));
-        }
-        if config.tls.is_some() != current.tls.is_some() {
-            return Err(ReloadError::NeedsRestart("tls"));
-        }
-        if config.admin.as_ref().map(|a| a.listen) != current.admin.as_ref().map(|a| a.listen) {
-            return Err(ReloadError::NeedsRestart("admin.listen"));
-        }
-        if config.state.url != current.state.url {
-            return Err(ReloadError::NeedsRestart("state.url"));
-        }
-        if config.namespace.subscriptions_dir != current.namespace.subscriptions_dir {
-            return Err(ReloadError::NeedsRestart("namespace.subscriptions_dir"));
-        }
-        let generation = self.generation() + 1;
-        let next = live(config, generation)?;
-        // The certificate last: everything before it can still fail without effect.
-        if let (Some(t), Some(resolver)) = (&next.config.tls, &self.resolver) {
-            resolver.reload(&t.cert, &t.key)?;
-        }
-        publish(&next);
-        self.live.send_replace(Arc::new(next));
-        Ok(generation)
+        self.control.reload(config)
     }
 
     /// Stops accepting, ends idle sessions with `* BYE`, waits up to `grace`
@@ -354,7 +314,7 @@ impl Ferry {
 
     /// [`Ferry::shutdown_within`] with the configured grace period.
     pub async fn shutdown(self) {
-        let grace = self.live.borrow().config.limits.shutdown_grace_secs;
+        let grace = self.control.config().limits.shutdown_grace_secs;
         self.shutdown_within(Duration::from_secs(grace)).await;
     }
 

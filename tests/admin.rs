@@ -141,3 +141,81 @@ async fn the_admin_api_shows_and_steers_users() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// `ferry FILE reload` (the systemd unit's ExecReload) exits 0 once the
+/// running Ferry applied the file, and non-zero with Ferry's reason when
+/// Ferry refused it; `ferry admin phase` sets and clears a user's phase.
+#[tokio::test]
+async fn ferry_reload_tells_whether_the_running_ferry_took_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = write_file(dir.path(), "admin.token", format!("{TOKEN}\n").as_bytes());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let env = TestEnv::builder().start().await;
+    // Its own instance, from a file (the test env's is not).
+    let toml = format!(
+        "{}[admin]\nlisten = \"{admin}\"\ntoken_file = {:?}\n",
+        env.config_toml,
+        token_file.display().to_string()
+    );
+    let conf = write_file(dir.path(), "ferry.toml", toml.as_bytes());
+    let ferry = ferry::Ferry::start(ferry::config::load(&conf).unwrap())
+        .await
+        .unwrap();
+    let run = |args: &'static [&'static str]| {
+        let conf = conf.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .env("RUST_BACKTRACE", "1")
+                .arg("--config")
+                .arg(&conf)
+                .args(args)
+                .output()
+                .await
+                .expect("run ferry");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (ok, out, err) = run(&["reload"]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), "reloaded: configuration generation 2");
+    // A listener moved: only a restart can apply that; Ferry says so.
+    let moved = toml.replacen(
+        "imap  = \"127.0.0.1:0\"",
+        &format!("imap  = \"127.0.0.1:{}\"", free_port()),
+        1,
+    );
+    write_file(dir.path(), "ferry.toml", moved.as_bytes());
+    let (ok, out, err) = run(&["reload"]).await;
+    assert!(!ok, "{out}");
+    assert!(
+        err.starts_with("ferry: reload refused: listen changed") && err.contains("restart"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("backtrace") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(ferry.generation(), 2);
+    write_file(dir.path(), "ferry.toml", toml.as_bytes());
+    // Phases through `ferry admin phase`.
+    let (ok, out, err) = run(&["admin", "phase", "alice", "new"]).await;
+    assert!(ok, "{out}{err}");
+    let body: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (body["phase"].as_str(), body["phase_source"].as_str()),
+        (Some("new"), Some("api"))
+    );
+    let (ok, out, _) = run(&["admin", "phase", "alice", "--clear"]).await;
+    assert!(ok);
+    let body: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(body["phase_source"], "default", "{body}");
+    let (ok, _, err) = run(&["admin", "phase", "alice", "sideways"]).await;
+    assert!(!ok && err.contains("sideways"), "{err}");
+    ferry
+        .shutdown_within(std::time::Duration::from_secs(5))
+        .await;
+}

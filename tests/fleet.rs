@@ -205,3 +205,246 @@ async fn ending_sessions_on_one_admin_api_ends_them_on_every_instance() {
     b.shutdown_within(Duration::from_secs(5)).await;
     c.shutdown_within(Duration::from_secs(5)).await;
 }
+
+/// Two instances with the copier on, a user being copied by the first:
+/// the second leaves the user alone while the first holds the lease, then
+/// SIGKILL of the first, and the second takes the user over once the lease
+/// ran out and finishes the copy, every message on NEW exactly once.
+#[tokio::test]
+async fn a_killed_instances_user_is_taken_over_and_copied_once() {
+    let pg = Postgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, login) = copier_toml(dir.path());
+    let env = TestEnv::builder()
+        .extra_toml(&format!(
+            "[state]\nurl = \"{}\"\n{}{}",
+            pg.url(),
+            login("old"),
+            login("new")
+        ))
+        .start()
+        .await;
+    seed_bulk(&env).await;
+    let state = State::open(&pg.url()).await.unwrap();
+    state.enqueue("alice").await.unwrap();
+    // The copier runs in separate processes (SIGKILL); this test's own
+    // instance has it off.
+    // Paced, so that the kill lands in the middle of the folder.
+    let copier = "[copier]\nenabled = true\nlease_secs = 3\nverify = \"quick\"\n\
+                  [copier.pace.new]\nmessages_per_second = 400\n";
+    let (mut first, _, _) = ferry_process_logged(&env, copier).await;
+    eventually(60, "the first instance copying alice", || async {
+        env.new.messages_or_none("alice", "Old/Bulk").await > 250
+    })
+    .await;
+    let holder = |leases: Vec<ferry::state::lease::Lease>| {
+        leases
+            .into_iter()
+            .find(|l| l.user == "alice")
+            .map(|l| l.holder)
+    };
+    let first_holder = holder(state.leases().await.unwrap()).expect("a lease on alice");
+    let (mut second, _, second_log) = ferry_process_logged(&env, copier).await;
+    // The second sees the lease (its copier looks every 2 s) and keeps off.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        holder(state.leases().await.unwrap()).as_deref(),
+        Some(first_holder.as_str())
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (partial, _, _) = env.new.status("alice", "Old/Bulk").await;
+    assert!(partial < 3_000, "killed too late to tell: {partial}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !state
+        .migration("alice")
+        .await
+        .unwrap()
+        .is_some_and(|r| r.state == ferry::state::UserState::Verified)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second instance never finished alice:\n{}",
+            std::fs::read_to_string(&second_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let (messages, _, _) = env.new.status("alice", "Old/Bulk").await;
+    assert_eq!(messages, 3_000, "after the kill at {partial}");
+    assert_eq!(
+        contents(&env.old, "INBOX.Bulk").await,
+        contents(&env.new, "Old/Bulk").await
+    );
+}
+
+/// Replaces `path` the way a ConfigMap update or an editor does: a new file
+/// renamed over the old one.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Whether the client was sent `* BYE` for a phase change and closed.
+async fn moved(client: &mut TestClient) -> bool {
+    let bye = lossy(&client.response().await);
+    bye.starts_with("* BYE") && bye.contains("migration phase") && client.is_closed().await
+}
+
+/// Three instances reading one configuration file and users file (three
+/// pods mounting one ConfigMap), sharing PostgreSQL. A change of the users
+/// file reaches every instance without a signal and ends exactly the
+/// changed users' sessions; a phase set through one instance's admin API
+/// reaches all and wins over the files until cleared.
+#[tokio::test]
+async fn phases_follow_the_users_file_and_the_admin_api_on_every_instance() {
+    let pg = Postgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (env, others) = fleet(&pg, dir.path()).await;
+    drop(others);
+    let users = write_file(dir.path(), "users.toml", b"\"dave\" = \"merged\"\n");
+    let toml = env.config_toml.replacen(
+        "default_phase = \"merged\"\n",
+        &format!(
+            "default_phase = \"merged\"\nusers_file = {:?}\n",
+            users.display().to_string()
+        ),
+        1,
+    );
+    let conf = write_file(dir.path(), "ferry.toml", toml.as_bytes());
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        let config = ferry::config::load(&conf).unwrap();
+        fleet.push(ferry::Ferry::start(config).await.unwrap());
+    }
+    let login_all = |user: &'static str| {
+        let (env, fleet) = (&env, &fleet);
+        async move {
+            let mut out = Vec::new();
+            for f in fleet {
+                out.push(env.login_to(f, user).await);
+            }
+            out
+        }
+    };
+    let mut alice = login_all("alice").await;
+    let mut dave = login_all("dave").await;
+    // dave moves to phase new in the users file: his sessions end on every
+    // instance, alice's stay.
+    replace_file(&users, "\"dave\" = \"new\"\n");
+    for client in &mut dave {
+        assert!(moved(client).await, "dave's session was not ended");
+    }
+    for client in &mut alice {
+        client.cmd("NOOP").await.assert_ok();
+    }
+    let generation = fleet[1].generation();
+    // The admin API of the first instance puts alice in phase old.
+    let admin = fleet[0].admin_addr().unwrap().to_string();
+    let ask = |method: Method, path: String| {
+        let admin = admin.clone();
+        async move {
+            let (status, body) = ferry::admin::request(&admin, TOKEN, method, &path)
+                .await
+                .expect("an answer");
+            assert!(status.is_success(), "{path}: {body}");
+            body
+        }
+    };
+    let body = ask(Method::PUT, "/users/alice/phase/old".into()).await;
+    assert_eq!(
+        (body["phase"].as_str(), body["phase_source"].as_str()),
+        (Some("old"), Some("api"))
+    );
+    for client in &mut alice {
+        assert!(moved(client).await, "alice's session was not ended");
+    }
+    let mut alice = login_all("alice").await;
+    // The files cannot move her while the admin API's phase stands...
+    replace_file(&users, "\"dave\" = \"new\"\n\"alice\" = \"new\"\n");
+    eventually(10, "every instance read the users file again", || async {
+        fleet.iter().all(|f| f.generation() > generation + 1)
+    })
+    .await;
+    for client in &mut alice {
+        client.cmd("NOOP").await.assert_ok();
+    }
+    let body = ask(Method::GET, "/users/alice".into()).await;
+    assert_eq!(body["phase_source"], "api", "{body}");
+    // ... and once it is cleared, the users file's phase applies everywhere.
+    let body = ask(Method::DELETE, "/users/alice/phase".into()).await;
+    assert_eq!(
+        (body["phase"].as_str(), body["phase_source"].as_str()),
+        (Some("new"), Some("users_file"))
+    );
+    for client in &mut alice {
+        assert!(moved(client).await, "alice's session was not ended");
+    }
+    // A users file Ferry refuses changes nothing anywhere.
+    let before: Vec<u64> = fleet.iter().map(|f| f.generation()).collect();
+    replace_file(&users, "\"dave\" = \"sideways\"\n");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        before,
+        fleet.iter().map(|f| f.generation()).collect::<Vec<_>>()
+    );
+    for f in fleet {
+        f.shutdown_within(Duration::from_secs(5)).await;
+    }
+}
+
+/// A rolling restart behind HAProxy: the instance a client IDLEs on drains
+/// (SIGTERM's path); the client is told at once, reconnects through HAProxy,
+/// lands on another instance and finds its subscriptions as it left them.
+#[tokio::test]
+async fn draining_an_instance_under_idle_loses_nothing() {
+    let pg = Postgres::start().await;
+    let env = TestEnv::builder()
+        .listen_toml("proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n")
+        .extra_toml(&format!(
+            "[state]\nurl = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            pg.url()
+        ))
+        .start()
+        .await;
+    let (b, c) = (env.another_ferry().await, env.another_ferry().await);
+    let server = |f: &ferry::Ferry| (f.imaps_addr().unwrap(), f.metrics_addr().unwrap());
+    // `first`: every client goes to b while b is up.
+    let haproxy = Haproxy::fleet("first", &[server(&b), server(&c), server(&env.ferry)]).await;
+    let mut client = TestClient::tls(haproxy.addr(), &env.ca).await;
+    client.greeting().await;
+    client
+        .login("alice", password_for("alice"))
+        .await
+        .assert_ok();
+    client.cmd("SUBSCRIBE Old/Archive").await.assert_ok();
+    client.cmd("SELECT INBOX").await.assert_ok();
+    client.send(b"i1 IDLE\r\n").await;
+    assert!(lossy(&client.response().await).starts_with("+"));
+    let start = Instant::now();
+    let drained = tokio::spawn(b.shutdown_within(Duration::from_secs(30)));
+    // IDLE is ended with the store first (tagged OK), then BYE, then close.
+    let done = lossy(&client.response().await);
+    assert!(done.starts_with("i1 OK"), "{done}");
+    let bye = lossy(&client.response().await);
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    assert!(client.is_closed().await);
+    // At once, not after the grace period.
+    drained.await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the drain waited for the IDLE: {:?}",
+        start.elapsed()
+    );
+    let mut again = TestClient::tls(haproxy.addr(), &env.ca).await;
+    again.greeting().await;
+    again
+        .login("alice", password_for("alice"))
+        .await
+        .assert_ok();
+    assert!(lsub_old(&mut again).await.contains(&"Old/Archive".into()));
+    again.logout().await;
+    c.shutdown_within(Duration::from_secs(5)).await;
+}

@@ -76,3 +76,49 @@ async fn a_bad_url_names_the_forms_it_takes() {
     };
     assert!(e.to_string().contains("sqlite:///"), "{e}");
 }
+
+/// One holder at a time; the holder renews; a lease that ran out goes to
+/// whoever asks; a holder gives back only its own.
+async fn leases_hand_users_over(url: &str) {
+    use std::time::Duration;
+    let state = State::open(url).await.unwrap();
+    let (a, b) = ("instance a", "instance b");
+    let short = Duration::from_millis(300);
+    assert_eq!(state.take_lease("alice", a, short).await.unwrap(), Ok(()));
+    let refused = state
+        .take_lease("alice", b, short)
+        .await
+        .unwrap()
+        .expect_err("a holds alice");
+    assert_eq!(refused.holder, a);
+    // Renewed by its holder; other users are free.
+    assert_eq!(state.take_lease("alice", a, short).await.unwrap(), Ok(()));
+    assert_eq!(state.take_lease("bob", b, short).await.unwrap(), Ok(()));
+    let live = state.leases().await.unwrap();
+    let held: Vec<_> = live
+        .iter()
+        .map(|l| (l.user.as_str(), l.holder.as_str()))
+        .collect();
+    assert_eq!(held, [("alice", a), ("bob", b)]);
+    // a stops renewing (it died): once the lease ran out, b takes alice,
+    // and a's late release leaves b's lease alone.
+    tokio::time::sleep(short + Duration::from_millis(50)).await;
+    assert!(state.leases().await.unwrap().is_empty(), "both ran out");
+    assert_eq!(state.take_lease("alice", b, short).await.unwrap(), Ok(()));
+    state.release_lease("alice", a).await.unwrap();
+    assert!(state.take_lease("alice", a, short).await.unwrap().is_err());
+    state.release_lease("alice", b).await.unwrap();
+    assert_eq!(state.take_lease("alice", a, short).await.unwrap(), Ok(()));
+}
+
+#[tokio::test]
+async fn sqlite_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    leases_hand_users_over(&format!("sqlite://{}", dir.path().join("s.db").display())).await;
+}
+
+#[tokio::test]
+async fn postgres_leases() {
+    let pg = Postgres::start().await;
+    leases_hand_users_over(&pg.url()).await;
+}

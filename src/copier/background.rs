@@ -59,6 +59,7 @@ impl Background {
     /// Runs until `shutdown`; a pass cut short by it resumes at the next
     /// start (the ledger makes that safe).
     pub async fn run(self, shutdown: CancellationToken) {
+        let holder: Arc<str> = super::holder("ferry").into();
         let mut running: JoinSet<Done> = JoinSet::new();
         let mut busy: HashSet<String> = HashSet::new();
         // Per user: failures in a row, and when to try again.
@@ -89,9 +90,14 @@ impl Background {
                 };
                 let free = config.copier.users_at_once.saturating_sub(running.len());
                 if free > 0 && Instant::now() >= hold_until {
-                    for user in self.due(&config, &busy, &failures, free).await {
+                    for user in self.due(&config, &busy, &failures, &holder, free).await {
                         busy.insert(user.clone());
-                        running.spawn(self.pass(config.clone(), pace.clone(), user));
+                        running.spawn(self.pass(
+                            config.clone(),
+                            pace.clone(),
+                            holder.clone(),
+                            user,
+                        ));
                     }
                 }
             }
@@ -122,6 +128,10 @@ impl Background {
                             info!(user, messages = p.messages, copied = p.appended,
                                   differences = p.differences.len(), "migration pass done");
                         }
+                        // Another instance copies the user: not a failure.
+                        Err(e @ (UserError::Leased(_) | UserError::LeaseLost(_))) => {
+                            info!(user, reason = %e, "left to another instance");
+                        }
                         Err(e) => {
                             let n = failures.get(&user).map_or(0, |f| f.0);
                             let wait = backoff(base, max, n);
@@ -147,6 +157,7 @@ impl Background {
         &self,
         config: Arc<Config>,
         pace: Arc<Pace>,
+        holder: Arc<str>,
         user: String,
     ) -> impl Future<Output = Done> + Send + 'static {
         let state = self.state.clone();
@@ -164,6 +175,7 @@ impl Background {
                 pace: &pace,
                 activity: Some(&activity),
                 options,
+                holder: &holder,
             };
             let result = migrate_user(&job, &user, &mut |_| {}).await;
             (user, result)
@@ -192,20 +204,29 @@ impl Background {
         config: &Config,
         busy: &HashSet<String>,
         failures: &HashMap<String, (u32, Instant)>,
+        holder: &str,
         free: usize,
     ) -> Vec<String> {
-        let records = match self.state.migrations().await {
-            Ok(r) => r,
-            Err(e) => {
+        let (records, leases) = match (self.state.migrations().await, self.state.leases().await) {
+            (Ok(r), Ok(l)) => (r, l),
+            (Err(e), _) | (_, Err(e)) => {
                 warn!(error = %e, "cannot read migration records");
                 return Vec::new();
             }
         };
+        // Users another instance copies now.
+        let elsewhere: HashSet<&str> = leases
+            .iter()
+            .filter(|l| l.holder != holder)
+            .map(|l| l.user.as_str())
+            .collect();
         let interval = config.copier.pass_interval_secs as i64;
         let now_unix = now();
         let mut due: Vec<&UserRecord> = records
             .iter()
-            .filter(|r| !r.paused && !busy.contains(&r.user))
+            .filter(|r| {
+                !r.paused && !busy.contains(&r.user) && !elsewhere.contains(r.user.as_str())
+            })
             .filter(|r| {
                 // Merged users enter by themselves; users in phase `old`
                 // only when an admin started them, and are then kept in

@@ -4,7 +4,7 @@
 //! migration record in the state store kept current for `ferry migration
 //! status`, the admin API and the metrics.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use imap_codec::imap_types::command::CommandBody;
 
@@ -18,7 +18,7 @@ use crate::{
     identity::LoginMode,
     namespace::{NameMap, Store},
     session::Credentials,
-    state::{StateError, UserRecord, UserState, migration::now},
+    state::{StateError, UserRecord, UserState, lease::Lease, migration::now},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,14 @@ pub enum UserError {
     Folder(#[from] FolderError),
     #[error("{0}")]
     State(#[from] StateError),
+    /// Another instance (or `ferry migrate`) is copying the user.
+    #[error("{} is copying this user (its lease runs until {} ms after the epoch unless renewed)", .0.holder, .0.expires_ms)]
+    Leased(Lease),
+    /// The lease lapsed under a running pass (the state store was out of
+    /// reach for longer than the lease, or another took the user over):
+    /// the pass stopped, and whoever holds the lease now goes on.
+    #[error("the lease on copying this user was lost ({0}); the pass stopped")]
+    LeaseLost(String),
 }
 
 impl UserError {
@@ -43,6 +51,8 @@ impl UserError {
         let copy = match self {
             UserError::NeedsIdentity(_) | UserError::Target(..) => return "config",
             UserError::State(_) | UserError::Folder(FolderError::State(_)) => return "state",
+            UserError::Leased(_) => return "leased",
+            UserError::LeaseLost(_) => return "lease_lost",
             UserError::Copy(c) | UserError::Folder(FolderError::Copy(c)) => c,
         };
         match copy {
@@ -75,8 +85,49 @@ pub struct FolderDone {
 /// Copies what of `user`'s OLD mail is not on NEW yet (see
 /// [`super::folder::copy_folder`]), recording the user's migration state as
 /// it goes: `copying`, then `synced` or `verified`, or `failed` with the
-/// error.
+/// error. Only while holding the user's lease (`state::lease`): a user
+/// another holds is `Leased`, untouched.
 pub async fn migrate_user(
+    job: &Job<'_>,
+    user: &str,
+    progress: &mut (dyn FnMut(Event<'_>) + Send),
+) -> Result<Pass, UserError> {
+    let ttl = Duration::from_secs(job.config.copier.lease_secs.max(1));
+    if let Err(lease) = job.state.take_lease(user, job.holder, ttl).await? {
+        return Err(UserError::Leased(lease));
+    }
+    let result = tokio::select! {
+        done = copy_user(job, user, progress) => done,
+        lost = keep_lease(job, user, ttl) => Err(lost),
+    };
+    // A lost lease is someone else's now.
+    if !matches!(result, Err(UserError::LeaseLost(_)))
+        && let Err(e) = job.state.release_lease(user, job.holder).await
+    {
+        tracing::warn!(user, error = %e, "cannot give back the lease on copying a user (it lapses by itself)");
+    }
+    result
+}
+
+/// Renews the lease every third of `ttl`; returns once it is lost.
+async fn keep_lease(job: &Job<'_>, user: &str, ttl: Duration) -> UserError {
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        match job.state.take_lease(user, job.holder, ttl).await {
+            Ok(Ok(())) => renewed = Instant::now(),
+            Ok(Err(lease)) => return UserError::LeaseLost(format!("{} holds it", lease.holder)),
+            // Past the lease another may have taken the user: stop.
+            Err(e) if renewed.elapsed() >= ttl => {
+                return UserError::LeaseLost(format!("cannot renew: {e}"));
+            }
+            Err(e) => tracing::warn!(user, error = %e, "cannot renew the lease on copying a user"),
+        }
+    }
+}
+
+/// One pass over `user`, recorded, under the lease.
+async fn copy_user(
     job: &Job<'_>,
     user: &str,
     progress: &mut (dyn FnMut(Event<'_>) + Send),

@@ -19,7 +19,9 @@ macro_rules! with_pool {
 }
 
 pub mod fleet;
+pub mod lease;
 pub mod migration;
+pub mod phases;
 pub mod subscriptions;
 pub mod uidmap;
 
@@ -114,7 +116,9 @@ impl State {
             .iter()
             .chain(&migration::SCHEMA)
             .chain(subscriptions::SCHEMA)
-            .chain(&fleet::SCHEMA);
+            .chain(&fleet::SCHEMA)
+            .chain(&lease::SCHEMA)
+            .chain(&phases::SCHEMA);
         match &state.pool {
             Pool::Sqlite(_) => {
                 for statement in schema {

@@ -219,7 +219,7 @@ fn dovecot_binary() -> PathBuf {
 }
 
 /// A free 127.0.0.1 port, never handed out twice in this process.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     loop {
         let listener =
@@ -717,6 +717,22 @@ impl Dovecot {
             .await
             .assert_ok();
         c.logout().await;
+    }
+
+    /// How many messages `mailbox` holds; 0 while it does not exist (a
+    /// copy not started yet).
+    pub async fn messages_or_none(&self, user: &str, mailbox: &str) -> u32 {
+        let mut c = self.client(user).await;
+        let r = c
+            .cmd(&format!("STATUS {} (MESSAGES)", quoted(mailbox)))
+            .await;
+        c.logout().await;
+        r.text()
+            .split("MESSAGES ")
+            .nth(1)
+            .and_then(|t| t.split(')').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
     }
 
     /// STATUS counts of one mailbox: (MESSAGES, UIDNEXT, UIDVALIDITY).
@@ -2213,6 +2229,33 @@ pub async fn lsub_old(c: &mut TestClient) -> Vec<String> {
         .collect()
 }
 
+/// What `folder` holds, from Python's imaplib straight at the store (see
+/// `tests/witness_digest.py`): SHA-256, flags, INTERNALDATE per message.
+pub async fn contents(store: &Dovecot, folder: &str) -> Vec<String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/witness_digest.py");
+    let addr = store.socket_addr();
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg("alice")
+        .arg(password_for("alice"))
+        .arg(folder)
+        .output()
+        .await
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
 /// Runs the Python imaplib witness `script` (in `tests/`) against Ferry's
 /// implicit-TLS listener as `user`, with `args` after the usual
 /// `HOST PORT CAFILE USER PASSWORD`; panics with its output unless it exits 0.
@@ -2293,7 +2336,10 @@ pub async fn ferry_process_logged(
     env: &TestEnv,
     extra_toml: &str,
 ) -> (std::process::Child, String, PathBuf) {
-    let log = env.dir().join("ferry-process.log");
+    // One log per process: a test may run several.
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = env.dir().join(format!("ferry-process-{n}.log"));
     let file = fs::File::create(&log).expect("create the log file");
     let (child, addr) = ferry_process_with(env, extra_toml, Stdio::from(file)).await;
     (child, addr, log)
@@ -2472,6 +2518,28 @@ impl Haproxy {
     /// Listens on 127.0.0.1 and forwards to `server` with `server_options`
     /// (`"send-proxy"`, `"send-proxy-v2"`, or `""` for none).
     pub async fn start(server: SocketAddr, server_options: &str) -> Haproxy {
+        Haproxy::with_backend(&format!("  server ferry {server} {server_options}\n")).await
+    }
+
+    /// In front of a fleet, as deploy/haproxy/haproxy.cfg is: `balance`
+    /// (e.g. `roundrobin`; `first` fills the first server first) over
+    /// `servers` (each an IMAP address and its metrics address) with PROXY
+    /// v2, an instance taken out once its `/readyz` fails (checked every
+    /// 300 ms) and a connection it refuses sent to another.
+    pub async fn fleet(balance: &str, servers: &[(SocketAddr, SocketAddr)]) -> Haproxy {
+        let mut backend = format!(
+            "  balance {balance}\n  option httpchk GET /readyz\n  retries 3\n  option redispatch\n"
+        );
+        for (i, (imap, metrics)) in servers.iter().enumerate() {
+            backend.push_str(&format!(
+                "  server ferry{i} {imap} send-proxy-v2 check port {} inter 300 fall 1 rise 2\n",
+                metrics.port()
+            ));
+        }
+        Haproxy::with_backend(&backend).await
+    }
+
+    async fn with_backend(backend: &str) -> Haproxy {
         let binary = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -2485,7 +2553,7 @@ impl Haproxy {
             "global\n  maxconn 1000\n\
              defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
              frontend imap\n  bind 127.0.0.1:{port}\n  default_backend ferry\n\
-             backend ferry\n  server ferry {server} {server_options}\n"
+             backend ferry\n{backend}"
         );
         let path = dir.path().join("haproxy.cfg");
         fs::write(&path, config).expect("write haproxy.cfg");
@@ -2710,6 +2778,16 @@ impl Drop for Postgres {
             .args(["-m", "immediate", "stop"])
             .output();
     }
+}
+
+/// OLD's INBOX.Bulk for alice: 3,000 messages of up to 500 bytes, to be
+/// copied while a test kills the copier.
+pub async fn seed_bulk(env: &TestEnv) {
+    let bulk = bulk_with(3_000, |i| {
+        message(&format!("Bulk {i}"), &"y".repeat(i % 500))
+    });
+    env.old.create("alice", "INBOX.Bulk").await;
+    env.old.append_many("alice", "INBOX.Bulk", &bulk).await;
 }
 
 /// The copier's own master-user logins and an SQLite state file in `dir`,
