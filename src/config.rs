@@ -537,6 +537,12 @@ pub struct Limits {
     pub max_connections: usize,
     #[serde(default = "default_max_connections_per_ip")]
     pub max_connections_per_ip: usize,
+    /// Client connections per address over every instance sharing the
+    /// PostgreSQL state store (0: no such limit). Instances tell each other
+    /// their busiest addresses every second, so it holds within about a
+    /// second and `limit / 16` connections per instance.
+    #[serde(default)]
+    pub fleet_max_connections_per_ip: usize,
 }
 
 fn default_command_timeout() -> u64 {
@@ -591,6 +597,7 @@ impl Default for Limits {
             idle_refresh_secs: default_idle_refresh(),
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
+            fleet_max_connections_per_ip: 0,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
@@ -65,7 +66,17 @@ pub struct Ctx {
 pub struct Connections {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     total: AtomicUsize,
+    /// The other instances' busiest addresses (the fleet-wide limit): by
+    /// instance, when last heard and the counts.
+    elsewhere: Mutex<HashMap<u64, Heard>>,
 }
+
+/// When another instance last told its counts, and the counts.
+type Heard = (Instant, HashMap<IpAddr, usize>);
+
+/// Another instance's counts older than this are gone (it stopped, or its
+/// notes did): each instance repeats its counts every second.
+const HEARD_FOR: Duration = Duration::from_secs(5);
 
 impl Connections {
     pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &crate::config::Limits) -> Option<ConnSlot> {
@@ -79,12 +90,51 @@ impl Connections {
             crate::metrics::limit_hit("connections_per_ip");
             return None;
         }
+        let fleet = limits.fleet_max_connections_per_ip;
+        if fleet > 0 && *n + self.elsewhere(ip) >= fleet {
+            crate::metrics::limit_hit("connections_per_ip_fleet");
+            return None;
+        }
         *n += 1;
         self.total.fetch_add(1, Ordering::Relaxed);
         Some(ConnSlot {
             connections: self.clone(),
             ip,
         })
+    }
+}
+
+impl Connections {
+    /// Connections from `ip` the other instances told of lately.
+    fn elsewhere(&self, ip: IpAddr) -> usize {
+        let elsewhere = self.elsewhere.lock().unwrap_or_else(|p| p.into_inner());
+        elsewhere
+            .values()
+            .filter(|(at, _)| at.elapsed() < HEARD_FOR)
+            .filter_map(|(_, counts)| counts.get(&ip))
+            .sum()
+    }
+
+    /// Instance `from` has these connections by address (its busiest).
+    pub fn heard(&self, from: u64, counts: &[(IpAddr, u32)]) {
+        let mut elsewhere = self.elsewhere.lock().unwrap_or_else(|p| p.into_inner());
+        elsewhere.retain(|_, (at, _)| at.elapsed() < HEARD_FOR);
+        let counts = counts.iter().map(|&(ip, n)| (ip, n as usize)).collect();
+        elsewhere.insert(from, (Instant::now(), counts));
+    }
+
+    /// This instance's addresses with at least `floor` connections, the
+    /// busiest `most` of them.
+    pub fn busiest(&self, floor: usize, most: usize) -> Vec<(IpAddr, u32)> {
+        let per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut busy: Vec<(IpAddr, u32)> = per_ip
+            .iter()
+            .filter(|(_, n)| **n >= floor)
+            .map(|(ip, n)| (*ip, *n as u32))
+            .collect();
+        busy.sort_unstable_by_key(|(_, n)| std::cmp::Reverse(*n));
+        busy.truncate(most);
+        busy
     }
 }
 

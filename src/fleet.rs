@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    control::Control, sessions::Sessions, state::State, subscriptions::Subscriptions,
-    throttle::Throttle,
+    context::Connections, control::Control, sessions::Sessions, state::State,
+    subscriptions::Subscriptions, throttle::Throttle,
 };
 
 /// Notes waiting to be sent; beyond this they are dropped (PostgreSQL is
@@ -42,7 +42,14 @@ pub enum Note {
     EndSessions { user: String },
     /// The admin API set or cleared the user's phase: read it again.
     Phase { user: String },
+    /// The sender's busiest client addresses and their connections (the
+    /// fleet-wide per-address limit), repeated every second while any.
+    Connections { counts: Vec<(IpAddr, u32)> },
 }
+
+/// Addresses a [`Note::Connections`] names at most (a notification carries
+/// under 8,000 bytes).
+const BUSIEST: usize = 100;
 
 /// A note with its sender, as it travels.
 #[derive(Debug, Serialize, Deserialize)]
@@ -119,6 +126,7 @@ pub struct Recipients {
     pub sessions: Arc<Sessions>,
     pub control: Arc<Control>,
     pub state: Arc<State>,
+    pub connections: Arc<Connections>,
 }
 
 impl Recipients {
@@ -138,8 +146,8 @@ impl Recipients {
         }
     }
 
-    /// Acts on one note; `own`: this instance sent it.
-    async fn act(&self, note: Note, own: bool) {
+    /// Acts on one note from instance `from`; `own`: this instance sent it.
+    async fn act(&self, note: Note, from: u64, own: bool) {
         match note {
             // Our own too: the row read back is at least as new as the write
             // the note follows, whatever order writes landed in.
@@ -162,11 +170,43 @@ impl Recipients {
                     tracing::warn!(user = %user, error = %e, "cannot read a phase the admin API set")
                 }
             },
+            Note::Connections { counts } => self.connections.heard(from, &counts),
             Note::EndSessions { user } => {
                 let ended = self.sessions.end(&user);
                 tracing::info!(user = %user, ended, "sessions ended by the admin API of another instance");
             }
         }
+    }
+}
+
+/// Tells the other instances, every second, which client addresses have
+/// the most connections here, while the fleet-wide per-address limit is on
+/// and any address has its share (`limit / 16`) or had it a second ago.
+pub async fn tell_connections(
+    fleet: Arc<Fleet>,
+    connections: Arc<Connections>,
+    live: tokio::sync::watch::Receiver<Arc<crate::context::Live>>,
+    shutdown: CancellationToken,
+) {
+    if !fleet.is_shared() {
+        return;
+    }
+    let mut told = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let limit = live.borrow().config.limits.fleet_max_connections_per_ip;
+        if limit == 0 {
+            continue;
+        }
+        let counts = connections.busiest((limit / 16).max(1), BUSIEST);
+        if counts.is_empty() && !told {
+            continue;
+        }
+        told = !counts.is_empty();
+        fleet.send(Note::Connections { counts });
     }
 }
 
@@ -204,7 +244,7 @@ pub async fn listen(
             Ok(Some(n)) => match serde_json::from_str::<Envelope>(n.payload()) {
                 Ok(e) => {
                     crate::metrics::fleet_note("received");
-                    to.act(e.note, e.from == fleet.instance).await;
+                    to.act(e.note, e.from, e.from == fleet.instance).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "a note from another instance that Ferry does not know; ignored")

@@ -193,7 +193,14 @@ impl Ferry {
                 sessions: ctx.sessions.clone(),
                 control: control.clone(),
                 state: state.clone(),
+                connections: ctx.connections.clone(),
             },
+            shutdown.clone(),
+        ));
+        tracker.spawn(crate::fleet::tell_connections(
+            fleet.clone(),
+            ctx.connections.clone(),
+            live_rx.clone(),
             shutdown.clone(),
         ));
         let mut ferry = Ferry {

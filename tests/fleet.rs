@@ -25,8 +25,18 @@ async fn shown(on: &mut [TestClient; 3]) -> [bool; 3] {
 
 /// Three instances on one PostgreSQL, the first with an admin API.
 async fn fleet(pg: &Postgres, dir: &std::path::Path) -> (TestEnv, [ferry::Ferry; 2]) {
+    fleet_with(pg, dir, "").await
+}
+
+/// [`fleet`] with `extra` TOML.
+async fn fleet_with(
+    pg: &Postgres,
+    dir: &std::path::Path,
+    extra: &str,
+) -> (TestEnv, [ferry::Ferry; 2]) {
     let token_file = write_file(dir, "admin.token", format!("{TOKEN}\n").as_bytes());
     let env = TestEnv::builder()
+        .extra_toml(extra)
         .extra_toml(&format!(
             "[state]\nurl = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n",
             pg.url(),
@@ -446,5 +456,46 @@ async fn draining_an_instance_under_idle_loses_nothing() {
         .assert_ok();
     assert!(lsub_old(&mut again).await.contains(&"Old/Archive".into()));
     again.logout().await;
+    c.shutdown_within(Duration::from_secs(5)).await;
+}
+
+/// The fleet-wide per-address limit: connections from one address count on
+/// every instance (within about a second), and a slot freed on one instance
+/// is free on all.
+#[tokio::test]
+async fn connections_per_address_are_limited_across_the_fleet() {
+    let pg = Postgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (env, [b, c]) = fleet_with(
+        &pg,
+        dir.path(),
+        "[limits]\nfleet_max_connections_per_ip = 4\n",
+    )
+    .await;
+    let plain = |f: &ferry::Ferry| f.imap_addr().unwrap();
+    let mut open = Vec::new();
+    for f in [&env.ferry, &env.ferry, &b, &b] {
+        let mut client = TestClient::plain(plain(f)).await;
+        assert!(lossy(&client.greeting().await).starts_with("* OK"));
+        open.push(client);
+    }
+    eventually(
+        10,
+        "the third instance refusing a fifth connection",
+        || async {
+            let mut fifth = TestClient::plain(plain(&c)).await;
+            let greeting = lossy(&fifth.greeting().await);
+            greeting.starts_with("* BYE Too many connections")
+        },
+    )
+    .await;
+    // One of the second instance's closes: the third admits one again.
+    open.pop().unwrap().logout().await;
+    eventually(10, "the third instance admitting again", || async {
+        let mut again = TestClient::plain(plain(&c)).await;
+        lossy(&again.greeting().await).starts_with("* OK")
+    })
+    .await;
+    b.shutdown_within(Duration::from_secs(5)).await;
     c.shutdown_within(Duration::from_secs(5)).await;
 }
