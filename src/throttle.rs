@@ -204,8 +204,11 @@ impl Throttle {
     /// success must not reset a password-spraying address).
     pub fn succeeded(&self, user: &[u8]) {
         let user = normalise(user);
-        self.forgive(&user);
-        self.fleet.send(Note::LoginSucceeded { user });
+        // Failures travel to every instance, so one with nothing to forgive
+        // here has nothing to forgive anywhere: no note for most logins.
+        if self.lock().users.remove(&user).is_some() {
+            self.fleet.send(Note::LoginSucceeded { user });
+        }
     }
 
     /// Another instance saw the user (normalised) log in.
