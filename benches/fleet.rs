@@ -73,6 +73,7 @@ impl Instance {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("ferry did not start");
     }
 
