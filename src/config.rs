@@ -643,15 +643,42 @@ impl Config {
         self.auth.verify.unwrap_or(phase.store())
     }
 
+    /// Every phase a user may be in: the default, and those given to a
+    /// domain or a user.
+    fn phases_in_use(&self) -> impl Iterator<Item = Phase> + '_ {
+        let m = &self.migration;
+        std::iter::once(m.default_phase)
+            .chain(m.domains.values().copied())
+            .chain(m.users.values().copied())
+            .chain(m.file_users.values().copied())
+    }
+
+    /// The stores logins need in the phases in use (`[old, new]`): each
+    /// phase's own (both in `merged`, whose `Old/` is OLD's), the store
+    /// that checks its passwords (`auth.verify`), and the one that checks
+    /// tokens (`auth.oauth`).
+    pub fn stores_in_use(&self) -> [bool; 2] {
+        let mut needed = [false; 2];
+        if let Some(store) = self.auth.oauth {
+            needed[store.index()] = true;
+        }
+        for phase in self.phases_in_use() {
+            match phase {
+                Phase::Merged => needed = [true; 2],
+                Phase::Old | Phase::New => needed[phase.store().index()] = true,
+            }
+            needed[self.verifier(phase).index()] = true;
+            if needed == [true; 2] {
+                break;
+            }
+        }
+        needed
+    }
+
     /// Something must check every client's password: the verifying store of
     /// each phase in use logs in with the client's credentials.
     fn check_verifier(&self) -> Result<(), ConfigError> {
-        let m = &self.migration;
-        let phases = std::iter::once(m.default_phase)
-            .chain(m.domains.values().copied())
-            .chain(m.users.values().copied())
-            .chain(m.file_users.values().copied());
-        for phase in phases {
+        for phase in self.phases_in_use() {
             let store = self.verifier(phase);
             if self.backend(store).login.mode != crate::identity::LoginMode::Client {
                 let by = match self.auth.verify {
@@ -927,6 +954,34 @@ default_phase = "merged"
             let e = parse(&SAMPLE.replace(from, to)).unwrap_err().to_string();
             assert!(e.contains(key), "{to}: {e}");
         }
+    }
+
+    #[test]
+    fn stores_in_use_follow_the_phases() {
+        // `users` and `domains` lines go under the sample's tables.
+        let with = |phase: &str, users: &str, domains: &str, auth: &str| {
+            let text = SAMPLE
+                .replace("\"carol\" = \"new\"\n", users)
+                .replace("\"legacy.example.edu\" = \"old\"\n", domains)
+                .replace(
+                    "allow_plaintext = false",
+                    &format!("allow_plaintext = false\n{auth}"),
+                )
+                .replace(
+                    "default_phase = \"merged\"",
+                    &format!("default_phase = \"{phase}\""),
+                );
+            parse(&text).unwrap().stores_in_use()
+        };
+        assert_eq!(with("merged", "", "", ""), [true, true]);
+        assert_eq!(with("old", "", "", ""), [true, false]);
+        assert_eq!(with("new", "", "", ""), [false, true]);
+        // One user or domain elsewhere is enough.
+        assert_eq!(with("old", "\"carol\" = \"new\"\n", "", ""), [true, true]);
+        assert_eq!(with("new", "", "\"x.edu\" = \"old\"\n", ""), [true, true]);
+        // The store that checks passwords is needed in every phase.
+        assert_eq!(with("old", "", "", "verify = \"new\""), [true, true]);
+        assert_eq!(with("new", "", "", "verify = \"new\""), [false, true]);
     }
 
     #[test]

@@ -109,22 +109,43 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     ))
 }
 
-/// A TCP connection, before or after its TLS handshake.
-/// Completes a server-side handshake on `tcp` within `limit`; `None` when it
-/// fails or takes too long.
+/// Why a client's TLS handshake did not complete.
+#[derive(Debug, Error)]
+pub enum HandshakeError {
+    /// The connection closed (or was reset) before its first byte: a
+    /// balancer's or monitor's TCP probe, not a failed handshake.
+    #[error("closed before its first byte")]
+    Closed,
+    #[error("no handshake within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("{0}")]
+    Failed(std::io::Error),
+}
+
+/// Completes a server-side handshake on `tcp` within `limit`.
 pub async fn accept(
     acceptor: &tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
     limit: std::time::Duration,
-) -> Option<MaybeTls> {
+) -> Result<MaybeTls, HandshakeError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    // Whether the peer sends anything at all: only then can a handshake fail.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+        Ok(Ok(0) | Err(_)) => return Err(HandshakeError::Closed),
+        Ok(Ok(_)) => {}
+        Err(_) => return Err(HandshakeError::Timeout(limit)),
+    }
     // Boxed: a handshake's state is large and needed once per session.
     let handshake = Box::pin(acceptor.accept(tcp));
-    match tokio::time::timeout(limit, handshake).await {
-        Ok(Ok(tls)) => Some(MaybeTls::Tls(Box::new(tls.into()))),
-        _ => None,
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(tls)) => Ok(MaybeTls::Tls(Box::new(tls.into()))),
+        Ok(Err(e)) => Err(HandshakeError::Failed(e)),
+        Err(_) => Err(HandshakeError::Timeout(limit)),
     }
 }
 
+/// A TCP connection, before or after its TLS handshake.
 pub enum MaybeTls {
     Plain(tokio::net::TcpStream),
     Tls(Box<tokio_rustls::TlsStream<tokio::net::TcpStream>>),
