@@ -12,6 +12,8 @@ use thiserror::Error;
 
 use crate::{identity::StoreLogin, namespace::Store};
 
+mod explain;
+
 /// Why a configuration was rejected. The text always names the offending key.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -579,7 +581,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn parse_text(text: &str) -> Result<Config, ConfigError> {
-    let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    let document =
+        toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    let config: Config =
+        serde_path_to_error::deserialize(document).map_err(|e| explain::type_error(text, e))?;
     config.validate()?;
     Ok(config)
 }
@@ -867,7 +872,8 @@ impl Config {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = r#"
+    /// Also the base of `explain`'s tests.
+    pub(super) const SAMPLE: &str = r#"
 [listen]
 imaps = "0.0.0.0:993"
 imap  = "0.0.0.0:143"
@@ -923,7 +929,7 @@ default_phase = "merged"
     fn unknown_key_is_named() {
         let bad = SAMPLE.replace("allow_plaintext", "allow_plain");
         let e = parse(&bad).unwrap_err().to_string();
-        assert!(e.contains("allow_plain"), "{e}");
+        assert!(e.starts_with("auth.allow_plain: unknown key"), "{e}");
     }
 
     #[test]
@@ -944,11 +950,15 @@ default_phase = "merged"
                 "\"nohost\"",
                 "backends.old.address",
             ),
-            ("tls = \"implicit\"\nca", "tls = \"sometimes\"\nca", "tls"),
+            (
+                "tls = \"implicit\"\nca",
+                "tls = \"sometimes\"\nca",
+                "backends.old.tls",
+            ),
             (
                 "default_phase = \"merged\"",
                 "default_phase = \"later\"",
-                "default_phase",
+                "migration.default_phase",
             ),
         ] {
             let e = parse(&SAMPLE.replace(from, to)).unwrap_err().to_string();

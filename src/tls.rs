@@ -17,7 +17,14 @@ use tokio_rustls::rustls::{
 pub enum TlsError {
     #[error("{path}: {reason}")]
     Pem { path: String, reason: String },
-    #[error("certificate and key do not match: {0}")]
+    /// A file of the `[tls]` table, named by its key (`tls.cert`).
+    #[error("{key} ({path}): {reason}")]
+    Server {
+        key: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("tls.cert and tls.key do not belong together: {0}")]
     KeyMismatch(rustls::Error),
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
@@ -35,17 +42,24 @@ fn pem_err(path: &Path, e: impl fmt::Display) -> TlsError {
     }
 }
 
-/// Loads a PEM chain and key and checks that they belong together.
+/// Loads a PEM chain (`tls.cert`) and key (`tls.key`) and checks that they
+/// belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     install_provider();
+    let server_err = |name: &'static str, path: &Path, e: &dyn fmt::Display| TlsError::Server {
+        key: name,
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let cert_err = |e: &dyn fmt::Display| server_err("tls.cert", cert, e);
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| pem_err(cert, e))?
+        .map_err(|e| cert_err(&e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(cert, e))?;
+        .map_err(|e| cert_err(&e))?;
     if chain.is_empty() {
-        return Err(pem_err(cert, "no certificate found"));
+        return Err(cert_err(&"no certificate found"));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| server_err("tls.key", key, &e))?;
     // Invariant: install_provider() ran above.
     let provider = CryptoProvider::get_default().expect("crypto provider installed");
     CertifiedKey::from_der(chain, key_der, provider).map_err(TlsError::KeyMismatch)
