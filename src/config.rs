@@ -12,6 +12,8 @@ use thiserror::Error;
 
 use crate::{identity::StoreLogin, namespace::Store};
 
+mod explain;
+
 /// Why a configuration was rejected. The text always names the offending key.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -611,7 +613,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn parse_text(text: &str) -> Result<Config, ConfigError> {
-    let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    let document =
+        toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    let config: Config =
+        serde_path_to_error::deserialize(document).map_err(|e| explain::type_error(text, e))?;
     config.validate()?;
     Ok(config)
 }
@@ -676,15 +681,42 @@ impl Config {
         self.auth.verify.unwrap_or(phase.store())
     }
 
+    /// Every phase a user may be in: the default, and those given to a
+    /// domain or a user.
+    fn phases_in_use(&self) -> impl Iterator<Item = Phase> + '_ {
+        let m = &self.migration;
+        std::iter::once(m.default_phase)
+            .chain(m.domains.values().copied())
+            .chain(m.users.values().copied())
+            .chain(m.file_users.values().copied())
+    }
+
+    /// The stores logins need in the phases in use (`[old, new]`): each
+    /// phase's own (both in `merged`, whose `Old/` is OLD's), the store
+    /// that checks its passwords (`auth.verify`), and the one that checks
+    /// tokens (`auth.oauth`).
+    pub fn stores_in_use(&self) -> [bool; 2] {
+        let mut needed = [false; 2];
+        if let Some(store) = self.auth.oauth {
+            needed[store.index()] = true;
+        }
+        for phase in self.phases_in_use() {
+            match phase {
+                Phase::Merged => needed = [true; 2],
+                Phase::Old | Phase::New => needed[phase.store().index()] = true,
+            }
+            needed[self.verifier(phase).index()] = true;
+            if needed == [true; 2] {
+                break;
+            }
+        }
+        needed
+    }
+
     /// Something must check every client's password: the verifying store of
     /// each phase in use logs in with the client's credentials.
     fn check_verifier(&self) -> Result<(), ConfigError> {
-        let m = &self.migration;
-        let phases = std::iter::once(m.default_phase)
-            .chain(m.domains.values().copied())
-            .chain(m.users.values().copied())
-            .chain(m.file_users.values().copied());
-        for phase in phases {
+        for phase in self.phases_in_use() {
             let store = self.verifier(phase);
             if self.backend(store).login.mode != crate::identity::LoginMode::Client {
                 let by = match self.auth.verify {
@@ -873,7 +905,8 @@ impl Config {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = r#"
+    /// Also the base of `explain`'s tests.
+    pub(super) const SAMPLE: &str = r#"
 [listen]
 imaps = "0.0.0.0:993"
 imap  = "0.0.0.0:143"
@@ -929,7 +962,7 @@ default_phase = "merged"
     fn unknown_key_is_named() {
         let bad = SAMPLE.replace("allow_plaintext", "allow_plain");
         let e = parse(&bad).unwrap_err().to_string();
-        assert!(e.contains("allow_plain"), "{e}");
+        assert!(e.starts_with("auth.allow_plain: unknown key"), "{e}");
     }
 
     #[test]
@@ -950,16 +983,48 @@ default_phase = "merged"
                 "\"nohost\"",
                 "backends.old.address",
             ),
-            ("tls = \"implicit\"\nca", "tls = \"sometimes\"\nca", "tls"),
+            (
+                "tls = \"implicit\"\nca",
+                "tls = \"sometimes\"\nca",
+                "backends.old.tls",
+            ),
             (
                 "default_phase = \"merged\"",
                 "default_phase = \"later\"",
-                "default_phase",
+                "migration.default_phase",
             ),
         ] {
             let e = parse(&SAMPLE.replace(from, to)).unwrap_err().to_string();
             assert!(e.contains(key), "{to}: {e}");
         }
+    }
+
+    #[test]
+    fn stores_in_use_follow_the_phases() {
+        // `users` and `domains` lines go under the sample's tables.
+        let with = |phase: &str, users: &str, domains: &str, auth: &str| {
+            let text = SAMPLE
+                .replace("\"carol\" = \"new\"\n", users)
+                .replace("\"legacy.example.edu\" = \"old\"\n", domains)
+                .replace(
+                    "allow_plaintext = false",
+                    &format!("allow_plaintext = false\n{auth}"),
+                )
+                .replace(
+                    "default_phase = \"merged\"",
+                    &format!("default_phase = \"{phase}\""),
+                );
+            parse(&text).unwrap().stores_in_use()
+        };
+        assert_eq!(with("merged", "", "", ""), [true, true]);
+        assert_eq!(with("old", "", "", ""), [true, false]);
+        assert_eq!(with("new", "", "", ""), [false, true]);
+        // One user or domain elsewhere is enough.
+        assert_eq!(with("old", "\"carol\" = \"new\"\n", "", ""), [true, true]);
+        assert_eq!(with("new", "", "\"x.edu\" = \"old\"\n", ""), [true, true]);
+        // The store that checks passwords is needed in every phase.
+        assert_eq!(with("old", "", "", "verify = \"new\""), [true, true]);
+        assert_eq!(with("new", "", "", "verify = \"new\""), [false, true]);
     }
 
     #[test]

@@ -278,11 +278,13 @@ async fn perform(
                 return Ok(false);
             };
             match crate::tls::accept(acceptor, tcp, Duration::from_secs(30)).await {
-                Some(tls) => {
+                Ok(tls) => {
                     io.client = Some(Client::Raw(tls));
                     session.handle(now(), Event::TlsEstablished);
                 }
-                None => {
+                // After STARTTLS even a silent close is a failed handshake.
+                Err(e) => {
+                    debug!(error = %e, "TLS handshake failed");
                     metrics::tls_handshake_failed("imap");
                     session.handle(now(), Event::ClientClosed);
                     return Ok(false);

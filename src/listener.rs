@@ -11,14 +11,14 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::{
     config::Config,
     context::Ctx,
     driver,
     proxy::{self, Addresses},
-    tls::MaybeTls,
+    tls::{HandshakeError, MaybeTls},
 };
 
 #[derive(Clone, Copy)]
@@ -28,6 +28,8 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Imaps, Kind::Imap];
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Imaps => "imaps",
@@ -116,8 +118,12 @@ async fn handle(
     let handshake = Duration::from_secs(config.limits.preauth_timeout_secs.min(30));
     let stream = match (kind, &ctx.acceptor) {
         (Kind::Imaps, Some(acceptor)) => match crate::tls::accept(acceptor, tcp, handshake).await {
-            Some(tls) => tls,
-            None => {
+            Ok(tls) => tls,
+            // HAProxy's check (after its PROXY LOCAL header, if any) or a
+            // monitor's connect: not a client's failure.
+            Err(e @ HandshakeError::Closed) => return debug!(error = %e, "TLS connection closed"),
+            Err(e) => {
+                debug!(error = %e, "TLS handshake failed");
                 crate::metrics::tls_handshake_failed(kind.name());
                 return;
             }
@@ -154,8 +160,10 @@ async fn addresses(tcp: &mut TcpStream, peer: SocketAddr, config: &Config) -> Op
         Err(e) => {
             crate::metrics::proxy_header(e.kind());
             match e {
-                // A health check that connects and goes is not news.
-                proxy::ProxyError::Closed => tracing::debug!(error = %e, "connection refused"),
+                // A health check that connects and goes (or resets) is not news.
+                proxy::ProxyError::Closed | proxy::ProxyError::Io(_) => {
+                    debug!(error = %e, "connection refused")
+                }
                 _ => warn!(error = %e, "connection refused"),
             }
             None

@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Phase;
 
+mod families;
+mod process;
+
 /// Command latency buckets, 0.5 ms to 60 s.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -47,15 +50,57 @@ pub fn install() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics shows nothing");
         }
+        families::describe();
         gauge!("ferry_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         register_zeroes();
         handle
     })
 }
 
-/// Series whose first event alerts care about exist from the start at 0, so
-/// `increase()` and `rate()` see that first event.
+/// Every series of a closed label set exists from the start at 0, so
+/// `increase()` and `rate()` see its first event, and alerts and dashboard
+/// panels find their series on a Ferry that has served nobody yet.
 fn register_zeroes() {
+    for listener in crate::listener::Kind::ALL.map(crate::listener::Kind::name) {
+        counter!("ferry_sessions_total", "listener" => listener).absolute(0);
+        counter!("ferry_tls_handshake_failures_total", "listener" => listener).absolute(0);
+        for phase in PHASE_LABELS {
+            gauge!("ferry_sessions_active", "listener" => listener, "phase" => phase).set(0.0);
+        }
+    }
+    for limit in LIMITS {
+        counter!("ferry_limit_hits_total", "limit" => limit).absolute(0);
+    }
+    for store in STORE_LABELS {
+        for kind in BACKEND_ERRORS {
+            counter!("ferry_backend_errors_total", "store" => store, "kind" => kind).absolute(0);
+        }
+    }
+    // Each command under each store label and result: a few hundred series,
+    // so that a panel's first command is not lost to `rate()` either.
+    for store in COMMAND_STORES {
+        for command in crate::verb::Verb::labels() {
+            for result in ["ok", "no", "bad"] {
+                counter!("ferry_commands_total", "command" => command, "store" => store, "result" => result)
+                    .absolute(0);
+            }
+        }
+        // Registered without a sample: its buckets show 0.
+        let _ = histogram!("ferry_command_duration_seconds", "store" => store);
+    }
+    byte_counters();
+    for s in crate::state::UserState::ALL {
+        gauge!("ferry_migration_users", "state" => s.as_str()).set(0.0);
+    }
+    for name in [
+        "ferry_migration_users_paused",
+        "ferry_migration_messages_remaining",
+        "ferry_migration_bytes_remaining",
+        // 0: no pass yet.
+        "ferry_migration_last_pass_timestamp_seconds",
+    ] {
+        gauge!(name).set(0.0);
+    }
     for result in ["ok", "error"] {
         counter!("ferry_config_reloads_total", "result" => result).absolute(0);
     }
@@ -101,6 +146,31 @@ fn register_zeroes() {
 }
 
 // ---- recording -------------------------------------------------------------
+
+/// The `ferry_sessions_active` phases: before login, then the user's phase.
+const PHASE_LABELS: [&str; 4] = ["preauth", "old", "merged", "new"];
+
+const STORE_LABELS: [&str; 2] = ["old", "new"];
+
+/// Who served a command (`ferry`: Ferry answered it itself).
+const COMMAND_STORES: [&str; 4] = ["old", "new", "both", "ferry"];
+
+/// The limits of `ferry_limit_hits_total`.
+const LIMITS: [&str; 9] = [
+    "line",
+    "literal",
+    "append",
+    "connections",
+    "connections_per_ip",
+    "login_failures",
+    "preauth_timeout",
+    "idle_timeout",
+    "backend_timeout",
+];
+
+/// The kinds of `ferry_backend_errors_total`: a failed store login's
+/// (`BackendError::kind`, never `rejected`) or `timeout`.
+const BACKEND_ERRORS: [&str; 6] = ["connect", "tls", "io", "timeout", "protocol", "token"];
 
 /// The kinds of `ferry_migration_errors_total` (see `UserError::kind`).
 const MIGRATION_ERRORS: [&str; 7] = [
@@ -219,6 +289,10 @@ pub fn backend_connect(store: &'static str, result: &'static str) {
 }
 
 pub fn backend_error(store: &'static str, kind: &'static str) {
+    debug_assert!(
+        BACKEND_ERRORS.contains(&kind),
+        "{kind} is not in BACKEND_ERRORS"
+    );
     counter!("ferry_backend_errors_total", "store" => store, "kind" => kind).increment(1);
 }
 
@@ -263,6 +337,7 @@ pub fn configured_users(counts: [(Phase, usize); 3]) {
 /// `connections_per_ip`, `login_failures`, `preauth_timeout`, `idle_timeout`,
 /// `backend_timeout`).
 pub fn limit_hit(limit: &'static str) {
+    debug_assert!(LIMITS.contains(&limit), "{limit} is not in LIMITS");
     counter!("ferry_limit_hits_total", "limit" => limit).increment(1);
 }
 
@@ -542,7 +617,7 @@ async fn answer(mut tcp: TcpStream, handle: &PrometheusHandle, readiness: &impl 
             (
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
-                handle.render(),
+                handle.render() + &process::render(),
             )
         }
         (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),

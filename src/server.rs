@@ -18,6 +18,7 @@ use crate::{
     config::{BackendTls, Config},
     context::{Ctx, Live},
     listener::{Kind, accept_loop},
+    namespace::Store,
     tls::{self, CertResolver},
 };
 
@@ -103,18 +104,38 @@ pub(crate) fn publish(live: &Live) {
     crate::metrics::configured_users(live.config.configured_users());
 }
 
-/// `/readyz`: listeners are bound once Ferry runs; NEW must accept a connection.
+/// `/readyz`: listeners are bound once Ferry runs; each store that logins
+/// need in the configured phases must accept a connection (NEW down leaves
+/// a Ferry whose users are all in phase `old` ready).
 struct Ready {
     live: watch::Receiver<Arc<Live>>,
 }
 
 impl crate::metrics::Readiness for Ready {
     async fn ready(&self) -> Result<(), String> {
-        let address = self.live.borrow().new.backend.address.clone();
-        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&address)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("NEW store {address}: {e}")),
-            Err(_) => Err(format!("NEW store {address}: connect timed out")),
+        let config = self.live.borrow().config.clone();
+        let needed = config.stores_in_use();
+        let reach = |store: Store| {
+            let address = config.backend(store).address.clone();
+            let needed = needed[store.index()];
+            async move {
+                if !needed {
+                    return Ok(());
+                }
+                let name = store.as_str().to_uppercase();
+                match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&address))
+                    .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("{name} store {address}: {e}")),
+                    Err(_) => Err(format!("{name} store {address}: connect timed out")),
+                }
+            }
+        };
+        match tokio::join!(reach(Store::Old), reach(Store::New)) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Err(old), Err(new)) => Err(format!("{old}; {new}")),
         }
     }
 }

@@ -17,7 +17,14 @@ use tokio_rustls::rustls::{
 pub enum TlsError {
     #[error("{path}: {reason}")]
     Pem { path: String, reason: String },
-    #[error("certificate and key do not match: {0}")]
+    /// A file of the `[tls]` table, named by its key (`tls.cert`).
+    #[error("{key} ({path}): {reason}")]
+    Server {
+        key: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("tls.cert and tls.key do not belong together: {0}")]
     KeyMismatch(rustls::Error),
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
@@ -35,17 +42,24 @@ fn pem_err(path: &Path, e: impl fmt::Display) -> TlsError {
     }
 }
 
-/// Loads a PEM chain and key and checks that they belong together.
+/// Loads a PEM chain (`tls.cert`) and key (`tls.key`) and checks that they
+/// belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     install_provider();
+    let server_err = |name: &'static str, path: &Path, e: &dyn fmt::Display| TlsError::Server {
+        key: name,
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let cert_err = |e: &dyn fmt::Display| server_err("tls.cert", cert, e);
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| pem_err(cert, e))?
+        .map_err(|e| cert_err(&e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(cert, e))?;
+        .map_err(|e| cert_err(&e))?;
     if chain.is_empty() {
-        return Err(pem_err(cert, "no certificate found"));
+        return Err(cert_err(&"no certificate found"));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| server_err("tls.key", key, &e))?;
     // Invariant: install_provider() ran above.
     let provider = CryptoProvider::get_default().expect("crypto provider installed");
     CertifiedKey::from_der(chain, key_der, provider).map_err(TlsError::KeyMismatch)
@@ -109,22 +123,43 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     ))
 }
 
-/// A TCP connection, before or after its TLS handshake.
-/// Completes a server-side handshake on `tcp` within `limit`; `None` when it
-/// fails or takes too long.
+/// Why a client's TLS handshake did not complete.
+#[derive(Debug, Error)]
+pub enum HandshakeError {
+    /// The connection closed (or was reset) before its first byte: a
+    /// balancer's or monitor's TCP probe, not a failed handshake.
+    #[error("closed before its first byte")]
+    Closed,
+    #[error("no handshake within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("{0}")]
+    Failed(std::io::Error),
+}
+
+/// Completes a server-side handshake on `tcp` within `limit`.
 pub async fn accept(
     acceptor: &tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
     limit: std::time::Duration,
-) -> Option<MaybeTls> {
+) -> Result<MaybeTls, HandshakeError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    // Whether the peer sends anything at all: only then can a handshake fail.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+        Ok(Ok(0) | Err(_)) => return Err(HandshakeError::Closed),
+        Ok(Ok(_)) => {}
+        Err(_) => return Err(HandshakeError::Timeout(limit)),
+    }
     // Boxed: a handshake's state is large and needed once per session.
     let handshake = Box::pin(acceptor.accept(tcp));
-    match tokio::time::timeout(limit, handshake).await {
-        Ok(Ok(tls)) => Some(MaybeTls::Tls(Box::new(tls.into()))),
-        _ => None,
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(tls)) => Ok(MaybeTls::Tls(Box::new(tls.into()))),
+        Ok(Err(e)) => Err(HandshakeError::Failed(e)),
+        Err(_) => Err(HandshakeError::Timeout(limit)),
     }
 }
 
+/// A TCP connection, before or after its TLS handshake.
 pub enum MaybeTls {
     Plain(tokio::net::TcpStream),
     Tls(Box<tokio_rustls::TlsStream<tokio::net::TcpStream>>),

@@ -88,6 +88,14 @@ impl Verb {
         self.0
     }
 
+    /// Every label there is (for metrics registered at start).
+    pub fn labels() -> impl Iterator<Item = &'static str> {
+        COMMANDS
+            .into_iter()
+            .chain(UID_COMMANDS)
+            .chain([Verb::OTHER.0])
+    }
+
     /// The name without `UID `: `FETCH` for `UID FETCH`.
     pub fn name(self) -> &'static str {
         self.0.strip_prefix("UID ").unwrap_or(self.0)

@@ -428,3 +428,73 @@ async fn sighup_rereads_the_config_file() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `ferry check-config FILE`'s stderr and whether it accepted the file.
+fn check_config(dir: &std::path::Path, toml: &str) -> (bool, String) {
+    let path = write_file(dir, "ferry.toml", toml.as_bytes());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("check-config")
+        .arg(&path)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run ferry check-config");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_names_the_full_key_and_the_type_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (cert, key, _) = self_signed_cert();
+    let (_, other_key, _) = self_signed_cert();
+    let cert = write_file(dir, "cert.pem", cert.as_bytes());
+    let key = write_file(dir, "key.pem", key.as_bytes());
+    let other_key = write_file(dir, "other-key.pem", other_key.as_bytes());
+    let empty = write_file(dir, "empty.pem", b"");
+    let good = format!(
+        "[listen]\nimaps = \"127.0.0.1:9993\"\n[tls]\ncert = {:?}\nkey = {:?}\n\
+         [backends.old]\naddress = \"127.0.0.1:1\"\ntls = \"none\"\n\
+         [backends.new]\naddress = \"127.0.0.1:2\"\ntls = \"none\"\n",
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
+    let (ok, stderr) = check_config(dir, &good);
+    assert!(ok, "{stderr}");
+    let cert_line = format!("cert = {:?}", cert.display().to_string());
+    let key_line = format!("key = {:?}", key.display().to_string());
+    for (from, to, said) in [
+        (
+            cert_line.clone(),
+            "cert = 5".to_string(),
+            "tls.cert: expected a string (a file path), found an integer",
+        ),
+        (
+            "tls = \"none\"\n[backends.new]".to_string(),
+            "tls = \"off\"\n[backends.new]".to_string(),
+            "backends.old.tls: expected one of `implicit`, `starttls`, `none`, found `off`",
+        ),
+        (
+            "[backends.old]".to_string(),
+            "[backends.old]\nforward_ids = false".to_string(),
+            "backends.old.forward_ids: unknown key",
+        ),
+        (
+            cert_line.clone(),
+            format!("cert = {:?}", empty.display().to_string()),
+            "tls.cert (",
+        ),
+        (
+            key_line,
+            format!("key = {:?}", other_key.display().to_string()),
+            "tls.cert and tls.key do not belong together",
+        ),
+    ] {
+        assert!(good.contains(&from), "{from}");
+        let (ok, stderr) = check_config(dir, &good.replace(&from, &to));
+        assert!(!ok, "accepted {to}");
+        assert!(stderr.contains(said), "{to}: {stderr}");
+    }
+}

@@ -114,3 +114,39 @@ async fn json_logs_carry_the_same_fields() {
         "{ended}"
     );
 }
+
+/// A client that connects by IP address and sends that address as its SNI
+/// name (RFC 6066 forbids it; OpenSSL-based clients do it when told the
+/// address as the server's name) is served without a WARN line.
+#[tokio::test]
+async fn an_ip_address_as_sni_is_not_a_warning() {
+    let env = TestEnv::start().await;
+    let (mut child, addr, log) = ferry_process_logged(&env, "").await;
+    let said = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut openssl = std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &addr, "-servername", "127.0.0.1"])
+            // -quiet waits for Ferry to close after LOGOUT.
+            .args(["-quiet", "-crlf"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl");
+        let mut stdin = openssl.stdin.take().unwrap();
+        stdin.write_all(b"a LOGOUT\n").unwrap();
+        drop(stdin);
+        let out = openssl.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(said.contains("a OK"), "openssl s_client got: {said}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(send_signal(&child.id().to_string(), "-TERM"));
+    let _ = child.wait();
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("session ended"), "{text}");
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}
