@@ -689,6 +689,7 @@ impl Config {
             .chain(m.domains.values().copied())
             .chain(m.users.values().copied())
             .chain(m.file_users.values().copied())
+            .chain(m.api_users.values().copied())
     }
 
     /// The stores logins need in the phases in use (`[old, new]`): each

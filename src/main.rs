@@ -1,7 +1,7 @@
 //! `ferry --config FILE` runs the proxy; `ferry check-config FILE` validates a
 //! configuration and names the bad key.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -125,16 +125,10 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Cmd::CheckConfig { file }) = cli.command {
         let config = ferry::config::load(&file).with_context(|| format!("{}", file.display()))?;
-        if let Some(tls) = &config.tls
-            && let Err(e) = ferry::tls::load_certified_key(&tls.cert, &tls.key)
-        {
-            // Name the key whose file failed, as every other message does.
-            let key = match &e {
-                ferry::tls::TlsError::Pem { path, .. } if Path::new(path) == tls.cert => "tls.cert",
-                ferry::tls::TlsError::Pem { path, .. } if Path::new(path) == tls.key => "tls.key",
-                _ => "tls.cert and tls.key",
-            };
-            return Err(anyhow::Error::new(e).context(format!("{}: {key}", file.display())));
+        if let Some(tls) = &config.tls {
+            // Its errors name their key (`tls.cert`, `tls.key`).
+            ferry::tls::load_certified_key(&tls.cert, &tls.key)
+                .with_context(|| format!("{}", file.display()))?;
         }
         println!("{}: OK", file.display());
         return Ok(());

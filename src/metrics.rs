@@ -156,12 +156,13 @@ const STORE_LABELS: [&str; 2] = ["old", "new"];
 const COMMAND_STORES: [&str; 4] = ["old", "new", "both", "ferry"];
 
 /// The limits of `ferry_limit_hits_total`.
-const LIMITS: [&str; 9] = [
+const LIMITS: [&str; 10] = [
     "line",
     "literal",
     "append",
     "connections",
     "connections_per_ip",
+    "connections_per_ip_fleet",
     "login_failures",
     "preauth_timeout",
     "idle_timeout",

@@ -242,7 +242,7 @@ async fn a_killed_instances_user_is_taken_over_and_copied_once() {
     // Paced, so that the kill lands in the middle of the folder.
     let copier = "[copier]\nenabled = true\nlease_secs = 3\nverify = \"quick\"\n\
                   [copier.pace.new]\nmessages_per_second = 400\n";
-    let (mut first, _, _) = ferry_process_logged(&env, copier).await;
+    let (mut first, _, first_log) = ferry_process_logged(&env, copier).await;
     eventually(60, "the first instance copying alice", || async {
         env.new.messages_or_none("alice", "Old/Bulk").await > 250
     })
@@ -259,7 +259,9 @@ async fn a_killed_instances_user_is_taken_over_and_copied_once() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         holder(state.leases().await.unwrap()).as_deref(),
-        Some(first_holder.as_str())
+        Some(first_holder.as_str()),
+        "{}",
+        std::fs::read_to_string(&first_log).unwrap_or_default()
     );
     first.kill().unwrap();
     first.wait().unwrap();

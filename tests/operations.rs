@@ -496,5 +496,16 @@ fn check_config_names_the_full_key_and_the_type_in_words() {
         let (ok, stderr) = check_config(dir, &good.replace(&from, &to));
         assert!(!ok, "accepted {to}");
         assert!(stderr.contains(said), "{to}: {stderr}");
+        // One line, no backtrace (RUST_BACKTRACE=1 is set).
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     }
+    let usage = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run ferry");
+    assert!(!usage.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&usage.stderr),
+        "ferry: --config FILE is required (or: ferry check-config FILE)\n"
+    );
 }

@@ -642,7 +642,10 @@ async fn append(
             activity.copies_done(user).await;
         }
         job.pace
-            .take(batch.iter().map(|m| u64::from(m.size)).sum())
+            .take(
+                batch.len() as u64,
+                batch.iter().map(|m| u64::from(m.size)).sum(),
+            )
             .await;
         let args: Vec<_> = batch
             .iter()
@@ -665,7 +668,7 @@ async fn append(
         if let Some(activity) = job.activity {
             activity.copies_done(user).await;
         }
-        job.pace.take(u64::from(msg.size)).await;
+        job.pace.take(1, u64::from(msg.size)).await;
         let args = reply::append_args(&msg.items);
         // `None`: expunged on OLD since the listing, nothing to copy.
         if let Some(new_uid) = old.copy_to(new, msg.uid, dest, &args).await? {
@@ -728,7 +731,7 @@ async fn verify(
             continue;
         }
         if how == Verify::Full {
-            pace.take(u64::from(o.size)).await;
+            pace.take(1, u64::from(o.size)).await;
             let a = old.body_digest(o.uid).await?;
             let b = side.conn.body_digest(new_uid).await?;
             if a.is_none() || a != b {

@@ -68,19 +68,20 @@ impl Pace {
         }
     }
 
-    /// How long one message of `bytes` must wait, now.
-    fn wait(&self, bytes: u64, now: Instant) -> Duration {
+    /// How long `messages` messages of `bytes` in all must wait, now.
+    fn wait(&self, messages: u64, bytes: u64, now: Instant) -> Duration {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         buckets
             .iter_mut()
-            .map(|(b, is_bytes)| b.take(if *is_bytes { bytes as f64 } else { 1.0 }, now))
+            .map(|(b, is_bytes)| b.take(if *is_bytes { bytes } else { messages } as f64, now))
             .max()
             .unwrap_or_default()
     }
 
-    /// Waits until one message of `bytes` may be copied.
-    pub async fn take(&self, bytes: u64) {
-        let wait = self.wait(bytes, Instant::now());
+    /// Waits until `messages` messages of `bytes` in all may be copied (a
+    /// MULTIAPPEND batch counts every message it carries).
+    pub async fn take(&self, messages: u64, bytes: u64) {
+        let wait = self.wait(messages, bytes, Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
@@ -124,11 +125,15 @@ mod tests {
         let t = Instant::now();
         // A second's worth goes at once, then one every 100 ms.
         for _ in 0..10 {
-            assert_eq!(pace.wait(1, t), Duration::ZERO);
+            assert_eq!(pace.wait(1, 1, t), Duration::ZERO);
         }
-        let w = pace.wait(1, t);
+        let w = pace.wait(1, 1, t);
         assert!((w.as_millis() as i64 - 100).abs() <= 1, "{w:?}");
-        assert_eq!(pace.wait(1, t + Duration::from_secs(2)), Duration::ZERO);
+        assert_eq!(pace.wait(1, 1, t + Duration::from_secs(2)), Duration::ZERO);
+        // A MULTIAPPEND batch of 20 counts as 20: after 10, a second's wait.
+        let later = t + Duration::from_secs(10);
+        let w = pace.wait(20, 20, later);
+        assert!((w.as_millis() as i64 - 1000).abs() <= 1, "{w:?}");
     }
 
     #[test]
@@ -141,10 +146,10 @@ mod tests {
             },
         );
         let t = Instant::now();
-        assert_eq!(pace.wait(1000, t), Duration::ZERO);
-        let w = pace.wait(500, t);
+        assert_eq!(pace.wait(1, 1000, t), Duration::ZERO);
+        let w = pace.wait(1, 500, t);
         assert!((w.as_millis() as i64 - 500).abs() <= 1, "{w:?}");
-        assert_eq!(Pace::default().wait(u64::MAX, t), Duration::ZERO);
+        assert_eq!(Pace::default().wait(1, u64::MAX, t), Duration::ZERO);
     }
 
     #[test]

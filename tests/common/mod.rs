@@ -2360,7 +2360,12 @@ async fn ferry_process_with(
         )
         .replacen("imap  = \"127.0.0.1:0\"", "", 1)
         + extra_toml;
-    let conf = write_file(env.dir(), "ferry-process.toml", toml.as_bytes());
+    // Its own file: Ferry watches its configuration file.
+    let conf = write_file(
+        env.dir(),
+        &format!("ferry-process-{port}.toml"),
+        toml.as_bytes(),
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("--config")
         .arg(&conf)
