@@ -509,3 +509,34 @@ fn check_config_names_the_full_key_and_the_type_in_words() {
         "ferry: --config FILE is required (or: ferry check-config FILE)\n"
     );
 }
+
+/// systemd's Type=notify: the ferry binary says READY=1 on $NOTIFY_SOCKET once
+/// it listens, and STOPPING=1 when SIGTERM starts its drain.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let env = TestEnv::builder().start().await;
+    let socket_path = env.dir().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let conf = write_file(env.dir(), "notify.toml", env.config_toml.as_bytes());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--config")
+        .arg(&conf)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let said = |socket: &std::os::unix::net::UnixDatagram| {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notification in time");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = tokio::task::block_in_place(|| said(&socket));
+    assert_eq!(ready.trim(), "READY=1");
+    assert!(send_signal(&child.id().to_string(), "-TERM"));
+    let stopping = tokio::task::block_in_place(|| said(&socket));
+    assert_eq!(stopping.trim(), "STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
