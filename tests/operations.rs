@@ -540,3 +540,44 @@ async fn the_binary_tells_systemd_when_it_is_ready_and_when_it_stops() {
     assert_eq!(stopping.trim(), "STOPPING=1");
     assert!(child.wait().unwrap().success());
 }
+
+/// A configuration file Ferry refuses, seen by its file watcher: one log
+/// line naming the file and the reason, not repeated while the file stays
+/// as it is; the running configuration stays.
+#[tokio::test]
+async fn a_refused_file_is_one_log_line_naming_it() {
+    let env = TestEnv::builder().start().await;
+    let (mut child, addr, log) = ferry_process_logged(&env, "").await;
+    let port = addr.rsplit(':').next().unwrap();
+    let conf = env.dir().join(format!("ferry-process-{port}.toml"));
+    let good = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        good.replacen(
+            "default_phase = \"merged\"",
+            "default_phase = \"sideways\"",
+            1,
+        ),
+    )
+    .unwrap();
+    // The watcher's event, and then two of its five-second comparisons.
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("configuration reload refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{text}");
+    assert!(
+        refused[0].contains(&conf.display().to_string()) && refused[0].contains("sideways"),
+        "{}",
+        refused[0]
+    );
+    // Still serving.
+    let mut c = TestClient::tls(addr.as_str(), &env.ca).await;
+    c.greeting().await;
+    c.login("alice", password_for("alice")).await.assert_ok();
+    c.logout().await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
