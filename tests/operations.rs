@@ -396,7 +396,7 @@ async fn sigterm_during_a_copy_lets_it_finish_then_exits_cleanly() {
 async fn sighup_rereads_the_config_file() {
     let env = TestEnv::start().await;
     let (mut child, addr) = ferry_process(&env).await;
-    let conf = env.dir().join("ferry-process.toml");
+    let conf = ferry_process_config(&env, &addr);
     let login_sees_old = |addr: String, ca| async move {
         let mut c = TestClient::tls(addr.as_str(), &ca).await;
         c.greeting().await;
@@ -548,8 +548,7 @@ async fn the_binary_tells_systemd_when_it_is_ready_and_when_it_stops() {
 async fn a_refused_file_is_one_log_line_naming_it() {
     let env = TestEnv::builder().start().await;
     let (mut child, addr, log) = ferry_process_logged(&env, "").await;
-    let port = addr.rsplit(':').next().unwrap();
-    let conf = env.dir().join(format!("ferry-process-{port}.toml"));
+    let conf = ferry_process_config(&env, &addr);
     let good = std::fs::read_to_string(&conf).unwrap();
     std::fs::write(
         &conf,

@@ -2323,6 +2323,13 @@ pub fn vm_hwm_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmHWM:")
 }
 
+/// The configuration file of the `ferry` process [`ferry_process`] started
+/// on `addr` (each has its own: Ferry watches it).
+pub fn ferry_process_config(env: &TestEnv, addr: &str) -> PathBuf {
+    let port = addr.rsplit(':').next().expect("host:port");
+    env.dir().join(format!("ferry-process-{port}.toml"))
+}
+
 /// Runs `env`'s configuration in a separate `ferry` process (imaps only, on a
 /// fresh port), so its memory is Ferry's alone. Returns the child and the
 /// imaps address once it accepts connections.
