@@ -68,6 +68,8 @@ pub struct Ferry {
     tracker: TaskTracker,
     resolver: Option<Arc<CertResolver>>,
     control: Arc<crate::control::Control>,
+    /// Logged-in sessions by user.
+    sessions: Arc<crate::sessions::Sessions>,
     /// Flushed last at shutdown: its writer may still hold sessions' changes.
     subscriptions: Arc<crate::subscriptions::Subscriptions>,
 }
@@ -233,6 +235,7 @@ impl Ferry {
             tracker: tracker.clone(),
             resolver: resolver.clone(),
             control: control.clone(),
+            sessions: ctx.sessions.clone(),
             subscriptions,
         };
         for (kind, addr) in [
@@ -313,6 +316,11 @@ impl Ferry {
     /// The server certificate, swappable for new handshakes.
     pub fn cert_resolver(&self) -> Option<&Arc<CertResolver>> {
         self.resolver.as_ref()
+    }
+
+    /// How many sessions `user` has logged in on this instance.
+    pub fn sessions_of(&self, user: &str) -> usize {
+        self.sessions.count(user)
     }
 
     /// The configuration generation in force (1 at start).

@@ -407,12 +407,9 @@ async fn phases_follow_the_users_file_and_the_admin_api_on_every_instance() {
     }
 }
 
-/// A rolling restart behind HAProxy: the instance a client IDLEs on drains
-/// (SIGTERM's path); the client is told at once, reconnects through HAProxy,
-/// lands on another instance and finds its subscriptions as it left them.
-#[tokio::test]
-async fn draining_an_instance_under_idle_loses_nothing() {
-    let pg = Postgres::start().await;
+/// Three instances on one PostgreSQL behind a real HAProxy (PROXY v2,
+/// `/readyz` checks), `balance` over (b, c, the env's own) in that order.
+async fn behind_haproxy(pg: &Postgres, balance: &str) -> (TestEnv, [ferry::Ferry; 2], Haproxy) {
     let env = TestEnv::builder()
         .listen_toml("proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n")
         .extra_toml(&format!(
@@ -423,8 +420,81 @@ async fn draining_an_instance_under_idle_loses_nothing() {
         .await;
     let (b, c) = (env.another_ferry().await, env.another_ferry().await);
     let server = |f: &ferry::Ferry| (f.imaps_addr().unwrap(), f.metrics_addr().unwrap());
+    let haproxy = Haproxy::fleet(balance, &[server(&b), server(&c), server(&env.ferry)]).await;
+    (env, [b, c], haproxy)
+}
+
+/// Behind one HAProxy that deals connections round robin, so that a
+/// client's connections land on the three instances in turn: a SUBSCRIBE
+/// made through one shows in LSUB through the next two, and wrong passwords
+/// tried through three connections hold the next login as one count.
+#[tokio::test]
+async fn behind_haproxy_the_instances_are_one_ferry() {
+    let pg = Postgres::start().await;
+    let (env, [b, c], haproxy) = behind_haproxy(&pg, "roundrobin").await;
+    let connect = || async {
+        let mut client = TestClient::tls(haproxy.addr(), &env.ca).await;
+        client.greeting().await;
+        client
+    };
+    // Connections until there is one on each instance (HAProxy may skip one
+    // still being checked), each known by whose count it raised.
+    let instances = [&env.ferry, &b, &c];
+    let mut on: [Option<TestClient>; 3] = [None, None, None];
+    let start = Instant::now();
+    while on.iter().any(Option::is_none) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "HAProxy never used all three"
+        );
+        let before: Vec<usize> = instances.iter().map(|f| f.sessions_of("alice")).collect();
+        let mut client = connect().await;
+        client
+            .login("alice", password_for("alice"))
+            .await
+            .assert_ok();
+        let landed = (0..3)
+            .find(|&i| instances[i].sessions_of("alice") > before[i])
+            .expect("the session is on one of the three");
+        if on[landed].is_none() {
+            on[landed] = Some(client);
+        }
+    }
+    let mut on = on.map(|c| c.expect("one on each"));
+    on[0].cmd("SUBSCRIBE Old/Archive").await.assert_ok();
+    for client in &mut on[1..] {
+        let start = Instant::now();
+        while !lsub_old(client).await.contains(&"Old/Archive".into()) {
+            assert!(start.elapsed() < Duration::from_secs(10), "never shown");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Three wrong passwords, one per instance: the next login (wherever it
+    // lands) waits as after three failures (100 ms doubling, at most 400).
+    for _ in 0..3 {
+        let mut client = connect().await;
+        assert!(!client.login("carol", "wrong").await.is_ok());
+    }
+    let mut next = connect().await;
+    let start = Instant::now();
+    next.login("carol", password_for("carol")).await.assert_ok();
+    assert!(
+        start.elapsed() >= Duration::from_millis(380),
+        "the login was not held: {:?}",
+        start.elapsed()
+    );
+    b.shutdown_within(Duration::from_secs(5)).await;
+    c.shutdown_within(Duration::from_secs(5)).await;
+}
+
+/// A rolling restart behind HAProxy: the instance a client IDLEs on drains
+/// (SIGTERM's path); the client is told at once, reconnects through HAProxy,
+/// lands on another instance and finds its subscriptions as it left them.
+#[tokio::test]
+async fn draining_an_instance_under_idle_loses_nothing() {
+    let pg = Postgres::start().await;
     // `first`: every client goes to b while b is up.
-    let haproxy = Haproxy::fleet("first", &[server(&b), server(&c), server(&env.ferry)]).await;
+    let (env, [b, c], haproxy) = behind_haproxy(&pg, "first").await;
     let mut client = TestClient::tls(haproxy.addr(), &env.ca).await;
     client.greeting().await;
     client
