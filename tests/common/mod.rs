@@ -2600,6 +2600,92 @@ impl Drop for Haproxy {
     }
 }
 
+// ───────────────────────────── nginx ─────────────────────────────
+
+/// nginx's mail proxy (Debian `nginx-light` + `libnginx-mod-mail`) in front
+/// of one IMAP store, as the admins Ferry competes with run it: plaintext,
+/// `proxy_buffer 64k`. Its `auth_http` is answered by the same nginx (an
+/// `http` server that names the store), so nothing else runs.
+pub struct Nginx {
+    child: Child,
+    _dir: TempDir,
+    port: u16,
+}
+
+impl Nginx {
+    pub async fn start(store: SocketAddr) -> Nginx {
+        let binary = "/usr/sbin/nginx";
+        let module = "/usr/lib/nginx/modules/ngx_mail_module.so";
+        assert!(
+            Path::new(binary).exists() && Path::new(module).exists(),
+            "nginx's mail proxy is needed (apt-get install -y nginx-light libnginx-mod-mail)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-nginx-")
+            .tempdir()
+            .expect("temp dir");
+        let (port, auth) = (free_port(), free_port());
+        let d = dir.path().display();
+        let config = format!(
+            "load_module {module};\n\
+             daemon off;\nmaster_process off;\nworker_processes 1;\n\
+             pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             worker_rlimit_nofile 20000;\n\
+             events {{ worker_connections 9000; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
+               fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
+               server {{\n    listen 127.0.0.1:{auth};\n    location /auth {{\n\
+                 add_header Auth-Status OK;\n      add_header Auth-Server {ip};\n\
+                 add_header Auth-Port {store_port};\n      return 200;\n    }}\n  }}\n}}\n\
+             mail {{\n  server_name localhost;\n  auth_http 127.0.0.1:{auth}/auth;\n\
+               proxy_pass_error_message on;\n  proxy_buffer 64k;\n\
+               imap_auth login plain;\n\
+               server {{\n    listen 127.0.0.1:{port};\n    protocol imap;\n    proxy on;\n  }}\n}}\n",
+            ip = store.ip(),
+            store_port = store.port(),
+        );
+        let path = dir.path().join("nginx.conf");
+        fs::write(&path, config).expect("write nginx.conf");
+        let child = Command::new(binary)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start listening: {}",
+                fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        Nginx {
+            child,
+            _dir: dir,
+            port,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A plain TCP connection to `to` from the loopback address `from` (e.g.
 /// 127.0.0.5), so a test can be many clients on one machine.
 pub async fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> tokio::net::TcpStream {

@@ -1,0 +1,23 @@
+//! The proxies Ferry is measured against (`benches/e2e.rs`) work in front
+//! of the test store before their figures mean anything: a login, a SELECT
+//! and a FETCH through each.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn nginx_mail_proxy_carries_an_imap_session_to_the_store() {
+    let env = TestEnv::builder().allow_plaintext(true).start().await;
+    let nginx = Nginx::start(env.new.socket_addr()).await;
+    let mut c = TestClient::plain(nginx.addr()).await;
+    let greeting = lossy(&c.greeting().await);
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    c.login("alice", password_for("alice")).await.assert_ok();
+    let select = c.cmd("SELECT INBOX").await;
+    select.assert_ok();
+    let fetch = c.cmd("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])").await;
+    fetch.assert_ok();
+    assert!(fetch.text().contains("Subject:"), "{}", fetch.text());
+    c.logout().await;
+}
