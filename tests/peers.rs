@@ -21,3 +21,24 @@ async fn nginx_mail_proxy_carries_an_imap_session_to_the_store() {
     assert!(fetch.text().contains("Subject:"), "{}", fetch.text());
     c.logout().await;
 }
+
+#[tokio::test]
+async fn dovecot_as_a_proxy_carries_an_imap_session_to_the_store() {
+    let env = TestEnv::builder().allow_plaintext(true).start().await;
+    let proxy = Dovecot::start(Layout::New, false).await;
+    proxy.proxy_to(env.new.socket_addr());
+    let mut c = TestClient::plain(proxy.socket_addr()).await;
+    c.greeting().await;
+    c.login("alice", password_for("alice")).await.assert_ok();
+    c.cmd("SELECT INBOX").await.assert_ok();
+    let fetch = c.cmd("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])").await;
+    fetch.assert_ok();
+    assert!(fetch.text().contains("Subject:"), "{}", fetch.text());
+    // The session is NEW's: the proxy's own store has no mail for alice.
+    c.logout().await;
+    assert!(
+        !proxy.dir().join("mail/alice").exists(),
+        "the proxy served alice itself"
+    );
+    assert!(env.new.dir().join("mail/alice").exists());
+}

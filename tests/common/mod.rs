@@ -313,6 +313,26 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 
 impl Dovecot {
+    /// Makes this Dovecot a proxy to `store` for every user, as Dovecot
+    /// proxies (director-less) are run: its passwd-file entries get
+    /// `proxy=y host= port=` (Dovecot re-reads the file when it changes), and
+    /// the client's own password is passed on.
+    pub fn proxy_to(&self, store: SocketAddr) {
+        let path = self.root.join("passwd");
+        let passwd = fs::read_to_string(&path).expect("read passwd file");
+        let proxied: String = passwd
+            .lines()
+            .map(|line| {
+                format!(
+                    "{line}::::::proxy=y host={} port={}\n",
+                    store.ip(),
+                    store.port()
+                )
+            })
+            .collect();
+        fs::write(&path, proxied).expect("write passwd file");
+    }
+
     /// Starts a fresh Dovecot (own temp dir, own free ports) and waits for its greeting.
     /// With `tls`, a self-signed certificate is generated, STARTTLS is offered on the
     /// plain port and an implicit-TLS port is opened too.
