@@ -83,24 +83,8 @@ impl FerryProc {
             .replacen("imaps = \"127.0.0.1:0\"", &format!("imaps = \"{tls}\""), 1)
             .replacen("imap  = \"127.0.0.1:0\"", &format!("imap = \"{plain}\""), 1);
         let conf = write_file(env.dir(), "ferry-bench.toml", toml.as_bytes());
-        let mut command = ferry_command();
-        let mut child = command
-            .arg("--config")
-            .arg(conf)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ferry");
-        for _ in 0..400 {
-            if tokio::net::TcpStream::connect(&plain).await.is_ok() {
-                return FerryProc { child, plain, tls };
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("ferry did not start");
+        let child = bench_ferry(&conf, &plain, Stdio::null()).await;
+        FerryProc { child, plain, tls }
     }
 
     fn pid(&self) -> u32 {

@@ -61,23 +61,8 @@ impl Instance {
                 1,
             );
         let conf = write_file(env.dir(), &format!("ferry-{n}.toml"), toml.as_bytes());
-        let mut child = ferry_command()
-            .arg("--config")
-            .arg(conf)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ferry");
-        for _ in 0..400 {
-            if tokio::net::TcpStream::connect(&tls).await.is_ok() {
-                return Instance { child, tls, admin };
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("ferry did not start");
+        let child = bench_ferry(&conf, &tls, Stdio::inherit()).await;
+        Instance { child, tls, admin }
     }
 
     fn rss_kib(&self) -> u64 {

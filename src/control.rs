@@ -13,10 +13,9 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -186,7 +185,7 @@ impl Control {
     /// Reloads whenever the configuration file or the users file changes,
     /// until `shutdown`: on a change event in their directories (a
     /// Kubernetes ConfigMap update swaps a symlink there) and, as a
-    /// fallback, when a comparison every few seconds finds other contents.
+    /// fallback, when a look every few seconds finds another size, time or file.
     /// A refused file is logged once, not again until it changes.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
         let Some(path) = self.config().source.clone() else {
@@ -200,7 +199,7 @@ impl Control {
         ) {
             Ok(w) => Some(w),
             Err(e) => {
-                warn!(error = %e, "cannot watch the configuration for changes; comparing it every {} s", POLL.as_secs());
+                warn!(error = %e, "cannot watch the configuration for changes; looking at it every {} s", POLL.as_secs());
                 None
             }
         };
@@ -277,21 +276,18 @@ fn directories(path: &Path, config: &Config) -> Vec<PathBuf> {
     dirs
 }
 
-/// What the configuration and users files hold now (unreadable counts as
-/// contents too: a file that comes back is a change).
-fn fingerprint(path: &Path, config: &Config) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for p in [Some(path), config.migration.users_file.as_deref()]
+/// Which version of the configuration and users files is there now: each
+/// file's identity, size and modification time (following symlinks, so a
+/// ConfigMap's swap shows as another inode). Read every few seconds, so only
+/// metadata: a 100,000-user file is not read until it changed.
+fn fingerprint(path: &Path, config: &Config) -> Vec<Option<(u64, u64, u64, SystemTime)>> {
+    use std::os::unix::fs::MetadataExt;
+    [Some(path), config.migration.users_file.as_deref()]
         .into_iter()
         .flatten()
-    {
-        match std::fs::read(p) {
-            Ok(bytes) => {
-                h.update((bytes.len() as u64).to_le_bytes());
-                h.update(&bytes);
-            }
-            Err(e) => h.update(e.to_string()),
-        }
-    }
-    h.finalize().into()
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
+        })
+        .collect()
 }

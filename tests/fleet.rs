@@ -14,6 +14,18 @@ use hyper::Method;
 
 const TOKEN: &str = "fleet-admin-token";
 
+/// Waits (10 s at most) until the client's LSUB shows `name`.
+async fn until_lsub_shows(client: &mut TestClient, name: &str) {
+    let start = Instant::now();
+    while !lsub_old(client).await.iter().any(|n| n == name) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{name} never shown"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Whether each client's LSUB shows Old/Sent.
 async fn shown(on: &mut [TestClient; 3]) -> [bool; 3] {
     let mut out = [false; 3];
@@ -63,15 +75,8 @@ async fn subscriptions_reach_every_instance_and_the_latest_choice_wins() {
         assert!(!lsub_old(client).await.contains(&"Old/Archive".into()));
     }
     on[0].cmd("SUBSCRIBE Old/Archive").await.assert_ok();
-    for (i, client) in on.iter_mut().enumerate().skip(1) {
-        let start = Instant::now();
-        while !lsub_old(client).await.contains(&"Old/Archive".into()) {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "instance {i} never showed Old/Archive"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    for client in &mut on[1..] {
+        until_lsub_shows(client, "Old/Archive").await;
     }
     // Ten choices at once from the three instances (connections of their
     // own, so they really overlap), then one more, after all were answered.
@@ -463,11 +468,7 @@ async fn behind_haproxy_the_instances_are_one_ferry() {
     let mut on = on.map(|c| c.expect("one on each"));
     on[0].cmd("SUBSCRIBE Old/Archive").await.assert_ok();
     for client in &mut on[1..] {
-        let start = Instant::now();
-        while !lsub_old(client).await.contains(&"Old/Archive".into()) {
-            assert!(start.elapsed() < Duration::from_secs(10), "never shown");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_lsub_shows(client, "Old/Archive").await;
     }
     // Three wrong passwords, one per instance: the next login (wherever it
     // lands) waits as after three failures (100 ms doubling, at most 400).

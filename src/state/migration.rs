@@ -2,8 +2,6 @@
 //! `ferry migration status`, the admin API and the metrics read, and what
 //! the background copier picks its next user from.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use sqlx::Row;
 
 use super::{State, StateError};
@@ -157,10 +155,7 @@ pub struct FolderRecord {
 
 /// Unix seconds now.
 pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    super::lease::now_ms() / 1000
 }
 
 const USER_COLUMNS: &str = "user_name, state, paused, folders, folders_done, messages,

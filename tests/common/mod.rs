@@ -2945,6 +2945,28 @@ pub async fn eventually<F: std::future::Future<Output = bool>>(
     }
 }
 
+/// The `ferry` binary ([`ferry_command`]) on `conf`, logging warnings to
+/// `stderr`, once it accepts connections on `addr` (a bench's Ferry).
+pub async fn bench_ferry(conf: &Path, addr: &str, stderr: Stdio) -> Child {
+    let mut child = ferry_command()
+        .arg("--config")
+        .arg(conf)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn ferry");
+    for _ in 0..400 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("ferry did not start");
+}
+
 /// The release `ferry` binary as a command, run under `FERRY_BENCH_WRAP`
 /// (e.g. `valgrind --tool=callgrind …`) when that is set: for the benches.
 pub fn ferry_command() -> std::process::Command {
