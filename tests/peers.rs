@@ -42,3 +42,17 @@ async fn dovecot_as_a_proxy_carries_an_imap_session_to_the_store() {
     );
     assert!(env.new.dir().join("mail/alice").exists());
 }
+
+#[tokio::test]
+async fn up_imapproxy_carries_an_imap_session_to_the_store() {
+    let env = TestEnv::builder().allow_plaintext(true).start().await;
+    let proxy = Imapproxy::start(env.new.socket_addr()).await;
+    let mut c = TestClient::plain(proxy.addr()).await;
+    c.greeting().await;
+    c.login("alice", password_for("alice")).await.assert_ok();
+    c.cmd("SELECT INBOX").await.assert_ok();
+    let fetch = c.cmd("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])").await;
+    fetch.assert_ok();
+    assert!(fetch.text().contains("Subject:"), "{}", fetch.text());
+    c.logout().await;
+}

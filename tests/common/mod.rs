@@ -2706,6 +2706,87 @@ impl Drop for Nginx {
     }
 }
 
+/// up-imapproxy (Debian `imapproxy`): keeps store connections open after
+/// LOGOUT and reuses them for the next LOGIN of the same user, a peer in
+/// `benches/e2e.rs`. One process, a thread per client.
+pub struct Imapproxy {
+    child: Child,
+    dir: TempDir,
+    port: u16,
+}
+
+impl Imapproxy {
+    pub async fn start(store: SocketAddr) -> Imapproxy {
+        let binary = "/usr/sbin/imapproxyd";
+        assert!(
+            Path::new(binary).exists(),
+            "up-imapproxy is needed (apt-get install -y imapproxy)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-imapproxy-")
+            .tempdir()
+            .expect("temp dir");
+        let port = free_port();
+        let d = dir.path().display();
+        // It logs only to syslog; the protocol log must name a file even
+        // when nothing is logged to it.
+        let config = format!(
+            "server_hostname {ip}\nserver_port {store_port}\n\
+             listen_address 127.0.0.1\nlisten_port {port}\n\
+             connect_retries 3\nconnect_delay 1\n\
+             cache_size 3072\ncache_expiration_time 300\n\
+             proc_username nobody\nproc_groupname nogroup\n\
+             stat_filename {d}/pimpstats\nprotocol_log_filename {d}/protocol.log\n\
+             syslog_facility LOG_MAIL\nsend_tcp_keepalives no\n\
+             enable_select_cache no\nforeground_mode yes\nforce_tls no\n\
+             enable_admin_commands no\n",
+            ip = store.ip(),
+            store_port = store.port(),
+        );
+        let path = dir.path().join("imapproxy.conf");
+        fs::write(&path, config).expect("write imapproxy.conf");
+        let mut child = Command::new(binary)
+            .arg("-f")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir.path().join("imapproxy.pid"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start imapproxyd");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("imapproxyd exited: {status} (it logs to syslog only)");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "imapproxyd did not start listening"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        Imapproxy { child, dir, port }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Imapproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A plain TCP connection to `to` from the loopback address `from` (e.g.
 /// 127.0.0.5), so a test can be many clients on one machine.
 pub async fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> tokio::net::TcpStream {
