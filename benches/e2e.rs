@@ -1,72 +1,210 @@
-//! End-to-end: the same workload straight against Dovecot and through Ferry,
-//! in one run on one machine, with the ratios. `cargo bench --bench e2e`
-//! (about three minutes on two cores). Under `cargo test` it runs a tiny
-//! version as a smoke test. Figures, never assertions.
+//! End-to-end: one workload straight against Dovecot, through Ferry, and
+//! through the proxies admins deploy instead — Dovecot as a proxy, nginx's
+//! mail proxy, up-imapproxy — and a copy-only null proxy, all in front of
+//! the same store, interleaved in slices within one run on one machine.
+//! `cargo bench --bench e2e` (about ten minutes on two cores). Under `cargo
+//! test` it runs a tiny version as a smoke test. Figures, never assertions.
 //!
-//! Ferry runs as its own process (release build) so that its CPU time
-//! (/proc/PID/stat) and memory (VmRSS, VmHWM) are its own. Both paths are
-//! plaintext on loopback, so the comparison is the proxy itself; TLS is
-//! measured separately for idle memory and the login rate.
+//! Every proxy runs as its own process tree, so its CPU time, context
+//! switches and memory are read from /proc (the null proxy is a thread of
+//! this process). A peer missing on the machine is printed as missing.
+//!
+//! For profiling a run can be narrowed: `FERRY_BENCH_SESSIONS=1,10`,
+//! `FERRY_BENCH_SECONDS=20` (per slice), `FERRY_BENCH_REPS=1`,
+//! `FERRY_BENCH_ONLY=load,tls,fetch,idle,login` (the parts to run),
+//! `FERRY_BENCH_PATHS=direct,ferry-new` (the paths to run),
+//! `FERRY_BENCH_WRAP="valgrind --tool=callgrind"` (a command Ferry runs under).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::{
+    collections::HashMap,
+    path::Path,
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use common::*;
+use rustls_pki_types::CertificateDer;
 
 struct Scale {
+    /// Length of one slice: one path, one session count, one repetition.
     seconds: f64,
+    reps: usize,
     sessions: Vec<usize>,
+    tls_sessions: usize,
     idle_sessions: usize,
     big_bytes: usize,
+    fetches: usize,
     logins_for: Duration,
 }
 
-/// For profiling, a run can be narrowed: `FERRY_BENCH_SESSIONS=1,10`,
-/// `FERRY_BENCH_SECONDS=20`, `FERRY_BENCH_ONLY=load,fetch,idle,login` (the
-/// parts to run), `FERRY_BENCH_WRAP="valgrind --tool=massif"` (a command
-/// Ferry runs under).
 fn scale(bench: bool) -> Scale {
-    let mut s = full_scale(bench);
-    if let Ok(v) = std::env::var("FERRY_BENCH_SESSIONS") {
+    let mut s = if bench {
+        Scale {
+            seconds: 3.0,
+            reps: 3,
+            sessions: vec![1, 10, 100],
+            tls_sessions: 10,
+            idle_sessions: 2000,
+            big_bytes: 20 * 1024 * 1024,
+            fetches: 3,
+            logins_for: Duration::from_millis(1500),
+        }
+    } else {
+        Scale {
+            seconds: 0.2,
+            reps: 1,
+            sessions: vec![1, 3],
+            tls_sessions: 2,
+            idle_sessions: 10,
+            big_bytes: 256 * 1024,
+            fetches: 1,
+            logins_for: Duration::from_millis(200),
+        }
+    };
+    let var = |name: &str| std::env::var(name).ok();
+    if let Some(v) = var("FERRY_BENCH_SESSIONS") {
         s.sessions = v.split(',').filter_map(|n| n.trim().parse().ok()).collect();
     }
-    if let Some(secs) = std::env::var("FERRY_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(secs) = var("FERRY_BENCH_SECONDS").and_then(|v| v.parse().ok()) {
         s.seconds = secs;
+    }
+    if let Some(reps) = var("FERRY_BENCH_REPS").and_then(|v| v.parse().ok()) {
+        s.reps = reps;
     }
     s
 }
 
-fn part(name: &str) -> bool {
-    std::env::var("FERRY_BENCH_ONLY").map_or(true, |v| v.split(',').any(|p| p.trim() == name))
+fn listed(var: &str, name: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v.split(',').any(|p| p.trim() == name))
 }
 
-fn full_scale(bench: bool) -> Scale {
-    if bench {
-        Scale {
-            seconds: 9.0,
-            sessions: vec![1, 10, 100],
-            idle_sessions: 2000,
-            big_bytes: 20 * 1024 * 1024,
-            logins_for: Duration::from_secs(5),
-        }
-    } else {
-        Scale {
-            seconds: 0.3,
-            sessions: vec![1, 3],
-            idle_sessions: 10,
-            big_bytes: 256 * 1024,
-            logins_for: Duration::from_millis(300),
+fn part(name: &str) -> bool {
+    listed("FERRY_BENCH_ONLY", name)
+}
+
+// ───────────────────────────── measuring a proxy ─────────────────────────────
+
+/// CPU time and context switches (each a sleep and a wake-up) so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    cpu: Duration,
+    switches: u64,
+}
+
+impl std::ops::Sub for Usage {
+    type Output = Usage;
+    fn sub(self, o: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu.saturating_sub(o.cpu),
+            switches: self.switches.saturating_sub(o.switches),
         }
     }
 }
+
+/// Where a path's usage is read.
+#[derive(Debug, Clone, Copy)]
+enum Meter {
+    /// Nothing between client and store.
+    None,
+    /// A thread of this process (the null proxy).
+    Thread(i32),
+    /// A process and all its descendants (Dovecot's login and auth
+    /// processes, nginx, imapproxyd's threads, Ferry's workers).
+    Tree(u32),
+}
+
+impl Meter {
+    fn usage(self) -> Usage {
+        match self {
+            Meter::None => Usage::default(),
+            Meter::Thread(tid) => Usage {
+                cpu: stat_cpu(&format!("/proc/self/task/{tid}/stat")),
+                switches: switches_of(Path::new(&format!("/proc/self/task/{tid}/status"))),
+            },
+            Meter::Tree(root) => {
+                let mut u = Usage::default();
+                for pid in tree(root) {
+                    u.cpu += stat_cpu(&format!("/proc/{pid}/stat"));
+                    u.switches += std::fs::read_dir(format!("/proc/{pid}/task"))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|task| switches_of(&task.path().join("status")))
+                        .sum::<u64>();
+                }
+                u
+            }
+        }
+    }
+
+    /// Resident memory of the whole tree, KiB.
+    fn rss_kib(self) -> u64 {
+        match self {
+            Meter::Tree(root) => tree(root)
+                .into_iter()
+                .map(|pid| proc_status_kib(pid, "VmRSS:"))
+                .sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// Fields after the command name in a `/proc/.../stat` file.
+fn stat_fields(path: &str) -> Vec<u64> {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return Vec::new();
+    };
+    stat[close + 2..]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect()
+}
+
+/// utime + stime + the same of reaped children (a Dovecot login process
+/// that exited still counts), at 100 clock ticks per second.
+fn stat_cpu(path: &str) -> Duration {
+    let f = stat_fields(path);
+    if f.len() < 15 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis((f[11] + f[12] + f[13] + f[14]) * 10)
+}
+
+/// Voluntary and involuntary context switches from a task's `status` file.
+fn switches_of(status: &Path) -> u64 {
+    std::fs::read_to_string(status)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `root` and every process below it.
+fn tree(root: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Some(&ppid) = stat_fields(&format!("/proc/{pid}/stat")).get(1) {
+            children.entry(ppid as u32).or_default().push(pid);
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        out.extend(children.get(&out[i]).into_iter().flatten());
+        i += 1;
+    }
+    out
+}
+
+// ───────────────────────────── the paths ─────────────────────────────
 
 /// Ferry as a child process with plaintext and TLS listeners.
 struct FerryProc {
@@ -76,37 +214,28 @@ struct FerryProc {
 }
 
 impl FerryProc {
-    async fn start(env: &TestEnv) -> FerryProc {
+    async fn start(env: &TestEnv, phase: &str) -> FerryProc {
         let (plain, tls) = (free_addr(), free_addr());
         let toml = env
             .config_toml
             .replacen("imaps = \"127.0.0.1:0\"", &format!("imaps = \"{tls}\""), 1)
-            .replacen("imap  = \"127.0.0.1:0\"", &format!("imap = \"{plain}\""), 1);
-        let conf = write_file(env.dir(), "ferry-bench.toml", toml.as_bytes());
+            .replacen("imap  = \"127.0.0.1:0\"", &format!("imap = \"{plain}\""), 1)
+            .replacen(
+                "default_phase = \"merged\"",
+                &format!("default_phase = \"{phase}\""),
+                1,
+            );
+        let conf = write_file(
+            env.dir(),
+            &format!("ferry-bench-{phase}.toml"),
+            toml.as_bytes(),
+        );
         let child = bench_ferry(&conf, &plain, Stdio::null()).await;
         FerryProc { child, plain, tls }
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// (user, system) CPU time so far.
-    fn cpu(&self) -> (Duration, Duration) {
-        cpu_of(&format!("/proc/{}/stat", self.pid()))
-    }
-
-    fn status_kib(&self, key: &str) -> u64 {
-        proc_status_kib(self.pid(), key)
-    }
-
-    /// Context switches of all its threads so far.
-    fn switches(&self) -> u64 {
-        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
-            .unwrap()
-            .flatten()
-            .map(|task| switches_of(&task.path().join("status")))
-            .sum()
     }
 }
 
@@ -125,102 +254,228 @@ impl Drop for FerryProc {
     }
 }
 
-/// (user, system) CPU time from a `/proc/.../stat` file.
-fn cpu_of(stat: &str) -> (Duration, Duration) {
-    let stat = std::fs::read_to_string(stat).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // Fields 14 and 15 (utime, stime) in clock ticks; 100 per second on Linux.
-    (
-        Duration::from_millis(f[11] * 10),
-        Duration::from_millis(f[12] * 10),
-    )
-}
-
-/// Voluntary and involuntary context switches from a task's `status` file:
-/// each is a sleep and a wake-up, the kernel's largest cost per command here.
-fn switches_of(status: &std::path::Path) -> u64 {
-    std::fs::read_to_string(status)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("ctxt_switches:"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
-}
-
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+    format!("127.0.0.1:{}", free_port())
 }
 
-async fn plain_login(addr: &str) -> TestClient {
-    let mut c = TestClient::plain(addr).await;
-    c.patient(Duration::from_secs(60));
-    c.greeting().await;
-    c.login("alice", PASSWORD).await.assert_ok();
-    c
+/// A proxy that does nothing but copy bytes both ways, on one thread of its
+/// own (so its CPU time can be read): what any proxy costs on this machine.
+fn null_proxy(upstream: &str) -> (String, i32) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let upstream = upstream.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: gettid only returns the calling thread's id.
+        tx.send(unsafe { libc::gettid() }).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut store) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = store.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut store).await;
+                });
+            }
+        });
+    });
+    (addr, rx.recv().unwrap())
 }
 
-/// One round of the mixed workload: its command latencies.
-async fn round(c: &mut TestClient, i: usize, lat: &mut Vec<Duration>) {
-    let uid = 1 + i % 50;
-    for cmd in [
-        "SELECT INBOX".to_string(),
-        "FETCH 1:* (FLAGS)".to_string(),
-        format!("UID FETCH {uid} (BODY.PEEK[])"),
-        "SEARCH UNSEEN".to_string(),
-        format!("UID STORE {uid} FLAGS (\\Seen)"),
-        "NOOP".to_string(),
-    ] {
-        let t = Instant::now();
-        c.cmd(&cmd).await.assert_ok();
-        lat.push(t.elapsed());
+/// How a client reaches a path.
+#[derive(Clone)]
+enum Conn {
+    Plain(String),
+    /// Implicit TLS, and the certificate the path's certificate is.
+    Tls(String, CertificateDer<'static>),
+}
+
+impl Conn {
+    async fn open(&self) -> TestClient {
+        let mut c = match self {
+            Conn::Plain(addr) => TestClient::plain(addr.as_str()).await,
+            Conn::Tls(addr, ca) => TestClient::tls(addr.as_str(), ca).await,
+        };
+        c.patient(Duration::from_secs(60));
+        c.greeting().await;
+        c
     }
-    let t = Instant::now();
-    let tag = c.next_tag();
-    c.send(format!("{tag} IDLE\r\n").as_bytes()).await;
-    let plus = c.response().await;
-    assert!(plus.starts_with(b"+"), "{}", lossy(&plus));
-    c.send(b"DONE\r\n").await;
-    c.read_until_tagged(&tag).await.assert_ok();
-    lat.push(t.elapsed());
+
+    async fn login(&self) -> TestClient {
+        let mut c = self.open().await;
+        c.login("alice", PASSWORD).await.assert_ok();
+        c
+    }
 }
 
-/// Command latencies and time spent, summed over the slices of a run.
-#[derive(Default)]
-struct Load {
-    lat: Vec<Duration>,
-    elapsed: Duration,
+/// One way to the store, and whether it is one of the proxies Ferry is
+/// ranked against.
+struct Route {
+    name: &'static str,
+    plain: Conn,
+    tls: Option<Conn>,
+    meter: Meter,
+    peer: bool,
 }
 
-impl Load {
-    fn add(&mut self, other: Load) {
-        self.lat.extend(other.lat);
-        self.elapsed += other.elapsed;
-    }
+/// Whatever a path needs kept alive.
+#[allow(dead_code)]
+enum Keep {
+    Ferry(FerryProc),
+    Dovecot(Dovecot),
+    Nginx(Nginx),
+    Imapproxy(Imapproxy),
+}
 
-    fn commands(&self) -> usize {
-        self.lat.len()
-    }
+const FERRY_NEW: &str = "ferry-new";
+const FERRY_MERGED: &str = "ferry-merged";
 
+/// Dovecot as a proxy the way its documentation tunes one: login processes
+/// that serve many connections each ("high-performance mode"), one per core.
+const DOVECOT_PROXY_CONF: &str = "service imap-login {\n  service_count = 0\n  \
+     process_min_avail = 2\n  client_limit = 5000\n}\ndefault_client_limit = 12000\n";
+
+fn nginx_available() -> bool {
+    Path::new("/usr/sbin/nginx").exists()
+        && Path::new("/usr/lib/nginx/modules/ngx_mail_module.so").exists()
+}
+
+fn imapproxy_available() -> bool {
+    Path::new("/usr/sbin/imapproxyd").exists()
+}
+
+/// Every route, in the order the slices take them.
+const ROUTES: &[&str] = &[FERRY_NEW, FERRY_MERGED, "dovecot", "nginx", "imapproxy"];
+
+/// Starts route `name` in front of `env`'s NEW store, or says why it cannot
+/// (its software is not installed).
+async fn start_route(env: &TestEnv, name: &'static str) -> Result<(Route, Keep), String> {
+    let store = env.new.socket_addr();
+    match name {
+        FERRY_NEW | FERRY_MERGED => {
+            let phase = if name == FERRY_NEW { "new" } else { "merged" };
+            let ferry = FerryProc::start(env, phase).await;
+            let route = Route {
+                name,
+                plain: Conn::Plain(ferry.plain.clone()),
+                tls: Some(Conn::Tls(ferry.tls.clone(), env.ca.clone())),
+                meter: Meter::Tree(ferry.pid()),
+                peer: false,
+            };
+            Ok((route, Keep::Ferry(ferry)))
+        }
+        "dovecot" => {
+            let d = Dovecot::start_with(Layout::New, true, DOVECOT_PROXY_CONF).await;
+            d.proxy_to(store);
+            let route = Route {
+                name,
+                plain: Conn::Plain(d.addr()),
+                tls: Some(Conn::Tls(d.imaps_addr().unwrap(), d.ca_der().unwrap())),
+                meter: Meter::Tree(d.pid().unwrap()),
+                peer: true,
+            };
+            Ok((route, Keep::Dovecot(d)))
+        }
+        "nginx" if nginx_available() => {
+            let (cert, key) = (env.dir().join("ferry.crt"), env.dir().join("ferry.key"));
+            let n = Nginx::start_with_tls(store, Some((&cert, &key))).await;
+            let route = Route {
+                name,
+                plain: Conn::Plain(n.addr().to_string()),
+                tls: Some(Conn::Tls(n.tls_addr().unwrap().to_string(), env.ca.clone())),
+                meter: Meter::Tree(n.pid()),
+                peer: true,
+            };
+            Ok((route, Keep::Nginx(n)))
+        }
+        "nginx" => Err("not installed (apt-get install nginx-light libnginx-mod-mail)".into()),
+        "imapproxy" if imapproxy_available() => {
+            let p = Imapproxy::start(store).await;
+            let route = Route {
+                name,
+                plain: Conn::Plain(p.addr().to_string()),
+                // It speaks TLS only towards the server.
+                tls: None,
+                meter: Meter::Tree(p.pid()),
+                peer: true,
+            };
+            Ok((route, Keep::Imapproxy(p)))
+        }
+        "imapproxy" => Err("not installed (apt-get install imapproxy)".into()),
+        _ => unreachable!("unknown route {name}"),
+    }
+}
+
+// ───────────────────────────── the workload ─────────────────────────────
+
+/// The mixed workload, 20 commands in a fixed order: NOOP 8, UID FETCH of a
+/// body 6, UID STORE 3, UID SEARCH 2, FETCH 1:* FLAGS 1 — 40/30/15/10/5 %.
+const MIX: &[u8; 20] = b"NFSNFNQNFSLNFNQNFSNF";
+
+/// Messages in the bench INBOX: bodies of 20 to 41 KB, 30 KB on average,
+/// so the mix moves about 10 KB per command.
+const MESSAGES: usize = 50;
+
+fn command(session: usize, i: usize) -> String {
+    let uid = 1 + (i * 7 + session * 13) % MESSAGES;
+    match MIX[i % MIX.len()] {
+        b'N' => "NOOP".into(),
+        b'F' => format!("UID FETCH {uid} (BODY.PEEK[])"),
+        b'S' if (i / MIX.len()).is_multiple_of(2) => format!("UID STORE {uid} +FLAGS (\\Flagged)"),
+        b'S' => format!("UID STORE {uid} -FLAGS (\\Flagged)"),
+        b'Q' => "UID SEARCH UNSEEN".into(),
+        _ => "FETCH 1:* (FLAGS)".into(),
+    }
+}
+
+/// One slice: commands done, seconds, the proxy's usage meanwhile.
+#[derive(Debug, Clone, Copy)]
+struct Slice {
+    commands: usize,
+    secs: f64,
+    usage: Usage,
+}
+
+impl Slice {
     fn rate(&self) -> f64 {
-        self.commands() as f64 / self.elapsed.as_secs_f64()
+        self.commands as f64 / self.secs
     }
-
-    fn pct(&mut self, p: f64) -> Duration {
-        self.lat.sort_unstable();
-        self.lat[((self.lat.len() as f64 * p) as usize).min(self.lat.len() - 1)]
+    fn cpu_us(&self) -> f64 {
+        self.usage.cpu.as_secs_f64() * 1e6 / self.commands as f64
+    }
+    fn switches(&self) -> f64 {
+        self.usage.switches as f64 / self.commands as f64
     }
 }
 
-async fn load(addr: &str, sessions: usize, seconds: f64) -> Load {
+/// `sessions` clients log in and SELECT, then run the mix for `seconds`
+/// (usage is read around that part only); latencies go to `lat`.
+async fn load(
+    conn: &Conn,
+    sessions: usize,
+    seconds: f64,
+    meter: Meter,
+    lat: &mut Vec<Duration>,
+) -> Slice {
     let mut clients = Vec::new();
     for _ in 0..sessions {
-        clients.push(plain_login(addr).await);
+        let mut c = conn.login().await;
+        c.cmd("SELECT INBOX").await.assert_ok();
+        clients.push(c);
     }
+    let u0 = meter.usage();
     let start = Instant::now();
     let stop = start + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
@@ -229,120 +484,166 @@ async fn load(addr: &str, sessions: usize, seconds: f64) -> Load {
             let mut lat = Vec::new();
             let mut i = n;
             while Instant::now() < stop {
-                round(&mut c, i, &mut lat).await;
+                let cmd = command(n, i);
+                let t = Instant::now();
+                c.cmd(&cmd).await.assert_ok();
+                lat.push(t.elapsed());
                 i += 1;
             }
-            c.logout().await;
-            lat
+            (c, lat)
         }));
     }
-    let mut all = Vec::new();
+    let mut clients = Vec::new();
+    let mut commands = 0;
     for t in tasks {
-        all.extend(t.await.unwrap());
+        let (c, l) = t.await.unwrap();
+        commands += l.len();
+        lat.extend(l);
+        clients.push(c);
     }
-    Load {
-        lat: all,
-        elapsed: start.elapsed(),
+    let secs = start.elapsed().as_secs_f64();
+    let usage = meter.usage() - u0;
+    let mut bye = tokio::task::JoinSet::new();
+    for mut c in clients {
+        bye.spawn(async move { c.logout().await });
+    }
+    bye.join_all().await;
+    Slice {
+        commands,
+        secs,
+        usage,
     }
 }
 
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
-/// A proxy that does nothing but copy bytes both ways, on one thread of its
-/// own (so its CPU time can be read): what any proxy costs on this machine.
-struct NullProxy {
-    addr: String,
-    tid: i32,
+fn pct(lat: &mut [Duration], p: f64) -> f64 {
+    lat.sort_unstable();
+    lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
 }
 
-impl NullProxy {
-    fn start(upstream: &str) -> NullProxy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let upstream = upstream.to_string();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // SAFETY: gettid only returns the calling thread's id.
-            tx.send(unsafe { libc::gettid() }).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((mut client, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let upstream = upstream.clone();
-                    tokio::spawn(async move {
-                        let Ok(mut store) = tokio::net::TcpStream::connect(&upstream).await else {
-                            return;
-                        };
-                        let _ = client.set_nodelay(true);
-                        let _ = store.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut store).await;
-                    });
-                }
-            });
-        });
-        NullProxy {
-            addr,
-            tid: rx.recv().unwrap(),
+/// Ferry's place among the peers by `key` (higher is better when `high`).
+fn rank(rows: &[(&str, bool, f64)], ferry: &str, high: bool) -> String {
+    let Some(&(_, _, mine)) = rows.iter().find(|r| r.0 == ferry) else {
+        return String::new();
+    };
+    let contenders: Vec<f64> = rows.iter().filter(|r| r.1).map(|r| r.2).collect();
+    let better = contenders
+        .iter()
+        .filter(|&&v| if high { v > mine } else { v < mine })
+        .count();
+    format!("{ferry} {} of {}", better + 1, contenders.len() + 1)
+}
+
+/// The mix through every route (plaintext, or TLS where `tls`) at each
+/// session count, `reps` times in turn; medians per route.
+async fn load_table(
+    s: &Scale,
+    direct: &Conn,
+    null: (&Conn, Meter),
+    routes: &[Route],
+    sessions: &[usize],
+    tls: bool,
+) {
+    println!(
+        "{:>8} {:<13} {:>8} {:>7} {:>8} {:>8} {:>13} {:>9}",
+        "sessions", "path", "c/s", "÷direct", "p50 µs", "p99 µs", "CPU µs/cmd", "cs/cmd"
+    );
+    let mut paths: Vec<(&str, bool, Conn, Meter)> = Vec::new();
+    if !tls {
+        paths.push(("direct", false, direct.clone(), Meter::None));
+        paths.push(("null", false, null.0.clone(), null.1));
+    }
+    for r in routes {
+        let conn = if tls {
+            r.tls.clone()
+        } else {
+            Some(r.plain.clone())
+        };
+        if let Some(conn) = conn {
+            paths.push((r.name, r.peer, conn, r.meter));
         }
     }
-
-    /// Its thread's CPU time (user, system) so far.
-    fn cpu(&self) -> (Duration, Duration) {
-        cpu_of(&format!("/proc/self/task/{}/stat", self.tid))
-    }
-
-    fn switches(&self) -> u64 {
-        switches_of(std::path::Path::new(&format!(
-            "/proc/self/task/{}/status",
-            self.tid
-        )))
+    for &n in sessions {
+        let mut slices: Vec<Vec<Slice>> = vec![Vec::new(); paths.len()];
+        let mut lats: Vec<Vec<Duration>> = vec![Vec::new(); paths.len()];
+        for _ in 0..s.reps {
+            for (k, (_, _, conn, meter)) in paths.iter().enumerate() {
+                slices[k].push(load(conn, n, s.seconds, *meter, &mut lats[k]).await);
+            }
+        }
+        let base: Option<Vec<f64>> = (!tls).then(|| slices[0].iter().map(Slice::rate).collect());
+        let mut rows = Vec::new();
+        let mut cpu_rows = Vec::new();
+        for (k, (name, peer, _, meter)) in paths.iter().enumerate() {
+            let rate = median(slices[k].iter().map(Slice::rate).collect());
+            let ratio = base.as_ref().map_or(f64::NAN, |b| {
+                median(slices[k].iter().zip(b).map(|(x, d)| x.rate() / d).collect())
+            });
+            let metered = !matches!(meter, Meter::None);
+            let cpu = median(slices[k].iter().map(Slice::cpu_us).collect());
+            let cs = median(slices[k].iter().map(Slice::switches).collect());
+            println!(
+                "{n:>8} {name:<13} {rate:>8.0} {:>7} {:>8.0} {:>8.0} {:>13} {:>9}",
+                if ratio.is_nan() {
+                    "-".to_string()
+                } else {
+                    format!("{ratio:.2}")
+                },
+                pct(&mut lats[k], 0.5),
+                pct(&mut lats[k], 0.99),
+                if metered {
+                    format!("{cpu:.1}")
+                } else {
+                    "-".into()
+                },
+                if metered {
+                    format!("{cs:.2}")
+                } else {
+                    "-".into()
+                },
+            );
+            rows.push((*name, *peer, rate));
+            cpu_rows.push((*name, *peer, cpu));
+        }
+        for ferry in [FERRY_NEW, FERRY_MERGED] {
+            let t = rank(&rows, ferry, true);
+            if !t.is_empty() {
+                println!(
+                    "{:>8} rank by throughput: {t}; by CPU per command: {}",
+                    "",
+                    rank(&cpu_rows, ferry, false)
+                );
+            }
+        }
     }
 }
 
-/// How the big FETCH reaches the server.
-#[derive(Clone, Copy)]
-struct FetchPath<'a> {
-    tls: Option<&'a rustls_pki_types::CertificateDer<'static>>,
-    compress: bool,
-}
+// ───────────────────────────── the other parts ─────────────────────────────
 
 /// `reps` FETCHes of the big message over one connection: MB/s over all of
-/// them, bytes on the wire per FETCH, and `ferry`'s CPU time (user + system)
-/// during them.
+/// them, bytes on the wire per FETCH, and the path's CPU time per FETCH.
 async fn big_fetch(
-    addr: &str,
+    conn: &Conn,
+    compress: bool,
     bytes: usize,
-    path: FetchPath<'_>,
     reps: usize,
-    ferry: Option<&FerryProc>,
+    meter: Meter,
 ) -> (f64, u64, Duration) {
-    let mut c = match path.tls {
-        Some(ca) => TestClient::tls(addr, ca).await,
-        None => TestClient::plain(addr).await,
-    };
-    c.patient(Duration::from_secs(60));
-    c.greeting().await;
-    c.login("alice", PASSWORD).await.assert_ok();
+    let mut c = conn.login().await;
     c.cmd("SELECT Big").await.assert_ok();
-    if path.compress {
+    if compress {
         c.compress().await.assert_ok();
     }
-    let cpu = || {
-        ferry.map_or(Duration::ZERO, |f| {
-            let (u, s) = f.cpu();
-            u + s
-        })
-    };
-    let (cpu0, wire0) = (cpu(), c.wire_read());
+    let (u0, wire0) = (meter.usage(), c.wire_read());
     let t = Instant::now();
     for _ in 0..reps {
         let r = c.cmd("FETCH 1 (BODY.PEEK[])").await;
@@ -350,35 +651,24 @@ async fn big_fetch(
         assert!(r.untagged[0].len() >= bytes);
     }
     let secs = t.elapsed().as_secs_f64();
-    let (cpu, wire) = (cpu() - cpu0, c.wire_read() - wire0);
+    let (usage, wire) = (meter.usage() - u0, c.wire_read() - wire0);
     c.logout().await;
     (
         (reps * bytes) as f64 / 1e6 / secs,
         wire / reps as u64,
-        cpu / reps as u32,
+        usage.cpu / reps as u32,
     )
 }
 
-/// Logs in `n` sessions (8 at a time) and leaves them open.
-async fn idle_sessions(
-    addr: &str,
-    n: usize,
-    tls: Option<&rustls_pki_types::CertificateDer<'static>>,
-    compress: bool,
-) -> Vec<TestClient> {
+/// Logs in `n` sessions (8 at a time), each SELECTs INBOX, and leaves them open.
+async fn idle_sessions(conn: &Conn, n: usize, compress: bool) -> Vec<TestClient> {
     let mut tasks = tokio::task::JoinSet::new();
     for k in 0..8 {
-        let (addr, tls) = (addr.to_string(), tls.cloned());
+        let conn = conn.clone();
         tasks.spawn(async move {
             let mut out = Vec::new();
             for _ in (k..n).step_by(8) {
-                let mut c = match &tls {
-                    Some(ca) => TestClient::tls(addr.as_str(), ca).await,
-                    None => TestClient::plain(addr.as_str()).await,
-                };
-                c.patient(Duration::from_secs(60));
-                c.greeting().await;
-                c.login("alice", PASSWORD).await.assert_ok();
+                let mut c = conn.login().await;
                 if compress {
                     c.compress().await.assert_ok();
                 }
@@ -391,53 +681,40 @@ async fn idle_sessions(
     tasks.join_all().await.into_iter().flatten().collect()
 }
 
-/// Connections (TLS when `ca` is given) + LOGIN + LOGOUT per second, 4
-/// clients in parallel.
-async fn login_rate(
-    addr: &str,
-    ca: Option<&rustls_pki_types::CertificateDer<'static>>,
-    for_: Duration,
-) -> f64 {
-    let stop = Instant::now() + for_;
+/// Logins per second: 10 clients in parallel, each connecting, logging in,
+/// SELECTing INBOX and logging out in a loop.
+async fn login_rate(conn: &Conn, for_: Duration) -> f64 {
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let addr = addr.to_string();
-        let ca = ca.cloned();
-        tasks.push(tokio::spawn(async move {
+    let stop = start + for_;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let conn = conn.clone();
+        tasks.spawn(async move {
             let mut n = 0usize;
             while Instant::now() < stop {
-                let mut c = match &ca {
-                    Some(ca) => TestClient::tls(addr.as_str(), ca).await,
-                    None => TestClient::plain(addr.as_str()).await,
-                };
-                c.greeting().await;
-                c.login("alice", PASSWORD).await.assert_ok();
+                let mut c = conn.login().await;
+                c.cmd("SELECT INBOX").await.assert_ok();
                 c.logout().await;
                 n += 1;
             }
             n
-        }));
+        });
     }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap();
-    }
+    let total: usize = tasks.join_all().await.into_iter().sum();
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn run(s: Scale, bench: bool) {
-    // Only NEW matters for this workload (alice's INBOX and a big folder);
-    // Ferry's merged phase is what users get. NEW runs as Dovecot usually
-    // does: one imap process per connection.
+async fn run(s: Scale) {
+    // Only NEW matters for this workload; OLD is there for Ferry's merged
+    // phase, where INBOX is NEW's as well.
     let env = TestEnv::builder()
         .allow_plaintext(true)
         .seed(false)
         .start()
         .await;
-    let inbox: Vec<(String, Vec<u8>)> = (0..50)
+    let inbox: Vec<(String, Vec<u8>)> = (0..MESSAGES)
         .map(|i| {
-            let text = "Some text of a typical mail.\r\n".repeat(30 + i * 5);
+            let text = "Some text of a typical mail.\r\n".repeat(650 + i * 15);
             ("()".to_string(), message(&format!("Bench {i}"), &text))
         })
         .collect();
@@ -450,203 +727,286 @@ async fn run(s: Scale, bench: bool) {
         .assert_ok();
     seed.logout().await;
 
-    let ferry = FerryProc::start(&env).await;
-    println!("ferry pid {}", ferry.pid());
-    let direct = env.new.addr();
-    let null = NullProxy::start(&direct);
-    println!(
-        "Ferry vs direct Dovecot (plaintext, loopback; Ferry in phase merged). \
-         \"null\": a proxy that only copies bytes (tokio copy_bidirectional, \
-         one thread), the floor for any proxy on this machine."
-    );
-    println!(
-        "{:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>8} {:>8} {:>8} {:>22} {:>22}",
-        "sessions",
-        "dir c/s",
-        "fer c/s",
-        "null c/s",
-        "ratio",
-        "null",
-        "p50 dir",
-        "p50 fer",
-        "p50 null",
-        "ferry CPU (user+sys)",
-        "null CPU (user+sys)",
-    );
-    for &n in s.sessions.iter().filter(|_| part("load")) {
-        // Three rounds of direct, Ferry, null in turn, summed: a machine
-        // whose load drifts then disturbs all three alike.
-        let (mut d, mut f, mut z) = (Load::default(), Load::default(), Load::default());
-        let (mut ferry_user, mut ferry_sys) = (Duration::ZERO, Duration::ZERO);
-        let (mut null_user, mut null_sys) = (Duration::ZERO, Duration::ZERO);
-        let (mut ferry_switches, mut null_switches) = (0, 0);
-        let slice = s.seconds / 3.0;
-        for _ in 0..3 {
-            d.add(load(&direct, n, slice).await);
-            let ((u0, s0), c0) = (ferry.cpu(), ferry.switches());
-            f.add(load(&ferry.plain, n, slice).await);
-            let (u1, s1) = ferry.cpu();
-            (ferry_user, ferry_sys) = (ferry_user + (u1 - u0), ferry_sys + (s1 - s0));
-            ferry_switches += ferry.switches() - c0;
-            let ((u0, s0), c0) = (null.cpu(), null.switches());
-            z.add(load(&null.addr, n, slice).await);
-            let (u1, s1) = null.cpu();
-            (null_user, null_sys) = (null_user + (u1 - u0), null_sys + (s1 - s0));
-            null_switches += null.switches() - c0;
+    let (mut routes, mut keep) = (Vec::new(), Vec::new());
+    for &name in ROUTES.iter().filter(|n| listed("FERRY_BENCH_PATHS", n)) {
+        match start_route(&env, name).await {
+            Ok((route, k)) => {
+                if let Meter::Tree(pid) = route.meter {
+                    println!("{name}: pid {pid}");
+                }
+                routes.push(route);
+                keep.push(k);
+            }
+            Err(why) => println!("MISSING peer {name}: {why}; its rows are absent"),
         }
-        let per = |cpu: Duration, l: &Load| us(cpu) / l.commands() as f64;
+    }
+    let direct = Conn::Plain(env.new.addr());
+    let (null_addr, null_tid) = null_proxy(&env.new.addr());
+    let null = (Conn::Plain(null_addr), Meter::Thread(null_tid));
+
+    if part("load") {
         println!(
-            "{:>8} {:>8.0} {:>8.0} {:>8.0} {:>6.2} {:>6.2} {:>6.0}µs {:>6.0}µs {:>6.0}µs {:>5.1}+{:>5.1}={:>6.1}µs {:>5.1}+{:>5.1}={:>6.1}µs",
-            n,
-            d.rate(),
-            f.rate(),
-            z.rate(),
-            f.rate() / d.rate(),
-            z.rate() / d.rate(),
-            us(d.pct(0.5)),
-            us(f.pct(0.5)),
-            us(z.pct(0.5)),
-            per(ferry_user, &f),
-            per(ferry_sys, &f),
-            per(ferry_user + ferry_sys, &f),
-            per(null_user, &z),
-            per(null_sys, &z),
-            per(null_user + null_sys, &z),
+            "\nThe mix (NOOP 40 %, UID FETCH body 30 %, UID STORE 15 %, UID SEARCH 10 %, \
+             FETCH 1:* FLAGS 5 %; about 10 KB per command; no pipelining), plaintext on \
+             loopback, {} × {:.0} s per path and session count, paths in turn; medians; \
+             ÷direct within each repetition; CPU = the proxy's user + system time; \
+             cs = its context switches",
+            s.reps, s.seconds
         );
-        println!(
-            "{:>8} p99: direct {:.0}µs, Ferry {:.0}µs, null {:.0}µs; context switches per command: Ferry {:.2}, null {:.2}",
-            "",
-            us(d.pct(0.99)),
-            us(f.pct(0.99)),
-            us(z.pct(0.99)),
-            ferry_switches as f64 / f.commands() as f64,
-            null_switches as f64 / z.commands() as f64,
-        );
+        load_table(&s, &direct, (&null.0, null.1), &routes, &s.sessions, false).await;
+    }
+    if part("tls") {
+        println!("\nThe same mix over TLS (implicit, each proxy's own listener)");
+        load_table(
+            &s,
+            &direct,
+            (&null.0, null.1),
+            &routes,
+            &[s.tls_sessions],
+            true,
+        )
+        .await;
     }
 
     if part("fetch") {
         let mb = s.big_bytes as f64 / 1e6;
-        let reps = if bench { 5 } else { 1 };
         println!(
-            "{} MB FETCH, {reps} times over one connection (COMPRESS: Ferry's \
-             COMPRESS=DEFLATE toward the client, level 1; the bench's client inflates)",
-            s.big_bytes / (1024 * 1024)
+            "\n{} MB FETCH, {} times over one connection, {} repetitions; medians \
+             (COMPRESS: Ferry's COMPRESS=DEFLATE toward the client)",
+            s.big_bytes / (1024 * 1024),
+            s.fetches,
+            s.reps
         );
         println!(
-            "{:<32} {:>8} {:>16} {:>14} {:>17}",
-            "", "MB/s", "Ferry CPU / MB", "on the wire", "Ferry VmHWM +KiB"
+            "{:<24} {:>8} {:>7} {:>14} {:>12}",
+            "path", "MB/s", "÷null", "CPU ms / MB", "on the wire"
         );
-        let hwm0 = ferry.status_kib("VmHWM:");
-        let plain = FetchPath {
-            tls: None,
-            compress: false,
-        };
-        let (direct_mbs, wire, _) = big_fetch(&direct, s.big_bytes, plain, reps, None).await;
-        println!(
-            "{:<32} {direct_mbs:>8.0} {:>16} {:>11.1} MB",
-            "direct, plaintext",
-            "-",
-            wire as f64 / 1e6
-        );
-        let ca = env.ca.clone();
-        for (label, addr, path) in [
-            ("Ferry, plaintext", &ferry.plain, plain),
-            (
-                "Ferry, plaintext, COMPRESS",
-                &ferry.plain,
-                FetchPath {
-                    tls: None,
-                    compress: true,
-                },
-            ),
-            (
-                "Ferry, TLS",
-                &ferry.tls,
-                FetchPath {
-                    tls: Some(&ca),
-                    compress: false,
-                },
-            ),
-            (
-                "Ferry, TLS, COMPRESS",
-                &ferry.tls,
-                FetchPath {
-                    tls: Some(&ca),
-                    compress: true,
-                },
-            ),
-        ] {
-            let hwm = ferry.status_kib("VmHWM:");
-            let (mbs, wire, cpu) = big_fetch(addr, s.big_bytes, path, reps, Some(&ferry)).await;
+        let mut paths: Vec<(String, bool, Conn, bool, Meter)> = vec![
+            ("direct".into(), false, direct.clone(), false, Meter::None),
+            ("null".into(), false, null.0.clone(), false, null.1),
+        ];
+        for r in &routes {
+            paths.push((r.name.into(), r.peer, r.plain.clone(), false, r.meter));
+        }
+        for r in &routes {
+            if let Some(tls) = &r.tls {
+                paths.push((
+                    format!("{} TLS", r.name),
+                    false,
+                    tls.clone(),
+                    false,
+                    r.meter,
+                ));
+            }
+        }
+        if let Some(r) = routes.iter().find(|r| r.name == FERRY_NEW) {
+            paths.push((
+                format!("{} COMPRESS", r.name),
+                false,
+                r.plain.clone(),
+                true,
+                r.meter,
+            ));
+            if let Some(tls) = &r.tls {
+                paths.push((
+                    format!("{} TLS+COMPRESS", r.name),
+                    false,
+                    tls.clone(),
+                    true,
+                    r.meter,
+                ));
+            }
+        }
+        let ferry_pid = routes
+            .iter()
+            .find(|r| r.name == FERRY_NEW)
+            .and_then(|r| match r.meter {
+                Meter::Tree(pid) => Some(pid),
+                _ => None,
+            });
+        let hwm0 = ferry_pid.map(|p| proc_status_kib(p, "VmHWM:"));
+        let mut got: Vec<Vec<(f64, u64, Duration)>> = vec![Vec::new(); paths.len()];
+        for _ in 0..s.reps {
+            for (k, (_, _, conn, compress, meter)) in paths.iter().enumerate() {
+                got[k].push(big_fetch(conn, *compress, s.big_bytes, s.fetches, *meter).await);
+            }
+        }
+        let null_rates: Vec<f64> = got[1].iter().map(|g| g.0).collect();
+        let mut rows = Vec::new();
+        for (k, (name, peer, _, _, meter)) in paths.iter().enumerate() {
+            let rate = median(got[k].iter().map(|g| g.0).collect());
+            let ratio = median(
+                got[k]
+                    .iter()
+                    .zip(&null_rates)
+                    .map(|(g, z)| g.0 / z)
+                    .collect(),
+            );
+            let cpu = median(
+                got[k]
+                    .iter()
+                    .map(|g| g.2.as_secs_f64() * 1e3 / mb)
+                    .collect(),
+            );
+            let wire = median(got[k].iter().map(|g| g.1 as f64).collect());
             println!(
-                "{label:<32} {mbs:>8.0} {:>13.2} ms {:>11.1} MB {:>17}  ({:.2}x direct)",
-                cpu.as_secs_f64() * 1e3 / mb,
-                wire as f64 / 1e6,
-                ferry.status_kib("VmHWM:").saturating_sub(hwm),
-                mbs / direct_mbs
+                "{name:<24} {rate:>8.0} {ratio:>7.2} {:>14} {:>9.1} MB",
+                if matches!(meter, Meter::None) {
+                    "-".into()
+                } else {
+                    format!("{cpu:.2}")
+                },
+                wire / 1e6
+            );
+            rows.push((name.as_str(), *peer, rate));
+        }
+        println!("rank by MB/s (plaintext): {}", rank(&rows, FERRY_NEW, true));
+        if let (Some(pid), Some(hwm0)) = (ferry_pid, hwm0) {
+            println!(
+                "{FERRY_NEW} peak RSS growth over all these FETCHes: {} KiB",
+                proc_status_kib(pid, "VmHWM:").saturating_sub(hwm0)
             );
         }
-        let growth = ferry.status_kib("VmHWM:").saturating_sub(hwm0);
-        println!("Ferry peak RSS growth over these FETCHes: {growth} KiB");
-    }
-
-    let ca = env.ca.clone();
-    drop(ferry);
-    // Thousands of idle sessions: a second NEW that serves 50 connections
-    // per imap process, and neither it nor Ferry caps one address at fewer.
-    let idle_env = match part("idle") {
-        true => Some(
-            TestEnv::builder()
-                .allow_plaintext(true)
-                .new_conf(
-                    "mail_max_userip_connections = 10000\n\
-                     service imap {\n  client_limit = 50\n  service_count = 0\n  process_limit = 200\n}\n",
-                )
-                .extra_toml("[limits]\nmax_connections_per_ip = 10000\n")
-                .start()
-                .await,
-        ),
-        false => None,
-    };
-    // Each idle measurement in a fresh Ferry, so no freed memory is reused.
-    let kinds = [(false, false), (true, false), (false, true)];
-    for ((tls, compress), env) in kinds.into_iter().zip(idle_env.iter().cycle()) {
-        let ca = env.ca.clone();
-        let ca = &ca;
-        let ferry = FerryProc::start(env).await;
-        // A first session warms up lazily built state (TLS config, metrics,
-        // the worker's compressor).
-        let warm = idle_sessions(&ferry.tls, 1, Some(ca), compress).await;
-        let (label, addr, tls) = match (tls, compress) {
-            (true, _) => ("TLS", ferry.tls.clone(), Some(ca)),
-            (false, true) => ("plaintext COMPRESS", ferry.plain.clone(), None),
-            (false, false) => ("plaintext", ferry.plain.clone(), None),
-        };
-        let before = ferry.status_kib("VmRSS:");
-        let held = idle_sessions(&addr, s.idle_sessions, tls, compress).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let after = ferry.status_kib("VmRSS:");
-        let per = (after.saturating_sub(before)) as f64 * 1024.0 / s.idle_sessions as f64;
-        println!(
-            "idle {label} sessions: {} logged in, Ferry RSS {before} -> {after} KiB, {:.1} KiB per session",
-            s.idle_sessions,
-            per / 1024.0
-        );
-        drop(held);
-        drop(warm);
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
     if part("login") {
-        let ferry = FerryProc::start(&env).await;
-        let tls = login_rate(&ferry.tls, Some(&ca), s.logins_for).await;
-        let plain = login_rate(&ferry.plain, None, s.logins_for).await;
-        let direct = login_rate(&env.new.addr(), None, s.logins_for).await;
         println!(
-            "login rate (connect + LOGIN + LOGOUT, 4 clients): through Ferry with TLS {tls:.0}/s, \
-             through Ferry plaintext {plain:.0}/s, straight to NEW plaintext {direct:.0}/s"
+            "\nLogins per second (10 clients in parallel: connect, LOGIN, SELECT, LOGOUT), \
+             {} × {:.1} s per path; medians",
+            s.reps,
+            s.logins_for.as_secs_f64()
+        );
+        let mut paths: Vec<(String, bool, bool, Conn)> =
+            vec![("direct".into(), false, false, direct.clone())];
+        for r in &routes {
+            paths.push((r.name.into(), r.peer, false, r.plain.clone()));
+            if let Some(tls) = &r.tls {
+                paths.push((r.name.into(), r.peer, true, tls.clone()));
+            }
+        }
+        let mut got = vec![Vec::new(); paths.len()];
+        for _ in 0..s.reps {
+            for (k, (.., conn)) in paths.iter().enumerate() {
+                got[k].push(login_rate(conn, s.logins_for).await);
+            }
+        }
+        println!("{:<14} {:>12} {:>12}", "path", "plaintext/s", "TLS/s");
+        let mut rows: [Vec<(&str, bool, f64)>; 2] = [Vec::new(), Vec::new()];
+        let mut line: Vec<(String, [Option<f64>; 2])> = Vec::new();
+        for (k, (name, peer, tls, _)) in paths.iter().enumerate() {
+            let rate = median(got[k].clone());
+            rows[*tls as usize].push((name.as_str(), *peer, rate));
+            match line.iter_mut().find(|l| &l.0 == name) {
+                Some(l) => l.1[*tls as usize] = Some(rate),
+                None => {
+                    let mut v = [None, None];
+                    v[*tls as usize] = Some(rate);
+                    line.push((name.clone(), v));
+                }
+            }
+        }
+        let cell = |v: Option<f64>| v.map_or("-".to_string(), |r| format!("{r:.0}"));
+        for (name, [plain, tls]) in &line {
+            println!("{name:<14} {:>12} {:>12}", cell(*plain), cell(*tls));
+        }
+        println!(
+            "rank: plaintext {}; TLS {}",
+            rank(&rows[0], FERRY_NEW, true),
+            rank(&rows[1], FERRY_NEW, true)
         );
     }
+    drop(keep);
+
+    if part("idle") {
+        idle(&s).await;
+    }
+}
+
+/// Memory per idle session: each path freshly started (no memory freed by
+/// earlier sessions to reuse), a first session to warm it up, then
+/// `idle_sessions` logged in and SELECTed; the growth of the whole tree's RSS.
+async fn idle(s: &Scale) {
+    // A NEW that takes thousands of connections from one address, 50 per
+    // imap process; Ferry's per-address limit raised to match.
+    let env = TestEnv::builder()
+        .allow_plaintext(true)
+        .new_conf(
+            "mail_max_userip_connections = 10000\n\
+             service imap {\n  client_limit = 50\n  service_count = 0\n  process_limit = 200\n}\n",
+        )
+        .extra_toml("[limits]\nmax_connections_per_ip = 10000\n")
+        .start()
+        .await;
+    println!(
+        "\nIdle sessions: {} logged in and SELECTed per path, each path freshly started",
+        s.idle_sessions
+    );
+    println!(
+        "{:<24} {:>14} {:>14}",
+        "path", "RSS growth KiB", "KiB/session"
+    );
+    let mut rows: [Vec<(String, bool, f64)>; 2] = [Vec::new(), Vec::new()];
+    let variants: &[(&str, bool, bool)] = &[
+        (FERRY_NEW, false, false),
+        (FERRY_NEW, true, false),
+        (FERRY_NEW, false, true),
+        ("dovecot", false, false),
+        ("dovecot", true, false),
+        ("nginx", false, false),
+        ("nginx", true, false),
+        ("imapproxy", false, false),
+    ];
+    for &(name, tls, compress) in variants {
+        if !listed("FERRY_BENCH_PATHS", name) {
+            continue;
+        }
+        let (r, keep) = match start_route(&env, name).await {
+            Ok(x) => x,
+            Err(why) => {
+                println!("{name:<24} MISSING: {why}");
+                continue;
+            }
+        };
+        let Some(conn) = (if tls {
+            r.tls.clone()
+        } else {
+            Some(r.plain.clone())
+        }) else {
+            continue;
+        };
+        let warm = idle_sessions(&conn, 1, compress).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = r.meter.rss_kib();
+        let held = idle_sessions(&conn, s.idle_sessions, compress).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = r.meter.rss_kib();
+        let per = after.saturating_sub(before) as f64 / s.idle_sessions as f64;
+        let label = format!(
+            "{name}{}{}",
+            if tls { " TLS" } else { "" },
+            if compress { " COMPRESS" } else { "" }
+        );
+        println!(
+            "{label:<24} {:>14} {per:>14.1}",
+            after.saturating_sub(before)
+        );
+        if !compress {
+            rows[tls as usize].push((name.to_string(), r.peer, per));
+        }
+        drop(held);
+        drop(warm);
+        drop(keep);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let as_ref = |v: &[(String, bool, f64)]| -> String {
+        let r: Vec<(&str, bool, f64)> = v.iter().map(|(n, p, x)| (n.as_str(), *p, *x)).collect();
+        rank(&r, FERRY_NEW, false)
+    };
+    println!(
+        "rank by memory per session: plaintext {}; TLS {}",
+        as_ref(&rows[0]),
+        as_ref(&rows[1])
+    );
 }
 
 fn main() {
@@ -656,5 +1016,5 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime")
-        .block_on(run(scale(bench), bench));
+        .block_on(run(scale(bench)));
 }

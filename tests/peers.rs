@@ -7,10 +7,11 @@ mod common;
 use common::*;
 
 #[tokio::test]
-async fn nginx_mail_proxy_carries_an_imap_session_to_the_store() {
+async fn nginx_mail_proxy_carries_an_imap_session_over_tls_to_the_store() {
     let env = TestEnv::builder().allow_plaintext(true).start().await;
-    let nginx = Nginx::start(env.new.socket_addr()).await;
-    let mut c = TestClient::plain(nginx.addr()).await;
+    let (cert, key) = (env.dir().join("ferry.crt"), env.dir().join("ferry.key"));
+    let nginx = Nginx::start_with_tls(env.new.socket_addr(), Some((&cert, &key))).await;
+    let mut c = TestClient::tls(nginx.tls_addr().unwrap(), &env.ca).await;
     let greeting = lossy(&c.greeting().await);
     assert!(greeting.starts_with("* OK"), "{greeting}");
     c.login("alice", password_for("alice")).await.assert_ok();
@@ -23,11 +24,11 @@ async fn nginx_mail_proxy_carries_an_imap_session_to_the_store() {
 }
 
 #[tokio::test]
-async fn dovecot_as_a_proxy_carries_an_imap_session_to_the_store() {
+async fn dovecot_as_a_proxy_carries_an_imap_session_over_tls_to_the_store() {
     let env = TestEnv::builder().allow_plaintext(true).start().await;
-    let proxy = Dovecot::start(Layout::New, false).await;
+    let proxy = Dovecot::start(Layout::New, true).await;
     proxy.proxy_to(env.new.socket_addr());
-    let mut c = TestClient::plain(proxy.socket_addr()).await;
+    let mut c = TestClient::tls(proxy.imaps_addr().unwrap(), &proxy.ca_der().unwrap()).await;
     c.greeting().await;
     c.login("alice", password_for("alice")).await.assert_ok();
     c.cmd("SELECT INBOX").await.assert_ok();

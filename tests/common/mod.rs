@@ -645,6 +645,10 @@ impl Dovecot {
     pub fn layout(&self) -> Layout {
         self.layout
     }
+    /// The master process (its children are the login, auth and imap processes).
+    pub fn pid(&self) -> Option<u32> {
+        self.running.as_ref().map(|r| r.master.id())
+    }
     /// `127.0.0.1:PORT` of the plain (STARTTLS when `tls`) listener.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -2630,10 +2634,17 @@ pub struct Nginx {
     child: Child,
     _dir: TempDir,
     port: u16,
+    tls_port: Option<u16>,
 }
 
 impl Nginx {
     pub async fn start(store: SocketAddr) -> Nginx {
+        Self::start_with_tls(store, None).await
+    }
+
+    /// With `tls` (certificate and key PEM files), also an implicit-TLS
+    /// listener (`listen … ssl`), [`Nginx::tls_addr`].
+    pub async fn start_with_tls(store: SocketAddr, tls: Option<(&Path, &Path)>) -> Nginx {
         let binary = "/usr/sbin/nginx";
         let module = "/usr/lib/nginx/modules/ngx_mail_module.so";
         assert!(
@@ -2645,6 +2656,16 @@ impl Nginx {
             .tempdir()
             .expect("temp dir");
         let (port, auth) = (free_port(), free_port());
+        let tls_port = tls.map(|_| free_port());
+        let tls_server = match (tls, tls_port) {
+            (Some((cert, key)), Some(p)) => format!(
+                "  server {{\n    listen 127.0.0.1:{p} ssl;\n    protocol imap;\n    proxy on;\n\
+                     ssl_certificate {};\n    ssl_certificate_key {};\n  }}\n",
+                cert.display(),
+                key.display()
+            ),
+            _ => String::new(),
+        };
         let d = dir.path().display();
         let config = format!(
             "load_module {module};\n\
@@ -2660,7 +2681,7 @@ impl Nginx {
              mail {{\n  server_name localhost;\n  auth_http 127.0.0.1:{auth}/auth;\n\
                proxy_pass_error_message on;\n  proxy_buffer 64k;\n\
                imap_auth login plain;\n\
-               server {{\n    listen 127.0.0.1:{port};\n    protocol imap;\n    proxy on;\n  }}\n}}\n",
+               server {{\n    listen 127.0.0.1:{port};\n    protocol imap;\n    proxy on;\n  }}\n{tls_server}}}\n",
             ip = store.ip(),
             store_port = store.port(),
         );
@@ -2687,11 +2708,16 @@ impl Nginx {
             child,
             _dir: dir,
             port,
+            tls_port,
         }
     }
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
     }
 
     pub fn pid(&self) -> u32 {
