@@ -171,12 +171,15 @@ mod session_bench {
 
     /// Plays `command` and the store's `answer` (its tagged line follows).
     pub fn round_trip(s: &mut Session, command: &[u8], answer: &[u8]) {
-        s.handle(Instant::now(), Event::ClientBytes(command));
+        s.handle(Instant::now(), Event::ClientBytes(command.into()));
         let sent = drain(s).expect("forwarded to the store");
         let mut response = answer.to_vec();
         response.extend_from_slice(tag(&sent));
         response.extend_from_slice(b" OK done\r\n");
-        s.handle(Instant::now(), Event::StoreBytes(Store::New, &response));
+        s.handle(
+            Instant::now(),
+            Event::StoreBytes(Store::New, response[..].into()),
+        );
         drain(s);
     }
 
@@ -199,7 +202,7 @@ mod session_bench {
         drain(&mut s);
         s.handle(
             Instant::now(),
-            Event::ClientBytes(b"a LOGIN alice secret\r\n"),
+            Event::ClientBytes(b"a LOGIN alice secret\r\n"[..].into()),
         );
         drain(&mut s);
         round_trip(

@@ -87,10 +87,12 @@ fn part(name: &str) -> bool {
 
 // ───────────────────────────── measuring a proxy ─────────────────────────────
 
-/// CPU time and context switches (each a sleep and a wake-up) so far.
+/// CPU time (all, and the part spent in the kernel) and context switches
+/// (each a sleep and a wake-up) so far.
 #[derive(Debug, Default, Clone, Copy)]
 struct Usage {
     cpu: Duration,
+    sys: Duration,
     switches: u64,
 }
 
@@ -99,6 +101,7 @@ impl std::ops::Sub for Usage {
     fn sub(self, o: Usage) -> Usage {
         Usage {
             cpu: self.cpu.saturating_sub(o.cpu),
+            sys: self.sys.saturating_sub(o.sys),
             switches: self.switches.saturating_sub(o.switches),
         }
     }
@@ -120,14 +123,20 @@ impl Meter {
     fn usage(self) -> Usage {
         match self {
             Meter::None => Usage::default(),
-            Meter::Thread(tid) => Usage {
-                cpu: stat_cpu(&format!("/proc/self/task/{tid}/stat")),
-                switches: switches_of(Path::new(&format!("/proc/self/task/{tid}/status"))),
-            },
+            Meter::Thread(tid) => {
+                let (cpu, sys) = stat_cpu(&format!("/proc/self/task/{tid}/stat"));
+                Usage {
+                    cpu,
+                    sys,
+                    switches: switches_of(Path::new(&format!("/proc/self/task/{tid}/status"))),
+                }
+            }
             Meter::Tree(root) => {
                 let mut u = Usage::default();
                 for pid in tree(root) {
-                    u.cpu += stat_cpu(&format!("/proc/{pid}/stat"));
+                    let (cpu, sys) = stat_cpu(&format!("/proc/{pid}/stat"));
+                    u.cpu += cpu;
+                    u.sys += sys;
                     u.switches += std::fs::read_dir(format!("/proc/{pid}/task"))
                         .into_iter()
                         .flatten()
@@ -164,14 +173,15 @@ fn stat_fields(path: &str) -> Vec<u64> {
         .collect()
 }
 
-/// utime + stime + the same of reaped children (a Dovecot login process
-/// that exited still counts), at 100 clock ticks per second.
-fn stat_cpu(path: &str) -> Duration {
+/// (utime + stime, stime), each with the same of reaped children (a
+/// Dovecot login process that exited still counts), at 100 ticks a second.
+fn stat_cpu(path: &str) -> (Duration, Duration) {
     let f = stat_fields(path);
     if f.len() < 15 {
-        return Duration::ZERO;
+        return (Duration::ZERO, Duration::ZERO);
     }
-    Duration::from_millis((f[11] + f[12] + f[13] + f[14]) * 10)
+    let ms = |ticks: u64| Duration::from_millis(ticks * 10);
+    (ms(f[11] + f[12] + f[13] + f[14]), ms(f[12] + f[14]))
 }
 
 /// Voluntary and involuntary context switches from a task's `status` file.
@@ -455,6 +465,9 @@ impl Slice {
     fn cpu_us(&self) -> f64 {
         self.usage.cpu.as_secs_f64() * 1e6 / self.commands as f64
     }
+    fn sys_us(&self) -> f64 {
+        self.usage.sys.as_secs_f64() * 1e6 / self.commands as f64
+    }
     fn switches(&self) -> f64 {
         self.usage.switches as f64 / self.commands as f64
     }
@@ -557,6 +570,7 @@ async fn load_table(
         "{:>8} {:<13} {:>8} {:>7} {:>8} {:>8} {:>13} {:>9}",
         "sessions", "path", "c/s", "÷direct", "p50 µs", "p99 µs", "CPU µs/cmd", "cs/cmd"
     );
+    println!("{:>67}", "(of it sys)");
     let mut paths: Vec<(&str, bool, Conn, Meter)> = Vec::new();
     if !tls {
         paths.push(("direct", false, direct.clone(), Meter::None));
@@ -590,6 +604,7 @@ async fn load_table(
             });
             let metered = !matches!(meter, Meter::None);
             let cpu = median(slices[k].iter().map(Slice::cpu_us).collect());
+            let sys = median(slices[k].iter().map(Slice::sys_us).collect());
             let cs = median(slices[k].iter().map(Slice::switches).collect());
             println!(
                 "{n:>8} {name:<13} {rate:>8.0} {:>7} {:>8.0} {:>8.0} {:>13} {:>9}",
@@ -601,7 +616,7 @@ async fn load_table(
                 pct(&mut lats[k], 0.5),
                 pct(&mut lats[k], 0.99),
                 if metered {
-                    format!("{cpu:.1}")
+                    format!("{cpu:.1} ({sys:.1})")
                 } else {
                     "-".into()
                 },

@@ -45,7 +45,7 @@ const LEVEL: u32 = 1;
 
 /// Compressed client bytes are read here first, one buffer per worker
 /// thread (made on the thread's first compressed read), as plain reads go
-/// to `wire`'s scratch buffer.
+/// to `wire`'s read block.
 const RAW_BUF: usize = 64 * 1024;
 
 /// Compressed input kept while the session's read buffer is full: one read,

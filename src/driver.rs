@@ -3,7 +3,7 @@
 
 use std::{future::Future, io, pin::Pin, sync::Arc, time::Duration};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::{io::AsyncWriteExt, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -16,7 +16,7 @@ use crate::{
     session::{Action, Event, Session, SessionConfig, Store},
     tls::MaybeTls,
     wake::WhenWoken,
-    wire::{Client, Outbox, if_some, read_opt, scratch, write_parts},
+    wire::{Client, Outbox, if_some, read_opt, write_parts},
 };
 
 type Login = Pin<Box<dyn Future<Output = Result<Connected, BackendError>> + Send>>;
@@ -123,13 +123,13 @@ pub async fn serve(
         let [old_login, new_login] = logins;
         tokio::select! {
             r = read_opt(client), if read_client => match r {
-                Ok(0) | Err(_) => {
+                Ok(b) if !b.is_empty() => {
+                    metrics::count_bytes(Flow::ClientIn, b.len());
+                    session.handle(now(), Event::ClientBytes(b));
+                }
+                _ => {
                     io.client = None;
                     session.handle(now(), Event::ClientClosed);
-                }
-                Ok(n) => {
-                    metrics::count_bytes(Flow::ClientIn, n);
-                    scratch(n, |b| session.handle(now(), Event::ClientBytes(b)));
                 }
             },
             r = read_opt(old) => store_read(&mut session, &mut io, Store::Old, r),
@@ -162,16 +162,16 @@ fn now() -> std::time::Instant {
 }
 
 /// What a store's socket gave: its bytes go to the session, its end closes it.
-fn store_read(session: &mut Session, io: &mut Io, store: Store, read: io::Result<usize>) {
+fn store_read(session: &mut Session, io: &mut Io, store: Store, read: io::Result<BytesMut>) {
     let i = store.index();
     match read {
-        Ok(0) | Err(_) => {
+        Ok(b) if !b.is_empty() => {
+            metrics::count_bytes(Flow::store_in(i), b.len());
+            session.handle(now(), Event::StoreBytes(store, b));
+        }
+        _ => {
             io.stores[i] = None;
             session.handle(now(), Event::StoreClosed(store));
-        }
-        Ok(n) => {
-            metrics::count_bytes(Flow::store_in(i), n);
-            scratch(n, |b| session.handle(now(), Event::StoreBytes(store, b)));
         }
     }
 }
@@ -188,7 +188,10 @@ fn login_result(
             io.stores[store.index()] = Some(connected.stream);
             session.handle(now(), Event::LoggedIn(store, Ok(connected.info)));
             if !connected.rest.is_empty() {
-                session.handle(now(), Event::StoreBytes(store, &connected.rest));
+                session.handle(
+                    now(),
+                    Event::StoreBytes(store, BytesMut::from(&connected.rest[..])),
+                );
             }
         }
         Err(e) => session.handle(now(), Event::LoggedIn(store, Err(e.failure()))),

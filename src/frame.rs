@@ -70,6 +70,9 @@ pub struct Framer {
     max_line: usize,
     /// Bytes of `buf` already searched for a line end.
     scanned: usize,
+    /// `buf` is (a part of) a chunk handed in by [`push`](Self::push), which
+    /// may share a worker's read block: kept past a burst, it is copied.
+    adopted: bool,
 }
 
 impl Framer {
@@ -80,11 +83,25 @@ impl Framer {
             state: State::Line { start: true },
             max_line,
             scanned: 0,
+            adopted: false,
         }
     }
 
+    /// Takes in `data` (copied).
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+    }
+
+    /// Takes in a chunk the driver read. Usually nothing waits from the last
+    /// read and the chunk becomes the buffer as it is: the frames split from
+    /// it then leave without a copy.
+    pub fn push_chunk(&mut self, data: BytesMut) {
+        if self.buf.is_empty() {
+            self.buf = data;
+            self.adopted = true;
+        } else {
+            self.buf.extend_from_slice(&data);
+        }
     }
 
     /// Bytes received but not yet returned as frames.
@@ -105,9 +122,15 @@ impl Framer {
 
     /// Releases buffer memory while the peer is quiet (idle sessions are
     /// thousands; an allocation per burst is cheap).
+    /// A partial line left over is copied out of an adopted chunk, which
+    /// may hold a worker's whole read block.
     pub fn shrink(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
-            self.buf = BytesMut::new();
+        if self.buf.is_empty() {
+            if self.buf.capacity() > 0 {
+                self.buf = BytesMut::new();
+            }
+        } else if std::mem::take(&mut self.adopted) {
+            self.buf = BytesMut::from(&self.buf[..]);
         }
     }
 
@@ -440,6 +463,41 @@ mod tests {
     /// read a literal announcement differently from Ferry (found by fuzzing:
     /// `{4}` + LF became `{+}`, and the literal's bytes reached OLD as a
     /// command Ferry never checked).
+    #[test]
+    fn an_adopted_chunk_is_framed_without_a_copy_and_its_leftover_is_copied_out() {
+        let mut block = BytesMut::with_capacity(64 * 1024);
+        block.extend_from_slice(b"* 1 FETCH (BODY[] {5}\r\nhello)\r\na1 OK done\r\na2 O");
+        let range = block.as_ptr() as usize..block.as_ptr() as usize + block.capacity();
+        let chunk = block.split();
+        let mut f = Framer::new(Peer::Server, 1000);
+        f.push_chunk(chunk);
+        let mut frames = Vec::new();
+        while let Some(frame) = f.next_frame().unwrap() {
+            frames.push(frame);
+        }
+        assert_eq!(frames.len(), 4, "{frames:?}");
+        for frame in &frames {
+            let (Frame::Line { bytes, .. } | Frame::LiteralData { bytes, .. }) = frame;
+            assert!(
+                range.contains(&(bytes.as_ptr() as usize)),
+                "copied: {bytes:?}"
+            );
+        }
+        // The partial line stays, but no longer in the shared block.
+        f.shrink();
+        assert_eq!(&f.buf[..], b"a2 O");
+        assert!(!range.contains(&(f.buf.as_ptr() as usize)));
+        f.push_chunk(BytesMut::from(&b"K\r\n"[..]));
+        assert_eq!(
+            f.next_frame().unwrap(),
+            Some(Frame::Line {
+                bytes: Bytes::from_static(b"a2 OK\r\n"),
+                start: true,
+                literal: None
+            })
+        );
+    }
+
     #[test]
     fn client_lines_ending_in_a_bare_lf_become_crlf() {
         let got = frames(Peer::Client, &[b"d SEARCH TEXT {4}\nb SE\nc NOOP\n"]);

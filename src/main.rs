@@ -12,7 +12,7 @@ struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Session worker threads (default: one per CPU).
+    /// Session worker threads (default: one per two CPUs).
     #[arg(long, env = "FERRY_THREADS")]
     threads: Option<usize>,
     #[command(subcommand)]

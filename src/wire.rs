@@ -1,5 +1,5 @@
-//! Socket reads and writes for the driver: every read lands in one scratch
-//! buffer per worker thread, and a burst of writes to one peer leaves as one
+//! Socket reads and writes for the driver: every read lands in one read
+//! block per worker thread, and a burst of writes to one peer leaves as one
 //! system call (one TLS record, one deflate flush).
 
 use std::{
@@ -14,14 +14,19 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::{deflate::Deflate, tls::MaybeTls};
 
-/// Every read of a worker thread lands in its one scratch buffer and is
-/// handed to the session at once (the session keeps only what it needs), so
-/// a session holds no read buffer of its own: idle sessions stay small, and
-/// a read takes up to 64 KiB, whatever the session read before.
+/// Every read of a worker thread lands in its one read block, so a session
+/// holds no read buffer of its own (idle sessions stay small), and a read
+/// takes up to 64 KiB, whatever the session read before.
 const READ_BUF: usize = 64 * 1024;
 
+/// Reads of at least this much are handed over as a slice of the block, no
+/// copy (a FETCH body's bytes leave as they came); smaller ones are copied
+/// out, so that what a session keeps of a short read (a partial line) never
+/// holds a whole block.
+const SHARE_FROM: usize = 4 * 1024;
+
 thread_local! {
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUF].into_boxed_slice());
+    static BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
 /// The output of a future that may not be there; never, when it is not
@@ -85,30 +90,30 @@ impl AsyncRead for Client {
     }
 }
 
-/// Reads from an optional stream into this thread's scratch buffer (pends
-/// forever when there is none). The caller takes the bytes with [`scratch`]
-/// before it next awaits: `select!` runs a branch's handler in the same poll
-/// that completed the read, so no other session can overwrite them.
-pub async fn read_opt<S: AsyncRead + Unpin>(stream: &mut Option<S>) -> io::Result<usize> {
+/// Reads from an optional stream into this thread's read block (pends
+/// forever when there is none); empty at the end of the stream.
+pub async fn read_opt<S: AsyncRead + Unpin>(stream: &mut Option<S>) -> io::Result<BytesMut> {
     let Some(stream) = stream else {
         return std::future::pending().await;
     };
     std::future::poll_fn(|cx| {
-        SCRATCH.with_borrow_mut(|buf| {
-            let mut read = ReadBuf::new(buf);
-            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
+        BLOCK.with_borrow_mut(|block| {
+            // The block's earlier reads have usually been written out by
+            // now: it is then taken back whole, without allocating.
+            block.reserve(READ_BUF);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, block) {
+                Poll::Ready(Ok(n)) if n >= SHARE_FROM => Poll::Ready(Ok(block.split_to(n))),
+                Poll::Ready(Ok(_)) => {
+                    let small = BytesMut::from(&block[..]);
+                    block.clear();
+                    Poll::Ready(Ok(small))
+                }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                 Poll::Pending => Poll::Pending,
             }
         })
     })
     .await
-}
-
-/// The `n` bytes the last [`read_opt`] on this thread left.
-pub fn scratch<R>(n: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-    SCRATCH.with_borrow(|buf| f(&buf[..n]))
 }
 
 /// Writes queued for one peer, sent together: one system call (and one TLS

@@ -425,7 +425,7 @@ impl Harness {
         if !self.closed && reads && !self.client_pending.is_empty() {
             let data = std::mem::take(&mut self.client_pending);
             trace("C:", &data);
-            self.s.handle(self.now, Event::ClientBytes(&data));
+            self.s.handle(self.now, Event::ClientBytes(data[..].into()));
             self.drain();
         }
     }
@@ -435,7 +435,8 @@ impl Harness {
             return;
         }
         trace(from_store(store), data);
-        self.s.handle(self.now, Event::StoreBytes(store, data));
+        self.s
+            .handle(self.now, Event::StoreBytes(store, data.into()));
         self.drain();
     }
 
@@ -633,7 +634,8 @@ impl Harness {
                 let replies = std::mem::take(&mut self.stores[store.index()].replies);
                 if !replies.is_empty() && self.stores[store.index()].open {
                     trace(from_store(store), &replies);
-                    self.s.handle(self.now, Event::StoreBytes(store, &replies));
+                    self.s
+                        .handle(self.now, Event::StoreBytes(store, replies[..].into()));
                     progress = true;
                 }
             }

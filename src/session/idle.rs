@@ -50,7 +50,9 @@ const DONE: &[u8] = b"DONE\r\n";
 impl Idle {
     pub(super) fn new(tag: Bytes, store: Store, now: Instant) -> Self {
         Idle {
-            tag,
+            // Its own copy: the tag may be a slice of a worker's read block,
+            // which an IDLE lasting half an hour must not hold.
+            tag: Bytes::copy_from_slice(&tag),
             store,
             state: State::Starting,
             since: now,

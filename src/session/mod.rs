@@ -50,15 +50,16 @@ pub use merged::rename_data;
 /// What happened, as the driver saw it; handed to [`Session::handle`] with
 /// the time it happened.
 #[derive(Debug)]
-pub enum Event<'a> {
-    /// Bytes from the client.
-    ClientBytes(&'a [u8]),
+pub enum Event {
+    /// Bytes from the client (owned: what the session forwards leaves
+    /// without a copy).
+    ClientBytes(BytesMut),
     /// The client closed its connection (or it failed).
     ClientClosed,
     /// The TLS handshake that [`Action::StartTls`] asked for is done.
     TlsEstablished,
     /// Bytes from a store.
-    StoreBytes(Store, &'a [u8]),
+    StoreBytes(Store, BytesMut),
     /// A store closed its connection (or it failed).
     StoreClosed(Store),
     /// The outcome of an [`Action::Login`].
@@ -443,7 +444,7 @@ impl Session {
     }
 
     /// Takes in one event at `now` (never earlier than the last one's).
-    pub fn handle(&mut self, now: Instant, event: Event<'_>) {
+    pub fn handle(&mut self, now: Instant, event: Event) {
         self.clock.now = now.max(self.clock.now);
         match event {
             Event::ClientBytes(data) => {
@@ -582,8 +583,8 @@ impl Session {
         !running && self.client.at_message_start()
     }
 
-    fn client_input(&mut self, data: &[u8]) {
-        self.client.push(data);
+    fn client_input(&mut self, data: BytesMut) {
+        self.client.push_chunk(data);
         self.pump_client();
     }
 
@@ -613,11 +614,11 @@ impl Session {
         self.pump_client();
     }
 
-    fn backend_input(&mut self, store: Store, data: &[u8]) {
+    fn backend_input(&mut self, store: Store, data: BytesMut) {
         let Some(conn) = self.stores[store.index()].as_mut() else {
             return;
         };
-        conn.framer.push(data);
+        conn.framer.push_chunk(data);
         loop {
             self.forward_run(store);
             let Some(conn) = self.stores[store.index()].as_mut() else {

@@ -153,9 +153,9 @@ fn merged() -> Session {
 fn merged_with(new_caps: &str) -> Session {
     let mut s = session(true);
     out(&mut s);
-    s.client_input(b"a1 LOGIN alice {6}\r\n");
+    s.client_input(b"a1 LOGIN alice {6}\r\n"[..].into());
     assert_eq!(out(&mut s), ["S: + Ready for literal data"]);
-    s.client_input(b"p(w)*%\r\n");
+    s.client_input(b"p(w)*%\r\n"[..].into());
     assert_eq!(out(&mut s), ["LOGIN new"]);
     s.login_done(Store::New, Ok(info_with(Store::New, new_caps)));
     let o = out(&mut s);
@@ -185,7 +185,7 @@ fn greeting_and_preauth() {
         o,
         ["S: * OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID STARTTLS LOGINDISABLED] Ferry ready."]
     );
-    s.client_input(b"a1 LOGIN alice secret\r\na2 AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==\r\na3 SELECT INBOX\r\na4 ID NIL\r\n");
+    s.client_input(b"a1 LOGIN alice secret\r\na2 AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==\r\na3 SELECT INBOX\r\na4 ID NIL\r\n"[..].into());
     let o = out(&mut s);
     assert_eq!(
         o[0],
@@ -203,7 +203,7 @@ fn greeting_and_preauth() {
 fn starttls_rejects_pipelined_plaintext() {
     let mut s = session(false);
     out(&mut s);
-    s.client_input(b"a STARTTLS\r\nb LOGIN evil injected\r\n");
+    s.client_input(b"a STARTTLS\r\nb LOGIN evil injected\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         [
@@ -214,7 +214,7 @@ fn starttls_rejects_pipelined_plaintext() {
     );
     let mut s = session(false);
     out(&mut s);
-    s.client_input(b"a STARTTLS\r\n");
+    s.client_input(b"a STARTTLS\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         ["S: a OK Begin TLS negotiation now", "STARTTLS"]
@@ -226,19 +226,19 @@ fn starttls_rejects_pipelined_plaintext() {
 fn authenticate_plain_with_and_without_ir() {
     let mut s = session(true);
     out(&mut s);
-    s.client_input(b"a AUTHENTICATE PLAIN\r\n");
+    s.client_input(b"a AUTHENTICATE PLAIN\r\n"[..].into());
     assert_eq!(out(&mut s), ["S: + "]);
-    s.client_input(b"AGFsaWNlAHNlY3JldA==\r\n");
+    s.client_input(b"AGFsaWNlAHNlY3JldA==\r\n"[..].into());
     assert_eq!(out(&mut s), ["LOGIN new"]);
     s.login_done(Store::New, Err(LoginFailure::Rejected));
     assert_eq!(
         out(&mut s),
         ["S: a NO [AUTHENTICATIONFAILED] Authentication failed."]
     );
-    s.client_input(b"b AUTHENTICATE PLAIN *\r\n");
+    s.client_input(b"b AUTHENTICATE PLAIN *\r\n"[..].into());
     let o = out(&mut s);
     assert!(o[0].starts_with("S: b BAD"), "{o:?}");
-    s.client_input(b"c AUTHENTICATE PLAIN\r\n*\r\n");
+    s.client_input(b"c AUTHENTICATE PLAIN\r\n*\r\n"[..].into());
     assert_eq!(out(&mut s), ["S: + ", "S: c BAD AUTHENTICATE cancelled"]);
 }
 
@@ -255,11 +255,11 @@ fn writes(s: &mut Session) -> Vec<String> {
 #[test]
 fn a_burst_of_untagged_lines_is_one_write() {
     let mut s = merged();
-    s.client_input(b"a NOOP\r\n");
+    s.client_input(b"a NOOP\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: a NOOP"]);
     s.backend_input(
         Store::New,
-        b"* 1 EXISTS\r\n* 1 FETCH (FLAGS ())\r\n* 2 FETCH (BODY[] {2}\r\nhi)\r\n* 3 FETCH (FLAGS ())\r\n* 4 FETCH (FLAGS ())\r\n* BYE going\r\n* 5 EXPUNGE\r\na OK done\r\n",
+        b"* 1 EXISTS\r\n* 1 FETCH (FLAGS ())\r\n* 2 FETCH (BODY[] {2}\r\nhi)\r\n* 3 FETCH (FLAGS ())\r\n* 4 FETCH (FLAGS ())\r\n* BYE going\r\n* 5 EXPUNGE\r\na OK done\r\n"[..].into(),
     );
     assert_eq!(
         writes(&mut s),
@@ -278,15 +278,15 @@ fn a_burst_of_untagged_lines_is_one_write() {
     // Phase old: a CAPABILITY line in the burst is still filtered.
     let mut s = session(true);
     out(&mut s);
-    s.client_input(b"a LOGIN olga secret\r\n");
+    s.client_input(b"a LOGIN olga secret\r\n"[..].into());
     out(&mut s);
     s.login_done(Store::Old, Ok(info(Store::Old)));
     out(&mut s);
-    s.client_input(b"b NOOP\r\n");
+    s.client_input(b"b NOOP\r\n"[..].into());
     assert_eq!(out(&mut s), ["O: b NOOP"]);
     s.backend_input(
         Store::Old,
-        b"* 2 EXISTS\r\n* 1 RECENT\r\n* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE\r\n* 3 EXISTS\r\nb OK done\r\n",
+        b"* 2 EXISTS\r\n* 1 RECENT\r\n* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE\r\n* 3 EXISTS\r\nb OK done\r\n"[..].into(),
     );
     assert_eq!(
         writes(&mut s),
@@ -303,7 +303,7 @@ fn a_burst_of_untagged_lines_is_one_write() {
 fn old_phase_is_a_pass_through() {
     let mut s = session(true);
     out(&mut s);
-    s.client_input(b"a LOGIN olga secret\r\n");
+    s.client_input(b"a LOGIN olga secret\r\n"[..].into());
     assert_eq!(out(&mut s), ["LOGIN old"]);
     s.login_done(Store::Old, Ok(info(Store::Old)));
     let o = out(&mut s);
@@ -312,7 +312,7 @@ fn old_phase_is_a_pass_through() {
         o[0].contains("NOTIFY") && o[0].matches("COMPRESS").count() == 1,
         "{o:?}"
     );
-    s.client_input(b"b SELECT INBOX.Sent\r\nc STARTTLS\r\nd X-ANYTHING\r\n");
+    s.client_input(b"b SELECT INBOX.Sent\r\nc STARTTLS\r\nd X-ANYTHING\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         [
@@ -323,7 +323,7 @@ fn old_phase_is_a_pass_through() {
     );
     s.backend_input(
         Store::Old,
-        b"* 2 EXISTS\r\nb OK done\r\n* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE\r\n",
+        b"* 2 EXISTS\r\nb OK done\r\n* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE\r\n"[..].into(),
     );
     assert_eq!(
         out(&mut s),
@@ -338,10 +338,10 @@ fn old_phase_is_a_pass_through() {
 #[test]
 fn merged_list_fans_out_and_logs_in_to_old_lazily() {
     let mut s = merged();
-    s.client_input(b"b LIST \"\" \"%\"\r\n");
+    s.client_input(b"b LIST \"\" \"%\"\r\n"[..].into());
     // `%` cannot reach below Old/: OLD is not needed.
     assert_eq!(out(&mut s), ["N: ferry.1 LIST \"\" %"]);
-    s.backend_input(Store::New, b"* LIST (\\HasNoChildren) \"/\" INBOX\r\n* LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\n* LIST (\\HasChildren) \"/\" Old\r\nferry.1 OK done\r\n");
+    s.backend_input(Store::New, b"* LIST (\\HasNoChildren) \"/\" INBOX\r\n* LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\n* LIST (\\HasChildren) \"/\" Old\r\nferry.1 OK done\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         [
@@ -351,13 +351,13 @@ fn merged_list_fans_out_and_logs_in_to_old_lazily() {
             "S: b OK LIST completed"
         ]
     );
-    s.client_input(b"c LIST \"\" \"Old/*\"\r\n");
+    s.client_input(b"c LIST \"\" \"Old/*\"\r\n"[..].into());
     assert_eq!(out(&mut s), ["LOGIN old"]);
     old_up(&mut s);
     assert_eq!(out(&mut s), ["O: ferry.2 LIST \"\" *"]);
     s.backend_input(
         Store::Old,
-        b"* LIST (\\HasChildren) \".\" INBOX\r\n* LIST (\\HasNoChildren \\Sent) \".\" INBOX.Sent\r\n* LIST (\\HasNoChildren) \".\" {27}\r\nINBOX.&U9dP4Xux-.&eBR6dluk-\r\nferry.2 OK done\r\n",
+        b"* LIST (\\HasChildren) \".\" INBOX\r\n* LIST (\\HasNoChildren \\Sent) \".\" INBOX.Sent\r\n* LIST (\\HasNoChildren) \".\" {27}\r\nINBOX.&U9dP4Xux-.&eBR6dluk-\r\nferry.2 OK done\r\n"[..].into(),
     );
     assert_eq!(
         out(&mut s),
@@ -372,13 +372,14 @@ fn merged_list_fans_out_and_logs_in_to_old_lazily() {
 }
 
 fn select_old_inbox(s: &mut Session) {
-    s.client_input(b"d SELECT Old/INBOX\r\n");
+    s.client_input(b"d SELECT Old/INBOX\r\n"[..].into());
     assert_eq!(out(s), ["LOGIN old"]);
     old_up(s);
     assert_eq!(out(s), ["O: d EXAMINE INBOX"]);
     s.backend_input(
         Store::Old,
-        b"* 3 EXISTS\r\n* OK [PERMANENTFLAGS ()] x\r\nd OK [READ-ONLY] Examine completed\r\n",
+        b"* 3 EXISTS\r\n* OK [PERMANENTFLAGS ()] x\r\nd OK [READ-ONLY] Examine completed\r\n"[..]
+            .into(),
     );
     assert_eq!(
         out(s),
@@ -394,11 +395,11 @@ fn select_old_inbox(s: &mut Session) {
 fn old_folders_are_read_only() {
     let mut s = merged();
     select_old_inbox(&mut s);
-    s.client_input(b"e UID STORE 1:2 +FLAGS.SILENT (\\Deleted)\r\n");
+    s.client_input(b"e UID STORE 1:2 +FLAGS.SILENT (\\Deleted)\r\n"[..].into());
     assert_eq!(out(&mut s), ["O: ferry.1 UID FETCH 1:2 FLAGS"]);
     s.backend_input(
         Store::Old,
-        b"* 1 FETCH (UID 1 FLAGS (\\Seen))\r\nferry.1 OK Fetch completed\r\n",
+        b"* 1 FETCH (UID 1 FLAGS (\\Seen))\r\nferry.1 OK Fetch completed\r\n"[..].into(),
     );
     assert_eq!(
         out(&mut s),
@@ -407,7 +408,7 @@ fn old_folders_are_read_only() {
             "S: e OK Flags unchanged: Old/ folders are read-only"
         ]
     );
-    s.client_input(b"f EXPUNGE\r\ng UID EXPUNGE 1\r\nh COPY 1 Old/Sent\r\ni MOVE 1 INBOX\r\nk APPEND Old/Sent {3}\r\n");
+    s.client_input(b"f EXPUNGE\r\ng UID EXPUNGE 1\r\nh COPY 1 Old/Sent\r\ni MOVE 1 INBOX\r\nk APPEND Old/Sent {3}\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         [
@@ -418,7 +419,7 @@ fn old_folders_are_read_only() {
             "S: k NO [NOPERM] Old/ folders are read-only",
         ]
     );
-    s.client_input(b"l CREATE Old/x\r\nm DELETE Old/Sent\r\nn RENAME Work Old/Work\r\no SUBSCRIBE Old/Sent\r\n");
+    s.client_input(b"l CREATE Old/x\r\nm DELETE Old/Sent\r\nn RENAME Work Old/Work\r\no SUBSCRIBE Old/Sent\r\n"[..].into());
     let o = out(&mut s);
     assert_eq!(
         o[..3],
@@ -437,25 +438,25 @@ fn old_folders_are_read_only() {
 fn switching_stores_unselects_without_stray_responses() {
     let mut s = merged();
     select_old_inbox(&mut s);
-    s.client_input(b"e SELECT INBOX\r\n");
+    s.client_input(b"e SELECT INBOX\r\n"[..].into());
     assert_eq!(out(&mut s), ["O: ferry.1 UNSELECT"]);
     // OLD's news about the mailbox being left never reaches the client.
     s.backend_input(
         Store::Old,
-        b"* 4 EXISTS\r\nferry.1 OK Unselect completed\r\n",
+        b"* 4 EXISTS\r\nferry.1 OK Unselect completed\r\n"[..].into(),
     );
     assert_eq!(out(&mut s), ["N: e SELECT INBOX"]);
     s.backend_input(
         Store::New,
-        b"* 2 EXISTS\r\ne OK [READ-WRITE] Select completed\r\n",
+        b"* 2 EXISTS\r\ne OK [READ-WRITE] Select completed\r\n"[..].into(),
     );
     assert_eq!(
         out(&mut s),
         ["S: * 2 EXISTS", "S: e OK [READ-WRITE] Select completed"]
     );
-    s.backend_input(Store::Old, b"* 5 EXISTS\r\n");
+    s.backend_input(Store::Old, b"* 5 EXISTS\r\n"[..].into());
     assert_eq!(out(&mut s), Vec::<String>::new());
-    s.client_input(b"f UID FETCH 1:* (FLAGS)\r\n");
+    s.client_input(b"f UID FETCH 1:* (FLAGS)\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: f UID FETCH 1:* (FLAGS)"]);
 }
 
@@ -463,26 +464,26 @@ fn switching_stores_unselects_without_stray_responses() {
 fn commands_on_a_selected_new_mailbox_go_as_sent() {
     let mut s = merged();
     // Nothing selected: NOOP keeps NEW's connection alive.
-    s.client_input(b"a NOOP\r\n");
+    s.client_input(b"a NOOP\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: a NOOP"]);
-    s.backend_input(Store::New, b"a OK NOOP completed\r\n");
+    s.backend_input(Store::New, b"a OK NOOP completed\r\n"[..].into());
     assert_eq!(out(&mut s), ["S: a OK NOOP completed"]);
-    s.client_input(b"b FETCH 1 FLAGS\r\n");
+    s.client_input(b"b FETCH 1 FLAGS\r\n"[..].into());
     assert_eq!(out(&mut s), ["S: b BAD No mailbox selected"]);
-    s.client_input(b"c SELECT INBOX\r\n");
+    s.client_input(b"c SELECT INBOX\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: c SELECT INBOX"]);
     s.backend_input(
         Store::New,
-        b"* 2 EXISTS\r\nc OK [READ-WRITE] Select completed\r\n",
+        b"* 2 EXISTS\r\nc OK [READ-WRITE] Select completed\r\n"[..].into(),
     );
     out(&mut s);
     // Known by name, not decoded: NEW judges the arguments, even those of
     // extensions Ferry does not announce (imap-codec cannot parse this one).
-    s.client_input(b"d uid fetch 1:* (FLAGS) (CHANGEDSINCE 7)\r\n");
+    s.client_input(b"d uid fetch 1:* (FLAGS) (CHANGEDSINCE 7)\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: d uid fetch 1:* (FLAGS) (CHANGEDSINCE 7)"]);
     s.backend_input(
         Store::New,
-        b"* 1 FETCH (UID 4 FLAGS () MODSEQ (9))\r\nd OK Fetch completed\r\n",
+        b"* 1 FETCH (UID 4 FLAGS () MODSEQ (9))\r\nd OK Fetch completed\r\n"[..].into(),
     );
     assert_eq!(
         out(&mut s),
@@ -491,9 +492,9 @@ fn commands_on_a_selected_new_mailbox_go_as_sent() {
             "S: d OK Fetch completed"
         ]
     );
-    s.client_input(b"e STORE 2 +FLAGS (\\Seen)\r\nf SEARCH UNSEEN\r\n");
+    s.client_input(b"e STORE 2 +FLAGS (\\Seen)\r\nf SEARCH UNSEEN\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: e STORE 2 +FLAGS (\\Seen)"]);
-    s.backend_input(Store::New, b"e OK Store completed\r\n");
+    s.backend_input(Store::New, b"e OK Store completed\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         ["S: e OK Store completed", "N: f SEARCH UNSEEN"]
@@ -503,14 +504,17 @@ fn commands_on_a_selected_new_mailbox_go_as_sent() {
 #[test]
 fn idle_waits_for_the_store_and_takes_pipelined_done() {
     let mut s = merged();
-    s.client_input(b"b IDLE\r\n");
+    s.client_input(b"b IDLE\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: b IDLE"]);
     assert!(!s.wants_client_input());
-    s.backend_input(Store::New, b"+ idling\r\n");
+    s.backend_input(Store::New, b"+ idling\r\n"[..].into());
     assert_eq!(out(&mut s), ["S: + idling"]);
-    s.client_input(b"DONE\r\nc NOOP\r\n");
+    s.client_input(b"DONE\r\nc NOOP\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: DONE"]);
-    s.backend_input(Store::New, b"* 3 EXISTS\r\nb OK Idle completed\r\n");
+    s.backend_input(
+        Store::New,
+        b"* 3 EXISTS\r\nb OK Idle completed\r\n"[..].into(),
+    );
     assert_eq!(
         out(&mut s),
         ["S: * 3 EXISTS", "S: b OK Idle completed", "N: c NOOP"]
@@ -520,18 +524,21 @@ fn idle_waits_for_the_store_and_takes_pipelined_done() {
 #[test]
 fn append_streams_its_literal() {
     let mut s = merged();
-    s.client_input(b"b APPEND Work (\\Seen) {11}\r\n");
+    s.client_input(b"b APPEND Work (\\Seen) {11}\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: b APPEND Work (\\Seen) {11}"]);
-    s.backend_input(Store::New, b"+ OK\r\n");
+    s.backend_input(Store::New, b"+ OK\r\n"[..].into());
     assert_eq!(out(&mut s), ["S: + OK"]);
-    s.client_input(b"hello ");
+    s.client_input(b"hello "[..].into());
     assert_eq!(out(&mut s), ["N: hello "]);
-    s.client_input(b"world\r\n");
+    s.client_input(b"world\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: world", "N: "]);
-    s.backend_input(Store::New, b"b OK [APPENDUID 1 7] Append completed.\r\n");
+    s.backend_input(
+        Store::New,
+        b"b OK [APPENDUID 1 7] Append completed.\r\n"[..].into(),
+    );
     assert_eq!(out(&mut s), ["S: b OK [APPENDUID 1 7] Append completed."]);
     // LITERAL+: no continuation round trip.
-    s.client_input(b"c APPEND INBOX {2+}\r\nhi\r\n");
+    s.client_input(b"c APPEND INBOX {2+}\r\nhi\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: c APPEND INBOX {2+}", "N: hi", "N: "]);
 }
 
@@ -539,7 +546,7 @@ fn append_streams_its_literal() {
 fn unknown_and_unadvertised_commands_get_bad_and_never_reach_old() {
     let mut s = merged();
     select_old_inbox(&mut s);
-    s.client_input(b"x1 GETACL INBOX\r\nx2 UID SEARCH RETURN (ALL) ALL\r\nx3 ENABLE QRESYNC\r\nx4 XLIST \"\" *\r\n");
+    s.client_input(b"x1 GETACL INBOX\r\nx2 UID SEARCH RETURN (ALL) ALL\r\nx3 ENABLE QRESYNC\r\nx4 XLIST \"\" *\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         [
@@ -575,14 +582,14 @@ fn sessions_are_counted_under_their_phase() {
     let kept = Kept::default();
     let mut s = session_reporting(true, kept.clone());
     assert_eq!(phases(&kept), [(None, Some("preauth"))]);
-    s.handle(now, Event::ClientBytes(b"a1 LOGIN nina pw\r\n"));
+    s.handle(now, Event::ClientBytes(b"a1 LOGIN nina pw\r\n"[..].into()));
     assert_eq!(phases(&kept), []);
     s.handle(now, Event::LoggedIn(Store::New, Ok(info(Store::New))));
     assert_eq!(phases(&kept), [(Some("preauth"), Some("new"))]);
-    s.handle(now, Event::ClientBytes(b"a2 LOGOUT\r\n"));
+    s.handle(now, Event::ClientBytes(b"a2 LOGOUT\r\n"[..].into()));
     s.handle(
         now,
-        Event::StoreBytes(Store::New, b"* BYE\r\na2 OK bye\r\n"),
+        Event::StoreBytes(Store::New, b"* BYE\r\na2 OK bye\r\n"[..].into()),
     );
     assert_eq!(phases(&kept), [(Some("new"), None)]);
     drop(s);
@@ -606,7 +613,7 @@ fn stores_are_told_where_the_client_is() {
     out(&mut s);
     s.client_input(
         b"a0 ID (\"name\" \"Thunderbird\" \"version\" \"128.0\" \"x-originating-ip\" \"6.6.6.6\")\r\n\
-          a1 LOGIN alice pw\r\n",
+          a1 LOGIN alice pw\r\n"[..].into(),
     );
     let id = std::iter::from_fn(|| s.poll_action())
         .find_map(|a| match a {
@@ -637,9 +644,9 @@ fn stores_are_told_where_the_client_is() {
 #[test]
 fn a_client_id_after_login_reaches_the_old_store() {
     let mut s = merged();
-    s.client_input(b"x ID (\"name\" \"iOS Mail\")\r\n");
+    s.client_input(b"x ID (\"name\" \"iOS Mail\")\r\n"[..].into());
     out(&mut s);
-    s.client_input(b"b EXAMINE Old/INBOX\r\n");
+    s.client_input(b"b EXAMINE Old/INBOX\r\n"[..].into());
     let id = std::iter::from_fn(|| s.poll_action())
         .find_map(|a| match a {
             Action::Login {
@@ -666,20 +673,20 @@ fn a_refused_lazy_old_login_is_not_repeated() {
     let logged_in = |throttle: &Arc<crate::throttle::Throttle>| {
         let mut s = session_sharing(true, Kept::default(), throttle.clone());
         out(&mut s);
-        s.client_input(b"a1 LOGIN alice new-password\r\n");
+        s.client_input(b"a1 LOGIN alice new-password\r\n"[..].into());
         assert_eq!(out(&mut s), ["LOGIN new"]);
         s.login_done(Store::New, Ok(info(Store::New)));
         out(&mut s);
         s
     };
     let mut first = logged_in(&throttle);
-    first.client_input(b"b EXAMINE Old/INBOX\r\n");
+    first.client_input(b"b EXAMINE Old/INBOX\r\n"[..].into());
     assert_eq!(out(&mut first), ["LOGIN old"]);
     first.login_done(Store::Old, Err(LoginFailure::Rejected));
     let o = out(&mut first);
     assert!(o[0].starts_with("S: b NO [UNAVAILABLE]"), "{o:?}");
     let mut second = logged_in(&throttle);
-    second.client_input(b"b EXAMINE Old/INBOX\r\n");
+    second.client_input(b"b EXAMINE Old/INBOX\r\n"[..].into());
     let o = out(&mut second);
     assert_eq!(o.len(), 1, "OLD was asked again: {o:?}");
     assert!(o[0].starts_with("S: b NO [UNAVAILABLE]"), "{o:?}");
@@ -701,7 +708,7 @@ const MULTI: &str = "* CAPABILITY IMAP4rev1 LITERAL+ IDLE UNSELECT UIDPLUS MULTI
 /// two messages, UIDs 7 and 9.
 fn copy_two(s: &mut Session) {
     select_old_inbox(s);
-    s.client_input(b"c UID COPY 1:* Work\r\n");
+    s.client_input(b"c UID COPY 1:* Work\r\n"[..].into());
     assert_eq!(
         out(s),
         [
@@ -713,13 +720,13 @@ fn copy_two(s: &mut Session) {
         Store::Old,
         b"* 1 FETCH (UID 7 FLAGS (\\Seen \\Recent $Label) INTERNALDATE \"01-Feb-2020 10:00:00 +0100\")\r\n\
           * 2 FETCH (UID 9 FLAGS () INTERNALDATE \"02-Feb-2020 11:00:00 +0000\")\r\n\
-          * 3 FETCH (FLAGS (\\Seen))\r\nferry.1 OK Fetch completed.\r\n",
+          * 3 FETCH (FLAGS (\\Seen))\r\nferry.1 OK Fetch completed.\r\n"[..].into(),
     );
     // Somebody else's flag change on OLD still reaches the client.
     assert_eq!(out(s), ["S: * 3 FETCH (FLAGS (\\Seen))"]);
     s.backend_input(
         Store::New,
-        b"* STATUS Work (UIDVALIDITY 55)\r\nferry.2 OK Status completed.\r\n",
+        b"* STATUS Work (UIDVALIDITY 55)\r\nferry.2 OK Status completed.\r\n"[..].into(),
     );
     assert_eq!(out(s), ["O: ferry.3 UID FETCH 7,9 BODY.PEEK[]"]);
 }
@@ -728,7 +735,7 @@ fn copy_two(s: &mut Session) {
 fn copy_from_old_is_one_multiappend_streamed_body_by_body() {
     let mut s = merged_with(MULTI);
     copy_two(&mut s);
-    s.backend_input(Store::Old, b"* 1 FETCH (UID 7 BODY[] {5}\r\nhel");
+    s.backend_input(Store::Old, b"* 1 FETCH (UID 7 BODY[] {5}\r\nhel"[..].into());
     assert_eq!(
         out(&mut s),
         [
@@ -738,17 +745,17 @@ fn copy_from_old_is_one_multiappend_streamed_body_by_body() {
     );
     s.backend_input(
         Store::Old,
-        b"lo)\r\n* 2 FETCH (UID 9 BODY[] {3}\r\nabc)\r\n",
+        b"lo)\r\n* 2 FETCH (UID 9 BODY[] {3}\r\nabc)\r\n"[..].into(),
     );
     assert_eq!(
         out(&mut s),
         ["N: lo", "N:  \"02-Feb-2020 11:00:00 +0000\" {3+}", "N: abc"]
     );
-    s.backend_input(Store::Old, b"ferry.3 OK Fetch completed.\r\n");
+    s.backend_input(Store::Old, b"ferry.3 OK Fetch completed.\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: "]);
     s.backend_input(
         Store::New,
-        b"ferry.4 OK [APPENDUID 55 20:21] Append completed.\r\n",
+        b"ferry.4 OK [APPENDUID 55 20:21] Append completed.\r\n"[..].into(),
     );
     assert_eq!(
         out(&mut s),
@@ -761,12 +768,18 @@ fn copy_from_old_is_one_multiappend_streamed_body_by_body() {
 fn copy_failing_part_way_makes_the_multiappend_fail() {
     let mut s = merged_with(MULTI);
     copy_two(&mut s);
-    s.backend_input(Store::Old, b"* 1 FETCH (UID 7 BODY[] {5}\r\nhello)\r\n");
+    s.backend_input(
+        Store::Old,
+        b"* 1 FETCH (UID 7 BODY[] {5}\r\nhello)\r\n"[..].into(),
+    );
     out(&mut s);
     // OLD refuses the second message: the open APPEND is made invalid.
-    s.backend_input(Store::Old, b"ferry.3 NO Some messages were expunged\r\n");
+    s.backend_input(
+        Store::Old,
+        b"ferry.3 NO Some messages were expunged\r\n"[..].into(),
+    );
     assert_eq!(out(&mut s), ["N:  FERRY-ABORT"]);
-    s.backend_input(Store::New, b"ferry.4 BAD Invalid arguments.\r\n");
+    s.backend_input(Store::New, b"ferry.4 BAD Invalid arguments.\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         ["S: c NO [CANNOT] Nothing was copied: the old store said: Some messages were expunged"]
@@ -778,7 +791,10 @@ fn copy_failing_part_way_makes_the_multiappend_fail() {
 fn old_lost_in_the_middle_of_a_body_fills_the_literal_and_aborts() {
     let mut s = merged_with(MULTI);
     copy_two(&mut s);
-    s.backend_input(Store::Old, b"* 1 FETCH (UID 7 BODY[] {10}\r\nhel");
+    s.backend_input(
+        Store::Old,
+        b"* 1 FETCH (UID 7 BODY[] {10}\r\nhel"[..].into(),
+    );
     out(&mut s);
     s.backend_closed(Store::Old);
     let o = out(&mut s);
@@ -787,7 +803,7 @@ fn old_lost_in_the_middle_of_a_body_fills_the_literal_and_aborts() {
         ["CLOSE old", "N:        ", "N:  FERRY-ABORT"],
         "the literal is filled up, then made invalid"
     );
-    s.backend_input(Store::New, b"ferry.4 BAD Invalid arguments.\r\n");
+    s.backend_input(Store::New, b"ferry.4 BAD Invalid arguments.\r\n"[..].into());
     let o = out(&mut s);
     assert!(
         o[0].starts_with("S: c NO [UNAVAILABLE] Nothing was copied"),
@@ -801,7 +817,10 @@ fn old_lost_in_the_middle_of_a_body_fills_the_literal_and_aborts() {
 fn copy_without_multiappend_rolls_back_by_appenduid() {
     let mut s = merged();
     copy_two(&mut s);
-    s.backend_input(Store::Old, b"* 1 FETCH (UID 7 BODY[] {5}\r\nhello)\r\n");
+    s.backend_input(
+        Store::Old,
+        b"* 1 FETCH (UID 7 BODY[] {5}\r\nhello)\r\n"[..].into(),
+    );
     assert_eq!(
         out(&mut s),
         [
@@ -812,9 +831,12 @@ fn copy_without_multiappend_rolls_back_by_appenduid() {
     );
     s.backend_input(
         Store::New,
-        b"ferry.4 OK [APPENDUID 55 20] Append completed.\r\n",
+        b"ferry.4 OK [APPENDUID 55 20] Append completed.\r\n"[..].into(),
     );
-    s.backend_input(Store::Old, b"* 2 FETCH (UID 9 BODY[] {3}\r\nabc)\r\n");
+    s.backend_input(
+        Store::Old,
+        b"* 2 FETCH (UID 9 BODY[] {3}\r\nabc)\r\n"[..].into(),
+    );
     assert_eq!(
         out(&mut s),
         [
@@ -823,8 +845,11 @@ fn copy_without_multiappend_rolls_back_by_appenduid() {
             "N: "
         ]
     );
-    s.backend_input(Store::New, b"ferry.5 NO [OVERQUOTA] Quota exceeded\r\n");
-    s.backend_input(Store::Old, b"ferry.3 OK Fetch completed.\r\n");
+    s.backend_input(
+        Store::New,
+        b"ferry.5 NO [OVERQUOTA] Quota exceeded\r\n"[..].into(),
+    );
+    s.backend_input(Store::Old, b"ferry.3 OK Fetch completed.\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         [
@@ -837,7 +862,7 @@ fn copy_without_multiappend_rolls_back_by_appenduid() {
     s.backend_input(
         Store::New,
         b"* 3 EXISTS\r\nferry.6 OK [READ-WRITE] Select completed.\r\nferry.7 OK Store completed.\r\n\
-          * 3 EXPUNGE\r\nferry.8 OK Expunge completed.\r\nferry.9 OK Unselect completed.\r\n",
+          * 3 EXPUNGE\r\nferry.8 OK Expunge completed.\r\nferry.9 OK Unselect completed.\r\n"[..].into(),
     );
     let o = out(&mut s);
     assert_eq!(o.len(), 1, "NEW's own chatter stays inside Ferry: {o:?}");
@@ -851,15 +876,15 @@ fn copy_without_multiappend_rolls_back_by_appenduid() {
 fn copy_to_a_missing_folder_is_trycreate() {
     let mut s = merged_with(MULTI);
     select_old_inbox(&mut s);
-    s.client_input(b"c COPY 1 Nope\r\n");
+    s.client_input(b"c COPY 1 Nope\r\n"[..].into());
     out(&mut s);
     s.backend_input(
         Store::Old,
-        b"* 1 FETCH (UID 7 FLAGS () INTERNALDATE \"01-Feb-2020 10:00:00 +0100\")\r\nferry.1 OK done\r\n",
+        b"* 1 FETCH (UID 7 FLAGS () INTERNALDATE \"01-Feb-2020 10:00:00 +0100\")\r\nferry.1 OK done\r\n"[..].into(),
     );
     s.backend_input(
         Store::New,
-        b"ferry.2 NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\n",
+        b"ferry.2 NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\n"[..].into(),
     );
     assert_eq!(
         out(&mut s),
@@ -871,18 +896,21 @@ fn copy_to_a_missing_folder_is_trycreate() {
 fn client_gone_during_a_copy_without_multiappend_still_rolls_back() {
     let mut s = merged();
     copy_two(&mut s);
-    s.backend_input(Store::Old, b"* 1 FETCH (UID 7 BODY[] {5}\r\nhello)\r\n");
+    s.backend_input(
+        Store::Old,
+        b"* 1 FETCH (UID 7 BODY[] {5}\r\nhello)\r\n"[..].into(),
+    );
     out(&mut s);
     s.backend_input(
         Store::New,
-        b"ferry.4 OK [APPENDUID 55 20] Append completed.\r\n",
+        b"ferry.4 OK [APPENDUID 55 20] Append completed.\r\n"[..].into(),
     );
     s.client_closed();
     // The session lives on until OLD's FETCH is over and the append is undone.
     assert!(out(&mut s).is_empty());
     s.backend_input(
         Store::Old,
-        b"* 2 FETCH (UID 9 BODY[] {3}\r\nabc)\r\nferry.3 OK done\r\n",
+        b"* 2 FETCH (UID 9 BODY[] {3}\r\nabc)\r\nferry.3 OK done\r\n"[..].into(),
     );
     assert_eq!(
         out(&mut s),
@@ -895,7 +923,7 @@ fn client_gone_during_a_copy_without_multiappend_still_rolls_back() {
     );
     s.backend_input(
         Store::New,
-        b"ferry.5 OK s\r\nferry.6 OK s\r\nferry.7 OK e\r\nferry.8 OK u\r\n",
+        b"ferry.5 OK s\r\nferry.6 OK s\r\nferry.7 OK e\r\nferry.8 OK u\r\n"[..].into(),
     );
     let o = out(&mut s);
     assert!(o.contains(&"CLOSE".to_string()), "{o:?}");
@@ -905,22 +933,22 @@ fn client_gone_during_a_copy_without_multiappend_still_rolls_back() {
 #[test]
 fn a_long_idle_is_renewed_toward_the_store_unseen() {
     let mut s = merged();
-    s.client_input(b"i1 IDLE\r\n");
+    s.client_input(b"i1 IDLE\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: i1 IDLE"]);
-    s.backend_input(Store::New, b"+ idling\r\n");
+    s.backend_input(Store::New, b"+ idling\r\n"[..].into());
     assert_eq!(out(&mut s), ["S: + idling"]);
     assert_eq!(s.idle_store(), Some(Store::New));
     s.refresh_idle();
     assert_eq!(out(&mut s), ["N: DONE"]);
     // The client's DONE waits while Ferry renews.
-    s.client_input(b"DONE\r\n");
+    s.client_input(b"DONE\r\n"[..].into());
     assert!(out(&mut s).is_empty());
-    s.backend_input(Store::New, b"i1 OK Idle completed.\r\n");
+    s.backend_input(Store::New, b"i1 OK Idle completed.\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: i1 IDLE"]);
-    s.backend_input(Store::New, b"+ idling\r\n");
+    s.backend_input(Store::New, b"+ idling\r\n"[..].into());
     // The renewed IDLE runs; now the client's DONE goes through.
     assert_eq!(out(&mut s), ["N: DONE"]);
-    s.backend_input(Store::New, b"i1 OK Idle completed.\r\n");
+    s.backend_input(Store::New, b"i1 OK Idle completed.\r\n"[..].into());
     assert_eq!(out(&mut s), ["S: i1 OK Idle completed."]);
     assert!(s.is_idle());
 }
@@ -931,15 +959,15 @@ fn old_gone_before_the_bodies_are_asked_for_fails_the_copy() {
     // metadata FETCH and NEW's STATUS answer made Ferry ask a gone OLD.
     let mut s = merged_with(MULTI);
     select_old_inbox(&mut s);
-    s.client_input(b"c UID COPY 1:* Work\r\n");
+    s.client_input(b"c UID COPY 1:* Work\r\n"[..].into());
     out(&mut s);
     s.backend_input(
         Store::Old,
-        b"* 1 FETCH (UID 7 FLAGS () INTERNALDATE \"01-Feb-2020 10:00:00 +0100\")\r\nferry.1 OK done\r\n",
+        b"* 1 FETCH (UID 7 FLAGS () INTERNALDATE \"01-Feb-2020 10:00:00 +0100\")\r\nferry.1 OK done\r\n"[..].into(),
     );
     s.backend_closed(Store::Old);
     out(&mut s);
-    s.backend_input(Store::New, b"ferry.2 OK Status completed.\r\n");
+    s.backend_input(Store::New, b"ferry.2 OK Status completed.\r\n"[..].into());
     let o = out(&mut s);
     assert!(!o.iter().any(|l| l.starts_with("O: ")), "{o:?}");
     assert!(o[0].starts_with("S: c NO [UNAVAILABLE]"), "{o:?}");
@@ -950,7 +978,7 @@ fn old_gone_before_the_bodies_are_asked_for_fails_the_copy() {
 fn compress_is_refused_before_login() {
     let mut s = session(true);
     out(&mut s);
-    s.client_input(b"a COMPRESS DEFLATE\r\nb NOOP\r\n");
+    s.client_input(b"a COMPRESS DEFLATE\r\nb NOOP\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         ["S: a BAD Log in first", "S: b OK NOOP completed"]
@@ -962,14 +990,14 @@ fn merged_compress_is_ferrys_and_only_once() {
     let kept = Kept::default();
     let mut s = session_reporting(true, kept.clone());
     out(&mut s);
-    s.client_input(b"a1 LOGIN alice secret\r\n");
+    s.client_input(b"a1 LOGIN alice secret\r\n"[..].into());
     assert_eq!(out(&mut s), ["LOGIN new"]);
     s.login_done(Store::New, Ok(info(Store::New)));
     out(&mut s);
-    s.client_input(b"b COMPRESS DEFLATE\r\n");
+    s.client_input(b"b COMPRESS DEFLATE\r\n"[..].into());
     // The OK goes out as it is; then the driver compresses both ways.
     assert_eq!(out(&mut s), ["S: b OK DEFLATE active", "COMPRESS"]);
-    s.client_input(b"c COMPRESS DEFLATE\r\nd COMPRESS GZIP\r\ne NOOP\r\n");
+    s.client_input(b"c COMPRESS DEFLATE\r\nd COMPRESS GZIP\r\ne NOOP\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         [
@@ -1000,7 +1028,7 @@ fn merged_compress_is_ferrys_and_only_once() {
 #[test]
 fn bytes_after_compress_are_handed_over_compressed() {
     let mut s = merged();
-    s.client_input(b"b COMPRESS DEFLATE\r\n\x4a\x4c\x54\xf0\xf3\xf7");
+    s.client_input(b"b COMPRESS DEFLATE\r\n\x4a\x4c\x54\xf0\xf3\xf7"[..].into());
     assert_eq!(
         out(&mut s),
         [
@@ -1011,22 +1039,22 @@ fn bytes_after_compress_are_handed_over_compressed() {
     assert_eq!(s.client_buffered(), 0);
     assert!(s.is_idle());
     // Inflated by the driver, the next command arrives as any other.
-    s.client_input(b"c NOOP\r\n");
+    s.client_input(b"c NOOP\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: c NOOP"]);
 
     // The same in a pass-through phase.
     let mut s = session(true);
     out(&mut s);
-    s.client_input(b"a LOGIN olga secret\r\n");
+    s.client_input(b"a LOGIN olga secret\r\n"[..].into());
     out(&mut s);
     s.login_done(Store::Old, Ok(info(Store::Old)));
     out(&mut s);
-    s.client_input(b"b COMPRESS DEFLATE\r\nc NOOP\r\n");
+    s.client_input(b"b COMPRESS DEFLATE\r\nc NOOP\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         ["S: b OK DEFLATE active", "COMPRESS then b\"c NOOP\\r\\n\""]
     );
-    s.client_input(b"c NOOP\r\n");
+    s.client_input(b"c NOOP\r\n"[..].into());
     assert_eq!(out(&mut s), ["O: c NOOP"]);
 }
 
@@ -1034,21 +1062,21 @@ fn bytes_after_compress_are_handed_over_compressed() {
 fn pass_through_compress_waits_for_the_commands_before_it() {
     let mut s = session(true);
     out(&mut s);
-    s.client_input(b"a LOGIN nina secret\r\n");
+    s.client_input(b"a LOGIN nina secret\r\n"[..].into());
     assert_eq!(out(&mut s), ["LOGIN new"]);
     s.login_done(Store::New, Ok(info(Store::New)));
     let o = out(&mut s);
     // NEW's COMPRESS=DEFLATE is not passed on: the one shown is Ferry's.
     assert_eq!(o[0].matches("COMPRESS=DEFLATE").count(), 1, "{o:?}");
-    s.client_input(b"b COMPRESS BZIP\r\n");
+    s.client_input(b"b COMPRESS BZIP\r\n"[..].into());
     assert_eq!(out(&mut s), ["S: b BAD Unknown command or invalid syntax"]);
     // A FETCH is streaming: Ferry's OK must not land inside its literal.
-    s.client_input(b"c FETCH 1 BODY[]\r\nd COMPRESS DEFLATE\r\nx");
+    s.client_input(b"c FETCH 1 BODY[]\r\nd COMPRESS DEFLATE\r\nx"[..].into());
     assert_eq!(out(&mut s), ["N: c FETCH 1 BODY[]"]);
     assert!(!s.wants_client_input());
-    s.backend_input(Store::New, b"* 1 FETCH (BODY[] {5}\r\nhel");
+    s.backend_input(Store::New, b"* 1 FETCH (BODY[] {5}\r\nhel"[..].into());
     assert_eq!(out(&mut s), ["S: * 1 FETCH (BODY[] {5}", "S: hel"]);
-    s.backend_input(Store::New, b"lo)\r\nc OK done\r\n");
+    s.backend_input(Store::New, b"lo)\r\nc OK done\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         [
@@ -1060,7 +1088,7 @@ fn pass_through_compress_waits_for_the_commands_before_it() {
         ]
     );
     assert!(s.wants_client_input());
-    s.client_input(b"e COMPRESS DEFLATE\r\n");
+    s.client_input(b"e COMPRESS DEFLATE\r\n"[..].into());
     assert_eq!(
         out(&mut s),
         ["S: e NO [COMPRESSIONACTIVE] DEFLATE is active already"]
@@ -1068,14 +1096,14 @@ fn pass_through_compress_waits_for_the_commands_before_it() {
     // Inside an IDLE only DONE is valid.
     let mut s = session(true);
     out(&mut s);
-    s.client_input(b"a LOGIN nina secret\r\n");
+    s.client_input(b"a LOGIN nina secret\r\n"[..].into());
     out(&mut s);
     s.login_done(Store::New, Ok(info(Store::New)));
     out(&mut s);
-    s.client_input(b"b IDLE\r\n");
+    s.client_input(b"b IDLE\r\n"[..].into());
     assert_eq!(out(&mut s), ["N: b IDLE"]);
-    s.backend_input(Store::New, b"+ idling\r\n");
+    s.backend_input(Store::New, b"+ idling\r\n"[..].into());
     out(&mut s);
-    s.client_input(b"c COMPRESS DEFLATE\r\n");
+    s.client_input(b"c COMPRESS DEFLATE\r\n"[..].into());
     assert_eq!(out(&mut s), ["S: c BAD Expected DONE"]);
 }

@@ -340,13 +340,19 @@ fn run(name: &str, text: &str) -> String {
             }
         };
         match head {
-            "C:" => s.handle(now, Event::ClientBytes(&with_crlf(unescape(rest)))),
-            "C~" => s.handle(now, Event::ClientBytes(&unescape(rest))),
+            "C:" => s.handle(
+                now,
+                Event::ClientBytes(with_crlf(unescape(rest))[..].into()),
+            ),
+            "C~" => s.handle(now, Event::ClientBytes(unescape(rest)[..].into())),
             "O<" | "N<" => s.handle(
                 now,
-                Event::StoreBytes(store(head), &with_crlf(unescape(rest))),
+                Event::StoreBytes(store(head), with_crlf(unescape(rest))[..].into()),
             ),
-            "O~" | "N~" => s.handle(now, Event::StoreBytes(store(head), &unescape(rest))),
+            "O~" | "N~" => s.handle(
+                now,
+                Event::StoreBytes(store(head), unescape(rest)[..].into()),
+            ),
             "O!" | "N!" => match rest {
                 "closed" => s.handle(now, Event::StoreClosed(store(head))),
                 _ => {
