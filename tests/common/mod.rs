@@ -2687,7 +2687,9 @@ impl Nginx {
         );
         let path = dir.path().join("nginx.conf");
         fs::write(&path, config).expect("write nginx.conf");
-        let child = Command::new(binary)
+        // `FERRY_BENCH_NGINX_WRAP="valgrind --tool=callgrind"`: the bench
+        // profiles nginx as it profiles Ferry.
+        let child = wrapped("FERRY_BENCH_NGINX_WRAP", binary)
             .arg("-e")
             .arg(dir.path().join("error.log"))
             .arg("-c")
@@ -2727,6 +2729,15 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SIGTERM first (nginx's fast shutdown), so a profiler it runs
+        // under writes its report.
+        send_signal(&self.child.id().to_string(), "-TERM");
+        for _ in 0..200 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -3077,14 +3088,20 @@ pub async fn bench_ferry(conf: &Path, addr: &str, stderr: Stdio) -> Child {
 /// The release `ferry` binary as a command, run under `FERRY_BENCH_WRAP`
 /// (e.g. `valgrind --tool=callgrind …`) when that is set: for the benches.
 pub fn ferry_command() -> std::process::Command {
-    let wrap = std::env::var("FERRY_BENCH_WRAP").unwrap_or_default();
+    wrapped("FERRY_BENCH_WRAP", env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// `binary` as a command, run under the command in the environment
+/// variable `wrap` when that is set.
+pub fn wrapped(wrap: &str, binary: &str) -> std::process::Command {
+    let wrap = std::env::var(wrap).unwrap_or_default();
     let mut words = wrap.split_whitespace();
     match words.next() {
         Some(program) => {
             let mut c = std::process::Command::new(program);
-            c.args(words).arg(env!("CARGO_BIN_EXE_ferry"));
+            c.args(words).arg(binary);
             c
         }
-        None => std::process::Command::new(env!("CARGO_BIN_EXE_ferry")),
+        None => std::process::Command::new(binary),
     }
 }
