@@ -245,26 +245,30 @@ fn capabilities(untagged: &[Bytes], status: &Status<'_>) -> Option<Vec<Capabilit
     if let Status::Tagged(t) = status
         && let Some(Code::Capability(caps)) = &t.body.code
     {
-        return Some(
-            caps.as_ref()
-                .iter()
-                .cloned()
-                .map(IntoStatic::into_static)
-                .collect(),
-        );
+        return Some(owned(caps.as_ref()));
     }
     untagged
         .iter()
         .find_map(|m| match ResponseCodec::new().decode(m) {
-            Ok((_, Response::Data(Data::Capability(caps)))) => Some(
-                caps.as_ref()
-                    .iter()
-                    .cloned()
-                    .map(IntoStatic::into_static)
-                    .collect(),
-            ),
+            Ok((_, Response::Data(Data::Capability(caps)))) => Some(owned(caps.as_ref())),
             _ => None,
         })
+}
+
+/// What a greeting's `[CAPABILITY …]` code lists (Dovecot's, Cyrus's and
+/// most stores' greetings have one): a CAPABILITY round trip less per login.
+fn greeting_capabilities(greeting: &[u8]) -> Option<Vec<Capability<'static>>> {
+    match ResponseCodec::new().decode(greeting) {
+        Ok((_, Response::Status(Status::Untagged(body)))) => match body.code {
+            Some(Code::Capability(caps)) => Some(owned(caps.as_ref())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn owned(caps: &[Capability<'_>]) -> Vec<Capability<'static>> {
+    caps.iter().cloned().map(IntoStatic::into_static).collect()
 }
 
 fn ok(status: &Status<'_>) -> bool {
@@ -382,8 +386,19 @@ async fn connect_inner(
         c.stream = tls(target, tcp).await?;
         c.framer = Framer::new(Peer::Server, MAX_LINE);
     }
-    let (untagged, status) = c.run(CommandBody::Capability).await?;
-    let caps = Caps::from_decoded(&capabilities(&untagged, &status).unwrap_or_default());
+    // After STARTTLS the greeting's list is stale (RFC 9051 6.2.1).
+    let listed = match target.backend.tls {
+        BackendTls::Starttls => None,
+        _ => greeting_capabilities(&greeting),
+    };
+    let caps = match listed {
+        Some(caps) => caps,
+        None => {
+            let (untagged, status) = c.run(CommandBody::Capability).await?;
+            capabilities(&untagged, &status).unwrap_or_default()
+        }
+    };
+    let caps = Caps::from_decoded(&caps);
     if let Some(fields) = id
         && caps.has(Cap::Id)
     {
@@ -514,4 +529,30 @@ async fn layout(c: &mut Client, caps: &Caps) -> Result<Layout, BackendError> {
         }
     }
     Ok(Layout::flat())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_greeting_with_a_capability_code_saves_the_capability_command() {
+        let dovecot = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE \
+                        LITERAL+ AUTH=PLAIN AUTH=LOGIN] Dovecot (Debian) ready.\r\n";
+        let caps = Caps::from_decoded(&greeting_capabilities(dovecot).expect("listed"));
+        assert!(caps.has(Cap::Id) && caps.has(Cap::SaslIr) && !caps.has(Cap::LoginDisabled));
+        for plain in [
+            &b"* OK IMAP4rev1 server ready\r\n"[..],
+            b"* OK [ALERT] maintenance tonight\r\n",
+            b"* PREAUTH [CAPABILITY IMAP4rev1] welcome\r\n",
+            b"* BYE too busy\r\n",
+        ] {
+            assert_eq!(
+                greeting_capabilities(plain),
+                None,
+                "{}",
+                String::from_utf8_lossy(plain)
+            );
+        }
+    }
 }

@@ -15,7 +15,7 @@ use crate::{
     proxy::Addresses,
     session::{Action, Event, Session, SessionConfig, Store},
     tls::MaybeTls,
-    wake::WhenWoken,
+    wake::{Gate, WhenWoken},
     wire::{Client, Outbox, if_some, read_opt, write_parts},
 };
 
@@ -29,6 +29,10 @@ struct Io {
     client: Option<Client>,
     stores: [Option<MaybeTls>; 2],
     logins: [Option<Login>; 2],
+    /// When to read the client and each store (`wake::Gate`): opened
+    /// whenever a stream is replaced.
+    client_gate: Gate,
+    store_gates: [Gate; 2],
 }
 
 /// Runs one client session to its end: each readiness becomes one
@@ -62,6 +66,8 @@ pub async fn serve(
         client: Some(Client::Raw(client)),
         stores: [None, None],
         logins: [None, None],
+        client_gate: Gate::default(),
+        store_gates: Default::default(),
     };
     // One timer serves every deadline. It is moved only when the session
     // wants to be woken earlier than it is armed for; when deadlines move
@@ -117,12 +123,14 @@ pub async fn serve(
             client,
             stores,
             logins,
-            ..
+            client_gate,
+            store_gates,
         } = &mut io;
         let [old, new] = stores;
         let [old_login, new_login] = logins;
+        let [old_gate, new_gate] = store_gates;
         tokio::select! {
-            r = read_opt(client), if read_client => match r {
+            r = read_opt(client_gate, client), if read_client => match r {
                 Ok(b) if !b.is_empty() => {
                     metrics::count_bytes(Flow::ClientIn, b.len());
                     session.handle(now(), Event::ClientBytes(b));
@@ -132,8 +140,8 @@ pub async fn serve(
                     session.handle(now(), Event::ClientClosed);
                 }
             },
-            r = read_opt(old) => store_read(&mut session, &mut io, Store::Old, r),
-            r = read_opt(new) => store_read(&mut session, &mut io, Store::New, r),
+            r = read_opt(old_gate, old) => store_read(&mut session, &mut io, Store::Old, r),
+            r = read_opt(new_gate, new) => store_read(&mut session, &mut io, Store::New, r),
             r = if_some(old_login) => login_result(&mut session, &mut io, Store::Old, r),
             r = if_some(new_login) => login_result(&mut session, &mut io, Store::New, r),
             () = &mut timer => session.handle(now(), Event::Timeout),
@@ -186,6 +194,7 @@ fn login_result(
     match result {
         Ok(connected) => {
             io.stores[store.index()] = Some(connected.stream);
+            io.store_gates[store.index()].open();
             session.handle(now(), Event::LoggedIn(store, Ok(connected.info)));
             if !connected.rest.is_empty() {
                 session.handle(
@@ -283,6 +292,7 @@ async fn perform(
             match crate::tls::accept(acceptor, tcp, Duration::from_secs(30)).await {
                 Ok(tls) => {
                     io.client = Some(Client::Raw(tls));
+                    io.client_gate.open();
                     session.handle(now(), Event::TlsEstablished);
                 }
                 // After STARTTLS even a silent close is a failed handshake.
@@ -300,6 +310,8 @@ async fn perform(
                 "client connection compressed"
             );
             io.client = io.client.take().map(|c| c.compressed(&read_ahead));
+            // It may hold inflated read-ahead already.
+            io.client_gate.open();
             metrics::compression_started();
         }
         Action::Login { store, auth, id } => {

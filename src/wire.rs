@@ -12,7 +12,7 @@ use std::{
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::{deflate::Deflate, tls::MaybeTls};
+use crate::{deflate::Deflate, tls::MaybeTls, wake::Gate};
 
 /// Every read of a worker thread lands in its one read block, so a session
 /// holds no read buffer of its own (idle sessions stay small), and a read
@@ -91,26 +91,32 @@ impl AsyncRead for Client {
 }
 
 /// Reads from an optional stream into this thread's read block (pends
-/// forever when there is none); empty at the end of the stream.
-pub async fn read_opt<S: AsyncRead + Unpin>(stream: &mut Option<S>) -> io::Result<BytesMut> {
+/// forever when there is none); empty at the end of the stream. The stream
+/// is polled only when `gate` says it may have something.
+pub async fn read_opt<S: AsyncRead + Unpin>(
+    gate: &mut Gate,
+    stream: &mut Option<S>,
+) -> io::Result<BytesMut> {
     let Some(stream) = stream else {
         return std::future::pending().await;
     };
     std::future::poll_fn(|cx| {
-        BLOCK.with_borrow_mut(|block| {
-            // The block's earlier reads have usually been written out by
-            // now: it is then taken back whole, without allocating.
-            block.reserve(READ_BUF);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, block) {
-                Poll::Ready(Ok(n)) if n >= SHARE_FROM => Poll::Ready(Ok(block.split_to(n))),
-                Poll::Ready(Ok(_)) => {
-                    let small = BytesMut::from(&block[..]);
-                    block.clear();
-                    Poll::Ready(Ok(small))
+        gate.poll(cx, |cx| {
+            BLOCK.with_borrow_mut(|block| {
+                // The block's earlier reads have usually been written out by
+                // now: it is then taken back whole, without allocating.
+                block.reserve(READ_BUF);
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, block) {
+                    Poll::Ready(Ok(n)) if n >= SHARE_FROM => Poll::Ready(Ok(block.split_to(n))),
+                    Poll::Ready(Ok(_)) => {
+                        let small = BytesMut::from(&block[..]);
+                        block.clear();
+                        Poll::Ready(Ok(small))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            }
+            })
         })
     })
     .await
