@@ -251,16 +251,7 @@ impl FerryProc {
 
 impl Drop for FerryProc {
     fn drop(&mut self) {
-        // SIGTERM first, so a profiler Ferry runs under writes its report.
-        send_signal(&self.pid().to_string(), "-TERM");
-        for _ in 0..200 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_gently(&mut self.child);
     }
 }
 

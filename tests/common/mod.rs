@@ -2729,18 +2729,23 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGTERM first (nginx's fast shutdown), so a profiler it runs
-        // under writes its report.
-        send_signal(&self.child.id().to_string(), "-TERM");
-        for _ in 0..200 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // nginx's fast shutdown.
+        stop_gently(&mut self.child);
     }
+}
+
+/// SIGTERM, up to 5 s to exit, then SIGKILL: a profiler the child runs
+/// under (`FERRY_BENCH_WRAP`, `FERRY_BENCH_NGINX_WRAP`) writes its report.
+pub fn stop_gently(child: &mut Child) {
+    send_signal(&child.id().to_string(), "-TERM");
+    for _ in 0..200 {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// up-imapproxy (Debian `imapproxy`): keeps store connections open after
