@@ -331,6 +331,28 @@ struct Route {
     peer: bool,
 }
 
+impl Route {
+    /// How a client reaches it, over TLS or not (None: no TLS listener).
+    fn conn(&self, tls: bool) -> Option<&Conn> {
+        if tls {
+            self.tls.as_ref()
+        } else {
+            Some(&self.plain)
+        }
+    }
+
+    /// A path in front of which nothing is measured or ranked.
+    fn baseline(name: &'static str, addr: String, meter: Meter) -> Route {
+        Route {
+            name,
+            plain: Conn::Plain(addr),
+            tls: None,
+            meter,
+            peer: false,
+        }
+    }
+}
+
 /// Whatever a path needs kept alive.
 #[allow(dead_code)]
 enum Keep {
@@ -535,8 +557,8 @@ fn pct(lat: &mut [Duration], p: f64) -> f64 {
 }
 
 /// Ferry's place among the peers by `key` (higher is better when `high`).
-fn rank(rows: &[(&str, bool, f64)], ferry: &str, high: bool) -> String {
-    let Some(&(_, _, mine)) = rows.iter().find(|r| r.0 == ferry) else {
+fn rank<S: AsRef<str>>(rows: &[(S, bool, f64)], ferry: &str, high: bool) -> String {
+    let Some(&(_, _, mine)) = rows.iter().find(|r| r.0.as_ref() == ferry) else {
         return String::new();
     };
     let contenders: Vec<f64> = rows.iter().filter(|r| r.1).map(|r| r.2).collect();
@@ -547,48 +569,33 @@ fn rank(rows: &[(&str, bool, f64)], ferry: &str, high: bool) -> String {
     format!("{ferry} {} of {}", better + 1, contenders.len() + 1)
 }
 
-/// The mix through every route (plaintext, or TLS where `tls`) at each
-/// session count, `reps` times in turn; medians per route.
-async fn load_table(
-    s: &Scale,
-    direct: &Conn,
-    null: (&Conn, Meter),
-    routes: &[Route],
-    sessions: &[usize],
-    tls: bool,
-) {
+/// The mix through every route (plaintext, or TLS where `tls`; ratios to
+/// `direct` when it is among them) at each session count, `reps` times in
+/// turn; medians per route.
+async fn load_table(s: &Scale, routes: &[&Route], sessions: &[usize], tls: bool) {
     println!(
         "{:>8} {:<13} {:>8} {:>7} {:>8} {:>8} {:>13} {:>9}",
         "sessions", "path", "c/s", "÷direct", "p50 µs", "p99 µs", "CPU µs/cmd", "cs/cmd"
     );
     println!("{:>67}", "(of it sys)");
-    let mut paths: Vec<(&str, bool, Conn, Meter)> = Vec::new();
-    if !tls {
-        paths.push(("direct", false, direct.clone(), Meter::None));
-        paths.push(("null", false, null.0.clone(), null.1));
-    }
-    for r in routes {
-        let conn = if tls {
-            r.tls.clone()
-        } else {
-            Some(r.plain.clone())
-        };
-        if let Some(conn) = conn {
-            paths.push((r.name, r.peer, conn, r.meter));
-        }
-    }
+    let paths: Vec<(&Route, &Conn)> = routes
+        .iter()
+        .filter_map(|r| Some((*r, r.conn(tls)?)))
+        .collect();
+    let direct = paths.iter().position(|(r, _)| r.name == "direct");
     for &n in sessions {
         let mut slices: Vec<Vec<Slice>> = vec![Vec::new(); paths.len()];
         let mut lats: Vec<Vec<Duration>> = vec![Vec::new(); paths.len()];
         for _ in 0..s.reps {
-            for (k, (_, _, conn, meter)) in paths.iter().enumerate() {
-                slices[k].push(load(conn, n, s.seconds, *meter, &mut lats[k]).await);
+            for (k, (r, conn)) in paths.iter().enumerate() {
+                slices[k].push(load(conn, n, s.seconds, r.meter, &mut lats[k]).await);
             }
         }
-        let base: Option<Vec<f64>> = (!tls).then(|| slices[0].iter().map(Slice::rate).collect());
+        let base: Option<Vec<f64>> = direct.map(|d| slices[d].iter().map(Slice::rate).collect());
         let mut rows = Vec::new();
         let mut cpu_rows = Vec::new();
-        for (k, (name, peer, _, meter)) in paths.iter().enumerate() {
+        for (k, (r, _)) in paths.iter().enumerate() {
+            let (name, peer, meter) = (r.name, r.peer, r.meter);
             let rate = median(slices[k].iter().map(Slice::rate).collect());
             let ratio = base.as_ref().map_or(f64::NAN, |b| {
                 median(slices[k].iter().zip(b).map(|(x, d)| x.rate() / d).collect())
@@ -617,8 +624,8 @@ async fn load_table(
                     "-".into()
                 },
             );
-            rows.push((*name, *peer, rate));
-            cpu_rows.push((*name, *peer, cpu));
+            rows.push((name, peer, rate));
+            cpu_rows.push((name, peer, cpu));
         }
         for ferry in [FERRY_NEW, FERRY_MERGED] {
             let t = rank(&rows, ferry, true);
@@ -746,9 +753,10 @@ async fn run(s: Scale) {
             Err(why) => println!("MISSING peer {name}: {why}; its rows are absent"),
         }
     }
-    let direct = Conn::Plain(env.new.addr());
     let (null_addr, null_tid) = null_proxy(&env.new.addr());
-    let null = (Conn::Plain(null_addr), Meter::Thread(null_tid));
+    let direct = Route::baseline("direct", env.new.addr(), Meter::None);
+    let null = Route::baseline("null", null_addr, Meter::Thread(null_tid));
+    let all: Vec<&Route> = [&direct, &null].into_iter().chain(&routes).collect();
 
     if part("load") {
         println!(
@@ -759,173 +767,160 @@ async fn run(s: Scale) {
              cs = its context switches",
             s.reps, s.seconds
         );
-        load_table(&s, &direct, (&null.0, null.1), &routes, &s.sessions, false).await;
+        load_table(&s, &all, &s.sessions, false).await;
     }
     if part("tls") {
         println!("\nThe same mix over TLS (implicit, each proxy's own listener)");
-        load_table(
-            &s,
-            &direct,
-            (&null.0, null.1),
-            &routes,
-            &[s.tls_sessions],
-            true,
-        )
-        .await;
+        load_table(&s, &all, &[s.tls_sessions], true).await;
     }
-
     if part("fetch") {
-        let mb = s.big_bytes as f64 / 1e6;
-        println!(
-            "\n{} MB FETCH, {} times over one connection, {} repetitions; medians \
-             (COMPRESS: Ferry's COMPRESS=DEFLATE toward the client)",
-            s.big_bytes / (1024 * 1024),
-            s.fetches,
-            s.reps
-        );
-        println!(
-            "{:<24} {:>8} {:>7} {:>14} {:>12}",
-            "path", "MB/s", "÷null", "CPU ms / MB", "on the wire"
-        );
-        let mut paths: Vec<(String, bool, Conn, bool, Meter)> = vec![
-            ("direct".into(), false, direct.clone(), false, Meter::None),
-            ("null".into(), false, null.0.clone(), false, null.1),
-        ];
-        for r in &routes {
-            paths.push((r.name.into(), r.peer, r.plain.clone(), false, r.meter));
-        }
-        for r in &routes {
-            if let Some(tls) = &r.tls {
-                paths.push((
-                    format!("{} TLS", r.name),
-                    false,
-                    tls.clone(),
-                    false,
-                    r.meter,
-                ));
-            }
-        }
-        if let Some(r) = routes.iter().find(|r| r.name == FERRY_NEW) {
-            paths.push((
-                format!("{} COMPRESS", r.name),
-                false,
-                r.plain.clone(),
-                true,
-                r.meter,
-            ));
-            if let Some(tls) = &r.tls {
-                paths.push((
-                    format!("{} TLS+COMPRESS", r.name),
-                    false,
-                    tls.clone(),
-                    true,
-                    r.meter,
-                ));
-            }
-        }
-        let ferry_pid = routes
-            .iter()
-            .find(|r| r.name == FERRY_NEW)
-            .and_then(|r| match r.meter {
-                Meter::Tree(pid) => Some(pid),
-                _ => None,
-            });
-        let hwm0 = ferry_pid.map(|p| proc_status_kib(p, "VmHWM:"));
-        let mut got: Vec<Vec<(f64, u64, Duration)>> = vec![Vec::new(); paths.len()];
-        for _ in 0..s.reps {
-            for (k, (_, _, conn, compress, meter)) in paths.iter().enumerate() {
-                got[k].push(big_fetch(conn, *compress, s.big_bytes, s.fetches, *meter).await);
-            }
-        }
-        let null_rates: Vec<f64> = got[1].iter().map(|g| g.0).collect();
-        let mut rows = Vec::new();
-        for (k, (name, peer, _, _, meter)) in paths.iter().enumerate() {
-            let rate = median(got[k].iter().map(|g| g.0).collect());
-            let ratio = median(
-                got[k]
-                    .iter()
-                    .zip(&null_rates)
-                    .map(|(g, z)| g.0 / z)
-                    .collect(),
-            );
-            let cpu = median(
-                got[k]
-                    .iter()
-                    .map(|g| g.2.as_secs_f64() * 1e3 / mb)
-                    .collect(),
-            );
-            let wire = median(got[k].iter().map(|g| g.1 as f64).collect());
-            println!(
-                "{name:<24} {rate:>8.0} {ratio:>7.2} {:>14} {:>9.1} MB",
-                if matches!(meter, Meter::None) {
-                    "-".into()
-                } else {
-                    format!("{cpu:.2}")
-                },
-                wire / 1e6
-            );
-            rows.push((name.as_str(), *peer, rate));
-        }
-        println!("rank by MB/s (plaintext): {}", rank(&rows, FERRY_NEW, true));
-        if let (Some(pid), Some(hwm0)) = (ferry_pid, hwm0) {
-            println!(
-                "{FERRY_NEW} peak RSS growth over all these FETCHes: {} KiB",
-                proc_status_kib(pid, "VmHWM:").saturating_sub(hwm0)
-            );
-        }
+        fetch_table(&s, &all).await;
     }
-
     if part("login") {
-        println!(
-            "\nLogins per second (10 clients in parallel: connect, LOGIN, SELECT, LOGOUT), \
-             {} × {:.1} s per path; medians",
-            s.reps,
-            s.logins_for.as_secs_f64()
-        );
-        let mut paths: Vec<(String, bool, bool, Conn)> =
-            vec![("direct".into(), false, false, direct.clone())];
-        for r in &routes {
-            paths.push((r.name.into(), r.peer, false, r.plain.clone()));
-            if let Some(tls) = &r.tls {
-                paths.push((r.name.into(), r.peer, true, tls.clone()));
-            }
-        }
-        let mut got = vec![Vec::new(); paths.len()];
-        for _ in 0..s.reps {
-            for (k, (.., conn)) in paths.iter().enumerate() {
-                got[k].push(login_rate(conn, s.logins_for).await);
-            }
-        }
-        println!("{:<14} {:>12} {:>12}", "path", "plaintext/s", "TLS/s");
-        let mut rows: [Vec<(&str, bool, f64)>; 2] = [Vec::new(), Vec::new()];
-        let mut line: Vec<(String, [Option<f64>; 2])> = Vec::new();
-        for (k, (name, peer, tls, _)) in paths.iter().enumerate() {
-            let rate = median(got[k].clone());
-            rows[*tls as usize].push((name.as_str(), *peer, rate));
-            match line.iter_mut().find(|l| &l.0 == name) {
-                Some(l) => l.1[*tls as usize] = Some(rate),
-                None => {
-                    let mut v = [None, None];
-                    v[*tls as usize] = Some(rate);
-                    line.push((name.clone(), v));
-                }
-            }
-        }
-        let cell = |v: Option<f64>| v.map_or("-".to_string(), |r| format!("{r:.0}"));
-        for (name, [plain, tls]) in &line {
-            println!("{name:<14} {:>12} {:>12}", cell(*plain), cell(*tls));
-        }
-        println!(
-            "rank: plaintext {}; TLS {}",
-            rank(&rows[0], FERRY_NEW, true),
-            rank(&rows[1], FERRY_NEW, true)
-        );
+        let with_direct: Vec<&Route> = all.iter().copied().filter(|r| r.name != "null").collect();
+        login_table(&s, &with_direct).await;
     }
     drop(keep);
 
     if part("idle") {
         idle(&s).await;
     }
+}
+
+/// One row of the FETCH table.
+struct FetchPath<'a> {
+    label: String,
+    peer: bool,
+    conn: &'a Conn,
+    compress: bool,
+    meter: Meter,
+}
+
+/// The big FETCH through every route in plaintext, then over TLS, then
+/// Ferry's COMPRESS; ratios to the null proxy; Ferry's peak RSS growth.
+async fn fetch_table(s: &Scale, routes: &[&Route]) {
+    let mb = s.big_bytes as f64 / 1e6;
+    println!(
+        "\n{} MB FETCH, {} times over one connection, {} repetitions; medians \
+         (COMPRESS: Ferry's COMPRESS=DEFLATE toward the client)",
+        s.big_bytes / (1024 * 1024),
+        s.fetches,
+        s.reps
+    );
+    println!(
+        "{:<24} {:>8} {:>7} {:>14} {:>12}",
+        "path", "MB/s", "÷null", "CPU ms / MB", "on the wire"
+    );
+    let row = |r: &Route, conn, suffix: &str, compress| FetchPath {
+        label: format!("{}{suffix}", r.name),
+        // Peers are ranked by their plaintext rows.
+        peer: r.peer && suffix.is_empty(),
+        conn,
+        compress,
+        meter: r.meter,
+    };
+    let mut paths: Vec<FetchPath> = routes.iter().map(|r| row(r, &r.plain, "", false)).collect();
+    for r in routes {
+        if let Some(tls) = &r.tls {
+            paths.push(row(r, tls, " TLS", false));
+        }
+    }
+    let ferry = routes.iter().find(|r| r.name == FERRY_NEW);
+    if let Some(r) = ferry {
+        paths.push(row(r, &r.plain, " COMPRESS", true));
+        if let Some(tls) = &r.tls {
+            paths.push(row(r, tls, " TLS+COMPRESS", true));
+        }
+    }
+    let ferry_pid = ferry.and_then(|r| match r.meter {
+        Meter::Tree(pid) => Some(pid),
+        _ => None,
+    });
+    let hwm0 = ferry_pid.map(|p| proc_status_kib(p, "VmHWM:"));
+    let mut got: Vec<Vec<(f64, u64, Duration)>> = vec![Vec::new(); paths.len()];
+    for _ in 0..s.reps {
+        for (k, p) in paths.iter().enumerate() {
+            got[k].push(big_fetch(p.conn, p.compress, s.big_bytes, s.fetches, p.meter).await);
+        }
+    }
+    let null = paths.iter().position(|p| p.label == "null");
+    let null_rates: Option<Vec<f64>> = null.map(|z| got[z].iter().map(|g| g.0).collect());
+    let mut rows = Vec::new();
+    for (k, p) in paths.iter().enumerate() {
+        let rate = median(got[k].iter().map(|g| g.0).collect());
+        let ratio = null_rates.as_ref().map_or(f64::NAN, |z| {
+            median(got[k].iter().zip(z).map(|(g, z)| g.0 / z).collect())
+        });
+        let cpu = median(
+            got[k]
+                .iter()
+                .map(|g| g.2.as_secs_f64() * 1e3 / mb)
+                .collect(),
+        );
+        let wire = median(got[k].iter().map(|g| g.1 as f64).collect());
+        println!(
+            "{:<24} {rate:>8.0} {ratio:>7.2} {:>14} {:>9.1} MB",
+            p.label,
+            if matches!(p.meter, Meter::None) {
+                "-".into()
+            } else {
+                format!("{cpu:.2}")
+            },
+            wire / 1e6
+        );
+        rows.push((p.label.as_str(), p.peer, rate));
+    }
+    println!("rank by MB/s (plaintext): {}", rank(&rows, FERRY_NEW, true));
+    if let (Some(pid), Some(hwm0)) = (ferry_pid, hwm0) {
+        println!(
+            "{FERRY_NEW} peak RSS growth over all these FETCHes: {} KiB",
+            proc_status_kib(pid, "VmHWM:").saturating_sub(hwm0)
+        );
+    }
+}
+
+/// Logins per second through every route, plaintext and TLS, `reps` times
+/// in turn; medians.
+async fn login_table(s: &Scale, routes: &[&Route]) {
+    println!(
+        "\nLogins per second (10 clients in parallel: connect, LOGIN, SELECT, LOGOUT), \
+         {} × {:.1} s per path; medians",
+        s.reps,
+        s.logins_for.as_secs_f64()
+    );
+    // Per route, per plaintext/TLS: the rate of each repetition.
+    let mut got = vec![[Vec::new(), Vec::new()]; routes.len()];
+    for _ in 0..s.reps {
+        for (k, r) in routes.iter().enumerate() {
+            for tls in [false, true] {
+                if let Some(conn) = r.conn(tls) {
+                    got[k][tls as usize].push(login_rate(conn, s.logins_for).await);
+                }
+            }
+        }
+    }
+    println!("{:<14} {:>12} {:>12}", "path", "plaintext/s", "TLS/s");
+    let mut rows: [Vec<(&str, bool, f64)>; 2] = [Vec::new(), Vec::new()];
+    for (r, rates) in routes.iter().zip(got) {
+        let cells = rates.map(|v| (!v.is_empty()).then(|| median(v)));
+        for (tls, rate) in cells.iter().enumerate() {
+            if let Some(rate) = rate {
+                rows[tls].push((r.name, r.peer, *rate));
+            }
+        }
+        let cell = |v: Option<f64>| v.map_or("-".to_string(), |r| format!("{r:.0}"));
+        println!(
+            "{:<14} {:>12} {:>12}",
+            r.name,
+            cell(cells[0]),
+            cell(cells[1])
+        );
+    }
+    println!(
+        "rank: plaintext {}; TLS {}",
+        rank(&rows[0], FERRY_NEW, true),
+        rank(&rows[1], FERRY_NEW, true)
+    );
 }
 
 /// Memory per idle session: each path freshly started (no memory freed by
@@ -973,11 +968,7 @@ async fn idle(s: &Scale) {
                 continue;
             }
         };
-        let Some(conn) = (if tls {
-            r.tls.clone()
-        } else {
-            Some(r.plain.clone())
-        }) else {
+        let Some(conn) = r.conn(tls).cloned() else {
             continue;
         };
         let warm = idle_sessions(&conn, 1, compress).await;
@@ -1004,14 +995,10 @@ async fn idle(s: &Scale) {
         drop(keep);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let as_ref = |v: &[(String, bool, f64)]| -> String {
-        let r: Vec<(&str, bool, f64)> = v.iter().map(|(n, p, x)| (n.as_str(), *p, *x)).collect();
-        rank(&r, FERRY_NEW, false)
-    };
     println!(
         "rank by memory per session: plaintext {}; TLS {}",
-        as_ref(&rows[0]),
-        as_ref(&rows[1])
+        rank(&rows[0], FERRY_NEW, false),
+        rank(&rows[1], FERRY_NEW, false)
     );
 }
 

@@ -197,10 +197,7 @@ fn login_result(
             io.store_gates[store.index()].open();
             session.handle(now(), Event::LoggedIn(store, Ok(connected.info)));
             if !connected.rest.is_empty() {
-                session.handle(
-                    now(),
-                    Event::StoreBytes(store, BytesMut::from(&connected.rest[..])),
-                );
+                session.handle(now(), Event::StoreBytes(store, connected.rest.into()));
             }
         }
         Err(e) => session.handle(now(), Event::LoggedIn(store, Err(e.failure()))),

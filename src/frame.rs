@@ -70,8 +70,8 @@ pub struct Framer {
     max_line: usize,
     /// Bytes of `buf` already searched for a line end.
     scanned: usize,
-    /// `buf` is (a part of) a chunk handed in by [`push`](Self::push), which
-    /// may share a worker's read block: kept past a burst, it is copied.
+    /// `buf` is (a part of) a chunk handed in by [`push_chunk`](Self::push_chunk),
+    /// which may share a worker's read block: kept past a burst, it is copied.
     adopted: bool,
 }
 
@@ -121,9 +121,9 @@ impl Framer {
     }
 
     /// Releases buffer memory while the peer is quiet (idle sessions are
-    /// thousands; an allocation per burst is cheap).
-    /// A partial line left over is copied out of an adopted chunk, which
-    /// may hold a worker's whole read block.
+    /// thousands; an allocation per burst is cheap): an empty buffer is
+    /// dropped, and a partial line left in an adopted chunk, which may hold
+    /// a worker's whole read block, is copied out.
     pub fn shrink(&mut self) {
         if self.buf.is_empty() {
             if self.buf.capacity() > 0 {
@@ -459,10 +459,8 @@ mod tests {
         );
     }
 
-    /// A client line ending in a bare LF leaves as CRLF: a store must never
-    /// read a literal announcement differently from Ferry (found by fuzzing:
-    /// `{4}` + LF became `{+}`, and the literal's bytes reached OLD as a
-    /// command Ferry never checked).
+    /// Frames of an adopted chunk are slices of it; a partial line left at
+    /// the end of a burst is copied out, so a quiet session holds no block.
     #[test]
     fn an_adopted_chunk_is_framed_without_a_copy_and_its_leftover_is_copied_out() {
         let mut block = BytesMut::with_capacity(64 * 1024);
@@ -498,6 +496,10 @@ mod tests {
         );
     }
 
+    /// A client line ending in a bare LF leaves as CRLF: a store must never
+    /// read a literal announcement differently from Ferry (found by fuzzing:
+    /// `{4}` + LF became `{+}`, and the literal's bytes reached OLD as a
+    /// command Ferry never checked).
     #[test]
     fn client_lines_ending_in_a_bare_lf_become_crlf() {
         let got = frames(Peer::Client, &[b"d SEARCH TEXT {4}\nb SE\nc NOOP\n"]);
