@@ -167,7 +167,19 @@ impl Framer {
             return None;
         }
         self.scanned = 0;
-        Some(self.buf.split_to(end).freeze())
+        Some(self.split(end))
+    }
+
+    /// The first `n` buffered bytes. All of them (a read that was one
+    /// answer or one command) leave as the buffer itself: splitting a
+    /// buffer not yet shared would allocate to share it.
+    fn split(&mut self, n: usize) -> Bytes {
+        if n == self.buf.len() {
+            self.adopted = false;
+            std::mem::take(&mut self.buf).freeze()
+        } else {
+            self.buf.split_to(n).freeze()
+        }
     }
 
     /// Returns the next frame, `Ok(None)` when more input is needed.
@@ -179,7 +191,7 @@ impl Framer {
                         return Ok(None);
                     }
                     let n = remaining.min(self.buf.len() as u64) as usize;
-                    let bytes = self.buf.split_to(n).freeze();
+                    let bytes = self.split(n);
                     let left = remaining - n as u64;
                     let last = left == 0;
                     let discarding = matches!(self.state, State::Discard { .. });
@@ -216,7 +228,7 @@ impl Framer {
                         self.state = State::Line { start: true };
                         return Err(FrameError::LineTooLong(self.max_line));
                     }
-                    let mut bytes = self.buf.split_to(end + 1).freeze();
+                    let mut bytes = self.split(end + 1);
                     if self.peer == Peer::Client && !bytes.ends_with(b"\r\n") {
                         // A bare LF ends a client's line for Ferry as for the
                         // stores; made CRLF here so that every later step

@@ -3,7 +3,7 @@
 //! what a pass-through session keeps from its store.
 
 /// IMAP command names as labels (a closed set; anything else is OTHER),
-/// sorted for a binary search.
+/// sorted (the tests check the lists have no duplicates that way).
 const COMMANDS: [&str; 37] = [
     "APPEND",
     "AUTHENTICATE",
@@ -63,27 +63,20 @@ impl Verb {
 
     /// The verb of the command starting with `line` (`tag NAME …`).
     pub fn of(line: &[u8]) -> Verb {
-        let mut words = line
-            .split(|b| matches!(b, b' ' | b'\r' | b'\n'))
-            .skip(1)
-            .filter(|w| !w.is_empty());
-        let Some(first) = words.next() else {
+        let (_tag, rest) = word(line);
+        let (first, rest) = word(rest);
+        let Some(first) = packed_upper(first) else {
             return Verb::OTHER;
         };
-        let mut upper = [0u8; 16];
-        if first.eq_ignore_ascii_case(b"UID") {
-            let second = upper_case(words.next().unwrap_or_default(), &mut upper);
-            return UID_COMMANDS
-                .binary_search_by(|c| c.as_bytes()[4..].cmp(second))
-                .map_or(Verb::OTHER, |i| Verb(UID_COMMANDS[i]));
+        // Names are compared as integers: a command is told in a few dozen
+        // instructions, on every command of every session.
+        if first == UID {
+            let second = packed_upper(word(rest).0).unwrap_or_default();
+            return find(&UID_PACKED, &UID_COMMANDS, second);
         }
-        let first = upper_case(first, &mut upper);
-        COMMANDS
-            .binary_search_by(|c| c.as_bytes().cmp(first))
-            .map_or(Verb::OTHER, |i| Verb(COMMANDS[i]))
+        find(&PACKED, &COMMANDS, first)
     }
 
-    /// The label: a name from the closed set, `UID …`, or `OTHER`.
     pub fn label(self) -> &'static str {
         self.0
     }
@@ -116,14 +109,65 @@ impl Verb {
     }
 }
 
-/// `word` in upper case, in `buf`; empty (no name) when it is longer.
-fn upper_case<'b>(word: &[u8], buf: &'b mut [u8; 16]) -> &'b [u8] {
-    let Some(out) = buf.get_mut(..word.len()) else {
-        return &[];
-    };
-    out.copy_from_slice(word);
-    out.make_ascii_uppercase();
+/// The first word of `line` (after any separators) and what follows it.
+fn word(line: &[u8]) -> (&[u8], &[u8]) {
+    let sep = |b: &u8| matches!(b, b' ' | b'\r' | b'\n');
+    let start = line.iter().position(|b| !sep(b)).unwrap_or(line.len());
+    let line = &line[start..];
+    let end = line.iter().position(sep).unwrap_or(line.len());
+    line.split_at(end)
+}
+
+/// The longest word a name is looked up for (the names are shorter).
+const MAX_NAME: usize = 15;
+
+/// A name of up to 15 bytes as one integer: its bytes, zero-padded, and its
+/// length in the last byte (so that `NOOP` and `NOOP\0` differ).
+const fn pack(name: &[u8], from: usize) -> u128 {
+    let mut b = [0u8; 16];
+    let mut i = from;
+    while i < name.len() {
+        b[i - from] = name[i];
+        i += 1;
+    }
+    b[15] = (name.len() - from) as u8;
+    u128::from_le_bytes(b)
+}
+
+/// `word` in upper case, packed; `None` when it is empty or longer than
+/// any name.
+fn packed_upper(word: &[u8]) -> Option<u128> {
+    if word.is_empty() || word.len() > MAX_NAME {
+        return None;
+    }
+    let mut b = [0u8; 16];
+    b[..word.len()].copy_from_slice(word);
+    b.make_ascii_uppercase();
+    b[15] = word.len() as u8;
+    Some(u128::from_le_bytes(b))
+}
+
+const UID: u128 = pack(b"UID", 0);
+
+const fn pack_all<const N: usize>(names: &[&str; N], from: usize) -> [u128; N] {
+    let mut out = [0; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = pack(names[i].as_bytes(), from);
+        i += 1;
+    }
     out
+}
+
+static PACKED: [u128; COMMANDS.len()] = pack_all(&COMMANDS, 0);
+/// The UID commands' second words.
+static UID_PACKED: [u128; UID_COMMANDS.len()] = pack_all(&UID_COMMANDS, 4);
+
+fn find(packed: &[u128], names: &[&'static str], word: u128) -> Verb {
+    packed
+        .iter()
+        .position(|p| *p == word)
+        .map_or(Verb::OTHER, |i| Verb(names[i]))
 }
 
 #[cfg(test)]
@@ -131,10 +175,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn label_lists_are_sorted_for_the_search() {
+    fn label_lists_are_sorted_unique_and_short_enough_to_pack() {
         assert!(COMMANDS.windows(2).all(|w| w[0] < w[1]));
         assert!(UID_COMMANDS.windows(2).all(|w| w[0] < w[1]));
         assert!(UID_COMMANDS.iter().all(|c| c.starts_with("UID ")));
+        assert!(COMMANDS.iter().all(|c| c.len() <= MAX_NAME));
+        assert!(UID_COMMANDS.iter().all(|c| c.len() - 4 <= MAX_NAME));
     }
 
     #[test]
@@ -151,6 +197,12 @@ mod tests {
             (b"a1 XYZZY\r\n", "OTHER"),
             (b"a1 FETCHFETCHFETCHFETCH 1\r\n", "OTHER"),
             (b"a1 UID FETCHFETCHFETCHFETCH 1\r\n", "OTHER"),
+            (b"a1 NOOP\0\r\n", "OTHER"),
+            (b"a1 uid\0 FETCH 1\r\n", "OTHER"),
+            (b"a1  uid   copy 1 x\r\n", "UID COPY"),
+            (b"a1 UNSUBSCRIBE x\r\n", "UNSUBSCRIBE"),
+            (b"a1 AUTHENTICATE PLAIN\r\n", "AUTHENTICATE"),
+            (b"a1\r\n", "OTHER"),
             (b"DONE\r\n", "OTHER"),
             (b"", "OTHER"),
         ] {

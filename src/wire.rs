@@ -6,10 +6,11 @@ use std::{
     cell::RefCell,
     io::{self, IoSlice},
     pin::Pin,
-    task::Poll,
+    task::{Context, Poll},
 };
 
 use bytes::{Buf, Bytes, BytesMut};
+use smallvec::{SmallVec, smallvec};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::{deflate::Deflate, tls::MaybeTls, wake::Gate};
@@ -27,15 +28,6 @@ const SHARE_FROM: usize = 4 * 1024;
 
 thread_local! {
     static BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-}
-
-/// The output of a future that may not be there; never, when it is not
-/// (a `select!` branch for a login that may be in flight).
-pub async fn if_some<F: std::future::Future + Unpin>(f: &mut Option<F>) -> F::Output {
-    match f {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The client's connection: as it came (TCP or TLS), or compressed.
@@ -57,13 +49,13 @@ impl Client {
     }
 
     /// Writes a burst of responses; returns its size before compression.
-    pub async fn write(&mut self, parts: Vec<Bytes>) -> io::Result<usize> {
+    pub async fn write(&mut self, parts: &mut Parts) -> io::Result<usize> {
         match self {
             Client::Raw(stream) => write_parts(stream, parts).await,
             Client::Deflate(d) => {
                 let total = parts.iter().map(Bytes::len).sum();
-                let compressed = d.compress(&parts)?;
-                write_parts(d.inner_mut(), vec![compressed]).await?;
+                let compressed = d.compress(parts)?;
+                write_parts(d.inner_mut(), &mut smallvec![compressed]).await?;
                 Ok(total)
             }
         }
@@ -90,43 +82,45 @@ impl AsyncRead for Client {
     }
 }
 
-/// Reads from an optional stream into this thread's read block (pends
-/// forever when there is none); empty at the end of the stream. The stream
-/// is polled only when `gate` says it may have something.
-pub async fn read_opt<S: AsyncRead + Unpin>(
+/// Polls an optional stream for a read into this thread's read block
+/// (Pending while there is none); empty at the end of the stream. The
+/// stream is polled only when `gate` says it may have something.
+pub fn poll_read<S: AsyncRead + Unpin>(
     gate: &mut Gate,
     stream: &mut Option<S>,
-) -> io::Result<BytesMut> {
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<BytesMut>> {
     let Some(stream) = stream else {
-        return std::future::pending().await;
+        return Poll::Pending;
     };
-    std::future::poll_fn(|cx| {
-        gate.poll(cx, |cx| {
-            BLOCK.with_borrow_mut(|block| {
-                // The block's earlier reads have usually been written out by
-                // now: it is then taken back whole, without allocating.
-                block.reserve(READ_BUF);
-                match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, block) {
-                    Poll::Ready(Ok(n)) if n >= SHARE_FROM => Poll::Ready(Ok(block.split_to(n))),
-                    Poll::Ready(Ok(_)) => {
-                        let small = BytesMut::from(&block[..]);
-                        block.clear();
-                        Poll::Ready(Ok(small))
-                    }
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
+    gate.poll(cx, |cx| {
+        BLOCK.with_borrow_mut(|block| {
+            // The block's earlier reads have usually been written out by
+            // now: it is then taken back whole, without allocating.
+            block.reserve(READ_BUF);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, block) {
+                Poll::Ready(Ok(n)) if n >= SHARE_FROM => Poll::Ready(Ok(block.split_to(n))),
+                Poll::Ready(Ok(_)) => {
+                    let small = BytesMut::from(&block[..]);
+                    block.clear();
+                    Poll::Ready(Ok(small))
                 }
-            })
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
         })
     })
-    .await
 }
+
+/// A burst of writes to one peer; the usual burst (a command, or a few
+/// answer lines and the tagged one) needs no allocation.
+pub type Parts = SmallVec<[Bytes; 4]>;
 
 /// Writes queued for one peer, sent together: one system call (and one TLS
 /// record) for a burst of small responses instead of one each.
 #[derive(Default)]
 pub struct Outbox {
-    parts: Vec<Bytes>,
+    pub parts: Parts,
     pub len: usize,
 }
 
@@ -136,17 +130,20 @@ impl Outbox {
         self.parts.push(b);
     }
 
-    pub fn take(&mut self) -> Option<Vec<Bytes>> {
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.parts.clear();
         self.len = 0;
-        (!self.parts.is_empty()).then(|| std::mem::take(&mut self.parts))
     }
 }
 
-/// Writes `parts` in order and returns how many bytes that was. Plain TCP
-/// gets them in one `writev` (no copy); over TLS they are joined first, so
-/// a burst is one record rather than one per line.
-pub async fn write_parts(stream: &mut MaybeTls, mut parts: Vec<Bytes>) -> io::Result<usize> {
-    parts.retain(|p| !p.is_empty());
+/// Writes `parts` in order (the caller clears them) and returns how many
+/// bytes that was. Plain TCP gets them in one `writev` (no copy); over TLS
+/// they are joined first, so a burst is one record rather than one per line.
+pub async fn write_parts(stream: &mut MaybeTls, parts: &mut Parts) -> io::Result<usize> {
     let total = parts.iter().map(Bytes::len).sum();
     if parts.len() > 1 && !matches!(stream, MaybeTls::Plain(_)) {
         let mut all = BytesMut::with_capacity(total);
@@ -156,7 +153,14 @@ pub async fn write_parts(stream: &mut MaybeTls, mut parts: Vec<Bytes>) -> io::Re
         parts.push(all.freeze());
     }
     let mut first = 0;
-    while first < parts.len() {
+    loop {
+        // An empty part would read as a write of nothing.
+        while parts.get(first).is_some_and(Bytes::is_empty) {
+            first += 1;
+        }
+        if first == parts.len() {
+            break;
+        }
         // The slices live only inside one poll: held across the await they
         // would be a kilobyte of every idle session's task.
         let mut written = std::future::poll_fn(|cx| {

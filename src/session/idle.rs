@@ -48,11 +48,11 @@ pub(super) enum Tagged {
 const DONE: &[u8] = b"DONE\r\n";
 
 impl Idle {
-    pub(super) fn new(tag: Bytes, store: Store, now: Instant) -> Self {
+    pub(super) fn new(tag: &[u8], store: Store, now: Instant) -> Self {
         Idle {
-            // Its own copy: the tag may be a slice of a worker's read block,
-            // which an IDLE lasting half an hour must not hold.
-            tag: Bytes::copy_from_slice(&tag),
+            // Its own copy: a slice of the client's bytes would hold a
+            // worker's read block for as long as the IDLE lasts.
+            tag: Bytes::copy_from_slice(tag),
             store,
             state: State::Starting,
             since: now,
@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn renewal_is_unseen_and_done_ends_it() {
-        let mut i = Idle::new(Bytes::from_static(b"a2"), Store::New, Instant::now());
+        let mut i = Idle::new(b"a2", Store::New, Instant::now());
         assert_eq!(i.renew(), None, "not before the store idles");
         assert!(i.continued(Instant::now()), "the first + is the client's");
         assert!(i.is_running());
@@ -155,11 +155,11 @@ mod tests {
 
     #[test]
     fn a_refused_renewal_ends_the_idle() {
-        let mut i = Idle::new(Bytes::from_static(b"t"), Store::Old, Instant::now());
+        let mut i = Idle::new(b"t", Store::Old, Instant::now());
         i.continued(Instant::now());
         i.renew();
         assert_eq!(i.tagged(false), Tagged::Over);
-        let mut i = Idle::new(Bytes::from_static(b"t"), Store::Old, Instant::now());
+        let mut i = Idle::new(b"t", Store::Old, Instant::now());
         assert_eq!(i.end(true), None, "Ferry waits for the store to idle");
         i.continued(Instant::now());
         assert!(i.end(true).is_some() && i.holds_client());

@@ -333,7 +333,7 @@ struct PipeState {
     idle: Option<idle::Idle>,
     /// A synchronizing literal the client announced and waits to send
     /// until the store's `+`, under its command's tag.
-    literal: Option<(Bytes, Announcement)>,
+    literal: Option<(timing::Tag, Announcement)>,
     /// A COMPRESS that waits for the commands before it to be answered
     /// (see `pipe_compress`); the client's input waits with it.
     compress: Option<Bytes>,
@@ -483,11 +483,6 @@ impl Session {
             self.actions.shrink_to(4);
         }
         action
-    }
-
-    /// Puts back an action the driver took but could not perform yet.
-    pub fn requeue_front(&mut self, action: Action) {
-        self.actions.push_front(action);
     }
 
     /// True when the driver should read from the client.

@@ -101,11 +101,7 @@ impl Shared {
         {
             let timing = super::Timing::new(bytes, verb, self.clock.now);
             if timing.verb.is("IDLE") {
-                p.idle = Some(super::idle::Idle::new(
-                    timing.tag.clone(),
-                    store,
-                    self.clock.now,
-                ));
+                p.idle = Some(super::idle::Idle::new(&timing.tag, store, self.clock.now));
             }
             p.inflight.push_back(timing);
         }
@@ -166,7 +162,7 @@ impl Shared {
         }
         if tag != b"*" {
             let mut logout = false;
-            if let Some(i) = p.inflight.iter().position(|t| t.tag == tag) {
+            if let Some(i) = p.inflight.iter().position(|t| *t.tag == *tag) {
                 let mut timing = p.inflight.remove(i).expect("position is in range");
                 timing.stores = 1 << store.index();
                 logout = timing.verb.is("LOGOUT")
@@ -182,7 +178,7 @@ impl Shared {
                 self.ending.get_or_insert(super::End::Logout);
                 return self.close();
             }
-            if let Some((_, a)) = p.literal.take_if(|(t, _)| t == tag) {
+            if let Some((_, a)) = p.literal.take_if(|(t, _)| **t == *tag) {
                 // Refused before its literal: the client will not send it.
                 self.client.refuse_literal(a);
             }

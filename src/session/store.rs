@@ -37,6 +37,12 @@ impl Session {
         match &mut conn.disposition {
             Disposition::Forward => actions.push_back(Action::ToClient(bytes)),
             Disposition::Drop => {}
+            // A message of one line (a tagged answer, the usual case): as
+            // it came, no copy.
+            Disposition::Assemble(buf) if buf.is_empty() && !more => {
+                conn.disposition = Disposition::Forward;
+                return self.backend_message(store, bytes);
+            }
             Disposition::Assemble(buf) => buf.extend_from_slice(&bytes),
             Disposition::Copy => {}
         }

@@ -7,9 +7,13 @@ use std::time::Instant;
 use super::{Report, Shared, reply};
 use crate::verb::Verb;
 
+/// A command's tag, kept inline: a slice of the client's bytes would hold
+/// a worker's read block for as long as the command runs.
+pub(super) type Tag = smallvec::SmallVec<[u8; 24]>;
+
 /// The client command being timed for `ferry_commands_total` and latency.
 pub(super) struct Timing {
-    pub(super) tag: Bytes,
+    pub(super) tag: Tag,
     pub(super) verb: Verb,
     /// Stores that received bytes for it (bit 0 OLD, bit 1 NEW).
     pub(super) stores: u8,
@@ -18,10 +22,10 @@ pub(super) struct Timing {
 
 impl Timing {
     /// Timing for the command starting with `line`, whose verb the caller
-    /// has told already; its tag is a slice of `line`, not a copy.
-    pub(super) fn new(line: &Bytes, verb: Verb, now: Instant) -> Self {
+    /// has told already.
+    pub(super) fn new(line: &[u8], verb: Verb, now: Instant) -> Self {
         Timing {
-            tag: line.slice(..reply::tag_of(line).len()),
+            tag: Tag::from_slice(reply::tag_of(line)),
             verb,
             stores: 0,
             started: now,
@@ -65,9 +69,7 @@ impl Shared {
     /// Starts timing the client command `raw`; returns its tag (a slice of
     /// `raw`, not a copy).
     pub(super) fn time_command(&mut self, raw: &Bytes, verb: Verb) -> Bytes {
-        let timing = Timing::new(raw, verb, self.clock.now);
-        let tag = timing.tag.clone();
-        self.timing = Some(timing);
-        tag
+        self.timing = Some(Timing::new(raw, verb, self.clock.now));
+        raw.slice(..reply::tag_of(raw).len())
     }
 }

@@ -574,7 +574,7 @@ impl Shared {
                 if store == Store::Old && !self.store_has(Store::Old, Cap::Idle) {
                     return self.send_client(not_on_old(&tag, Cap::Idle));
                 }
-                let job = Job::Idle(super::idle::Idle::new(tag, store, self.clock.now));
+                let job = Job::Idle(super::idle::Idle::new(&tag, store, self.clock.now));
                 self.start(m, None, store, raw.clone(), job);
             }
             Route::List { lsub } => self.list(m, cmd, raw, tag, lsub),
