@@ -696,9 +696,11 @@ async fn idle_sessions(conn: &Conn, n: usize, compress: bool) -> Vec<TestClient>
 
 /// Logins per second: 10 clients in parallel, each connecting, logging in,
 /// SELECTing INBOX and logging out in a loop.
-async fn login_rate(conn: &Conn, for_: Duration) -> f64 {
+/// Logins per second through `conn`, and the proxy's CPU per login (ms).
+async fn login_rate(conn: &Conn, for_: Duration, meter: Meter) -> (f64, f64) {
     let start = Instant::now();
     let stop = start + for_;
+    let u0 = meter.usage();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..10 {
         let conn = conn.clone();
@@ -714,7 +716,8 @@ async fn login_rate(conn: &Conn, for_: Duration) -> f64 {
         });
     }
     let total: usize = tasks.join_all().await.into_iter().sum();
-    total as f64 / start.elapsed().as_secs_f64()
+    let cpu = (meter.usage() - u0).cpu.as_secs_f64() * 1e3 / total.max(1) as f64;
+    (total as f64 / start.elapsed().as_secs_f64(), cpu)
 }
 
 async fn run(s: Scale) {
@@ -884,36 +887,52 @@ async fn fetch_table(s: &Scale, routes: &[&Route]) {
 async fn login_table(s: &Scale, routes: &[&Route]) {
     println!(
         "\nLogins per second (10 clients in parallel: connect, LOGIN, SELECT, LOGOUT), \
-         {} × {:.1} s per path; medians",
+         {} × {:.1} s per path; medians; CPU = the proxy's per login",
         s.reps,
         s.logins_for.as_secs_f64()
     );
-    // Per route, per plaintext/TLS: the rate of each repetition.
+    // Per route, per plaintext/TLS: the rate and CPU of each repetition.
     let mut got = vec![[Vec::new(), Vec::new()]; routes.len()];
     for _ in 0..s.reps {
         for (k, r) in routes.iter().enumerate() {
             for tls in [false, true] {
                 if let Some(conn) = r.conn(tls) {
-                    got[k][tls as usize].push(login_rate(conn, s.logins_for).await);
+                    got[k][tls as usize].push(login_rate(conn, s.logins_for, r.meter).await);
                 }
             }
         }
     }
-    println!("{:<14} {:>12} {:>12}", "path", "plaintext/s", "TLS/s");
+    println!(
+        "{:<14} {:>12} {:>12} {:>12} {:>12}",
+        "path", "plaintext/s", "CPU ms", "TLS/s", "CPU ms"
+    );
     let mut rows: [Vec<(&str, bool, f64)>; 2] = [Vec::new(), Vec::new()];
-    for (r, rates) in routes.iter().zip(got) {
-        let cells = rates.map(|v| (!v.is_empty()).then(|| median(v)));
-        for (tls, rate) in cells.iter().enumerate() {
-            if let Some(rate) = rate {
+    for (r, runs) in routes.iter().zip(got) {
+        let cells = runs.map(|v: Vec<(f64, f64)>| {
+            (!v.is_empty()).then(|| {
+                (
+                    median(v.iter().map(|x| x.0).collect()),
+                    median(v.iter().map(|x| x.1).collect()),
+                )
+            })
+        });
+        for (tls, cell) in cells.iter().enumerate() {
+            if let Some((rate, _)) = cell {
                 rows[tls].push((r.name, r.peer, *rate));
             }
         }
-        let cell = |v: Option<f64>| v.map_or("-".to_string(), |r| format!("{r:.0}"));
+        let rate = |c: Option<(f64, f64)>| c.map_or("-".to_string(), |c| format!("{:.0}", c.0));
+        let cpu = |c: Option<(f64, f64)>| match (c, r.meter) {
+            (None, _) | (_, Meter::None) => "-".to_string(),
+            (Some(c), _) => format!("{:.2}", c.1),
+        };
         println!(
-            "{:<14} {:>12} {:>12}",
+            "{:<14} {:>12} {:>12} {:>12} {:>12}",
             r.name,
-            cell(cells[0]),
-            cell(cells[1])
+            rate(cells[0]),
+            cpu(cells[0]),
+            rate(cells[1]),
+            cpu(cells[1])
         );
     }
     println!(
