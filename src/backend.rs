@@ -101,6 +101,9 @@ struct Client {
     stream: MaybeTls,
     framer: Framer,
     next: u32,
+    /// A command sent ahead of the next one without waiting (ID before
+    /// the login): its tagged answer is skipped wherever it arrives.
+    ahead: Option<Tag<'static>>,
 }
 
 /// 64 KiB, the line length Dovecot accepts, bounds store lines during login too.
@@ -164,6 +167,9 @@ impl Client {
                             if m.starts_with(b"+") {
                                 break;
                             }
+                            if self.answers_ahead(&m) {
+                                continue;
+                            }
                             if !m.starts_with(b"*") {
                                 // Tagged answer instead of `+`: the command is over.
                                 return Ok((untagged, parse_status(&m)?));
@@ -178,12 +184,81 @@ impl Client {
         self.stream.flush().await?;
         loop {
             let m = self.message().await?;
-            if m.starts_with(tag.inner().as_bytes()) && m.get(tag.inner().len()) == Some(&b' ') {
+            if is_tagged(&m, &tag) {
                 return Ok((untagged, parse_status(&m)?));
             }
-            untagged.push(m);
+            if !self.answers_ahead(&m) {
+                untagged.push(m);
+            }
         }
     }
+
+    /// Sends `body` without waiting for its answer, which
+    /// [`answers_ahead`](Self::answers_ahead) skips later; the next
+    /// command's write flushes both. A command with a synchronizing literal
+    /// cannot go ahead (the store's `+` comes first): it is run instead.
+    async fn send_ahead(&mut self, body: CommandBody<'_>) -> Result<(), BackendError> {
+        let tag = self.tag();
+        let fragments = CommandCodec::new()
+            .encode(&Command {
+                tag: tag.clone(),
+                body,
+            })
+            .collect::<Vec<_>>();
+        if fragments.iter().any(|f| {
+            matches!(
+                f,
+                Fragment::Literal {
+                    mode: LiteralMode::Sync,
+                    ..
+                }
+            )
+        }) {
+            self.ahead = Some(tag);
+            // Waits for `+` per literal; the tagged answer is skipped later.
+            for fragment in fragments {
+                match fragment {
+                    Fragment::Line { data } => self.stream.write_all(&data).await?,
+                    Fragment::Literal { data, .. } => {
+                        self.stream.flush().await?;
+                        loop {
+                            let m = self.message().await?;
+                            if m.starts_with(b"+") {
+                                break;
+                            }
+                            if self.answers_ahead(&m) {
+                                // Refused before its literal: nothing more to send.
+                                return Ok(());
+                            }
+                        }
+                        self.stream.write_all(&data).await?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        for fragment in fragments {
+            let (Fragment::Line { data } | Fragment::Literal { data, .. }) = fragment;
+            self.stream.write_all(&data).await?;
+        }
+        self.ahead = Some(tag);
+        Ok(())
+    }
+
+    /// True (and forgotten) when `m` is the tagged answer to the command
+    /// sent ahead.
+    fn answers_ahead(&mut self, m: &[u8]) -> bool {
+        let answered = self.ahead.as_ref().is_some_and(|t| is_tagged(m, t));
+        if answered {
+            self.ahead = None;
+        }
+        answered
+    }
+}
+
+/// True when `m` is the tagged answer to `tag`.
+fn is_tagged(m: &[u8], tag: &Tag<'_>) -> bool {
+    m.starts_with(tag.inner().as_bytes()) && m.get(tag.inner().len()) == Some(&b' ')
 }
 
 impl Client {
@@ -223,11 +298,9 @@ impl Client {
                 sent = true;
                 self.stream.write_all(&reply).await?;
                 self.stream.flush().await?;
-            } else if m.starts_with(tag.inner().as_bytes())
-                && m.get(tag.inner().len()) == Some(&b' ')
-            {
+            } else if is_tagged(&m, &tag) {
                 return Ok((untagged, parse_status(&m)?));
-            } else {
+            } else if !self.answers_ahead(&m) {
                 untagged.push(m);
             }
         }
@@ -366,6 +439,7 @@ async fn connect_inner(
         stream,
         framer: Framer::new(Peer::Server, MAX_LINE),
         next: 0,
+        ahead: None,
     };
     let greeting = c.message().await?;
     if !greeting.starts_with(b"* OK") {
@@ -402,12 +476,13 @@ async fn connect_inner(
     if let Some(fields) = id
         && caps.has(Cap::Id)
     {
-        // The store's own ID answer, and even a NO, change nothing.
+        // The store's own ID answer, and even a NO, change nothing: it goes
+        // with the login, one exchange instead of two.
         let parameters = fields
             .iter()
             .map(|(name, value)| (istring(name), NString(value.as_deref().map(istring))))
             .collect();
-        c.run(CommandBody::Id {
+        c.send_ahead(CommandBody::Id {
             parameters: Some(parameters),
         })
         .await?;

@@ -208,3 +208,24 @@ async fn python_imaplib_witness() {
         "{stdout}"
     );
 }
+
+/// Ferry's ID to the store goes with the login, without waiting for its
+/// answer; a client's ID value that needs a synchronizing literal at the
+/// store (8-bit) makes it wait for the store's `+` instead. Either way the
+/// login after it goes through, its own literal included.
+#[tokio::test]
+async fn an_id_passed_on_that_needs_a_literal_still_precedes_the_login() {
+    let env = TestEnv::start().await;
+    let mut c = env.imaps_client().await;
+    let value = "Thünderbird".as_bytes();
+    let tag = c.next_tag();
+    let mut cmd = format!("{tag} ID (\"name\" {{{}+}}\r\n", value.len()).into_bytes();
+    cmd.extend_from_slice(value);
+    cmd.extend_from_slice(b")\r\n");
+    c.send(&cmd).await;
+    c.read_until_tagged(&tag).await.assert_ok();
+    c.login("dave", WEIRD_PASSWORD.as_bytes()).await.assert_ok();
+    let r = c.cmd("SELECT INBOX").await;
+    r.assert_ok();
+    c.logout().await;
+}
