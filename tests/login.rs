@@ -11,6 +11,17 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// Sends `{tag} {head}{n+}` CRLF, `data`, then `tail` and CRLF (a LITERAL+
+/// literal) and returns the tagged answer.
+async fn with_literal(c: &mut TestClient, head: &str, data: &[u8], tail: &str) -> Reply {
+    let tag = c.next_tag();
+    let mut cmd = format!("{tag} {head}{{{}+}}\r\n", data.len()).into_bytes();
+    cmd.extend_from_slice(data);
+    cmd.extend_from_slice(format!("{tail}\r\n").as_bytes());
+    c.send(&cmd).await;
+    c.read_until_tagged(&tag).await
+}
+
 #[tokio::test]
 async fn special_character_passwords_reach_the_stores_byte_for_byte() {
     let env = TestEnv::start().await;
@@ -21,12 +32,9 @@ async fn special_character_passwords_reach_the_stores_byte_for_byte() {
     c.logout().await;
     // LOGIN with a LITERAL+ literal.
     let mut c = env.imaps_client().await;
-    let tag = c.next_tag();
-    let mut cmd = format!("{tag} LOGIN \"dave\" {{{}+}}\r\n", pw.len()).into_bytes();
-    cmd.extend_from_slice(pw);
-    cmd.extend_from_slice(b"\r\n");
-    c.send(&cmd).await;
-    c.read_until_tagged(&tag).await.assert_ok();
+    with_literal(&mut c, "LOGIN \"dave\" ", pw, "")
+        .await
+        .assert_ok();
     // AUTHENTICATE PLAIN with SASL-IR.
     let plain = [&b"\0dave\0"[..], pw].concat();
     let mut c = env.imaps_client().await;
@@ -217,13 +225,9 @@ async fn python_imaplib_witness() {
 async fn an_id_passed_on_that_needs_a_literal_still_precedes_the_login() {
     let env = TestEnv::start().await;
     let mut c = env.imaps_client().await;
-    let value = "Thünderbird".as_bytes();
-    let tag = c.next_tag();
-    let mut cmd = format!("{tag} ID (\"name\" {{{}+}}\r\n", value.len()).into_bytes();
-    cmd.extend_from_slice(value);
-    cmd.extend_from_slice(b")\r\n");
-    c.send(&cmd).await;
-    c.read_until_tagged(&tag).await.assert_ok();
+    with_literal(&mut c, "ID (\"name\" ", "Thünderbird".as_bytes(), ")")
+        .await
+        .assert_ok();
     c.login("dave", WEIRD_PASSWORD.as_bytes()).await.assert_ok();
     let r = c.cmd("SELECT INBOX").await;
     r.assert_ok();
