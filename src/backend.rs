@@ -376,6 +376,7 @@ pub async fn log_in(
     store: Store,
     auth: &StoreAuth,
     id: Option<&IdFields>,
+    layout: bool,
     tokens: &Tokens,
     timeout: Duration,
 ) -> Result<Connected, BackendError> {
@@ -388,7 +389,7 @@ pub async fn log_in(
         if *auth == StoreAuth::Unusable {
             return Err(BackendError::Protocol("no credentials for this store"));
         }
-        return connect(target, auth, id, timeout).await;
+        return connect(target, auth, id, layout, timeout).await;
     };
     let with = |token: &StoreSecret| StoreAuth::Client {
         user: user.clone(),
@@ -396,14 +397,14 @@ pub async fn log_in(
         message: StoreSecret::new(&mechanism.message(user, token.expose())),
     };
     let (token, fresh) = tokens.get(store, user, source).await?;
-    match connect(target, &with(&token), id, timeout).await {
+    match connect(target, &with(&token), id, layout, timeout).await {
         Err(BackendError::Rejected) => {
             tokens.forget(store, user);
             if fresh {
                 return Err(BackendError::Rejected);
             }
             let (token, _) = tokens.get(store, user, source).await?;
-            connect(target, &with(&token), id, timeout).await
+            connect(target, &with(&token), id, layout, timeout).await
         }
         other => other,
     }
@@ -415,9 +416,10 @@ pub async fn connect(
     target: &Target,
     auth: &StoreAuth,
     id: Option<&IdFields>,
+    layout: bool,
     timeout: Duration,
 ) -> Result<Connected, BackendError> {
-    tokio::time::timeout(timeout, connect_inner(target, auth, id))
+    tokio::time::timeout(timeout, connect_inner(target, auth, id, layout))
         .await
         .map_err(|_| BackendError::Timeout)?
 }
@@ -426,6 +428,7 @@ async fn connect_inner(
     target: &Target,
     auth: &StoreAuth,
     id: Option<&IdFields>,
+    with_layout: bool,
 ) -> Result<Connected, BackendError> {
     let tcp = TcpStream::connect(&target.backend.address)
         .await
@@ -535,7 +538,11 @@ async fn connect_inner(
         }
     };
     let capabilities = Caps::from_decoded(&capabilities);
-    let layout = layout(&mut c, &capabilities).await?;
+    // Phases old and new pass names through: no NAMESPACE exchange.
+    let layout = match with_layout {
+        true => layout(&mut c, &capabilities).await?,
+        false => Layout::unknown(),
+    };
     let rest = c.framer.take_rest();
     Ok(Connected {
         stream: c.stream,

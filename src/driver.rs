@@ -415,7 +415,12 @@ async fn perform(action: Action, session: &mut Session, io: &mut Io, ctx: &Ctx) 
             io.client_gate.open();
             metrics::compression_started();
         }
-        Action::Login { store, auth, id } => {
+        Action::Login {
+            store,
+            auth,
+            id,
+            layout,
+        } => {
             let live = ctx.live.borrow().clone();
             let target = match store {
                 Store::Old => live.old.clone(),
@@ -424,7 +429,8 @@ async fn perform(action: Action, session: &mut Session, io: &mut Io, ctx: &Ctx) 
             let timeout = Duration::from_secs(live.config.limits.backend_connect_timeout_secs);
             let tokens = ctx.tokens.clone();
             io.logins[store.index()] = Some(Box::pin(async move {
-                backend::log_in(&target, store, &auth, id.as_deref(), &tokens, timeout).await
+                let id = id.as_deref();
+                backend::log_in(&target, store, &auth, id, layout, &tokens, timeout).await
             }));
         }
         Action::CloseBackend(store) => {

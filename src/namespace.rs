@@ -54,6 +54,14 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Not asked for (phases old and new, which pass names through).
+    pub fn unknown() -> Self {
+        Self {
+            prefix: Vec::new(),
+            delimiter: None,
+        }
+    }
+
     /// Courier/Cyrus style: personal prefix `INBOX.`, delimiter `.`.
     pub fn legacy() -> Self {
         Self {

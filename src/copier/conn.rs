@@ -100,7 +100,7 @@ impl Conn {
         tokens: &Tokens,
         timeout: Duration,
     ) -> Result<Conn, CopyError> {
-        let connected = backend::log_in(target, store, auth, None, tokens, timeout).await?;
+        let connected = backend::log_in(target, store, auth, None, true, tokens, timeout).await?;
         let mut framer = Framer::new(Peer::Server, 64 * 1024);
         framer.push(&connected.rest);
         Ok(Conn {

@@ -176,7 +176,7 @@ impl Session {
             return;
         };
         let credentials = m.credentials.clone();
-        if !self.login_on_behalf(Store::Old, &credentials) {
+        if !self.login_on_behalf(Store::Old, &credentials, crate::config::Phase::Merged) {
             self.login_done(Store::Old, Err(super::LoginFailure::Rejected));
         }
     }

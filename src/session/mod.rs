@@ -240,6 +240,9 @@ pub enum Action {
         store: Store,
         auth: Arc<crate::identity::StoreAuth>,
         id: Option<Arc<IdFields>>,
+        /// Learn the store's layout (NAMESPACE): only the merged phase,
+        /// which maps names, needs it.
+        layout: bool,
     },
     /// Close a store connection (after the queued bytes).
     CloseBackend(Store),

@@ -229,7 +229,7 @@ impl Shared {
         });
         let credentials = Arc::new(credentials);
         if held.is_none() {
-            self.store_login(verifier, &credentials);
+            self.store_login(verifier, &credentials, phase);
         }
         self.input = Input::Waiting;
         *mode = Mode::LoggingIn(Box::new(LoggingIn {
@@ -245,15 +245,20 @@ impl Shared {
 
     /// Asks the driver to log in to `store` for this client, as that
     /// store's `[backends.*.login]` says.
-    pub(super) fn store_login(&mut self, store: Store, credentials: &Credentials) {
+    pub(super) fn store_login(&mut self, store: Store, credentials: &Credentials, phase: Phase) {
         let auth = self.store_auth(store, credentials);
-        self.send_login(store, auth);
+        self.send_login(store, auth, phase);
     }
 
     /// [`Shared::store_login`] once the password was checked elsewhere;
     /// `false` (and nothing sent) when this store just refused this very
     /// login: it is not asked again, so its lockout does not count it.
-    pub(super) fn login_on_behalf(&mut self, store: Store, credentials: &Credentials) -> bool {
+    pub(super) fn login_on_behalf(
+        &mut self,
+        store: Store,
+        credentials: &Credentials,
+        phase: Phase,
+    ) -> bool {
         let auth = self.store_auth(store, credentials);
         if self
             .cfg
@@ -263,7 +268,7 @@ impl Shared {
             self.report(Report::Throttled("known_failure"));
             return false;
         }
-        self.send_login(store, auth);
+        self.send_login(store, auth, phase);
         true
     }
 
@@ -290,7 +295,7 @@ impl Shared {
         }
     }
 
-    fn send_login(&mut self, store: Store, auth: StoreAuth) {
+    fn send_login(&mut self, store: Store, auth: StoreAuth, phase: Phase) {
         let id = self
             .cfg
             .config
@@ -301,6 +306,7 @@ impl Shared {
             store,
             auth: Arc::new(auth),
             id,
+            layout: phase == Phase::Merged,
         });
     }
 
@@ -365,7 +371,7 @@ impl Shared {
             self.logout_store(store);
         }
         l.verified = Some(info);
-        if !self.login_on_behalf(own, &l.credentials) {
+        if !self.login_on_behalf(own, &l.credentials, l.phase) {
             self.login_failed(&l, own, LoginFailure::Rejected, false);
             return None;
         }
@@ -560,7 +566,7 @@ impl Session {
             let verifier = l.verifier;
             self.login_done(verifier, Err(LoginFailure::Rejected));
         } else {
-            shared.store_login(l.verifier, &l.credentials);
+            shared.store_login(l.verifier, &l.credentials, l.phase);
         }
     }
 }

@@ -1107,3 +1107,31 @@ fn pass_through_compress_waits_for_the_commands_before_it() {
     s.client_input(b"c COMPRESS DEFLATE\r\n"[..].into());
     assert_eq!(out(&mut s), ["S: c BAD Expected DONE"]);
 }
+
+/// Only the merged phase maps names, so only its logins ask the store for
+/// its layout (NAMESPACE); phases old and new spare the exchange.
+#[test]
+fn only_merged_logins_ask_for_the_stores_layout() {
+    let layout_of = |s: &mut Session| {
+        std::iter::from_fn(|| s.poll_action())
+            .find_map(|a| match a {
+                Action::Login { store, layout, .. } => Some((store, layout)),
+                _ => None,
+            })
+            .expect("a store login")
+    };
+    for (user, store, layout) in [
+        ("nina", Store::New, false),
+        ("olga", Store::Old, false),
+        ("alice", Store::New, true),
+    ] {
+        let mut s = session(true);
+        out(&mut s);
+        s.client_input(format!("a1 LOGIN {user} pw\r\n").as_bytes().into());
+        assert_eq!(layout_of(&mut s), (store, layout), "{user}");
+    }
+    // The merged view's OLD, logged in when `Old/` is first used.
+    let mut s = merged();
+    s.client_input(b"b EXAMINE Old/INBOX\r\n"[..].into());
+    assert_eq!(layout_of(&mut s), (Store::Old, true));
+}

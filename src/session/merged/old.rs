@@ -85,7 +85,7 @@ impl Shared {
                 None
             }
             OldState::Absent | OldState::Connecting => {
-                if !self.login_on_behalf(Store::Old, &m.credentials) {
+                if !self.login_on_behalf(Store::Old, &m.credentials, crate::config::Phase::Merged) {
                     // OLD just refused this login: Old/ is unavailable.
                     m.old = OldState::Unavailable;
                     return Some(false);
