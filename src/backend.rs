@@ -199,13 +199,11 @@ impl Client {
     /// cannot go ahead (the store's `+` comes first): it is run instead.
     async fn send_ahead(&mut self, body: CommandBody<'_>) -> Result<(), BackendError> {
         let tag = self.tag();
-        let fragments = CommandCodec::new()
-            .encode(&Command {
-                tag: tag.clone(),
-                body,
-            })
-            .collect::<Vec<_>>();
-        if fragments.iter().any(|f| {
+        let cmd = Command {
+            tag: tag.clone(),
+            body,
+        };
+        let sync = |f: &Fragment| {
             matches!(
                 f,
                 Fragment::Literal {
@@ -213,31 +211,11 @@ impl Client {
                     ..
                 }
             )
-        }) {
-            self.ahead = Some(tag);
-            // Waits for `+` per literal; the tagged answer is skipped later.
-            for fragment in fragments {
-                match fragment {
-                    Fragment::Line { data } => self.stream.write_all(&data).await?,
-                    Fragment::Literal { data, .. } => {
-                        self.stream.flush().await?;
-                        loop {
-                            let m = self.message().await?;
-                            if m.starts_with(b"+") {
-                                break;
-                            }
-                            if self.answers_ahead(&m) {
-                                // Refused before its literal: nothing more to send.
-                                return Ok(());
-                            }
-                        }
-                        self.stream.write_all(&data).await?;
-                    }
-                }
-            }
-            return Ok(());
+        };
+        if CommandCodec::new().encode(&cmd).any(|f| sync(&f)) {
+            return self.run(cmd.body).await.map(drop);
         }
-        for fragment in fragments {
+        for fragment in CommandCodec::new().encode(&cmd) {
             let (Fragment::Line { data } | Fragment::Literal { data, .. }) = fragment;
             self.stream.write_all(&data).await?;
         }
@@ -539,9 +517,10 @@ async fn connect_inner(
     };
     let capabilities = Caps::from_decoded(&capabilities);
     // Phases old and new pass names through: no NAMESPACE exchange.
-    let layout = match with_layout {
-        true => layout(&mut c, &capabilities).await?,
-        false => Layout::unknown(),
+    let layout = if with_layout {
+        layout(&mut c, &capabilities).await?
+    } else {
+        Layout::unknown()
     };
     let rest = c.framer.take_rest();
     Ok(Connected {

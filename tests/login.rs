@@ -219,8 +219,8 @@ async fn python_imaplib_witness() {
 
 /// Ferry's ID to the store goes with the login, without waiting for its
 /// answer; a client's ID value that needs a synchronizing literal at the
-/// store (8-bit) makes it wait for the store's `+` instead. Either way the
-/// login after it goes through, its own literal included.
+/// store (8-bit) makes it run on its own first. Either way the login after
+/// it goes through, its own literal included.
 #[tokio::test]
 async fn an_id_passed_on_that_needs_a_literal_still_precedes_the_login() {
     let env = TestEnv::start().await;
