@@ -10,7 +10,8 @@
 //! this process). A peer missing on the machine is printed as missing.
 //!
 //! For profiling a run can be narrowed: `FERRY_BENCH_SESSIONS=1,10`,
-//! `FERRY_BENCH_SECONDS=20` (per slice), `FERRY_BENCH_REPS=1`,
+//! `FERRY_BENCH_SECONDS=20` (per slice), `FERRY_BENCH_LOGIN_SECONDS=5` (per
+//! login row), `FERRY_BENCH_REPS=1`,
 //! `FERRY_BENCH_ONLY=load,tls,fetch,idle,login` (the parts to run),
 //! `FERRY_BENCH_PATHS=direct,ferry-new` (the paths to run),
 //! `FERRY_BENCH_WRAP="valgrind --tool=callgrind"` (a command Ferry runs under).
@@ -73,6 +74,9 @@ fn scale(bench: bool) -> Scale {
     }
     if let Some(reps) = var("FERRY_BENCH_REPS").and_then(|v| v.parse().ok()) {
         s.reps = reps;
+    }
+    if let Some(secs) = var("FERRY_BENCH_LOGIN_SECONDS").and_then(|v| v.parse().ok()) {
+        s.logins_for = Duration::from_secs_f64(secs);
     }
     s
 }

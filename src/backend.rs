@@ -15,7 +15,7 @@ use imap_codec::{
         command::{Command, CommandBody},
         core::{AString, IString, LiteralMode, NString, Tag},
         mailbox::Mailbox,
-        response::{Capability, Code, Data, Response, Status, StatusKind},
+        response::{Code, Data, Response, Status, StatusKind},
         secret::Secret,
     },
 };
@@ -292,34 +292,32 @@ fn parse_status(m: &[u8]) -> Result<Status<'static>, BackendError> {
     }
 }
 
-fn capabilities(untagged: &[Bytes], status: &Status<'_>) -> Option<Vec<Capability<'static>>> {
+fn capabilities(untagged: &[Bytes], status: &Status<'_>) -> Option<Caps> {
     if let Status::Tagged(t) = status
         && let Some(Code::Capability(caps)) = &t.body.code
     {
-        return Some(owned(caps.as_ref()));
+        return Some(Caps::from_decoded(caps.as_ref()));
     }
     untagged
         .iter()
         .find_map(|m| match ResponseCodec::new().decode(m) {
-            Ok((_, Response::Data(Data::Capability(caps)))) => Some(owned(caps.as_ref())),
+            Ok((_, Response::Data(Data::Capability(caps)))) => {
+                Some(Caps::from_decoded(caps.as_ref()))
+            }
             _ => None,
         })
 }
 
 /// What a greeting's `[CAPABILITY …]` code lists (Dovecot's, Cyrus's and
 /// most stores' greetings have one): a CAPABILITY round trip less per login.
-fn greeting_capabilities(greeting: &[u8]) -> Option<Vec<Capability<'static>>> {
+fn greeting_capabilities(greeting: &[u8]) -> Option<Caps> {
     match ResponseCodec::new().decode(greeting) {
         Ok((_, Response::Status(Status::Untagged(body)))) => match body.code {
-            Some(Code::Capability(caps)) => Some(owned(caps.as_ref())),
+            Some(Code::Capability(caps)) => Some(Caps::from_decoded(caps.as_ref())),
             _ => None,
         },
         _ => None,
     }
-}
-
-fn owned(caps: &[Capability<'_>]) -> Vec<Capability<'static>> {
-    caps.iter().cloned().map(IntoStatic::into_static).collect()
 }
 
 fn ok(status: &Status<'_>) -> bool {
@@ -450,10 +448,9 @@ async fn connect_inner(
         Some(caps) => caps,
         None => {
             let (untagged, status) = c.run(CommandBody::Capability).await?;
-            capabilities(&untagged, &status).unwrap_or_default()
+            capabilities(&untagged, &status).unwrap_or_else(|| Caps::from_names([]))
         }
     };
-    let caps = Caps::from_decoded(&caps);
     if let Some(fields) = id
         && caps.has(Cap::Id)
     {
@@ -512,10 +509,9 @@ async fn connect_inner(
         Some(caps) => caps,
         None => {
             let (untagged, status) = c.run(CommandBody::Capability).await?;
-            capabilities(&untagged, &status).unwrap_or_default()
+            capabilities(&untagged, &status).unwrap_or_else(|| Caps::from_names([]))
         }
     };
-    let capabilities = Caps::from_decoded(&capabilities);
     // Phases old and new pass names through: no NAMESPACE exchange.
     let layout = if with_layout {
         layout(&mut c, &capabilities).await?
@@ -600,7 +596,7 @@ mod tests {
     fn a_greeting_with_a_capability_code_saves_the_capability_command() {
         let dovecot = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE \
                         LITERAL+ AUTH=PLAIN AUTH=LOGIN] Dovecot (Debian) ready.\r\n";
-        let caps = Caps::from_decoded(&greeting_capabilities(dovecot).expect("listed"));
+        let caps = greeting_capabilities(dovecot).expect("listed");
         assert!(caps.has(Cap::Id) && caps.has(Cap::SaslIr) && !caps.has(Cap::LoginDisabled));
         for plain in [
             &b"* OK IMAP4rev1 server ready\r\n"[..],

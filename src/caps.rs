@@ -166,27 +166,53 @@ impl Caps {
     /// The list of these names, in this order.
     pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Caps {
         let mut joined = String::new();
-        let mut known = CapSet::default();
         for name in names {
             if !joined.is_empty() {
                 joined.push(' ');
             }
             joined.push_str(name);
-            for cap in Cap::all().filter(|c| c.names(name)) {
-                known.insert(cap);
-            }
         }
-        static SHARED: Mutex<Vec<Arc<str>>> = Mutex::new(Vec::new());
-        Caps {
-            names: shared(&SHARED, joined),
-            known,
-        }
+        Caps::from_joined(joined)
     }
 
     /// A store's list as imap-codec decoded it.
     pub fn from_decoded(caps: &[Capability<'_>]) -> Caps {
-        let names: Vec<String> = caps.iter().map(ToString::to_string).collect();
-        Caps::from_names(names.iter().map(String::as_str))
+        use std::fmt::Write;
+        let mut joined = String::new();
+        for cap in caps {
+            if !joined.is_empty() {
+                joined.push(' ');
+            }
+            let _ = write!(joined, "{cap}");
+        }
+        Caps::from_joined(joined)
+    }
+
+    /// The list of these space-separated names. Every login sees one of a
+    /// few lists (a store's, before and after login, and what Ferry shows):
+    /// each distinct list is read for the capabilities Ferry acts on once,
+    /// and shares one allocation.
+    fn from_joined(joined: String) -> Caps {
+        static SEEN: Mutex<Vec<Caps>> = Mutex::new(Vec::new());
+        let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = seen.iter().find(|c| *c.names == *joined) {
+            return known.clone();
+        }
+        let mut known = CapSet::default();
+        for name in joined.split(' ') {
+            for cap in Cap::all().filter(|c| c.names(name)) {
+                known.insert(cap);
+            }
+        }
+        let caps = Caps {
+            names: joined.into(),
+            known,
+        };
+        // Bounded: a store that varies its list only misses the cache.
+        if seen.len() < 32 {
+            seen.push(caps.clone());
+        }
+        caps
     }
 
     pub fn has(&self, cap: Cap) -> bool {
@@ -216,27 +242,43 @@ impl Caps {
         &self.names
     }
 
+    /// `derive(self)`, worked out once per distinct list: every login to a
+    /// store shows its clients the same list made from the store's. Only
+    /// for one `derive` (a function of the list alone) per call site.
+    pub fn derived(&self, derive: fn(&Caps) -> Caps) -> Caps {
+        type Derived = (Arc<str>, fn(&Caps) -> Caps, Caps);
+        static DERIVED: Mutex<Vec<Derived>> = Mutex::new(Vec::new());
+        let lock = || DERIVED.lock().unwrap_or_else(|p| p.into_inner());
+        // Lists are shared per distinct list, so the same list is the same
+        // allocation; the entry keeps it alive, so its address is not reused.
+        if let Some((_, _, out)) = lock()
+            .iter()
+            .find(|(from, f, _)| Arc::ptr_eq(from, &self.names) && std::ptr::fn_addr_eq(*f, derive))
+        {
+            return out.clone();
+        }
+        let out = derive(self);
+        let mut seen = lock();
+        if seen.len() < 32 {
+            seen.push((self.names.clone(), derive, out.clone()));
+        }
+        out
+    }
+
     /// The names for which `keep` says yes (given in upper case).
     pub fn filter(&self, mut keep: impl FnMut(&str) -> bool) -> Caps {
+        let mut upper = String::new();
         let kept: Vec<&str> = self
             .names()
-            .filter(|n| keep(&n.to_ascii_uppercase()))
+            .filter(|n| {
+                upper.clear();
+                upper.push_str(n);
+                upper.make_ascii_uppercase();
+                keep(&upper)
+            })
             .collect();
         Caps::from_names(kept)
     }
-}
-
-/// One shared copy of `value` per distinct value (up to 32 are kept).
-fn shared(cache: &Mutex<Vec<Arc<str>>>, value: String) -> Arc<str> {
-    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(known) = cache.iter().find(|known| ***known == *value) {
-        return known.clone();
-    }
-    let value: Arc<str> = value.into();
-    if cache.len() < 32 {
-        cache.push(value.clone());
-    }
-    value
 }
 
 #[cfg(test)]
@@ -281,5 +323,9 @@ mod tests {
         let a = Caps::from_names(["IMAP4rev1", "IDLE"]);
         let b = Caps::from_names(["IMAP4rev1", "IDLE"]);
         assert!(Arc::ptr_eq(&a.names, &b.names));
+        // A list seen before keeps what was found in it.
+        assert!(a.has(Cap::Idle) && b.has(Cap::Idle) && !b.has(Cap::Move));
+        let c = Caps::from_names(["imap4rev1", "IDLE"]);
+        assert!(!Arc::ptr_eq(&a.names, &c.names) && c.has(Cap::Idle));
     }
 }

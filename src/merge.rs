@@ -185,13 +185,15 @@ pub fn list(map: &NameMap, pattern: &[u8], lsub: bool, src: Sources<'_>) -> Vec<
 /// Post-login capabilities when one store is passed through: its own, minus what
 /// a proxy in the middle cannot carry (compression, TLS and login mechanisms).
 pub fn passthrough_capabilities(store: &Caps) -> Caps {
-    let kept = store.filter(|n| {
-        !(n.starts_with("AUTH=")
-            || n.starts_with("COMPRESS")
-            || ["STARTTLS", "LOGINDISABLED", "SASL-IR", "LOGIN-REFERRALS"].contains(&n))
-    });
-    // The store's COMPRESS is not passed on; Ferry's own is offered instead.
-    Caps::from_names(kept.names().chain(["COMPRESS=DEFLATE"]))
+    store.derived(|store| {
+        let kept = store.filter(|n| {
+            !(n.starts_with("AUTH=")
+                || n.starts_with("COMPRESS")
+                || ["STARTTLS", "LOGINDISABLED", "SASL-IR", "LOGIN-REFERRALS"].contains(&n))
+        });
+        // The store's COMPRESS is not passed on; Ferry's own is offered instead.
+        Caps::from_names(kept.names().chain(["COMPRESS=DEFLATE"]))
+    })
 }
 
 #[cfg(test)]
