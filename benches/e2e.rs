@@ -698,9 +698,9 @@ async fn idle_sessions(conn: &Conn, n: usize, compress: bool) -> Vec<TestClient>
     tasks.join_all().await.into_iter().flatten().collect()
 }
 
-/// Logins per second: 10 clients in parallel, each connecting, logging in,
-/// SELECTing INBOX and logging out in a loop.
-/// Logins per second through `conn`, and the proxy's CPU per login (ms).
+/// Logins per second through `conn`, and the proxy's CPU per login (ms):
+/// 10 clients in parallel, each connecting, logging in, SELECTing INBOX and
+/// logging out in a loop.
 async fn login_rate(conn: &Conn, for_: Duration, meter: Meter) -> (f64, f64) {
     let start = Instant::now();
     let stop = start + for_;

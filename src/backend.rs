@@ -203,6 +203,7 @@ impl Client {
             tag: tag.clone(),
             body,
         };
+        let fragments: Vec<Fragment> = CommandCodec::new().encode(&cmd).collect();
         let sync = |f: &Fragment| {
             matches!(
                 f,
@@ -212,15 +213,24 @@ impl Client {
                 }
             )
         };
-        if CommandCodec::new().encode(&cmd).any(|f| sync(&f)) {
+        if fragments.iter().any(sync) {
             return self.run(cmd.body).await.map(drop);
         }
-        for fragment in CommandCodec::new().encode(&cmd) {
+        for fragment in fragments {
             let (Fragment::Line { data } | Fragment::Literal { data, .. }) = fragment;
             self.stream.write_all(&data).await?;
         }
         self.ahead = Some(tag);
         Ok(())
+    }
+
+    /// `listed` (a list the store gave unasked), else what CAPABILITY says.
+    async fn capabilities_unless(&mut self, listed: Option<Caps>) -> Result<Caps, BackendError> {
+        if let Some(caps) = listed {
+            return Ok(caps);
+        }
+        let (untagged, status) = self.run(CommandBody::Capability).await?;
+        Ok(capabilities(&untagged, &status).unwrap_or_else(|| Caps::from_names([])))
     }
 
     /// True (and forgotten) when `m` is the tagged answer to the command
@@ -444,13 +454,7 @@ async fn connect_inner(
         BackendTls::Starttls => None,
         _ => greeting_capabilities(&greeting),
     };
-    let caps = match listed {
-        Some(caps) => caps,
-        None => {
-            let (untagged, status) = c.run(CommandBody::Capability).await?;
-            capabilities(&untagged, &status).unwrap_or_else(|| Caps::from_names([]))
-        }
-    };
+    let caps = c.capabilities_unless(listed).await?;
     if let Some(fields) = id
         && caps.has(Cap::Id)
     {
@@ -505,13 +509,9 @@ async fn connect_inner(
         Status::Tagged(t) if t.body.kind == StatusKind::No => return Err(BackendError::Rejected),
         _ => return Err(BackendError::Protocol("LOGIN failed")),
     }
-    let capabilities = match capabilities(&untagged, &status) {
-        Some(caps) => caps,
-        None => {
-            let (untagged, status) = c.run(CommandBody::Capability).await?;
-            capabilities(&untagged, &status).unwrap_or_else(|| Caps::from_names([]))
-        }
-    };
+    let capabilities = c
+        .capabilities_unless(capabilities(&untagged, &status))
+        .await?;
     // Phases old and new pass names through: no NAMESPACE exchange.
     let layout = if with_layout {
         layout(&mut c, &capabilities).await?

@@ -154,6 +154,10 @@ impl CapSet {
     }
 }
 
+/// Lists derived from lists, by the list they were derived from
+/// ([`Caps::derived`]).
+pub type Derived = Mutex<Vec<(Arc<str>, Caps)>>;
+
 /// A capability list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caps {
@@ -165,34 +169,27 @@ pub struct Caps {
 impl Caps {
     /// The list of these names, in this order.
     pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Caps {
+        Caps::from_listed(names)
+    }
+
+    /// A store's list as imap-codec decoded it.
+    pub fn from_decoded(caps: &[Capability<'_>]) -> Caps {
+        Caps::from_listed(caps)
+    }
+
+    /// The list of these names, written as they go on the wire. Every
+    /// login sees one of a few lists (a store's, before and after login,
+    /// and what Ferry shows): each distinct list is read for the
+    /// capabilities Ferry acts on once, and shares one allocation.
+    fn from_listed<T: std::fmt::Display>(names: impl IntoIterator<Item = T>) -> Caps {
+        use std::fmt::Write;
         let mut joined = String::new();
         for name in names {
             if !joined.is_empty() {
                 joined.push(' ');
             }
-            joined.push_str(name);
+            let _ = write!(joined, "{name}");
         }
-        Caps::from_joined(joined)
-    }
-
-    /// A store's list as imap-codec decoded it.
-    pub fn from_decoded(caps: &[Capability<'_>]) -> Caps {
-        use std::fmt::Write;
-        let mut joined = String::new();
-        for cap in caps {
-            if !joined.is_empty() {
-                joined.push(' ');
-            }
-            let _ = write!(joined, "{cap}");
-        }
-        Caps::from_joined(joined)
-    }
-
-    /// The list of these space-separated names. Every login sees one of a
-    /// few lists (a store's, before and after login, and what Ferry shows):
-    /// each distinct list is read for the capabilities Ferry acts on once,
-    /// and shares one allocation.
-    fn from_joined(joined: String) -> Caps {
         static SEEN: Mutex<Vec<Caps>> = Mutex::new(Vec::new());
         let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(known) = seen.iter().find(|c| *c.names == *joined) {
@@ -242,25 +239,23 @@ impl Caps {
         &self.names
     }
 
-    /// `derive(self)`, worked out once per distinct list: every login to a
-    /// store shows its clients the same list made from the store's. Only
-    /// for one `derive` (a function of the list alone) per call site.
-    pub fn derived(&self, derive: fn(&Caps) -> Caps) -> Caps {
-        type Derived = (Arc<str>, fn(&Caps) -> Caps, Caps);
-        static DERIVED: Mutex<Vec<Derived>> = Mutex::new(Vec::new());
-        let lock = || DERIVED.lock().unwrap_or_else(|p| p.into_inner());
+    /// `derive(self)`, worked out once per distinct list and kept in
+    /// `cache` (the caller's, one per derivation): every login to a store
+    /// shows its clients the same list made from the store's.
+    pub fn derived(&self, cache: &Derived, derive: impl FnOnce(&Caps) -> Caps) -> Caps {
+        let lock = || cache.lock().unwrap_or_else(|p| p.into_inner());
         // Lists are shared per distinct list, so the same list is the same
         // allocation; the entry keeps it alive, so its address is not reused.
-        if let Some((_, _, out)) = lock()
+        if let Some((_, out)) = lock()
             .iter()
-            .find(|(from, f, _)| Arc::ptr_eq(from, &self.names) && std::ptr::fn_addr_eq(*f, derive))
+            .find(|(from, _)| Arc::ptr_eq(from, &self.names))
         {
             return out.clone();
         }
         let out = derive(self);
         let mut seen = lock();
         if seen.len() < 32 {
-            seen.push((self.names.clone(), derive, out.clone()));
+            seen.push((self.names.clone(), out.clone()));
         }
         out
     }

@@ -185,7 +185,8 @@ pub fn list(map: &NameMap, pattern: &[u8], lsub: bool, src: Sources<'_>) -> Vec<
 /// Post-login capabilities when one store is passed through: its own, minus what
 /// a proxy in the middle cannot carry (compression, TLS and login mechanisms).
 pub fn passthrough_capabilities(store: &Caps) -> Caps {
-    store.derived(|store| {
+    static SHOWN: crate::caps::Derived = std::sync::Mutex::new(Vec::new());
+    store.derived(&SHOWN, |store| {
         let kept = store.filter(|n| {
             !(n.starts_with("AUTH=")
                 || n.starts_with("COMPRESS")
